@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: BSD-2-Clause
+from amaranth import *
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .round import (AES_REQUEST, ROUNDS_128, ROUNDS_256, cipher_round, final_round, key_load,
+                    key_step)
+from .sbox import SubBytes, check_sbox
+
+
+__all__ = ["AesIterative"]
+
+
+class AesIterative(wiring.Component):
+    """AES-128/256 forward cipher, one round per clock (the "compact" profile).
+
+    Encrypts ``i.payload.block`` under ``i.payload.key`` (AES-256 when ``key_256``)
+    and presents the ciphertext on ``o``. The key schedule runs on the fly, so each
+    block may bring a different key at no cost. 16 data + 4 key S-boxes, one
+    lookup each per cycle (with ``sbox="rom"``: 20 block RAMs, one read port each).
+
+    Latency: ``o.valid`` rises 10 (AES-128) / 14 (AES-256) cycles after the ``i``
+    handshake. ``o.payload`` comes from the last round's logic, unregistered.
+
+    Throughput: one block per 10 / 14 cycles. ``i.ready`` is high while idle and in
+    the cycle of an ``o`` handshake, so the next block loads while the last round
+    is delivered. While ``o.valid`` and not ``o.ready`` everything holds.
+    """
+
+    i: In(stream.Signature(AES_REQUEST))
+    o: Out(stream.Signature(128))
+
+    def __init__(self, *, sbox="rom"):
+        check_sbox(sbox)
+        self._sbox = sbox
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        # One port per ROM: iCE40 maps only one read port to an SB_RAM40_4K.
+        m.submodules.sub_bytes = sub_bytes = SubBytes(16, sbox=self._sbox)
+        m.submodules.sub_word  = sub_word  = SubBytes(4, sbox=self._sbox)
+
+        rnd     = Signal(range(ROUNDS_256 + 1))  # round whose S-box output is ready; 0: idle
+        last    = Signal()                       # rnd is the final round (a register for Fmax)
+        key_256 = Signal()
+        key_lo  = Signal(128, reset_less=True)
+        key_hi  = Signal(128, reset_less=True)
+
+        round_key, next_lo, next_hi, next_sub_addr = key_step(
+            m, key_lo, key_hi, sub_word.data, rnd=rnd, key_256=key_256)
+        state = cipher_round(m, sub_bytes.data, round_key)
+
+        request = self.i.payload
+        load_lo, load_hi, load_sub_addr = key_load(request.key)
+        # The S-box address registers hold the state: they take the next round's
+        # input or, once this block is done (or none is running), the new block's.
+        running = (rnd != 0) & ~last
+        advance = ~last | self.o.ready
+        m.d.comb += [
+            sub_bytes.addr.eq(Mux(running, state, request.block ^ request.key[:128])),
+            sub_word.addr.eq(Mux(running, next_sub_addr, load_sub_addr)),
+            sub_bytes.en.eq(advance),
+            sub_word.en.eq(advance),
+
+            self.o.payload.eq(final_round(m, sub_bytes.data, round_key)),
+            self.o.valid.eq(last),
+            self.i.ready.eq((rnd == 0) | (last & self.o.ready)),
+        ]
+
+        with m.If(running):
+            m.d.sync += [
+                key_lo.eq(next_lo),
+                key_hi.eq(next_hi),
+                rnd.eq(rnd + 1),
+                last.eq(rnd + 1 == Mux(key_256, ROUNDS_256, ROUNDS_128)),
+            ]
+        with m.Elif(advance):  # idle or delivering: i.ready is high
+            m.d.sync += [
+                key_lo.eq(load_lo),
+                key_hi.eq(load_hi),
+                key_256.eq(request.key_256),
+                rnd.eq(self.i.valid),
+                last.eq(0),
+            ]
+        return m

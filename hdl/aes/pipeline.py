@@ -1,0 +1,94 @@
+# SPDX-License-Identifier: BSD-2-Clause
+from amaranth import *
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .round import (AES_PIPE_REQUEST, AES_PIPE_RESPONSE, ROUNDS_128, ROUNDS_256,
+                    cipher_round, final_round, key_load, key_step)
+from .sbox import SubBytes, check_sbox
+
+
+__all__ = ["AesPipeline"]
+
+
+class AesPipeline(wiring.Component):
+    """AES-128/256 forward cipher, fully unrolled (the "fast" profile).
+
+    Encrypts ``i.payload.block`` under ``i.payload.key`` (AES-256 when ``key_256``)
+    and carries ``i.payload.sideband`` unchanged to ``o.payload.sideband``. Key and
+    sideband travel with the block, so every block may use a different key.
+
+    14 round stages, each a registered S-box lookup (16 data + 4 key S-boxes)
+    followed by the round's logic, then an output register.
+    AES-128 blocks finish in stage 10 and a copy of the ciphertext is carried past
+    the remaining stages, so both key sizes take the same time.
+
+    Latency: ``o.valid`` is ``i.valid`` delayed by exactly :attr:`latency` (15) cycles.
+    Throughput: one block per cycle; no back-pressure (both streams are always ready).
+    With ``sbox="rom"`` each 256x8 ROM serves two lookups (ECP5 DP16KD: 140 of them).
+    """
+
+    latency = ROUNDS_256 + 1
+
+    def __init__(self, *, sideband=0, sbox="rom"):
+        check_sbox(sbox)
+        self._sbox = sbox
+        request, response = AES_PIPE_REQUEST(sideband), AES_PIPE_RESPONSE(sideband)
+        self._sideband = "sideband" in request.members
+        super().__init__({
+            "i": In(stream.Signature(request, always_ready=True)),
+            "o": Out(stream.Signature(response, always_ready=True)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        request = self.i.payload
+
+        def stage(value, name):
+            # Pipeline registers carry no reset (no reset fanout); only `valid` does.
+            register = Signal.like(value, name=name, reset_less=True)
+            m.d.sync += register.eq(value)
+            return register
+
+        valid   = self.i.valid
+        key_256 = request.key_256
+        sideband = request.sideband if self._sideband else None
+        state = request.block ^ request.key[:128]
+        key_lo, key_hi, sub_addr = key_load(request.key)
+
+        for rnd in range(1, ROUNDS_256 + 1):
+            sub_bytes = SubBytes(16, sbox=self._sbox, ports=2)
+            m.submodules[f"sub_bytes{rnd}"] = sub_bytes
+            m.d.comb += sub_bytes.addr.eq(state)
+
+            valid_reg = Signal(name=f"valid{rnd}")
+            m.d.sync += valid_reg.eq(valid)
+            valid = valid_reg
+            key_256 = stage(key_256, f"key_256_{rnd}")
+            if sideband is not None:
+                sideband = stage(sideband, f"sideband{rnd}")
+            sub_word = SubBytes(4, sbox=self._sbox, ports=2)
+            m.submodules[f"sub_word{rnd}"] = sub_word
+            m.d.comb += sub_word.addr.eq(sub_addr)
+            key_lo = stage(key_lo, f"key_lo{rnd}")
+            key_hi = stage(key_hi, f"key_hi{rnd}")
+            round_key, key_lo, key_hi, sub_addr = key_step(
+                m, key_lo, key_hi, sub_word.data, rnd=rnd, key_256=key_256, name=f"key{rnd}")
+
+            if rnd < ROUNDS_256:
+                state = cipher_round(m, sub_bytes.data, round_key, name=f"state{rnd}")
+            else:
+                state = final_round(m, sub_bytes.data, round_key, name="ciphertext_256")
+            # AES-128 blocks are done here; carry their ciphertext past rounds 11..14.
+            if rnd == ROUNDS_128:
+                ciphertext_128 = final_round(m, sub_bytes.data, round_key, name="ciphertext_128")
+            elif rnd > ROUNDS_128:
+                ciphertext_128 = stage(ciphertext_128, f"ciphertext_128_{rnd}")
+
+        m.d.sync += [
+            self.o.valid.eq(valid),
+            self.o.payload.block.eq(Mux(key_256, state, ciphertext_128)),
+        ]
+        if sideband is not None:
+            m.d.sync += self.o.payload.sideband.eq(sideband)
+        return m

@@ -1,0 +1,592 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""AES-GCM (NIST SP 800-38D) with a 96-bit nonce and a 128-bit tag.
+
+One datapath serves both profiles; the profile picks the two arithmetic units:
+
+========= ===================================== ==========================================
+profile   AES unit                              GHASH multiplier
+========= ===================================== ==========================================
+compact   `AesIterative`: one round per cycle   `GfMulSerial`: one digit per cycle,
+          (10 cycles/block AES-128, 14 AES-256) one lane
+fast      `AesPipeline`: one block per cycle    `GfMulPipeline`: one product per cycle,
+                                                ``stages`` interleaved lanes
+========= ===================================== ==========================================
+
+Data flow::
+
+    cmd, data_in --> injector --> AES unit --> post --+--> data_out (FIFO)
+                                  (sideband carries   +--> GHASH lanes --> result (FIFO)
+                                   each item's role)
+
+The *injector* turns a command and its data blocks into a sequence of items, one
+per cycle at most: ``H`` (encrypt 0 to get the hash key), ``J0`` (encrypt the
+pre-counter block for the tag mask), optional bubbles while the powers of H are
+computed, the AAD blocks, the text blocks (each paired with its counter block),
+the received tag (decrypt) and the length block. Every item travels through the
+AES unit with its role in the sideband, so the stages after it need no state
+machine of their own and a new key costs nothing: the key travels with its
+blocks.
+
+GHASH with ``k`` lanes (aggregated reduction): block ``g`` of ``n`` is folded
+into lane ``g mod k`` and multiplied by ``H**min(k, n-g)``, so every product has
+``k`` cycles to come back before its lane is needed again and the last ``k``
+products, XORed together, are the hash. The injector knows ``n`` from the
+command's lengths, so it tags each block with its power up front.
+
+Flow control: the AES pipeline and the pipelined multiplier never stall (no
+high-fanout enables), so the injector only admits a text block when a place in
+the output FIFO is reserved for it (credits), and a command only when a place
+in the result FIFO is.
+"""
+
+from amaranth import *
+from amaranth.lib import data, enum, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..aes import AesIterative, AesPipeline
+from .ghash import GfMulPipeline, GfMulSerial
+from .layouts import BLOCK_BYTES, GCM_COMMAND, GCM_OUTPUT, GCM_RESULT
+from .profiles import GcmProfile, resolve_profile
+
+__all__ = ["GcmCore"]
+
+
+class _Kind(enum.Enum, shape=3):
+    H    = 0   # AES_K(0^128): the hash key
+    J0   = 1   # AES_K(nonce || 1): the tag mask
+    AAD  = 2
+    TEXT = 3
+    TAG  = 4   # the received tag (decrypt)
+    LEN  = 5   # len(A) || len(C) in bits, the last GHASH block
+
+
+class _MulOp(enum.Enum, shape=1):
+    DATA  = 0
+    POWER = 1   # computing H**j for the lanes
+
+
+def _item_layout(lanes):
+    return data.StructLayout({
+        "kind":     _Kind,
+        "data":     128,           # AAD/text/tag/length block
+        "nbytes":   range(BLOCK_BYTES + 1),
+        "decrypt":  1,
+        "text_last": 1,
+        # GHASH schedule, see the module docstring.
+        "lane":     range(lanes),
+        "first":    1,             # first block of its lane: nothing to fold in
+        "final":    1,             # one of the last `lanes` blocks
+        "last":     1,             # the length block
+        "power":    range(1, lanes + 1),
+    })
+
+
+def _mul_sideband(lanes):
+    return data.StructLayout({
+        "op":    _MulOp,
+        "lane":  range(lanes),
+        "final": 1,
+        "last":  1,
+        "power": range(1, lanes + 2),   # POWER op: the power being computed
+    })
+
+
+def _byte_mask(nbytes):
+    """128-bit mask keeping the first `nbytes` bytes of a block."""
+    return Cat(*(Mux(nbytes > i, 0xff, 0x00) for i in range(BLOCK_BYTES)))
+
+
+def _big_endian(value, nbytes):
+    """`value` as `nbytes` big-endian bytes, packed in block byte order."""
+    value = Cat(value, Const(0, 8 * nbytes))   # zero-extend narrow values
+    return Cat(*(value[8 * (nbytes - 1 - i):8 * (nbytes - i)] for i in range(nbytes)))
+
+
+class _SidebandFifo(wiring.Component):
+    """Carries a sideband alongside a unit that keeps its items in order.
+
+    Written when the unit accepts an item, read when it emits one; ``depth`` must
+    be at least the number of items the unit can hold.
+    """
+    def __init__(self, shape, depth):
+        self._fifo = fifo.SyncFIFO(width=Shape.cast(shape).width, depth=depth)
+        super().__init__({
+            "push":  In(stream.Signature(shape)),
+            "pop":   Out(stream.Signature(shape)),
+            "empty": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.fifo = f = self._fifo
+        wiring.connect(m, wiring.flipped(self.push), f.w_stream)
+        m.d.comb += [
+            self.pop.payload.eq(f.r_data),
+            self.pop.valid.eq(f.r_rdy),
+            f.r_en.eq(self.pop.ready),
+            self.empty.eq(f.level == 0),
+        ]
+        return m
+
+
+class _AesUnit(wiring.Component):
+    """AES forward cipher with an item sideband, for either profile.
+
+    Items with ``bypass`` set need no encryption. The pipeline simply carries
+    them (it costs nothing there); the iterative core lets them skip its ten or
+    fourteen rounds when nothing older is inside, which keeps order.
+    """
+    def __init__(self, profile: GcmProfile, sideband):
+        self._profile = profile
+        request = data.StructLayout({"block": 128, "key": 256, "key_256": 1,
+                                     "bypass": 1, "sideband": sideband})
+        response = data.StructLayout({"block": 128, "sideband": sideband})
+        pipelined = profile.aes == "pipeline"
+        if pipelined:
+            self._core = AesPipeline(sideband=sideband, sbox=profile.sbox)
+        else:
+            self._core = AesIterative(sbox=profile.sbox)
+        super().__init__({
+            "i": In(stream.Signature(request, always_ready=pipelined)),
+            "o": Out(stream.Signature(response, always_ready=pipelined)),
+        })
+
+    @property
+    def latency(self):
+        """Cycles from accepting a block to its result (pipeline only)."""
+        return self._core.latency
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self._core
+        m.d.comb += [
+            core.i.payload.block.eq(self.i.payload.block),
+            core.i.payload.key.eq(self.i.payload.key),
+            core.i.payload.key_256.eq(self.i.payload.key_256),
+        ]
+        if self._profile.aes == "pipeline":
+            m.d.comb += [
+                core.i.payload.sideband.eq(self.i.payload.sideband),
+                core.i.valid.eq(self.i.valid),
+                self.o.payload.eq(core.o.payload),
+                self.o.valid.eq(core.o.valid),
+            ]
+            return m
+
+        sideband_shape = self.i.payload.sideband.shape()
+        # The iterative core holds one block in its rounds and one result.
+        m.submodules.side = side = _SidebandFifo(sideband_shape, depth=2)
+        skip_valid = Signal()
+        skip = Signal(self.o.payload.shape())
+
+        skip_ready = side.empty & (~skip_valid | self.o.ready)
+        m.d.comb += [
+            side.push.payload.eq(self.i.payload.sideband),
+            side.push.valid.eq(core.i.valid & core.i.ready),
+            core.i.valid.eq(self.i.valid & ~self.i.payload.bypass & side.push.ready),
+            self.i.ready.eq(Mux(self.i.payload.bypass, skip_ready,
+                                core.i.ready & side.push.ready)),
+        ]
+        with m.If(self.o.ready):
+            m.d.sync += skip_valid.eq(0)
+        with m.If(self.i.valid & self.i.payload.bypass & skip_ready):
+            m.d.sync += [
+                skip_valid.eq(1),
+                skip.block.eq(self.i.payload.block),
+                skip.sideband.eq(self.i.payload.sideband),
+            ]
+        # A skipped item is always older than anything in the rounds: it was
+        # admitted only while they were empty.
+        with m.If(skip_valid):
+            m.d.comb += [self.o.payload.eq(skip), self.o.valid.eq(1)]
+        with m.Else():
+            m.d.comb += [
+                self.o.payload.block.eq(core.o.payload),
+                self.o.payload.sideband.eq(side.pop.payload),
+                self.o.valid.eq(core.o.valid),
+                core.o.ready.eq(self.o.ready),
+                side.pop.ready.eq(core.o.valid & self.o.ready),
+            ]
+        return m
+
+
+class _MulUnit(wiring.Component):
+    """GF(2^128) multiplier with a sideband, for either profile."""
+    def __init__(self, profile: GcmProfile, sideband):
+        self._profile = profile
+        request = data.StructLayout({"a": 128, "b": 128, "sideband": sideband})
+        response = data.StructLayout({"p": 128, "sideband": sideband})
+        pipelined = profile.ghash == "pipeline"
+        if pipelined:
+            self._core = GfMulPipeline(stages=profile.ghash_stages, sideband=sideband)
+        else:
+            self._core = GfMulSerial(digit=profile.ghash_digit)
+        super().__init__({
+            "i": In(stream.Signature(request, always_ready=pipelined)),
+            "o": Out(stream.Signature(response, always_ready=True)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self._core
+        m.d.comb += [
+            core.i.payload.a.eq(self.i.payload.a),
+            core.i.payload.b.eq(self.i.payload.b),
+        ]
+        if self._profile.ghash == "pipeline":
+            m.d.comb += [
+                core.i.payload.sideband.eq(self.i.payload.sideband),
+                core.i.valid.eq(self.i.valid),
+                self.o.payload.eq(core.o.payload),
+                self.o.valid.eq(core.o.valid),
+            ]
+            return m
+
+        m.submodules.side = side = _SidebandFifo(self.i.payload.sideband.shape(), depth=2)
+        m.d.comb += [
+            side.push.payload.eq(self.i.payload.sideband),
+            side.push.valid.eq(core.i.valid & core.i.ready),
+            core.i.valid.eq(self.i.valid & side.push.ready),
+            self.i.ready.eq(core.i.ready & side.push.ready),
+            self.o.payload.p.eq(core.o.payload),
+            self.o.payload.sideband.eq(side.pop.payload),
+            self.o.valid.eq(core.o.valid),
+            core.o.ready.eq(1),
+            side.pop.ready.eq(core.o.valid),
+        ]
+        return m
+
+
+class GcmCore(wiring.Component):
+    """AES-GCM encrypt/decrypt of back-to-back messages, each with its own key.
+
+    Parameters
+    ----------
+    profile : ``"compact"`` or ``"fast"`` (see :mod:`.profiles`); keyword
+        overrides (``sbox``, ``ghash_digit``, ``ghash_stages``) replace single
+        fields of the profile.
+
+    Interface
+    ---------
+    cmd : stream of :data:`GCM_COMMAND`, one per message.
+    data_in : stream of 128-bit blocks: AAD blocks, text blocks, then for
+        decrypt the received tag; see :data:`GCM_COMMAND`.
+    data_out : stream of :data:`GCM_OUTPUT`, one per text block.
+    result : stream of :data:`GCM_RESULT`, one per message, after its text.
+    overrun : sticky; set if the fixed schedule of the fast profile was ever
+        violated. It never is by construction; exported for status and tests.
+
+    Throughput and latency: see ``cycles_per_block`` and ``message_overhead``,
+    measured by ``bench/gcm.py`` and listed in ``docs/performance.md``.
+    A new key costs no cycles beyond ``message_overhead``, which every message
+    pays (computing H and E(J0) for it).
+    """
+
+    def __init__(self, profile="compact", **overrides):
+        self._profile = resolve_profile(profile, **overrides)
+        lanes = self._profile.lanes
+        self._item = _item_layout(lanes)
+        self._mul_sideband = _mul_sideband(lanes)
+        self._aes = _AesUnit(self._profile, self._item)
+        self._mul = _MulUnit(self._profile, self._mul_sideband)
+        super().__init__({
+            "cmd":      In(stream.Signature(GCM_COMMAND)),
+            "data_in":  In(stream.Signature(128)),
+            "data_out": Out(stream.Signature(GCM_OUTPUT)),
+            "result":   Out(stream.Signature(GCM_RESULT)),
+            "overrun":  Out(1),
+        })
+
+    @property
+    def profile(self) -> GcmProfile:
+        return self._profile
+
+    @property
+    def power_bubbles(self):
+        """Idle cycles after J0 while H**2 .. H**lanes are computed.
+
+        H leaves the AES unit at cycle 0 and starts H*H; each power takes
+        ``lanes`` cycles (the multiplier's latency) and starts the next, so
+        H**lanes is in its register at cycle (lanes-1)*lanes + 1, and the first
+        GHASH block, which follows H, J0 and the bubbles, must not come earlier.
+        """
+        k = self._profile.lanes
+        return max(0, (k - 1) * k - 1)
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = self._profile.lanes
+        m.submodules.aes = aes = self._aes
+        m.submodules.mul = mul = self._mul
+        m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(
+            width=GCM_OUTPUT.size, depth=self._profile.out_depth)
+        m.submodules.res_fifo = res_fifo = fifo.SyncFIFOBuffered(
+            width=GCM_RESULT.size, depth=2)
+        pend_layout = data.StructLayout({"mask": 128, "expected": 128, "decrypt": 1})
+        m.submodules.pending = pending = fifo.SyncFIFO(width=pend_layout.size, depth=2)
+
+        m.d.comb += [
+            self.data_out.payload.eq(out_fifo.r_data),
+            self.data_out.valid.eq(out_fifo.r_rdy),
+            out_fifo.r_en.eq(self.data_out.ready),
+            self.result.payload.eq(res_fifo.r_data),
+            self.result.valid.eq(res_fifo.r_rdy),
+            res_fifo.r_en.eq(self.result.ready),
+        ]
+
+        # ---- injector -------------------------------------------------------
+        cmd = Signal(GCM_COMMAND)
+        aad_left = Signal(range(2**16 // BLOCK_BYTES + 2))
+        text_left = Signal.like(aad_left)
+        tag_left = Signal()
+        counter = Signal(32)                       # GCM inc32 counter of the next text block
+        remaining = Signal(range(2 * 2**16 // BLOCK_BYTES + 4))  # GHASH blocks still to come
+        lane = Signal(range(lanes))
+        first_left = Signal(range(lanes + 1))      # lanes that have not seen a block yet
+        bubbles = Signal(range(self.power_bubbles + 1))
+
+        out_credits = Signal(range(self._profile.out_depth + 1), init=self._profile.out_depth)
+        res_credits = Signal(range(3), init=2)
+
+        item = Signal(self._item)
+        req = aes.i.payload
+        m.d.comb += [
+            req.key.eq(cmd.key),
+            req.key_256.eq(cmd.key_256),
+            req.sideband.eq(item),
+            item.decrypt.eq(cmd.decrypt),
+            item.lane.eq(lane),
+            item.first.eq(first_left != 0),
+            item.final.eq(remaining <= lanes),
+            item.last.eq(remaining == 1),
+            item.power.eq(Mux(remaining < lanes, remaining, lanes)),
+        ]
+        text_inject = Signal()
+        cmd_accept = Signal()
+
+        def ghash_block_injected():
+            m.d.sync += [
+                remaining.eq(remaining - 1),
+                lane.eq(Mux(lane == lanes - 1, 0, lane + 1)),
+                first_left.eq(Mux(first_left != 0, first_left - 1, 0)),
+            ]
+
+        def last_bytes(length):
+            return Mux(length[:4] == 0, BLOCK_BYTES, length[:4])
+
+        with m.FSM(name="injector"):
+            with m.State("IDLE"):
+                c = self.cmd.payload
+                aad_blocks = (c.aad_len + BLOCK_BYTES - 1) >> 4
+                text_blocks = (c.text_len + BLOCK_BYTES - 1) >> 4
+                m.d.comb += [
+                    req.key.eq(c.key),
+                    req.key_256.eq(c.key_256),
+                    req.block.eq(0),
+                    item.kind.eq(_Kind.H),
+                ]
+                with m.If(self.cmd.valid & (res_credits != 0)):
+                    m.d.comb += aes.i.valid.eq(1)
+                    with m.If(aes.i.ready):
+                        m.d.comb += [self.cmd.ready.eq(1), cmd_accept.eq(1)]
+                        m.d.sync += [
+                            cmd.eq(c),
+                            aad_left.eq(aad_blocks),
+                            text_left.eq(text_blocks),
+                            tag_left.eq(c.decrypt),
+                            counter.eq(2),
+                            remaining.eq(aad_blocks + text_blocks + 1),
+                            lane.eq(0),
+                            first_left.eq(lanes),
+                        ]
+                        m.next = "J0"
+            with m.State("J0"):
+                m.d.comb += [
+                    req.block.eq(Cat(cmd.nonce, _big_endian(1, 4))),
+                    item.kind.eq(_Kind.J0),
+                    aes.i.valid.eq(1),
+                ]
+                with m.If(aes.i.ready):
+                    if self.power_bubbles:
+                        m.d.sync += bubbles.eq(self.power_bubbles - 1)
+                        m.next = "POWERS"
+                    else:
+                        m.next = "BLOCKS"
+            if self.power_bubbles:
+                with m.State("POWERS"):
+                    m.d.sync += bubbles.eq(bubbles - 1)
+                    with m.If(bubbles == 0):
+                        m.next = "BLOCKS"
+            with m.State("BLOCKS"):
+                m.d.comb += item.data.eq(self.data_in.payload)
+                with m.If(aad_left != 0):
+                    m.d.comb += [
+                        item.kind.eq(_Kind.AAD),
+                        req.bypass.eq(1),
+                        item.nbytes.eq(Mux(aad_left == 1, last_bytes(cmd.aad_len), BLOCK_BYTES)),
+                        aes.i.valid.eq(self.data_in.valid),
+                        self.data_in.ready.eq(aes.i.ready),
+                    ]
+                    with m.If(self.data_in.valid & aes.i.ready):
+                        m.d.sync += aad_left.eq(aad_left - 1)
+                        ghash_block_injected()
+                with m.Elif(text_left != 0):
+                    m.d.comb += [
+                        item.kind.eq(_Kind.TEXT),
+                        req.block.eq(Cat(cmd.nonce, _big_endian(counter, 4))),
+                        item.nbytes.eq(Mux(text_left == 1, last_bytes(cmd.text_len), BLOCK_BYTES)),
+                        item.text_last.eq(text_left == 1),
+                        aes.i.valid.eq(self.data_in.valid & (out_credits != 0)),
+                        self.data_in.ready.eq(aes.i.ready & (out_credits != 0)),
+                    ]
+                    with m.If(self.data_in.valid & aes.i.ready & (out_credits != 0)):
+                        m.d.comb += text_inject.eq(1)
+                        m.d.sync += [text_left.eq(text_left - 1), counter.eq(counter + 1)]
+                        ghash_block_injected()
+                with m.Elif(tag_left):
+                    # Before the length block, so that the tag is in place when
+                    # the last product comes back.
+                    m.d.comb += [
+                        item.kind.eq(_Kind.TAG),
+                        req.bypass.eq(1),
+                        aes.i.valid.eq(self.data_in.valid),
+                        self.data_in.ready.eq(aes.i.ready),
+                    ]
+                    with m.If(self.data_in.valid & aes.i.ready):
+                        m.d.sync += tag_left.eq(0)
+                with m.Else():
+                    m.d.comb += [
+                        item.kind.eq(_Kind.LEN),
+                        req.bypass.eq(1),
+                        item.data.eq(Cat(_big_endian(cmd.aad_len << 3, 8),
+                                         _big_endian(cmd.text_len << 3, 8))),
+                        item.nbytes.eq(BLOCK_BYTES),
+                        aes.i.valid.eq(1),
+                    ]
+                    with m.If(aes.i.ready):
+                        ghash_block_injected()
+                        m.next = "IDLE"
+
+        with m.Switch(Cat(text_inject, out_fifo.r_en & out_fifo.r_rdy)):
+            with m.Case(0b01):
+                m.d.sync += out_credits.eq(out_credits - 1)
+            with m.Case(0b10):
+                m.d.sync += out_credits.eq(out_credits + 1)
+        with m.Switch(Cat(cmd_accept, res_fifo.r_en & res_fifo.r_rdy)):
+            with m.Case(0b01):
+                m.d.sync += res_credits.eq(res_credits - 1)
+            with m.Case(0b10):
+                m.d.sync += res_credits.eq(res_credits + 1)
+
+        # ---- post: after the AES unit ---------------------------------------
+        got = aes.o.payload.sideband
+        keystream = aes.o.payload.block
+        mask = _byte_mask(got.nbytes)
+        text_out = (keystream ^ got.data) & mask
+
+        h_power = Array(Signal(128, name=f"h_power{j}") for j in range(1, lanes + 1))
+        lane_acc = Array(Signal(128, name=f"lane{j}") for j in range(lanes))
+        tag_acc = Signal(128)
+        tag_mask = Signal(128)
+        expected = Signal(128)
+
+        ret = mul.o.payload
+        ret_side = ret.sideband
+        ret_data = mul.o.valid & (ret_side.op == _MulOp.DATA)
+        ret_power = mul.o.valid & (ret_side.op == _MulOp.POWER)
+
+        # The power chain has the multiplier's input to itself: the injector's
+        # bubbles keep GHASH blocks away until it is done.
+        chain_issue = Signal()
+        chain_a = Signal(128)
+        chain_power = Signal(range(1, lanes + 2))
+        chain_from_h = aes.o.valid & (got.kind == _Kind.H)
+        chain_from_power = ret_power & (ret_side.power < lanes)
+        if lanes > 1:
+            with m.If(chain_from_h):
+                m.d.comb += [chain_issue.eq(1), chain_a.eq(keystream), chain_power.eq(2)]
+            with m.Elif(chain_from_power):
+                m.d.comb += [chain_issue.eq(1), chain_a.eq(ret.p),
+                             chain_power.eq(ret_side.power + 1)]
+            with m.If(chain_from_h & chain_from_power):
+                m.d.sync += self.overrun.eq(1)
+
+        is_ghash = (got.kind == _Kind.AAD) | (got.kind == _Kind.TEXT) | (got.kind == _Kind.LEN)
+        ghash_in = Mux(got.kind == _Kind.TEXT, Mux(got.decrypt, got.data & mask, text_out),
+                       got.data & mask)
+        folded = Mux(got.first, 0,
+                     Mux(ret_data & ~ret_side.final & (ret_side.lane == got.lane),
+                         ret.p, lane_acc[got.lane]))
+        data_issue = aes.o.valid & is_ghash
+        data_ready = mul.i.ready & ~chain_issue
+        h_key = Mux(chain_from_h, keystream, h_power[0])
+
+        m.d.comb += mul.i.valid.eq(chain_issue | (data_issue & ~chain_issue))
+        if self._profile.aes == "pipeline":
+            # The pipeline cannot wait; the schedule guarantees it never has to.
+            fire = aes.o.valid
+            with m.If(data_issue & ~data_ready):
+                m.d.sync += self.overrun.eq(1)
+        else:
+            m.d.comb += aes.o.ready.eq(~is_ghash | data_ready)
+            fire = aes.o.valid & aes.o.ready
+        with m.If(chain_issue):
+            m.d.comb += [
+                mul.i.payload.a.eq(chain_a),
+                mul.i.payload.b.eq(h_key),
+                mul.i.payload.sideband.op.eq(_MulOp.POWER),
+                mul.i.payload.sideband.power.eq(chain_power),
+            ]
+        with m.Else():
+            m.d.comb += [
+                mul.i.payload.a.eq(folded ^ ghash_in),
+                mul.i.payload.b.eq(h_power[got.power - 1]),
+                mul.i.payload.sideband.op.eq(_MulOp.DATA),
+                mul.i.payload.sideband.lane.eq(got.lane),
+                mul.i.payload.sideband.final.eq(got.final),
+                mul.i.payload.sideband.last.eq(got.last),
+            ]
+
+        with m.If(fire):
+            with m.Switch(got.kind):
+                with m.Case(_Kind.H):
+                    m.d.sync += h_power[0].eq(keystream)
+                with m.Case(_Kind.J0):
+                    m.d.sync += tag_mask.eq(keystream)
+                with m.Case(_Kind.TAG):
+                    m.d.sync += expected.eq(got.data)
+        m.d.comb += [
+            out_fifo.w_data.eq(Cat(text_out, got.text_last)),
+            out_fifo.w_en.eq(fire & (got.kind == _Kind.TEXT)),
+        ]
+        pend_in = Signal(pend_layout)
+        m.d.comb += [
+            pend_in.mask.eq(tag_mask),
+            pend_in.expected.eq(expected),
+            pend_in.decrypt.eq(got.decrypt),
+            pending.w_data.eq(pend_in),
+            pending.w_en.eq(fire & (got.kind == _Kind.LEN)),
+        ]
+        with m.If(out_fifo.w_en & ~out_fifo.w_rdy | pending.w_en & ~pending.w_rdy):
+            m.d.sync += self.overrun.eq(1)
+
+        # ---- GHASH results ---------------------------------------------------
+        with m.If(ret_power):
+            m.d.sync += h_power[ret_side.power - 1].eq(ret.p)
+        pend = pend_layout(pending.r_data)
+        computed = tag_acc ^ ret.p ^ pend.mask
+        res_in = Signal(GCM_RESULT)
+        m.d.comb += [
+            res_in.tag.eq(Mux(pend.decrypt, 0, computed)),
+            res_in.tag_ok.eq(~pend.decrypt | (computed == pend.expected)),
+            res_fifo.w_data.eq(res_in),
+        ]
+        with m.If(ret_data):
+            with m.If(~ret_side.final):
+                m.d.sync += lane_acc[ret_side.lane].eq(ret.p)
+            with m.Elif(~ret_side.last):
+                m.d.sync += tag_acc.eq(tag_acc ^ ret.p)
+            with m.Else():
+                m.d.sync += tag_acc.eq(0)
+                m.d.comb += [res_fifo.w_en.eq(1), pending.r_en.eq(1)]
+        return m

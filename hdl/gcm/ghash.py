@@ -1,0 +1,218 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Multipliers in GHASH's field GF(2^128) (NIST SP 800-38D, section 6.3).
+
+Every interface carries blocks byte-packed: byte i of the block in bits [8i, 8i+8), so
+the signal value is ``int.from_bytes(block, "little")``. Inside this module a field
+element is a polynomial in coefficient order (bit j = coefficient of x^j), reduced
+modulo P = x^128 + x^7 + x^2 + x + 1; `block_to_poly` and `poly_to_block` convert,
+and are pure wiring.
+
+Two multipliers share the combinational Horner step `horner_step`:
+
+* `GfMulSerial` -- digit-serial, one product every 128/digit cycles, few LUTs;
+* `GfMulPipeline` -- one product per clock, result `stages` cycles later.
+"""
+
+from amaranth.hdl import C, Cat, Module, Mux, Signal, Value
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = [
+    "block_to_poly", "poly_to_block", "partial_products", "mod_p", "horner_step",
+    "GfMulOperands", "GfMulSerial", "GfMulPipeline",
+]
+
+
+def block_to_poly(block):
+    """Turn a byte-packed 128-bit block into coefficient order (bit j = coefficient of x^j).
+
+    SP 800-38D numbers block bits from the most significant bit of byte 0 and makes
+    bit j the coefficient of x^j, so coefficient j sits at bit 8*(j//8) + 7 - j%8 of
+    the byte-packed value: the bits of each byte are reversed, the bytes stay put.
+    """
+    block = Value.cast(block)
+    if len(block) != 128:
+        raise ValueError(f"block must be 128 bits wide, not {len(block)}")
+    return Cat(block[8 * (j // 8) + 7 - j % 8] for j in range(128))
+
+
+# Reversing the bits of each byte is its own inverse.
+poly_to_block = block_to_poly
+
+
+def _xor_tree(terms):
+    # Balanced, so that each output bit is log2(terms) XORs deep instead of a chain.
+    terms = list(terms)
+    while len(terms) > 1:
+        terms = [terms[k] ^ terms[k + 1] if k + 1 < len(terms) else terms[k]
+                 for k in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def partial_products(b, digit):
+    """The partial products b·x^i for each set bit i of `digit` (coefficient order).
+
+    Their XOR is the carry-less, unreduced product b·digit.
+    """
+    return [Mux(digit[i], b << i, 0) for i in range(len(digit))]
+
+
+def mod_p(m, v):
+    """Reduce the polynomial `v` (any width, coefficient order) modulo P: 128 bits.
+
+    Intermediate folds are comb signals of `m`, so that each is computed once.
+    """
+    v = Value.cast(v)
+    while len(v) > 128:
+        folded = Signal(len(v), name="unreduced")
+        m.d.comb += folded.eq(v)
+        # x^128 = x^7 + x^2 + x + 1 (mod P): fold the overflow back in. More than 121
+        # overflow bits overflow again after the x^7 shift, hence the loop.
+        high = folded[128:]
+        v = _xor_tree([folded[:128], high, high << 1, high << 2, high << 7])
+    reduced = Signal(128, name="reduced")
+    m.d.comb += reduced.eq(v)
+    return reduced
+
+
+def horner_step(m, z, b, digit):
+    """One Horner step: z·x^d + digit·b (mod P) with d = len(digit), coefficient order.
+
+    Equal to mul_xk(z, d) + mul_by_digit(b, digit); reducing the sum once, rather than
+    each term, needs one fold instead of two. Returns a comb signal of `m`.
+    """
+    return mod_p(m, _xor_tree([Value.cast(z) << len(digit), *partial_products(b, digit)]))
+
+
+#: Operands of a product A·B, byte-packed blocks.
+GfMulOperands = data.StructLayout({"a": 128, "b": 128})
+
+
+def _check_int(name, value, allowed, description):
+    if type(value) is not int or value not in allowed:
+        raise ValueError(f"{name} must be {description}, not {value!r}")
+
+
+class GfMulSerial(wiring.Component):
+    """Digit-serial GF(2^128) multiplier: ``o = i.a · i.b`` as in GHASH.
+
+    Horner's rule over `digit`-bit digits of A, most significant power first:
+    Z <- Z·x^digit + digit(A)·B, one step per cycle. B (the hash key H in GCM) is held
+    in a register and A shifts, so the only wide logic is one Horner step. A digit
+    that does not divide 128 zero-pads A at the top; the first step then uses a
+    partial digit.
+
+    Latency: the product is offered on `o` `cycles` = ceil(128/digit) cycles after
+    the operands are accepted, and held until taken. Throughput: one product per
+    `cycles` cycles; the next operands are accepted in the cycle the product is taken
+    (so `i.ready` depends combinationally on `o.ready`). `o.payload` is the last
+    Horner step, combinational from registers.
+    """
+
+    def __init__(self, *, digit: int = 8):
+        _check_int("digit", digit, range(1, 129), "an integer from 1 to 128")
+        self.digit = digit
+        self.cycles = -(-128 // digit)
+        super().__init__({
+            "i": In(stream.Signature(GfMulOperands)),
+            "o": Out(stream.Signature(128)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d, n = self.digit, self.cycles
+
+        a = Signal(n * d)          # coefficient order; the top digit is consumed next
+        b = Signal(128)
+        z = Signal(128)
+        busy = Signal()
+        steps_left = Signal(range(n))
+        last = steps_left == 0
+
+        product = horner_step(m, z, b, a[-d:])
+        m.d.comb += [
+            self.o.valid.eq(busy & last),
+            self.o.payload.eq(poly_to_block(product)),
+            self.i.ready.eq(~busy | (last & self.o.ready)),
+        ]
+
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [
+                a.eq(block_to_poly(self.i.payload.a)),
+                b.eq(block_to_poly(self.i.payload.b)),
+                z.eq(0),
+                steps_left.eq(n - 1),
+                busy.eq(1),
+            ]
+        with m.Elif(self.o.valid & self.o.ready):
+            m.d.sync += busy.eq(0)
+        with m.Elif(busy & ~last):
+            m.d.sync += [
+                z.eq(product),
+                a.eq(a << d),
+                steps_left.eq(steps_left - 1),
+            ]
+        return m
+
+
+class GfMulPipeline(wiring.Component):
+    """Pipelined GF(2^128) multiplier: ``o.p = i.a · i.b`` as in GHASH.
+
+    Stage s does Horner step s over 128/stages-bit digits of A (most significant
+    first), reducing modulo P in every stage. The alternative -- accumulate the
+    unreduced product and reduce once at the end -- gives shallower middle stages but
+    a last stage that is the deepest of all (partial products then the reduction);
+    per-stage reduction keeps every stage alike: per output bit, at most
+    ~5·(128/stages) AND terms in a balanced XOR tree.
+
+    Latency: `latency` = `stages` cycles; `o.valid` is `i.valid` delayed by as much.
+    Throughput: one product per cycle, no back-pressure. `sideband` (a width or a
+    `data.Layout`) travels unchanged with its product. The first stage's logic is fed
+    straight from `i`.
+    """
+
+    def __init__(self, *, stages: int = 4, sideband=0):
+        _check_int("stages", stages, (1, 2, 4, 8), "1, 2, 4 or 8")
+        if not (isinstance(sideband, data.Layout) or
+                (type(sideband) is int and sideband >= 0)):
+            raise ValueError(f"sideband must be a width (int >= 0) or a data.Layout, "
+                             f"not {sideband!r}")
+        self.stages = self.latency = stages
+        super().__init__({
+            "i": In(stream.Signature(
+                data.StructLayout({"a": 128, "b": 128, "sideband": sideband}),
+                always_ready=True)),
+            "o": Out(stream.Signature(
+                data.StructLayout({"p": 128, "sideband": sideband}),
+                always_ready=True)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = 128 // self.stages
+
+        def stage_register(value, name, **kwargs):
+            register = Signal(len(value), name=name, **kwargs)
+            m.d.sync += register.eq(value)
+            return register
+
+        valid = self.i.valid
+        sideband = Value.cast(self.i.payload.sideband)
+        a, b = Signal(128), Signal(128)
+        m.d.comb += [a.eq(block_to_poly(self.i.payload.a)), b.eq(block_to_poly(self.i.payload.b))]
+        z = C(0, 128)
+        for s in range(self.stages):
+            z = stage_register(horner_step(m, z, b, a[-d:]), f"z_{s}", reset_less=True)
+            a = a[:-d]
+            if s < self.stages - 1:
+                a = stage_register(a, f"a_{s}", reset_less=True)
+                b = stage_register(b, f"b_{s}", reset_less=True)
+            sideband = stage_register(sideband, f"sideband_{s}", reset_less=True)
+            valid = stage_register(valid, f"valid_{s}")
+
+        m.d.comb += [
+            self.o.valid.eq(valid),
+            self.o.payload.p.eq(poly_to_block(z)),
+            self.o.payload.sideband.eq(sideband),
+        ]
+        return m

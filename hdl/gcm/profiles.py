@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Datapath profiles of the AES-GCM core.
+
+A profile is a named set of construction parameters; every field can be
+overridden one by one (``GcmCore("fast", ghash_stages=4)``).
+"""
+
+from dataclasses import dataclass, fields, replace
+
+__all__ = ["GcmProfile", "PROFILES", "resolve_profile"]
+
+SBOX_MAPPINGS = ("rom", "logic")
+GHASH_DIGITS = (1, 2, 4, 8, 11, 12, 13, 16, 32)
+GHASH_STAGES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class GcmProfile:
+    name: str
+    aes: str               # "iterative" (a round per cycle) | "pipeline" (a block per cycle)
+    ghash: str             # "serial" (a digit per cycle) | "pipeline" (a product per cycle)
+    sbox: str = "rom"      # "rom": block RAM; "logic": LUTs. Same timing either way.
+    ghash_digit: int = 8   # serial multiplier: bits of the operand per cycle
+    ghash_stages: int = 2  # pipelined multiplier: stages = GHASH lanes
+    out_depth: int = 4     # output FIFO blocks; with the pipeline at least its latency
+
+    @property
+    def lanes(self) -> int:
+        return self.ghash_stages if self.ghash == "pipeline" else 1
+
+
+PROFILES = {
+    # iCE40UP5K: 16+4 S-box ROMs in EBR, a 13-bit digit so that GHASH (10 cycles)
+    # keeps up with AES-128 (10 cycles per block).
+    "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=13),
+    # ECP5: one block per cycle. The output FIFO covers the AES pipeline's latency
+    # plus the credit loop, so a consumer that is always ready sees no bubbles.
+    "fast": GcmProfile("fast", aes="pipeline", ghash="pipeline", ghash_stages=2,
+                       out_depth=32),
+}
+
+
+def resolve_profile(profile, **overrides) -> GcmProfile:
+    """The profile named `profile` (or a `GcmProfile`) with `overrides` applied, checked."""
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {sorted(PROFILES)}, not {profile!r}")
+        profile = PROFILES[profile]
+    elif not isinstance(profile, GcmProfile):
+        raise TypeError(f"profile must be a profile name or a GcmProfile, not {profile!r}")
+    known = {f.name for f in fields(GcmProfile)} - {"name", "aes", "ghash"}
+    for key in overrides:
+        if key not in known:
+            raise TypeError(f"unknown GCM core parameter {key!r}; known: {sorted(known)}")
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    profile = replace(profile, **overrides)
+    if profile.sbox not in SBOX_MAPPINGS:
+        raise ValueError(f"sbox must be one of {SBOX_MAPPINGS}, not {profile.sbox!r}")
+    if profile.ghash_digit not in GHASH_DIGITS:
+        raise ValueError(f"ghash_digit must be one of {GHASH_DIGITS}, not {profile.ghash_digit!r}")
+    if profile.ghash_stages not in GHASH_STAGES:
+        raise ValueError(f"ghash_stages must be one of {GHASH_STAGES}, not {profile.ghash_stages!r}")
+    if not isinstance(profile.out_depth, int) or profile.out_depth < 2:
+        raise ValueError(f"out_depth must be an integer of at least 2, not {profile.out_depth!r}")
+    return profile

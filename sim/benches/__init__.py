@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""cocotb benches that ship with the package (used by tests, benchmarks and demos)."""

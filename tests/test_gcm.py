@@ -1,0 +1,117 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""GcmCore in Verilator (cocotb) against NIST CAVP vectors and `cryptography`."""
+
+import os
+import shutil
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from espnic.hdl.gcm.core import GcmCore
+from espnic.sim.gcm_job import GcmMessage, reference, run_gcm
+
+from .nist_gcm import load_vectors
+
+PROFILES = ["compact", "fast"]
+VECTOR_FILES = ["gcmEncryptExtIV128.rsp", "gcmEncryptExtIV256.rsp",
+                "gcmDecrypt128.rsp", "gcmDecrypt256.rsp"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("filename", VECTOR_FILES)
+def test_nist_vectors(profile, filename):
+    """Every vector with a 96-bit IV and a 128-bit tag, back to back in one run."""
+    vectors = load_vectors(filename)
+    assert len(vectors) == 375, "the CAVP file changed shape"
+    decrypt = "Decrypt" in filename
+    messages = [GcmMessage(key=v.key, nonce=v.iv, aad=v.aad,
+                           text=v.ct if decrypt else v.pt, decrypt=decrypt,
+                           tag=v.tag if decrypt else b"")
+                for v in vectors]
+    run = run_gcm(messages, profile=profile)
+    failures = 0
+    for vector, outcome in zip(vectors, run.outcomes, strict=True):
+        where = f"{filename} Count={vector.count} (section {vector.section})"
+        if not decrypt:
+            assert (outcome.text, outcome.tag) == (vector.ct, vector.tag), where
+        elif vector.fail:
+            failures += 1
+            # Reported as a failure, and the computed tag is not disclosed.
+            assert (outcome.tag_ok, outcome.tag) == (False, bytes(16)), where
+        else:
+            assert (outcome.tag_ok, outcome.text, outcome.tag) == (True, vector.pt, bytes(16)), where
+    if decrypt:
+        assert failures > 100, "the decrypt file should hold many FAIL vectors"
+
+
+def _message_strategy():
+    key_sizes = st.sampled_from([16, 32])
+    return st.builds(
+        lambda key_size, key, nonce, aad, text, decrypt, corrupt:
+            (key[:key_size], nonce, aad, text, decrypt, corrupt),
+        key_sizes, st.binary(min_size=32, max_size=32), st.binary(min_size=12, max_size=12),
+        st.binary(max_size=64),
+        st.one_of(st.binary(max_size=48), st.binary(min_size=1, max_size=2000)),
+        st.booleans(),
+        # Decrypt only: none, or which byte of aad/text/tag to flip.
+        st.one_of(st.none(), st.tuples(st.sampled_from(["aad", "text", "tag"]),
+                                       st.integers(0, 2**16), st.integers(1, 255))))
+
+
+def _to_message(spec):
+    key, nonce, aad, text, decrypt, corrupt = spec
+    if not decrypt:
+        return GcmMessage(key=key, nonce=nonce, aad=aad, text=text)
+    sealed = reference(GcmMessage(key=key, nonce=nonce, aad=aad, text=text))
+    fields = {"aad": aad, "text": sealed.text, "tag": sealed.tag}
+    if corrupt is not None and fields[corrupt[0]]:
+        name, position, flip = corrupt
+        octets = bytearray(fields[name])
+        octets[position % len(octets)] ^= flip
+        fields[name] = bytes(octets)
+    return GcmMessage(key=key, nonce=nonce, decrypt=True, **fields)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@settings(max_examples=int(os.environ.get("ESPNIC_EXAMPLES", "5")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(specs=st.lists(_message_strategy(), min_size=1, max_size=10),
+       in_gap=st.sampled_from([0.0, 0.2, 0.6]), out_stall=st.sampled_from([0.0, 0.3, 0.7]),
+       seed=st.integers(0, 2**32 - 1))
+def test_differential(profile, specs, in_gap, out_stall, seed):
+    """Random keys (128/256 alternating freely), AAD 0..64, text 0..2000 bytes,
+    corrupted decrypts, random input gaps and output stalls."""
+    messages = [_to_message(spec) for spec in specs]
+    run = run_gcm(messages, profile=profile, in_gap=in_gap, out_stall=out_stall, seed=seed)
+    for index, (message, outcome) in enumerate(zip(messages, run.outcomes, strict=True)):
+        expected = reference(message)
+        assert outcome.tag_ok == expected.tag_ok, f"message {index}"
+        assert outcome.tag == expected.tag, f"message {index}"
+        if expected.tag_ok:
+            assert outcome.text == expected.text, f"message {index}"
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog is not installed")
+def test_icarus_runs_the_same_vectors():
+    vectors = load_vectors("gcmEncryptExtIV256.rsp")[:40]
+    messages = [GcmMessage(key=v.key, nonce=v.iv, aad=v.aad, text=v.pt) for v in vectors]
+    run = run_gcm(messages, profile="compact", simulator="icarus")
+    assert [(o.text, o.tag) for o in run.outcomes] == [(v.ct, v.tag) for v in vectors]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"profile": "tiny"}, "profile must be one of"),
+    ({"profile": "compact", "sbox": "lut"}, "sbox must be one of"),
+    ({"profile": "compact", "ghash_digit": 7}, "ghash_digit must be one of"),
+    ({"profile": "fast", "ghash_stages": 3}, "ghash_stages must be one of"),
+    ({"profile": "fast", "out_depth": 1}, "out_depth must be"),
+])
+def test_bad_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GcmCore(**kwargs)
+
+
+def test_unknown_parameter():
+    with pytest.raises(TypeError, match="unknown GCM core parameter 'key_size'"):
+        GcmCore("compact", key_size=128)
