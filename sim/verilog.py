@@ -33,7 +33,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["cache_dir", "cache_key", "hdl_sources", "generate", "ports_path", "load_ports"]
+__all__ = ["cache_dir", "cache_key", "hdl_sources", "generate", "ports_path", "load_ports",
+           "file_lock", "atomic_write"]
 
 # Bump when the files written here change shape, so stale caches are not reused.
 _FORMAT = 1
@@ -160,6 +161,7 @@ def atomic_write(path: Path, data: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is not secret
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

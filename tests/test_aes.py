@@ -181,9 +181,10 @@ def test_pipeline_fips(sbox):
         [ct for _, ct in requests]
 
 
-def test_pipeline_random_stream():
+@pytest.mark.parametrize("sbox", ["rom", "logic"])
+def test_pipeline_random_stream(sbox):
     rng = random.Random(3)
-    dut = AesPipeline(sideband=SIDEBAND)
+    dut = AesPipeline(sideband=SIDEBAND, sbox=sbox)
     schedule, expected = [], []
     for n, (fields, ct) in enumerate(random_requests(rng, 30)):
         if rng.random() < 0.2:

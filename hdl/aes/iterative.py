@@ -3,8 +3,8 @@ from amaranth import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .round import (AES_REQUEST, ROUNDS_128, ROUNDS_256, cipher_round, final_round, key_load,
-                    key_step)
+from .round import (AES_REQUEST, ROUNDS_128, ROUNDS_256, cipher_round, final_round,
+                    key_load, key_step)
 from .sbox import SubBytes, check_sbox
 
 
@@ -15,16 +15,19 @@ class AesIterative(wiring.Component):
     """AES-128/256 forward cipher, one round per clock (the "compact" profile).
 
     Encrypts ``i.payload.block`` under ``i.payload.key`` (AES-256 when ``key_256``)
-    and presents the ciphertext on ``o``. The key schedule runs on the fly, so each
-    block may bring a different key at no cost. 16 data + 4 key S-boxes, one
-    lookup each per cycle (with ``sbox="rom"``: 20 block RAMs, one read port each).
+    and presents the ciphertext on ``o``. The key schedule runs on the fly from the
+    request's key, so each block may bring a different key at no cost (and the core
+    keeps no copy of a key). 16 data + 4 key S-boxes, one lookup each per cycle
+    (``sbox="rom"``: 20 block RAMs, one read port each).
 
-    Latency: ``o.valid`` rises 10 (AES-128) / 14 (AES-256) cycles after the ``i``
-    handshake. ``o.payload`` comes from the last round's logic, unregistered.
+    Latency: the ``o`` handshake can happen 10 (AES-128) / 14 (AES-256) clock edges
+    after the ``i`` handshake. ``o.payload`` comes from the last round's logic,
+    unregistered.
 
-    Throughput: one block per 10 / 14 cycles. ``i.ready`` is high while idle and in
-    the cycle of an ``o`` handshake, so the next block loads while the last round
-    is delivered. While ``o.valid`` and not ``o.ready`` everything holds.
+    Throughput: one block per 10 / 14 cycles. ``i.ready`` is high while idle and
+    during an ``o`` handshake (combinationally from ``o.ready``), so the next block
+    loads as the last round is delivered. While ``o.valid`` and not ``o.ready``
+    everything holds.
     """
 
     i: In(stream.Signature(AES_REQUEST))

@@ -29,7 +29,8 @@ from amaranth.lib import data
 
 __all__ = [
     "AES_REQUEST", "AES_PIPE_REQUEST", "AES_PIPE_RESPONSE", "ROUNDS_128", "ROUNDS_256",
-    "shift_rows", "mix_columns", "cipher_round", "final_round", "rcon", "key_control", "key_load", "key_step",
+    "shift_rows", "mix_columns", "cipher_round", "final_round",
+    "rcon", "key_control", "key_load", "key_step",
 ]
 
 
@@ -97,8 +98,12 @@ def cipher_round(m, sub, round_key, *, name="state"):
     the signal ``name`` that holds it.
     """
     # Named signals keep expression trees (and simulation) small.
+    shifted = Signal(128, name=f"{name}_shifted")
     state = Signal(128, name=name)
-    m.d.comb += state.eq(mix_columns(shift_rows(sub)) ^ round_key)
+    m.d.comb += [
+        shifted.eq(shift_rows(sub)),
+        state.eq(mix_columns(shifted) ^ round_key),
+    ]
     return state
 
 
@@ -161,12 +166,14 @@ def key_step(m, lo, hi, sub, *, rnd, key_256, name="key"):
     """
     zero, rotate, round_constant = key_control(rnd, key_256)
     # SubWord(RotWord(w)) = RotWord(SubWord(w)): the S-box needs no rotated address.
-    temp = Mux(zero, 0, Mux(rotate, Cat(sub[8:32], sub[:8]) ^ round_constant, sub))
-    base = Mux(key_256, lo, hi)
-    words = []
-    for j in range(4):
-        temp = temp ^ base[32 * j:][:32]
-        words.append(temp)
+    temp = Signal(32, name=f"{name}_temp")
+    base = Signal(128, name=f"{name}_base")
     round_key = Signal(128, name=f"{name}_round")
-    m.d.comb += round_key.eq(Cat(words))
+    m.d.comb += [
+        temp.eq(Mux(zero, 0, Mux(rotate, Cat(sub[8:32], sub[:8]) ^ round_constant, sub))),
+        base.eq(Mux(key_256, lo, hi)),
+    ]
+    for j in range(4):  # w[i] = w[i-Nk] ^ w[i-1], starting from temp
+        temp = temp ^ base[32 * j:][:32]
+        m.d.comb += round_key[32 * j:][:32].eq(temp)
     return round_key, hi, round_key, round_key[96:128]

@@ -5,8 +5,12 @@ Both mappings have the same one-cycle latency, so a core's timing never depends
 on which one it uses:
 
 * ``"rom"``: a 256x8 :class:`~amaranth.lib.memory.Memory` with synchronous read
-  ports, which yosys maps to block RAM (iCE40 SB_RAM40_4K, ECP5 DP16KD);
+  ports, mapped to block RAM (iCE40 SB_RAM40_4K, ECP5 DP16KD);
 * ``"logic"``: a LUT lookup followed by a register.
+
+The ``rom_style`` attribute tells yosys which one is meant: left to itself it
+maps a 256x8 ROM to LUTs on ECP5 and to block RAM on iCE40, whichever way the
+table is written.
 """
 
 from amaranth import *
@@ -77,7 +81,8 @@ class SboxRom(_Sbox):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.rom = rom = Memory(shape=8, depth=256, init=SBOX)
+        m.submodules.rom = rom = Memory(shape=8, depth=256, init=SBOX,
+                                        attrs={"rom_style": "block"})
         for p in range(self._ports):
             port = rom.read_port(domain="sync", transparent_for=())
             m.d.comb += [
@@ -93,8 +98,7 @@ class SboxLogic(_Sbox):
 
     def elaborate(self, platform):
         m = Module()
-        # A table lookup, however written, is turned into a ROM by yosys (proc_rom,
-        # memory_bmux2rom) and then into block RAM; `rom_style` keeps it in LUTs.
+        # A Switch or Array over constants would become a ROM as well (yosys proc_rom).
         m.submodules.table = table = Memory(shape=8, depth=256, init=SBOX,
                                             attrs={"rom_style": "logic"})
         for p in range(self._ports):

@@ -78,8 +78,8 @@ def mod_p(m, v):
 def horner_step(m, z, b, digit):
     """One Horner step: z·x^d + digit·b (mod P) with d = len(digit), coefficient order.
 
-    Equal to mul_xk(z, d) + mul_by_digit(b, digit); reducing the sum once, rather than
-    each term, needs one fold instead of two. Returns a comb signal of `m`.
+    Reducing the sum z·x^d + digit·b once, rather than each term, needs one fold
+    instead of two. Returns a comb signal of `m`.
     """
     return mod_p(m, _xor_tree([Value.cast(z) << len(digit), *partial_products(b, digit)]))
 
