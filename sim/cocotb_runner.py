@@ -354,6 +354,9 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
 
     runner = get_runner(simulator)
     error = None
+    # The simulator's own chatter goes to a file, so that a command's output
+    # (e.g. a bench's --json) is only what the command prints.
+    sim_log = run_dir / "sim.log"
     with file_lock(run_dir.with_name(run_dir.name + ".lock")):
         run_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -364,7 +367,7 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
                             hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=run_dir,
                             results_xml=str(results_xml), testcase=testcase, seed=seed,
                             extra_env=bench_env, plusargs=plusargs, waves=waves,
-                            timescale=TIMESCALE)
+                            timescale=TIMESCALE, log_file=sim_log)
             except SystemExit as exit_:
                 # Under pytest the runner exits on failing tests; the results
                 # file below says which.
@@ -382,7 +385,7 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
         if timeout is not None and error and re.search(r"\b(124|137)\b", error):
             reason = f"timed out after {timeout:g} s"
         raise RuntimeError(f"{simulator} simulation of {name} with {test_module} ended "
-                           f"abnormally ({reason}); see the captured output")
+                           f"abnormally ({reason}); log {sim_log}:\n{_tail(sim_log)}")
     tests, failures = outcome
     if failures:
         raise AssertionError(f"{len(failures)} of {tests} cocotb tests failed in {test_module} "

@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: BSD-2-Clause
+import os
 import sys
 from pathlib import Path
 
@@ -7,3 +8,11 @@ from pathlib import Path
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
+
+# CI runs the same examples every time (a red CI must be reproducible); a
+# developer's runs explore new ones. Either way a failure prints its seed.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")

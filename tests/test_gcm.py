@@ -74,7 +74,7 @@ def _to_message(spec):
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-@settings(max_examples=int(os.environ.get("ESPNIC_EXAMPLES", "5")), deadline=None,
+@settings(max_examples=int(os.environ.get("ESPNIC_EXAMPLES", "8")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(specs=st.lists(_message_strategy(), min_size=1, max_size=10),
        in_gap=st.sampled_from([0.0, 0.2, 0.6]), out_stall=st.sampled_from([0.0, 0.3, 0.7]),

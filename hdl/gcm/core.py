@@ -102,29 +102,54 @@ def _big_endian(value, nbytes):
     return Cat(*(value[8 * (nbytes - 1 - i):8 * (nbytes - i)] for i in range(nbytes)))
 
 
-class _SidebandFifo(wiring.Component):
-    """Carries a sideband alongside a unit that keeps its items in order.
+class _SidebandUnit(wiring.Component):
+    """Gives an arithmetic unit (AES or GF multiplier) a sideband that travels with each item.
 
-    Written when the unit accepts an item, read when it emits one; ``depth`` must
-    be at least the number of items the unit can hold.
+    A pipelined core carries the sideband itself and cannot wait: both streams
+    are ``always_ready``. A core with back-pressure (the compact profile's) keeps
+    its items in order, so the sideband waits in a FIFO beside it: written when
+    the core accepts an item, read when it emits one. ``depth`` must be at least
+    the number of items the core can hold.
     """
-    def __init__(self, shape, depth):
-        self._fifo = fifo.SyncFIFO(width=Shape.cast(shape).width, depth=depth)
+    def __init__(self, core, *, operands, result, sideband, pipelined, depth=2):
+        self._core, self._operands, self._result = core, list(operands), result
+        self._pipelined, self._depth = pipelined, depth
+        request = data.StructLayout({**operands, "sideband": sideband})
+        response = data.StructLayout({result: 128, "sideband": sideband})
         super().__init__({
-            "push":  In(stream.Signature(shape)),
-            "pop":   Out(stream.Signature(shape)),
-            "empty": Out(1),
+            "i": In(stream.Signature(request, always_ready=pipelined)),
+            "o": Out(stream.Signature(response, always_ready=pipelined)),
+            "empty": Out(1),    # nothing inside (back-pressured core only)
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.fifo = f = self._fifo
-        wiring.connect(m, wiring.flipped(self.push), f.w_stream)
+        m.submodules.core = core = self._core
+        for name in self._operands:
+            m.d.comb += getattr(core.i.payload, name).eq(getattr(self.i.payload, name))
+        m.d.comb += core.i.valid.eq(self.i.valid)
+        if self._pipelined:
+            m.d.comb += [
+                core.i.payload.sideband.eq(self.i.payload.sideband),
+                self.o.payload.eq(core.o.payload),
+                self.o.valid.eq(core.o.valid),
+            ]
+            return m
+
+        m.submodules.side = side = fifo.SyncFIFO(width=Shape.cast(
+            self.i.payload.sideband.shape()).width, depth=self._depth)
+        accept = self.i.valid & core.i.ready & side.w_rdy
         m.d.comb += [
-            self.pop.payload.eq(f.r_data),
-            self.pop.valid.eq(f.r_rdy),
-            f.r_en.eq(self.pop.ready),
-            self.empty.eq(f.level == 0),
+            core.i.valid.eq(self.i.valid & side.w_rdy),
+            self.i.ready.eq(core.i.ready & side.w_rdy),
+            side.w_data.eq(self.i.payload.sideband),
+            side.w_en.eq(accept),
+            getattr(self.o.payload, self._result).eq(core.o.payload),
+            self.o.payload.sideband.eq(side.r_data),
+            self.o.valid.eq(core.o.valid),
+            core.o.ready.eq(self.o.ready),
+            side.r_en.eq(core.o.valid & self.o.ready),
+            self.empty.eq(side.level == 0),
         ]
         return m
 
@@ -137,55 +162,38 @@ class _AesUnit(wiring.Component):
     fourteen rounds when nothing older is inside, which keeps order.
     """
     def __init__(self, profile: GcmProfile, sideband):
-        self._profile = profile
+        pipelined = profile.aes == "pipeline"
+        core = (AesPipeline(sideband=sideband, sbox=profile.sbox) if pipelined
+                else AesIterative(sbox=profile.sbox))
+        self._inner = _SidebandUnit(core, operands={"block": 128, "key": 256, "key_256": 1},
+                                    result="block", sideband=sideband, pipelined=pipelined)
+        self._pipelined = pipelined
         request = data.StructLayout({"block": 128, "key": 256, "key_256": 1,
                                      "bypass": 1, "sideband": sideband})
-        response = data.StructLayout({"block": 128, "sideband": sideband})
-        pipelined = profile.aes == "pipeline"
-        if pipelined:
-            self._core = AesPipeline(sideband=sideband, sbox=profile.sbox)
-        else:
-            self._core = AesIterative(sbox=profile.sbox)
         super().__init__({
             "i": In(stream.Signature(request, always_ready=pipelined)),
-            "o": Out(stream.Signature(response, always_ready=pipelined)),
+            "o": Out(stream.Signature(self._inner.o.payload.shape(), always_ready=pipelined)),
         })
-
-    @property
-    def latency(self):
-        """Cycles from accepting a block to its result (pipeline only)."""
-        return self._core.latency
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.core = core = self._core
-        m.d.comb += [
-            core.i.payload.block.eq(self.i.payload.block),
-            core.i.payload.key.eq(self.i.payload.key),
-            core.i.payload.key_256.eq(self.i.payload.key_256),
-        ]
-        if self._profile.aes == "pipeline":
+        m.submodules.inner = inner = self._inner
+        for name in ("block", "key", "key_256", "sideband"):
+            m.d.comb += getattr(inner.i.payload, name).eq(getattr(self.i.payload, name))
+        if self._pipelined:
             m.d.comb += [
-                core.i.payload.sideband.eq(self.i.payload.sideband),
-                core.i.valid.eq(self.i.valid),
-                self.o.payload.eq(core.o.payload),
-                self.o.valid.eq(core.o.valid),
+                inner.i.valid.eq(self.i.valid),
+                self.o.payload.eq(inner.o.payload),
+                self.o.valid.eq(inner.o.valid),
             ]
             return m
 
-        sideband_shape = self.i.payload.sideband.shape()
-        # The iterative core holds one block in its rounds and one result.
-        m.submodules.side = side = _SidebandFifo(sideband_shape, depth=2)
         skip_valid = Signal()
         skip = Signal(self.o.payload.shape())
-
-        skip_ready = side.empty & (~skip_valid | self.o.ready)
+        skip_ready = inner.empty & (~skip_valid | self.o.ready)
         m.d.comb += [
-            side.push.payload.eq(self.i.payload.sideband),
-            side.push.valid.eq(core.i.valid & core.i.ready),
-            core.i.valid.eq(self.i.valid & ~self.i.payload.bypass & side.push.ready),
-            self.i.ready.eq(Mux(self.i.payload.bypass, skip_ready,
-                                core.i.ready & side.push.ready)),
+            inner.i.valid.eq(self.i.valid & ~self.i.payload.bypass),
+            self.i.ready.eq(Mux(self.i.payload.bypass, skip_ready, inner.i.ready)),
         ]
         with m.If(self.o.ready):
             m.d.sync += skip_valid.eq(0)
@@ -201,60 +209,20 @@ class _AesUnit(wiring.Component):
             m.d.comb += [self.o.payload.eq(skip), self.o.valid.eq(1)]
         with m.Else():
             m.d.comb += [
-                self.o.payload.block.eq(core.o.payload),
-                self.o.payload.sideband.eq(side.pop.payload),
-                self.o.valid.eq(core.o.valid),
-                core.o.ready.eq(self.o.ready),
-                side.pop.ready.eq(core.o.valid & self.o.ready),
+                self.o.payload.eq(inner.o.payload),
+                self.o.valid.eq(inner.o.valid),
+                inner.o.ready.eq(self.o.ready),
             ]
         return m
 
 
-class _MulUnit(wiring.Component):
+def _mul_unit(profile: GcmProfile, sideband):
     """GF(2^128) multiplier with a sideband, for either profile."""
-    def __init__(self, profile: GcmProfile, sideband):
-        self._profile = profile
-        request = data.StructLayout({"a": 128, "b": 128, "sideband": sideband})
-        response = data.StructLayout({"p": 128, "sideband": sideband})
-        pipelined = profile.ghash == "pipeline"
-        if pipelined:
-            self._core = GfMulPipeline(stages=profile.ghash_stages, sideband=sideband)
-        else:
-            self._core = GfMulSerial(digit=profile.ghash_digit)
-        super().__init__({
-            "i": In(stream.Signature(request, always_ready=pipelined)),
-            "o": Out(stream.Signature(response, always_ready=True)),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.core = core = self._core
-        m.d.comb += [
-            core.i.payload.a.eq(self.i.payload.a),
-            core.i.payload.b.eq(self.i.payload.b),
-        ]
-        if self._profile.ghash == "pipeline":
-            m.d.comb += [
-                core.i.payload.sideband.eq(self.i.payload.sideband),
-                core.i.valid.eq(self.i.valid),
-                self.o.payload.eq(core.o.payload),
-                self.o.valid.eq(core.o.valid),
-            ]
-            return m
-
-        m.submodules.side = side = _SidebandFifo(self.i.payload.sideband.shape(), depth=2)
-        m.d.comb += [
-            side.push.payload.eq(self.i.payload.sideband),
-            side.push.valid.eq(core.i.valid & core.i.ready),
-            core.i.valid.eq(self.i.valid & side.push.ready),
-            self.i.ready.eq(core.i.ready & side.push.ready),
-            self.o.payload.p.eq(core.o.payload),
-            self.o.payload.sideband.eq(side.pop.payload),
-            self.o.valid.eq(core.o.valid),
-            core.o.ready.eq(1),
-            side.pop.ready.eq(core.o.valid),
-        ]
-        return m
+    pipelined = profile.ghash == "pipeline"
+    core = (GfMulPipeline(stages=profile.ghash_stages, sideband=sideband) if pipelined
+            else GfMulSerial(digit=profile.ghash_digit))
+    return _SidebandUnit(core, operands={"a": 128, "b": 128}, result="p", sideband=sideband,
+                         pipelined=pipelined)
 
 
 class GcmCore(wiring.Component):
@@ -276,10 +244,11 @@ class GcmCore(wiring.Component):
     overrun : sticky; set if the fixed schedule of the fast profile was ever
         violated. It never is by construction; exported for status and tests.
 
-    Throughput and latency: see ``cycles_per_block`` and ``message_overhead``,
-    measured by ``bench/gcm.py`` and listed in ``docs/performance.md``.
-    A new key costs no cycles beyond ``message_overhead``, which every message
-    pays (computing H and E(J0) for it).
+    Throughput: *fast* takes one 16-byte block per cycle, *compact* one per 10
+    (AES-128) or 14 (AES-256) cycles; every message also pays a fixed number of
+    cycles (H, E(J0), the powers of H, the length block), the same whether its
+    key is new or not. Measured by ``bench/gcm.py``, listed in
+    ``docs/performance.md``.
     """
 
     def __init__(self, profile="compact", **overrides):
@@ -288,7 +257,7 @@ class GcmCore(wiring.Component):
         self._item = _item_layout(lanes)
         self._mul_sideband = _mul_sideband(lanes)
         self._aes = _AesUnit(self._profile, self._item)
-        self._mul = _MulUnit(self._profile, self._mul_sideband)
+        self._mul = _mul_unit(self._profile, self._mul_sideband)
         super().__init__({
             "cmd":      In(stream.Signature(GCM_COMMAND)),
             "data_in":  In(stream.Signature(128)),
@@ -321,9 +290,13 @@ class GcmCore(wiring.Component):
         m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(
             width=GCM_OUTPUT.size, depth=self._profile.out_depth)
         m.submodules.res_fifo = res_fifo = fifo.SyncFIFOBuffered(
-            width=GCM_RESULT.size, depth=2)
+            width=GCM_RESULT.size, depth=self._profile.result_depth)
         pend_layout = data.StructLayout({"mask": 128, "expected": 128, "decrypt": 1})
-        m.submodules.pending = pending = fifo.SyncFIFO(width=pend_layout.size, depth=2)
+        # One entry: a message's length block is issued at least three items
+        # after the previous one's, later than that one's last product returns
+        # (`lanes` cycles after issue), so two never wait at once. `overrun`
+        # would catch it.
+        m.submodules.pending = pending = fifo.SyncFIFO(width=pend_layout.size, depth=1)
 
         m.d.comb += [
             self.data_out.payload.eq(out_fifo.r_data),
@@ -346,7 +319,8 @@ class GcmCore(wiring.Component):
         bubbles = Signal(range(self.power_bubbles + 1))
 
         out_credits = Signal(range(self._profile.out_depth + 1), init=self._profile.out_depth)
-        res_credits = Signal(range(3), init=2)
+        res_credits = Signal(range(self._profile.result_depth + 1),
+                             init=self._profile.result_depth)
 
         item = Signal(self._item)
         req = aes.i.payload
@@ -490,6 +464,8 @@ class GcmCore(wiring.Component):
         tag_mask = Signal(128)
         expected = Signal(128)
 
+        if self._profile.ghash != "pipeline":
+            m.d.comb += mul.o.ready.eq(1)     # products are always taken
         ret = mul.o.payload
         ret_side = ret.sideband
         ret_data = mul.o.valid & (ret_side.op == _MulOp.DATA)

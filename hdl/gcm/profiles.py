@@ -22,7 +22,8 @@ class GcmProfile:
     sbox: str = "rom"      # "rom": block RAM; "logic": LUTs. Same timing either way.
     ghash_digit: int = 8   # serial multiplier: bits of the operand per cycle
     ghash_stages: int = 2  # pipelined multiplier: stages = GHASH lanes
-    out_depth: int = 4     # output FIFO blocks; with the pipeline at least its latency
+    out_depth: int = 2     # output FIFO blocks; with the pipeline at least its latency
+    result_depth: int = 2  # result FIFO; bounds the messages in flight
 
     @property
     def lanes(self) -> int:
@@ -35,8 +36,10 @@ PROFILES = {
     "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=13),
     # ECP5: one block per cycle. The output FIFO covers the AES pipeline's latency
     # plus the credit loop, so a consumer that is always ready sees no bubbles.
+    # Short messages: a message is in flight for ~25 cycles and can start every
+    # 5 + blocks cycles, so 8 results in flight keep 64-byte messages back to back.
     "fast": GcmProfile("fast", aes="pipeline", ghash="pipeline", ghash_stages=2,
-                       out_depth=32),
+                       out_depth=32, result_depth=8),
 }
 
 
@@ -60,6 +63,8 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
         raise ValueError(f"ghash_digit must be one of {GHASH_DIGITS}, not {profile.ghash_digit!r}")
     if profile.ghash_stages not in GHASH_STAGES:
         raise ValueError(f"ghash_stages must be one of {GHASH_STAGES}, not {profile.ghash_stages!r}")
-    if not isinstance(profile.out_depth, int) or profile.out_depth < 2:
-        raise ValueError(f"out_depth must be an integer of at least 2, not {profile.out_depth!r}")
+    for name in ("out_depth", "result_depth"):
+        depth = getattr(profile, name)
+        if not isinstance(depth, int) or depth < 2:
+            raise ValueError(f"{name} must be an integer of at least 2, not {depth!r}")
     return profile
