@@ -106,20 +106,17 @@ class _SidebandUnit(wiring.Component):
     """Gives an arithmetic unit (AES or GF multiplier) a sideband that travels with each item.
 
     A pipelined core carries the sideband itself and cannot wait: both streams
-    are ``always_ready``. A core with back-pressure (the compact profile's) keeps
-    its items in order, so the sideband waits in a FIFO beside it: written when
-    the core accepts an item, read when it emits one. ``depth`` must be at least
-    the number of items the core can hold.
+    are ``always_ready``. A core with back-pressure (the compact profile's)
+    holds one item at a time, so the sideband waits in a register beside it.
     """
-    def __init__(self, core, *, operands, result, sideband, pipelined, depth=2):
+    def __init__(self, core, *, operands, result, sideband, pipelined):
         self._core, self._operands, self._result = core, list(operands), result
-        self._pipelined, self._depth = pipelined, depth
+        self._pipelined = pipelined
         request = data.StructLayout({**operands, "sideband": sideband})
         response = data.StructLayout({result: 128, "sideband": sideband})
         super().__init__({
             "i": In(stream.Signature(request, always_ready=pipelined)),
             "o": Out(stream.Signature(response, always_ready=pipelined)),
-            "empty": Out(1),    # nothing inside (back-pressured core only)
         })
 
     def elaborate(self, platform):
@@ -136,84 +133,41 @@ class _SidebandUnit(wiring.Component):
             ]
             return m
 
-        m.submodules.side = side = fifo.SyncFIFO(width=Shape.cast(
-            self.i.payload.sideband.shape()).width, depth=self._depth)
-        accept = self.i.valid & core.i.ready & side.w_rdy
+        # Both back-pressured cores hold one item and take the next one in the
+        # cycle their result is taken, so one register, refilled as it empties,
+        # keeps the sideband.
+        held = Signal.like(self.i.payload.sideband)
+        full = Signal()
+        take = core.o.valid & self.o.ready
+        room = ~full | take
         m.d.comb += [
-            core.i.valid.eq(self.i.valid & side.w_rdy),
-            self.i.ready.eq(core.i.ready & side.w_rdy),
-            side.w_data.eq(self.i.payload.sideband),
-            side.w_en.eq(accept),
+            core.i.valid.eq(self.i.valid & room),
+            self.i.ready.eq(core.i.ready & room),
             getattr(self.o.payload, self._result).eq(core.o.payload),
-            self.o.payload.sideband.eq(side.r_data),
+            self.o.payload.sideband.eq(held),
             self.o.valid.eq(core.o.valid),
             core.o.ready.eq(self.o.ready),
-            side.r_en.eq(core.o.valid & self.o.ready),
-            self.empty.eq(side.level == 0),
         ]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [held.eq(self.i.payload.sideband), full.eq(1)]
+        with m.Elif(take):
+            m.d.sync += full.eq(0)
         return m
 
 
-class _AesUnit(wiring.Component):
+def _aes_unit(profile: GcmProfile, sideband):
     """AES forward cipher with an item sideband, for either profile.
 
-    Items with ``bypass`` set need no encryption. The pipeline simply carries
-    them (it costs nothing there); the iterative core lets them skip its ten or
-    fourteen rounds when nothing older is inside, which keeps order.
+    Every item goes through the cipher, also those that need no encryption
+    (AAD, tag, length): in the pipeline that costs nothing, and in the
+    iterative core a path around the rounds would cost more LUTs (a 128-bit
+    multiplexer and its register) than the ten cycles are worth there.
     """
-    def __init__(self, profile: GcmProfile, sideband):
-        pipelined = profile.aes == "pipeline"
-        core = (AesPipeline(sideband=sideband, sbox=profile.sbox) if pipelined
-                else AesIterative(sbox=profile.sbox))
-        self._inner = _SidebandUnit(core, operands={"block": 128, "key": 256, "key_256": 1},
-                                    result="block", sideband=sideband, pipelined=pipelined)
-        self._pipelined = pipelined
-        request = data.StructLayout({"block": 128, "key": 256, "key_256": 1,
-                                     "bypass": 1, "sideband": sideband})
-        super().__init__({
-            "i": In(stream.Signature(request, always_ready=pipelined)),
-            "o": Out(stream.Signature(self._inner.o.payload.shape(), always_ready=pipelined)),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.inner = inner = self._inner
-        for name in ("block", "key", "key_256", "sideband"):
-            m.d.comb += getattr(inner.i.payload, name).eq(getattr(self.i.payload, name))
-        if self._pipelined:
-            m.d.comb += [
-                inner.i.valid.eq(self.i.valid),
-                self.o.payload.eq(inner.o.payload),
-                self.o.valid.eq(inner.o.valid),
-            ]
-            return m
-
-        skip_valid = Signal()
-        skip = Signal(self.o.payload.shape())
-        skip_ready = inner.empty & (~skip_valid | self.o.ready)
-        m.d.comb += [
-            inner.i.valid.eq(self.i.valid & ~self.i.payload.bypass),
-            self.i.ready.eq(Mux(self.i.payload.bypass, skip_ready, inner.i.ready)),
-        ]
-        with m.If(self.o.ready):
-            m.d.sync += skip_valid.eq(0)
-        with m.If(self.i.valid & self.i.payload.bypass & skip_ready):
-            m.d.sync += [
-                skip_valid.eq(1),
-                skip.block.eq(self.i.payload.block),
-                skip.sideband.eq(self.i.payload.sideband),
-            ]
-        # A skipped item is always older than anything in the rounds: it was
-        # admitted only while they were empty.
-        with m.If(skip_valid):
-            m.d.comb += [self.o.payload.eq(skip), self.o.valid.eq(1)]
-        with m.Else():
-            m.d.comb += [
-                self.o.payload.eq(inner.o.payload),
-                self.o.valid.eq(inner.o.valid),
-                inner.o.ready.eq(self.o.ready),
-            ]
-        return m
+    pipelined = profile.aes == "pipeline"
+    core = (AesPipeline(sideband=sideband, sbox=profile.sbox) if pipelined
+            else AesIterative(sbox=profile.sbox))
+    return _SidebandUnit(core, operands={"block": 128, "key": 256, "key_256": 1},
+                         result="block", sideband=sideband, pipelined=pipelined)
 
 
 def _mul_unit(profile: GcmProfile, sideband):
@@ -256,7 +210,7 @@ class GcmCore(wiring.Component):
         lanes = self._profile.lanes
         self._item = _item_layout(lanes)
         self._mul_sideband = _mul_sideband(lanes)
-        self._aes = _AesUnit(self._profile, self._item)
+        self._aes = _aes_unit(self._profile, self._item)
         self._mul = _mul_unit(self._profile, self._mul_sideband)
         super().__init__({
             "cmd":      In(stream.Signature(GCM_COMMAND)),
@@ -349,30 +303,47 @@ class GcmCore(wiring.Component):
             return Mux(length[:4] == 0, BLOCK_BYTES, length[:4])
 
         with m.FSM(name="injector"):
-            with m.State("IDLE"):
-                c = self.cmd.payload
-                aad_blocks = (c.aad_len + BLOCK_BYTES - 1) >> 4
-                text_blocks = (c.text_len + BLOCK_BYTES - 1) >> 4
-                m.d.comb += [
-                    req.key.eq(c.key),
-                    req.key_256.eq(c.key_256),
-                    req.block.eq(0),
-                    item.kind.eq(_Kind.H),
+            c = self.cmd.payload
+            aad_blocks = (c.aad_len + BLOCK_BYTES - 1) >> 4
+            text_blocks = (c.text_len + BLOCK_BYTES - 1) >> 4
+
+            def accept_command():
+                m.d.comb += [self.cmd.ready.eq(1), cmd_accept.eq(1)]
+                m.d.sync += [
+                    cmd.eq(c),
+                    aad_left.eq(aad_blocks),
+                    text_left.eq(text_blocks),
+                    tag_left.eq(c.decrypt),
+                    counter.eq(2),
+                    remaining.eq(aad_blocks + text_blocks + 1),
+                    lane.eq(0),
+                    first_left.eq(lanes),
                 ]
-                with m.If(self.cmd.valid & (res_credits != 0)):
-                    m.d.comb += aes.i.valid.eq(1)
+
+            with m.State("IDLE"):
+                can_start = self.cmd.valid & (res_credits != 0)
+                if self._profile.aes == "pipeline":
+                    # H goes in with the command's own key in the cycle the
+                    # command is taken: one cycle less per message for a 256-bit
+                    # multiplexer, cheap on the parts that hold this profile.
+                    m.d.comb += [
+                        req.key.eq(c.key),
+                        req.key_256.eq(c.key_256),
+                        req.block.eq(0),
+                        item.kind.eq(_Kind.H),
+                        aes.i.valid.eq(can_start),
+                    ]
+                    with m.If(can_start):
+                        accept_command()
+                        m.next = "J0"
+                else:
+                    with m.If(can_start):
+                        accept_command()
+                        m.next = "H"
+            if self._profile.aes != "pipeline":
+                with m.State("H"):
+                    m.d.comb += [req.block.eq(0), item.kind.eq(_Kind.H), aes.i.valid.eq(1)]
                     with m.If(aes.i.ready):
-                        m.d.comb += [self.cmd.ready.eq(1), cmd_accept.eq(1)]
-                        m.d.sync += [
-                            cmd.eq(c),
-                            aad_left.eq(aad_blocks),
-                            text_left.eq(text_blocks),
-                            tag_left.eq(c.decrypt),
-                            counter.eq(2),
-                            remaining.eq(aad_blocks + text_blocks + 1),
-                            lane.eq(0),
-                            first_left.eq(lanes),
-                        ]
                         m.next = "J0"
             with m.State("J0"):
                 m.d.comb += [
@@ -396,7 +367,6 @@ class GcmCore(wiring.Component):
                 with m.If(aad_left != 0):
                     m.d.comb += [
                         item.kind.eq(_Kind.AAD),
-                        req.bypass.eq(1),
                         item.nbytes.eq(Mux(aad_left == 1, last_bytes(cmd.aad_len), BLOCK_BYTES)),
                         aes.i.valid.eq(self.data_in.valid),
                         self.data_in.ready.eq(aes.i.ready),
@@ -422,7 +392,6 @@ class GcmCore(wiring.Component):
                     # the last product comes back.
                     m.d.comb += [
                         item.kind.eq(_Kind.TAG),
-                        req.bypass.eq(1),
                         aes.i.valid.eq(self.data_in.valid),
                         self.data_in.ready.eq(aes.i.ready),
                     ]
@@ -431,7 +400,6 @@ class GcmCore(wiring.Component):
                 with m.Else():
                     m.d.comb += [
                         item.kind.eq(_Kind.LEN),
-                        req.bypass.eq(1),
                         item.data.eq(Cat(_big_endian(cmd.aad_len << 3, 8),
                                          _big_endian(cmd.text_len << 3, 8))),
                         item.nbytes.eq(BLOCK_BYTES),
@@ -488,8 +456,10 @@ class GcmCore(wiring.Component):
                 m.d.sync += self.overrun.eq(1)
 
         is_ghash = (got.kind == _Kind.AAD) | (got.kind == _Kind.TEXT) | (got.kind == _Kind.LEN)
-        ghash_in = Mux(got.kind == _Kind.TEXT, Mux(got.decrypt, got.data & mask, text_out),
-                       got.data & mask)
+        # GHASH takes the ciphertext: what leaves when encrypting, what came in
+        # otherwise. Written as one masked multiplexer: a LUT per bit.
+        encrypting = (got.kind == _Kind.TEXT) & ~got.decrypt
+        ghash_in = Mux(encrypting, keystream ^ got.data, got.data) & mask
         folded = Mux(got.first, 0,
                      Mux(ret_data & ~ret_side.final & (ret_side.lane == got.lane),
                          ret.p, lane_acc[got.lane]))
@@ -547,10 +517,12 @@ class GcmCore(wiring.Component):
             m.d.sync += self.overrun.eq(1)
 
         # ---- GHASH results ---------------------------------------------------
-        with m.If(ret_power):
-            m.d.sync += h_power[ret_side.power - 1].eq(ret.p)
+        if lanes > 1:
+            with m.If(ret_power):
+                m.d.sync += h_power[ret_side.power - 1].eq(ret.p)
         pend = pend_layout(pending.r_data)
-        computed = tag_acc ^ ret.p ^ pend.mask
+        # With one lane the last product is the only final one.
+        computed = (tag_acc if lanes > 1 else 0) ^ ret.p ^ pend.mask
         res_in = Signal(GCM_RESULT)
         m.d.comb += [
             res_in.tag.eq(Mux(pend.decrypt, 0, computed)),
@@ -563,6 +535,7 @@ class GcmCore(wiring.Component):
             with m.Elif(~ret_side.last):
                 m.d.sync += tag_acc.eq(tag_acc ^ ret.p)
             with m.Else():
-                m.d.sync += tag_acc.eq(0)
+                if lanes > 1:
+                    m.d.sync += tag_acc.eq(0)
                 m.d.comb += [res_fifo.w_en.eq(1), pending.r_en.eq(1)]
         return m

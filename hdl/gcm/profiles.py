@@ -22,8 +22,8 @@ class GcmProfile:
     sbox: str = "rom"      # "rom": block RAM; "logic": LUTs. Same timing either way.
     ghash_digit: int = 8   # serial multiplier: bits of the operand per cycle
     ghash_stages: int = 2  # pipelined multiplier: stages = GHASH lanes
-    out_depth: int = 2     # output FIFO blocks; with the pipeline at least its latency
-    result_depth: int = 2  # result FIFO; bounds the messages in flight
+    out_depth: int = 1     # output FIFO blocks; with the pipeline at least its latency
+    result_depth: int = 1  # result FIFO; bounds the messages in flight
 
     @property
     def lanes(self) -> int:
@@ -31,9 +31,11 @@ class GcmProfile:
 
 
 PROFILES = {
-    # iCE40UP5K: 16+4 S-box ROMs in EBR, a 13-bit digit so that GHASH (10 cycles)
-    # keeps up with AES-128 (10 cycles per block).
-    "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=13),
+    # iCE40UP5K: 16+4 S-box ROMs in EBR; an 8-bit digit (16 cycles per block,
+    # 128/16 = 8 bits per cycle) is the smallest multiplier that meets the
+    # 8 bits/cycle target. One-entry FIFOs: a block takes 10+ cycles here, so
+    # deeper ones would only cost flip-flops.
+    "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=8),
     # ECP5: one block per cycle. The output FIFO covers the AES pipeline's latency
     # plus the credit loop, so a consumer that is always ready sees no bubbles.
     # Short messages: a message is in flight for ~25 cycles and can start every
@@ -65,6 +67,6 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
         raise ValueError(f"ghash_stages must be one of {GHASH_STAGES}, not {profile.ghash_stages!r}")
     for name in ("out_depth", "result_depth"):
         depth = getattr(profile, name)
-        if not isinstance(depth, int) or depth < 2:
-            raise ValueError(f"{name} must be an integer of at least 2, not {depth!r}")
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"{name} must be a positive integer, not {depth!r}")
     return profile
