@@ -85,18 +85,9 @@ async def stream_put_all(ctx, stream, payloads: Iterable, *, rng: random.Random 
         while gap_prob and rng.random() < gap_prob:
             ctx.set(stream.valid, 0)
             await ctx.tick(domain)
-        ctx.set(stream.payload, payload)
-        ctx.set(stream.valid, 1)
-        cycles = 0
-        while True:
-            _clk, _rst, ready = await ctx.tick(domain).sample(stream.ready)
-            if ready:
-                break
-            cycles += 1
-            if timeout is not None and cycles >= timeout:
-                ctx.set(stream.valid, 0)
-                raise TimeoutError(f"stream was not ready for {timeout} cycles")
-    ctx.set(stream.valid, 0)
+        # Lowering `valid` after the handshake and raising it again for the
+        # next payload before the next edge leaves it high: no idle cycle.
+        await stream_put(ctx, stream, payload, domain=domain, timeout=timeout)
 
 
 async def stream_get_n(ctx, stream, n: int, *, rng: random.Random | None = None,
