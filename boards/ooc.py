@@ -42,9 +42,15 @@ has to fit in the part. ``harness`` holds the harness's own figures and
 and SPRAMs are never used by the harness, so they are the same either way.
 ``fmax_mhz`` is for the whole design; the harness's paths are one LUT long, so
 it is the component's unless that is faster still (see ``harness.fmax_mhz``).
+
+On a part the component nearly fills, the harness can tip it over: on iCE40
+every input-chain flip-flop needs a logic cell of its own (an iCE40 flip-flop
+is fed only by its own cell's LUT). Then ``fits`` is False, and
+``net()["cells"]`` tells whether the component alone would fit.
 """
 
 import argparse
+import ast
 import importlib
 import json
 import math
@@ -62,7 +68,7 @@ from amaranth.back import rtlil
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["FAMILIES", "HarnessReport", "SynthReport", "synthesize", "main"]
+__all__ = ["FAMILIES", "HarnessReport", "SynthReport", "ToolError", "synthesize", "main"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,9 @@ class HarnessReport:
     ffs_estimate: int      # counted: input chain + XOR tree registers + sout
     measured: bool = True  # False: luts/ffs are the estimates
     fmax_mhz: float | None = None
+    # Logic cells it occupies after packing (ICESTORM_LC or TRELLIS_COMB): on
+    # iCE40 each input-chain flip-flop takes a logic cell of its own.
+    cells_used: int | None = None
 
 
 @dataclass
@@ -163,8 +172,13 @@ class SynthReport:
     workdir: str = ""
 
     def net(self) -> dict:
-        """The component's own LUTs and flip-flops (gross minus the harness)."""
-        return {"luts": self.luts - self.harness.luts, "ffs": self.ffs - self.harness.ffs}
+        """The component's own LUTs, flip-flops and, when both builds were placed,
+        logic cells (gross minus the harness)."""
+        net = {"luts": self.luts - self.harness.luts, "ffs": self.ffs - self.harness.ffs}
+        used = self.utilisation.get(FAMILIES[self.family].comb_bel, {}).get("used")
+        if used is not None and self.harness.cells_used is not None:
+            net["cells"] = used - self.harness.cells_used
+        return net
 
     def as_row(self) -> dict:
         """One flat row for a table: name -> printable value."""
@@ -190,6 +204,7 @@ class SynthReport:
             "dsps": self.dsps,
             "io": self.io,
             comb_bel: f"{comb['used']}/{comb['available']}" if comb else "-",
+            f"{comb_bel} net": net.get("cells", "-"),
             "fmax MHz": fmax,
             "target MHz": f"{self.target_mhz:g}",
             "met": "yes" if self.met else "no",
@@ -318,7 +333,7 @@ _HEARTBEAT_SECONDS = 60
 
 
 class ToolError(RuntimeError):
-    pass
+    """yosys or nextpnr failed (other than by a design too large for the part)."""
 
 
 def _run_tool(module, entry, argv, *, cwd, log, step, progress):
@@ -390,8 +405,8 @@ def _stat_cells(workdir):
             if not name.startswith("$scopeinfo")}
 
 
-def _build(top, *, family, device, package, clock_mhz, seed, place_and_route, workdir, progress,
-           step):
+def _build(top, *, family, device, package, clock_mhz, seed, place_and_route, nextpnr_args,
+           workdir, progress, step):
     """Synthesize, place and route `top`; return (cells, nextpnr report or None, {step: s})."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -413,7 +428,7 @@ def _build(top, *, family, device, package, clock_mhz, seed, place_and_route, wo
         return cells, None, times
     argv = [f"--{device}", "--package", package, "--json", "top.json",
             "--freq", f"{clock_mhz:g}", "--seed", str(seed), "--report", "report.json",
-            "--timing-allow-fail", *family.nextpnr_args]
+            "--timing-allow-fail", *family.nextpnr_args, *nextpnr_args]
     progress(f"[{step}] nextpnr-{family.name} (place and route)")
     start = time.monotonic()
     try:
@@ -508,8 +523,8 @@ def _check(family, device, package, clock_mhz, seed):
 
 def synthesize(factory, *, params: dict | None = None, family: str, device: str | None = None,
                package: str | None = None, clock_mhz: float, seed: int = 1, workdir=None,
-               progress=print, measure_harness: bool = True,
-               place_and_route: bool = True) -> SynthReport:
+               progress=print, measure_harness: bool = True, place_and_route: bool = True,
+               nextpnr_args=()) -> SynthReport:
     """Build ``factory(**params)`` out of context and report its resources and Fmax.
 
     `factory` is a callable returning a :class:`wiring.Component` (a class) or a
@@ -524,7 +539,8 @@ def synthesize(factory, *, params: dict | None = None, family: str, device: str 
     Tool progress goes to `progress`, one line at a time. With
     `measure_harness`, the harness is also built around a stand-in (a second,
     much smaller run); without, its cost is estimated. Without
-    `place_and_route`, only yosys runs (no Fmax, no ``io``).
+    `place_and_route`, only yosys runs (no Fmax, no ``io``). `nextpnr_args`
+    are passed on to nextpnr (e.g. ``("--router", "router2")``).
     """
     fam, device, package = _check(family, device, package, clock_mhz, seed)
     params = {} if params is None else dict(params)
@@ -533,7 +549,8 @@ def synthesize(factory, *, params: dict | None = None, family: str, device: str 
         workdir = tempfile.mkdtemp(prefix="espnic-ooc-")
     workdir = Path(workdir).resolve()
     build = dict(family=fam, device=device, package=package, clock_mhz=clock_mhz, seed=seed,
-                 place_and_route=place_and_route, progress=progress)
+                 place_and_route=place_and_route, nextpnr_args=tuple(nextpnr_args),
+                 progress=progress)
 
     start = time.monotonic()
     dut = factory(**params)
@@ -557,6 +574,8 @@ def synthesize(factory, *, params: dict | None = None, family: str, device: str 
         steps.update({f"harness {k}": v for k, v in h_steps.items()})
         harness.luts, harness.ffs = _count(h_cells, fam, "luts"), _count(h_cells, fam, "ffs")
         harness.measured, harness.fmax_mhz = True, _fmax(h_report or {})
+        h_used = (h_report or {}).get("utilization", {}).get(fam.comb_bel, {}).get("used")
+        harness.cells_used = None if h_used is None else int(h_used)
 
     result = SynthReport(
         family=fam.name, device=device, package=package, component=name, params=params,
@@ -585,7 +604,6 @@ def synthesize(factory, *, params: dict | None = None, family: str, device: str 
 
 def _param_value(text):
     """A --param value: a Python literal if it is one, else the string."""
-    import ast
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -618,6 +636,9 @@ def main(argv=None):
                         help="estimate the harness instead of building it alone")
     parser.add_argument("--synth-only", action="store_true",
                         help="run yosys only: resources without placement, no Fmax")
+    parser.add_argument("--nextpnr-arg", action="append", default=[], metavar="ARG",
+                        help="passed on to nextpnr, e.g. --nextpnr-arg=--router "
+                             "--nextpnr-arg=router2; repeatable")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
@@ -638,7 +659,8 @@ def main(argv=None):
                             package=args.package, clock_mhz=args.clock, seed=args.seed,
                             workdir=args.workdir, progress=progress,
                             measure_harness=not args.no_harness_run,
-                            place_and_route=not args.synth_only)
+                            place_and_route=not args.synth_only,
+                            nextpnr_args=args.nextpnr_arg)
     except (ValueError, TypeError, ToolError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

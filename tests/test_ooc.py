@@ -73,7 +73,7 @@ class Nested(wiring.Component):
 
 
 def not_a_component():
-    return Module()
+    return "a string"
 
 
 # ---- no tools ---------------------------------------------------------------
@@ -118,6 +118,7 @@ def test_harness_estimate():
     # 256 chain flip-flops, one output bit: its register and sout.
     assert (harness.input_bits, harness.output_bits) == (256, 1)
     assert (luts, ffs) == (1, 256 + 1 + 1)
+    rtlil.convert(harness, name="top")   # elaborated: no UnusedElaboratable warning
     assert ooc._xor_tree_cost(34) == (9 + 3 + 1, 9 + 3 + 1)
 
 
@@ -146,6 +147,21 @@ def test_log_utilisation_reads_the_first_table():
     }
 
 
+def test_cli_parses_params_and_reports_bad_arguments(capsys):
+    assert ooc._param_value("32") == 32
+    assert ooc._param_value("compact") == "compact"
+    assert ooc._param_value("(1, 2)") == (1, 2)
+    with pytest.raises(SystemExit):
+        ooc.main(["tests.test_ooc:Accumulator", "--family", "ice40", "--clock", "24",
+                  "--param", "width"])
+    assert "--param must be NAME=VALUE" in capsys.readouterr().err
+    assert ooc.main(["tests.test_ooc:Accumulator", "--family", "ice40", "--clock", "0"]) == 1
+    assert "clock_mhz must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ooc.main(["tests.test_ooc:Accumulator", "--family", "gowin", "--clock", "24"])
+    assert "invalid choice: 'gowin'" in capsys.readouterr().err
+
+
 # ---- builds -----------------------------------------------------------------
 
 def _quiet(line):
@@ -164,6 +180,9 @@ def test_accumulator_on_ice40(tmp_path):
     assert report.harness.input_bits == 290 and report.harness.output_bits == 34
     assert report.harness.ffs == report.harness.ffs_estimate
     assert abs(report.harness.luts - report.harness.luts_estimate) <= 2
+    # Each iCE40 flip-flop takes a logic cell, so the harness takes one per flip-flop at least.
+    assert report.harness.cells_used >= report.harness.ffs
+    assert 0 < report.net()["cells"] < report.utilisation["ICESTORM_LC"]["used"]
     # The adder (32 LUTs with carries) and the key fold (8 bits into each of 32) at least.
     assert report.luts > report.harness.luts + 32 + 32 * 2
     assert report.net()["ffs"] >= 33
@@ -210,7 +229,8 @@ def test_harness_keeps_logic_that_depends_on_every_input(tmp_path):
 
 @pytest.mark.slow
 def test_a_design_too_large_for_the_part_is_reported_not_raised(tmp_path):
-    report = ooc.synthesize(Parity, family="ice40", device="lp384", package="qn32",
+    # About 440 logic cells (290 of them the harness's input chain) in an iCE40 LP384.
+    report = ooc.synthesize(Accumulator, family="ice40", device="lp384", package="qn32",
                             clock_mhz=24, workdir=tmp_path, progress=_quiet,
                             measure_harness=False)
     assert not report.fits and report.fmax_mhz == 0 and not report.met
