@@ -327,7 +327,7 @@ _PHASE = re.compile(
     r"^(\d+\. Executing \S+|Info: (Packing|Running|Routing|Max frequency|Program finished|"
     r"Legalis\w+ |Checksum)|ERROR|Error)")
 _STEP = re.compile(
-    r"^(\d+\.\d+\. Executing \S+|Info:\s+(at (initial placer|iteration|placement)|iter |\d+ \|))")
+    r"^(\d+\.\d+\. Executing \S+|Info:\s+(at (initial placer|iteration|placement)|iter[ =]|\d+ \|))")
 _STEP_SECONDS = 10
 _HEARTBEAT_SECONDS = 60
 

@@ -246,10 +246,12 @@ class GcmCore(wiring.Component):
         m.submodules.res_fifo = res_fifo = fifo.SyncFIFOBuffered(
             width=GCM_RESULT.size, depth=self._profile.result_depth)
         pend_layout = data.StructLayout({"mask": 128, "expected": 128, "decrypt": 1})
-        # One entry: a message's length block is issued at least three items
-        # after the previous one's, later than that one's last product returns
-        # (`lanes` cycles after issue), so two never wait at once. `overrun`
-        # would catch it.
+        # One entry: a message's length block reaches the multiplier later than
+        # the previous message's last product comes back -- with the pipeline at
+        # least H, J0 and `power_bubbles` cycles later against a latency of
+        # `lanes`; with the serial unit after two 10+ cycle AES blocks (H, J0)
+        # against one multiply -- so two never wait at once. `overrun` would
+        # catch it.
         m.submodules.pending = pending = fifo.SyncFIFO(width=pend_layout.size, depth=1)
 
         m.d.comb += [
