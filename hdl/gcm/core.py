@@ -411,22 +411,22 @@ class GcmCore(wiring.Component):
                         ghash_block_injected()
                         m.next = "IDLE"
 
-        with m.Switch(Cat(text_inject, out_fifo.r_en & out_fifo.r_rdy)):
-            with m.Case(0b01):
-                m.d.sync += out_credits.eq(out_credits - 1)
-            with m.Case(0b10):
-                m.d.sync += out_credits.eq(out_credits + 1)
-        with m.Switch(Cat(cmd_accept, res_fifo.r_en & res_fifo.r_rdy)):
-            with m.Case(0b01):
-                m.d.sync += res_credits.eq(res_credits - 1)
-            with m.Case(0b10):
-                m.d.sync += res_credits.eq(res_credits + 1)
+        def count_credits(credits, spent, returned):
+            with m.Switch(Cat(spent, returned)):
+                with m.Case(0b01):
+                    m.d.sync += credits.eq(credits - 1)
+                with m.Case(0b10):
+                    m.d.sync += credits.eq(credits + 1)
+
+        count_credits(out_credits, text_inject, out_fifo.r_en & out_fifo.r_rdy)
+        count_credits(res_credits, cmd_accept, res_fifo.r_en & res_fifo.r_rdy)
 
         # ---- post: after the AES unit ---------------------------------------
         got = aes.o.payload.sideband
         keystream = aes.o.payload.block
         mask = _byte_mask(got.nbytes)
-        text_out = (keystream ^ got.data) & mask
+        ciphered = keystream ^ got.data
+        text_out = ciphered & mask
 
         h_power = Array(Signal(128, name=f"h_power{j}") for j in range(1, lanes + 1))
         lane_acc = Array(Signal(128, name=f"lane{j}") for j in range(lanes))
@@ -461,7 +461,7 @@ class GcmCore(wiring.Component):
         # GHASH takes the ciphertext: what leaves when encrypting, what came in
         # otherwise. Written as one masked multiplexer: a LUT per bit.
         encrypting = (got.kind == _Kind.TEXT) & ~got.decrypt
-        ghash_in = Mux(encrypting, keystream ^ got.data, got.data) & mask
+        ghash_in = Mux(encrypting, ciphered, got.data) & mask
         folded = Mux(got.first, 0,
                      Mux(ret_data & ~ret_side.final & (ret_side.lane == got.lane),
                          ret.p, lane_acc[got.lane]))
@@ -469,7 +469,7 @@ class GcmCore(wiring.Component):
         data_ready = mul.i.ready & ~chain_issue
         h_key = Mux(chain_from_h, keystream, h_power[0])
 
-        m.d.comb += mul.i.valid.eq(chain_issue | (data_issue & ~chain_issue))
+        m.d.comb += mul.i.valid.eq(chain_issue | data_issue)
         if self._profile.aes == "pipeline":
             # The pipeline cannot wait; the schedule guarantees it never has to.
             fire = aes.o.valid
