@@ -182,6 +182,23 @@ def _verilog_ports(text: str, name: str) -> list[dict]:
     return ports
 
 
+# Yosys's Verilog backend writes a constant that drives part of a comb signal
+# as `always @* x[i] = N'hK;`. Such a block reads nothing, so no event ever
+# runs it: Icarus leaves the bits X and Verilator leaves them 0, whatever the
+# constant, while Amaranth's simulator (and the synthesized netlist) see it.
+_DEAD_ALWAYS = re.compile(r"^\s*always @\*\n\s*(\S+?)\s*=\s*\d+'h[0-9a-fA-F]+;$", re.MULTILINE)
+
+
+def check_simulable(text: str) -> None:
+    """Raise if the Verilog has comb blocks that a Verilog simulator never runs."""
+    dead = _DEAD_ALWAYS.findall(text)
+    if dead:
+        raise RuntimeError(
+            f"the generated Verilog drives {', '.join(sorted(set(dead)))} from a constant in an "
+            f"'always @*' block that Verilog simulators never run; drive the whole signal, "
+            f"or the field from a non-constant value, in the design")
+
+
 def _as_layout(shape):
     from amaranth.lib import data
     try:
@@ -259,6 +276,7 @@ def generate(factory: Callable[..., object], *, name: str, params: Mapping | Non
             raise TypeError(f"factory must return an amaranth.lib.wiring.Component, "
                             f"not {component!r}")
         text = amaranth_verilog.convert(component, name=name)
+        check_simulable(text)
         sidecar = {
             "format": _FORMAT,
             "name": name,

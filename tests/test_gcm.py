@@ -105,7 +105,9 @@ def test_icarus_runs_the_same_vectors():
     ({"profile": "compact", "sbox": "lut"}, "sbox must be one of"),
     ({"profile": "compact", "ghash_digit": 7}, "ghash_digit must be one of"),
     ({"profile": "fast", "ghash_stages": 3}, "ghash_stages must be one of"),
-    ({"profile": "fast", "out_depth": 0}, "out_depth must be"),
+    ({"profile": "fast", "out_depth": 0}, "out_depth must be an integer >= 1"),
+    ({"profile": "compact", "out_depth": -1}, "out_depth must be an integer >= 0"),
+    ({"profile": "compact", "result_depth": 0}, "result_depth must be an integer >= 1"),
 ])
 def test_bad_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -155,6 +155,26 @@ def test_factory_must_return_a_component(private_cache):
         generate(lambda: Module(), name="not_a_component", params={})
 
 
+class _PartlyConstant(wiring.Component):
+    """Drives one field of a comb struct from a constant, the other from an input:
+    the shape of Verilog that simulators never evaluate."""
+    i: In(1)
+    o: Out(2)
+
+    def elaborate(self, platform):
+        m = Module()
+        pair = Signal(data.StructLayout({"a": 1, "b": 1}))
+        m.d.comb += [pair.b.eq(1), self.o.eq(pair)]
+        with m.If(self.i):
+            m.d.comb += pair.a.eq(1)
+        return m
+
+
+def test_verilog_a_simulator_never_runs_is_refused(private_cache):
+    with pytest.raises(RuntimeError, match=r"drives o\[1\] from a constant"):
+        generate(_PartlyConstant, name="partly_constant", params={})
+
+
 # -- cocotb runner ------------------------------------------------------------
 
 def _run_smoke(simulator, params, *, timeout=300, **kwargs):

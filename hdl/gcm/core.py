@@ -43,7 +43,7 @@ from amaranth import *
 from amaranth.lib import data, enum, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..aes import AesIterative, AesPipeline
+from ..aes import ROUNDS_128, AesIterative, AesPipeline
 from .ghash import GfMulPipeline, GfMulSerial
 from .layouts import BLOCK_BYTES, GCM_COMMAND, GCM_OUTPUT, GCM_RESULT
 from .profiles import GcmProfile, resolve_profile
@@ -53,10 +53,10 @@ __all__ = ["GcmCore"]
 
 class _Kind(enum.Enum, shape=3):
     H    = 0   # AES_K(0^128): the hash key
-    J0   = 1   # AES_K(nonce || 1): the tag mask
+    J0   = 1   # AES_K(J0): the tag mask
     AAD  = 2
     TEXT = 3
-    TAG  = 4   # the received tag (decrypt)
+    TAG  = 4   # the received tag (decrypt), XORed with AES_K(J0) again
     LEN  = 5   # len(A) || len(C) in bits, the last GHASH block
 
 
@@ -77,17 +77,19 @@ def _item_layout(lanes):
         "first":    1,             # first block of its lane: nothing to fold in
         "final":    1,             # one of the last `lanes` blocks
         "last":     1,             # the length block
-        "power":    range(1, lanes + 1),
+        # H**power multiplies the block; with one lane always H (no field).
+        **({"power": range(1, lanes + 1)} if lanes > 1 else {}),
     })
 
 
 def _mul_sideband(lanes):
     return data.StructLayout({
-        "op":    _MulOp,
-        "lane":  range(lanes),
-        "final": 1,
-        "last":  1,
-        "power": range(1, lanes + 2),   # POWER op: the power being computed
+        "op":      _MulOp,
+        "lane":    range(lanes),
+        "final":   1,
+        "last":    1,
+        "decrypt": 1,                     # of the message the length block closes
+        "power":   range(1, lanes + 2),   # POWER op: the power being computed
     })
 
 
@@ -110,7 +112,7 @@ class _SidebandUnit(wiring.Component):
     holds one item at a time, so the sideband waits in a register beside it.
     """
     def __init__(self, core, *, operands, result, sideband, pipelined):
-        self._core, self._operands, self._result = core, list(operands), result
+        self.core, self._operands, self._result = core, list(operands), result
         self._pipelined = pipelined
         request = data.StructLayout({**operands, "sideband": sideband})
         response = data.StructLayout({result: 128, "sideband": sideband})
@@ -121,7 +123,7 @@ class _SidebandUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.core = core = self._core
+        m.submodules.core = core = self.core
         for name in self._operands:
             m.d.comb += getattr(core.i.payload, name).eq(getattr(self.i.payload, name))
         m.d.comb += core.i.valid.eq(self.i.valid)
@@ -177,6 +179,21 @@ def _mul_unit(profile: GcmProfile, sideband):
             else GfMulSerial(digit=profile.ghash_digit))
     return _SidebandUnit(core, operands={"a": 128, "b": 128}, result="p", sideband=sideband,
                          pipelined=pipelined)
+
+
+def _tag_mask_needs_copy(aes_core, mul_core):
+    """Whether the tag mask needs a copy per message whose last product is in flight.
+
+    A message's tag mask is used when its last product (of the length block)
+    comes back; the next message's J0 overwrites it. With the iterative AES unit,
+    which holds one item, the next message's H and J0 enter it only after the
+    length block has left it for the multiplier, so J0 overwrites the mask
+    2 * ROUNDS_128 cycles later at the earliest: a serial multiplier quicker than
+    that needs no copy. The pipelines overlap messages and need one.
+    """
+    if isinstance(aes_core, AesPipeline) or isinstance(mul_core, GfMulPipeline):
+        return True
+    return mul_core.cycles >= 2 * ROUNDS_128
 
 
 class GcmCore(wiring.Component):
@@ -239,42 +256,48 @@ class GcmCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lanes = self._profile.lanes
+        out_depth = self._profile.out_depth
         m.submodules.aes = aes = self._aes
         m.submodules.mul = mul = self._mul
-        m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(
-            width=GCM_OUTPUT.size, depth=self._profile.out_depth)
         m.submodules.res_fifo = res_fifo = fifo.SyncFIFOBuffered(
             width=GCM_RESULT.size, depth=self._profile.result_depth)
-        pend_layout = data.StructLayout({"mask": 128, "expected": 128, "decrypt": 1})
-        # One entry: a message's length block reaches the multiplier later than
-        # the previous message's last product comes back -- with the pipeline at
-        # least H, J0 and `power_bubbles` cycles later against a latency of
-        # `lanes`; with the serial unit after two 10+ cycle AES blocks (H, J0)
-        # against one multiply -- so two never wait at once. `overrun` would
-        # catch it.
-        m.submodules.pending = pending = fifo.SyncFIFO(width=pend_layout.size, depth=1)
-
         m.d.comb += [
-            self.data_out.payload.eq(out_fifo.r_data),
-            self.data_out.valid.eq(out_fifo.r_rdy),
-            out_fifo.r_en.eq(self.data_out.ready),
             self.result.payload.eq(res_fifo.r_data),
             self.result.valid.eq(res_fifo.r_rdy),
             res_fifo.r_en.eq(self.result.ready),
         ]
+        # With no output FIFO the post stage hands text blocks straight to
+        # `data_out` and holds the AES unit while the consumer is not ready.
+        if out_depth:
+            m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(
+                width=GCM_OUTPUT.size, depth=out_depth)
+            m.d.comb += [
+                self.data_out.payload.eq(out_fifo.r_data),
+                self.data_out.valid.eq(out_fifo.r_rdy),
+                out_fifo.r_en.eq(self.data_out.ready),
+            ]
 
         # ---- injector -------------------------------------------------------
         cmd = Signal(GCM_COMMAND)
         aad_left = Signal(range(2**16 // BLOCK_BYTES + 2))
         text_left = Signal.like(aad_left)
         tag_left = Signal()
-        counter = Signal(32)                       # GCM inc32 counter of the next text block
-        remaining = Signal(range(2 * 2**16 // BLOCK_BYTES + 4))  # GHASH blocks still to come
+        # GCM's inc32 counter of the next text block. It starts at 2 and a
+        # 16-bit text length takes it at most 4096 blocks further, so the
+        # upper bits of the 32 are always zero.
+        counter = Signal(range(2 + 2**16 // BLOCK_BYTES + 1))
+        # GHASH blocks still to come; one lane needs no count: only the length
+        # block is final, and it multiplies by H.
+        remaining = Signal(range(2 * 2**16 // BLOCK_BYTES + 4)) if lanes > 1 else None
         lane = Signal(range(lanes))
         first_left = Signal(range(lanes + 1))      # lanes that have not seen a block yet
         bubbles = Signal(range(self.power_bubbles + 1))
 
-        out_credits = Signal(range(self._profile.out_depth + 1), init=self._profile.out_depth)
+        if out_depth:
+            out_credits = Signal(range(out_depth + 1), init=out_depth)
+            text_room = out_credits != 0
+        else:
+            text_room = C(1)
         res_credits = Signal(range(self._profile.result_depth + 1),
                              init=self._profile.result_depth)
 
@@ -287,19 +310,27 @@ class GcmCore(wiring.Component):
             item.decrypt.eq(cmd.decrypt),
             item.lane.eq(lane),
             item.first.eq(first_left != 0),
-            item.final.eq(remaining <= lanes),
-            item.last.eq(remaining == 1),
-            item.power.eq(Mux(remaining < lanes, remaining, lanes)),
         ]
+        # With one lane `final` and `last` are set with the length block. (Not
+        # as constants here: Yosys writes a constant driving part of a comb
+        # signal as an `always @*` without inputs, which Verilog simulators
+        # never run.)
+        if remaining is not None:
+            m.d.comb += [
+                item.final.eq(remaining <= lanes),
+                item.last.eq(remaining == 1),
+                item.power.eq(Mux(remaining < lanes, remaining, lanes)),
+            ]
         text_inject = Signal()
         cmd_accept = Signal()
 
         def ghash_block_injected():
             m.d.sync += [
-                remaining.eq(remaining - 1),
                 lane.eq(Mux(lane == lanes - 1, 0, lane + 1)),
                 first_left.eq(Mux(first_left != 0, first_left - 1, 0)),
             ]
+            if remaining is not None:
+                m.d.sync += remaining.eq(remaining - 1)
 
         def last_bytes(length):
             return Mux(length[:4] == 0, BLOCK_BYTES, length[:4])
@@ -317,10 +348,11 @@ class GcmCore(wiring.Component):
                     text_left.eq(text_blocks),
                     tag_left.eq(c.decrypt),
                     counter.eq(2),
-                    remaining.eq(aad_blocks + text_blocks + 1),
                     lane.eq(0),
                     first_left.eq(lanes),
                 ]
+                if remaining is not None:
+                    m.d.sync += remaining.eq(aad_blocks + text_blocks + 1)
 
             with m.State("IDLE"):
                 can_start = self.cmd.valid & (res_credits != 0)
@@ -382,18 +414,20 @@ class GcmCore(wiring.Component):
                         req.block.eq(Cat(cmd.nonce, _big_endian(counter, 4))),
                         item.nbytes.eq(Mux(text_left == 1, last_bytes(cmd.text_len), BLOCK_BYTES)),
                         item.text_last.eq(text_left == 1),
-                        aes.i.valid.eq(self.data_in.valid & (out_credits != 0)),
-                        self.data_in.ready.eq(aes.i.ready & (out_credits != 0)),
+                        aes.i.valid.eq(self.data_in.valid & text_room),
+                        self.data_in.ready.eq(aes.i.ready & text_room),
                     ]
-                    with m.If(self.data_in.valid & aes.i.ready & (out_credits != 0)):
+                    with m.If(self.data_in.valid & aes.i.ready & text_room):
                         m.d.comb += text_inject.eq(1)
                         m.d.sync += [text_left.eq(text_left - 1), counter.eq(counter + 1)]
                         ghash_block_injected()
                 with m.Elif(tag_left):
                     # Before the length block, so that the tag is in place when
-                    # the last product comes back.
+                    # the last product comes back. Encrypting J0 again gives
+                    # AES_K(J0) ^ tag, what the last product must equal.
                     m.d.comb += [
                         item.kind.eq(_Kind.TAG),
+                        req.block.eq(Cat(cmd.nonce, _big_endian(1, 4))),
                         aes.i.valid.eq(self.data_in.valid),
                         self.data_in.ready.eq(aes.i.ready),
                     ]
@@ -407,6 +441,8 @@ class GcmCore(wiring.Component):
                         item.nbytes.eq(BLOCK_BYTES),
                         aes.i.valid.eq(1),
                     ]
+                    if remaining is None:
+                        m.d.comb += [item.final.eq(1), item.last.eq(1)]
                     with m.If(aes.i.ready):
                         ghash_block_injected()
                         m.next = "IDLE"
@@ -418,7 +454,8 @@ class GcmCore(wiring.Component):
                 with m.Case(0b10):
                     m.d.sync += credits.eq(credits + 1)
 
-        count_credits(out_credits, text_inject, out_fifo.r_en & out_fifo.r_rdy)
+        if out_depth:
+            count_credits(out_credits, text_inject, out_fifo.r_en & out_fifo.r_rdy)
         count_credits(res_credits, cmd_accept, res_fifo.r_en & res_fifo.r_rdy)
 
         # ---- post: after the AES unit ---------------------------------------
@@ -430,9 +467,11 @@ class GcmCore(wiring.Component):
 
         h_power = Array(Signal(128, name=f"h_power{j}") for j in range(1, lanes + 1))
         lane_acc = Array(Signal(128, name=f"lane{j}") for j in range(lanes))
-        tag_acc = Signal(128)
+        # XOR of the final products but the last; with one lane there are none.
+        tag_acc = Signal(128) if lanes > 1 else C(0, 128)
+        # AES_K(J0) when encrypting; when decrypting AES_K(J0) ^ received tag, so
+        # one register serves both and the check is an equality.
         tag_mask = Signal(128)
-        expected = Signal(128)
 
         if self._profile.ghash != "pipeline":
             m.d.comb += mul.o.ready.eq(1)     # products are always taken
@@ -465,19 +504,23 @@ class GcmCore(wiring.Component):
         folded = Mux(got.first, 0,
                      Mux(ret_data & ~ret_side.final & (ret_side.lane == got.lane),
                          ret.p, lane_acc[got.lane]))
-        data_issue = aes.o.valid & is_ghash
+        is_text = got.kind == _Kind.TEXT
         data_ready = mul.i.ready & ~chain_issue
         h_key = Mux(chain_from_h, keystream, h_power[0])
 
-        m.d.comb += mul.i.valid.eq(chain_issue | data_issue)
         if self._profile.aes == "pipeline":
             # The pipeline cannot wait; the schedule guarantees it never has to.
+            data_issue = aes.o.valid & is_ghash
             fire = aes.o.valid
             with m.If(data_issue & ~data_ready):
                 m.d.sync += self.overrun.eq(1)
         else:
-            m.d.comb += aes.o.ready.eq(~is_ghash | data_ready)
+            # A text block goes to the multiplier and out in the same cycle.
+            text_wait = is_text & ~self.data_out.ready if not out_depth else C(0)
+            data_issue = aes.o.valid & is_ghash & ~text_wait
+            m.d.comb += aes.o.ready.eq(~is_ghash | data_ready & ~text_wait)
             fire = aes.o.valid & aes.o.ready
+        m.d.comb += mul.i.valid.eq(chain_issue | data_issue)
         with m.If(chain_issue):
             m.d.comb += [
                 mul.i.payload.a.eq(chain_a),
@@ -488,56 +531,79 @@ class GcmCore(wiring.Component):
         with m.Else():
             m.d.comb += [
                 mul.i.payload.a.eq(folded ^ ghash_in),
-                mul.i.payload.b.eq(h_power[got.power - 1]),
+                mul.i.payload.b.eq(h_power[got.power - 1] if lanes > 1 else h_power[0]),
                 mul.i.payload.sideband.op.eq(_MulOp.DATA),
                 mul.i.payload.sideband.lane.eq(got.lane),
                 mul.i.payload.sideband.final.eq(got.final),
                 mul.i.payload.sideband.last.eq(got.last),
+                mul.i.payload.sideband.decrypt.eq(got.decrypt),
             ]
 
         with m.If(fire):
             with m.Switch(got.kind):
                 with m.Case(_Kind.H):
                     m.d.sync += h_power[0].eq(keystream)
-                with m.Case(_Kind.J0):
-                    m.d.sync += tag_mask.eq(keystream)
-                with m.Case(_Kind.TAG):
-                    m.d.sync += expected.eq(got.data)
-        m.d.comb += [
-            out_fifo.w_data.eq(Cat(text_out, got.text_last)),
-            out_fifo.w_en.eq(fire & (got.kind == _Kind.TEXT)),
-        ]
-        pend_in = Signal(pend_layout)
-        m.d.comb += [
-            pend_in.mask.eq(tag_mask),
-            pend_in.expected.eq(expected),
-            pend_in.decrypt.eq(got.decrypt),
-            pending.w_data.eq(pend_in),
-            pending.w_en.eq(fire & (got.kind == _Kind.LEN)),
-        ]
-        with m.If(out_fifo.w_en & ~out_fifo.w_rdy | pending.w_en & ~pending.w_rdy):
-            m.d.sync += self.overrun.eq(1)
+                with m.Case(_Kind.J0, _Kind.TAG):
+                    # J0 carries no data: its `ciphered` is the keystream.
+                    m.d.sync += tag_mask.eq(ciphered)
+        text_block = Signal(GCM_OUTPUT)
+        m.d.comb += [text_block.data.eq(text_out), text_block.last.eq(got.text_last)]
+        if out_depth:
+            m.d.comb += [
+                out_fifo.w_data.eq(text_block),
+                out_fifo.w_en.eq(fire & is_text),
+            ]
+            with m.If(out_fifo.w_en & ~out_fifo.w_rdy):
+                m.d.sync += self.overrun.eq(1)
+        else:
+            m.d.comb += [
+                self.data_out.payload.eq(text_block),
+                self.data_out.valid.eq(aes.o.valid & is_text & data_ready),
+            ]
+
+        length_fire = fire & (got.kind == _Kind.LEN)
+        if _tag_mask_needs_copy(aes.core, mul.core):
+            # One entry: a message's length block reaches the multiplier later
+            # than the previous message's last product comes back -- with the
+            # pipeline at least H, J0 and `power_bubbles` cycles later against a
+            # latency of `lanes`; with the serial unit after two 10+ cycle AES
+            # blocks (H, J0) against one multiply -- so two never wait at once.
+            m.submodules.pending = pending = fifo.SyncFIFO(width=128, depth=1)
+            m.d.comb += [pending.w_data.eq(tag_mask), pending.w_en.eq(length_fire)]
+            with m.If(pending.w_en & ~pending.w_rdy):
+                m.d.sync += self.overrun.eq(1)
+            mask_of_last, mask_taken = pending.r_data, pending.r_en
+        else:
+            # `_tag_mask_needs_copy` says why the register itself lasts.
+            mask_of_last, mask_taken = tag_mask, Signal()
+            awaiting = Signal()
+            with m.If(length_fire):
+                m.d.sync += awaiting.eq(1)
+            with m.Elif(mask_taken):
+                m.d.sync += awaiting.eq(0)
+            with m.If(awaiting & fire & (got.kind == _Kind.J0)):
+                m.d.sync += self.overrun.eq(1)
 
         # ---- GHASH results ---------------------------------------------------
         if lanes > 1:
             with m.If(ret_power):
                 m.d.sync += h_power[ret_side.power - 1].eq(ret.p)
-        pend = pend_layout(pending.r_data)
         # With one lane the last product is the only final one.
-        computed = (tag_acc if lanes > 1 else 0) ^ ret.p ^ pend.mask
+        hashed = tag_acc ^ ret.p
         res_in = Signal(GCM_RESULT)
         m.d.comb += [
-            res_in.tag.eq(Mux(pend.decrypt, 0, computed)),
-            res_in.tag_ok.eq(~pend.decrypt | (computed == pend.expected)),
+            res_in.tag.eq(Mux(ret_side.decrypt, 0, hashed ^ mask_of_last)),
+            res_in.tag_ok.eq(~ret_side.decrypt | (hashed == mask_of_last)),
             res_fifo.w_data.eq(res_in),
         ]
         with m.If(ret_data):
             with m.If(~ret_side.final):
                 m.d.sync += lane_acc[ret_side.lane].eq(ret.p)
-            with m.Elif(~ret_side.last):
-                m.d.sync += tag_acc.eq(tag_acc ^ ret.p)
-            with m.Else():
+            with m.Elif(ret_side.last):
+                m.d.comb += [res_fifo.w_en.eq(1), mask_taken.eq(1)]
                 if lanes > 1:
                     m.d.sync += tag_acc.eq(0)
-                m.d.comb += [res_fifo.w_en.eq(1), pending.r_en.eq(1)]
+            if lanes > 1:
+                with m.Else():
+                    m.d.sync += tag_acc.eq(tag_acc ^ ret.p)
         return m

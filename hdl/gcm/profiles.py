@@ -22,7 +22,7 @@ class GcmProfile:
     sbox: str = "rom"      # "rom": block RAM; "logic": LUTs. Same timing either way.
     ghash_digit: int = 8   # serial multiplier: bits of the operand per cycle
     ghash_stages: int = 2  # pipelined multiplier: stages = GHASH lanes
-    out_depth: int = 1     # output FIFO blocks; with the pipeline at least its latency
+    out_depth: int = 0     # output FIFO blocks; 0: none, the AES unit waits for the consumer
     result_depth: int = 1  # result FIFO; bounds the messages in flight
 
     @property
@@ -33,8 +33,9 @@ class GcmProfile:
 PROFILES = {
     # iCE40UP5K: 16+4 S-box ROMs in EBR; an 8-bit digit (16 cycles per block,
     # 128/16 = 8 bits per cycle) is the smallest multiplier that meets the
-    # 8 bits/cycle target. One-entry FIFOs: a block takes 10+ cycles here, so
-    # deeper ones would only cost flip-flops.
+    # 8 bits/cycle target. No output FIFO (the iterative AES unit holds its
+    # block until the consumer takes it) and a one-entry result FIFO: a block
+    # takes 10+ cycles here, so deeper ones would only cost flip-flops.
     "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=8),
     # ECP5: one block per cycle. The output FIFO covers the AES pipeline's latency
     # plus the credit loop, so a consumer that is always ready sees no bubbles.
@@ -65,8 +66,12 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
         raise ValueError(f"ghash_digit must be one of {GHASH_DIGITS}, not {profile.ghash_digit!r}")
     if profile.ghash_stages not in GHASH_STAGES:
         raise ValueError(f"ghash_stages must be one of {GHASH_STAGES}, not {profile.ghash_stages!r}")
-    for name in ("out_depth", "result_depth"):
+    # The pipelined AES unit cannot wait, so its blocks need a place reserved
+    # in a FIFO; every profile needs one for results (see GcmCore).
+    for name, least in (("out_depth", 1 if profile.aes == "pipeline" else 0),
+                        ("result_depth", 1)):
         depth = getattr(profile, name)
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"{name} must be a positive integer, not {depth!r}")
+        if type(depth) is not int or depth < least:
+            raise ValueError(f"{name} must be an integer >= {least} with the {profile.aes} "
+                             f"AES unit, not {depth!r}")
     return profile
