@@ -5,34 +5,18 @@ import itertools
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.ipsec import ESP, SecurityAssociation, _ESPPlain
 from scapy.packet import Raw
 
 from espnic.hdl.engine import SA_RECORD, SaConfig, SaState, sa_layout
-from espnic.sim.model import EspModel, ReplayWindow, internet_checksum
+from espnic.sim.interop import scapy_sa
+from espnic.sim.model import OUTER_TTL, EspModel, ReplayWindow, internet_checksum
 
-KEY128 = "00112233445566778899aabbccddeeff"
-KEY256 = KEY128 + "f0e0d0c0b0a090807060504030201000"
-SALT = "a1b2c3d4"
-SPI = 0x1234
-ENDPOINTS = {4: ("192.0.2.1", "192.0.2.2"), 6: ("2001:db8::1", "2001:db8::2")}
-HOSTS = {4: ("10.1.0.1", "10.2.0.1"), 6: ("2001:db8:1::1", "2001:db8:2::1")}
-
-
-def config(direction, *, version=4, mode="tunnel", esn=False, natt=False, key=KEY128, **kw):
-    src, dst = ENDPOINTS[version]
-    return SaConfig(spi=SPI, direction=direction, mode=mode, key=key, salt=SALT, src=src, dst=dst,
-                    esn=esn, encap="udp" if natt else "none", **kw)
-
-
-def plain_packet(version, size, *, tos=0):
-    src, dst = HOSTS[version]
-    payload = Raw(bytes((i * 7) & 0xff for i in range(size)))
-    if version == 4:
-        return bytes(IP(src=src, dst=dst, tos=tos, id=77, flags="DF") / UDP(sport=1000, dport=2000) / payload)
-    return bytes(IPv6(src=src, dst=dst, tc=tos) / TCP(sport=1000, dport=2000) / payload)
+from .esp_cases import (
+    ENDPOINTS, HOSTS, INNER_TTL, KEY128, KEY256, SALT, SPI, config, ip_class, plain_packet,
+)
 
 
 def pair(**kw):
@@ -41,20 +25,6 @@ def pair(**kw):
     model.install(0, config("out", **kw))
     model.install(1, config("in", **kw))
     return model
-
-
-def scapy_sa(*, version, mode, natt, key=KEY128, tunnel_header=None, esn=False):
-    if mode == "tunnel" and tunnel_header is None:
-        src, dst = ENDPOINTS[version]
-        tunnel_header = IP(src=src, dst=dst) if version == 4 else IPv6(src=src, dst=dst)
-    return SecurityAssociation(
-        ESP, spi=SPI, crypt_algo="AES-GCM", crypt_key=bytes.fromhex(key + SALT),
-        tunnel_header=tunnel_header if mode == "tunnel" else None,
-        nat_t_header=UDP(sport=4500, dport=4500) if natt else None, esn_en=esn)
-
-
-def ip_class(octets):
-    return IP if octets[0] >> 4 == 4 else IPv6
 
 
 MATRIX = list(itertools.product([4, 6], ["tunnel", "transport"], [False, True], [False, True]))
@@ -67,7 +37,7 @@ START = {False: 10, True: 2**32 - 2}
 def test_model_encrypts_scapy_decrypts(version, mode, esn, natt):
     model = EspModel()
     model.install(0, config("out", version=version, mode=mode, esn=esn, natt=natt, seq=START[esn]))
-    sa = scapy_sa(version=version, mode=mode, natt=natt, esn=esn)
+    sa = scapy_sa(config("out", version=version, mode=mode, esn=esn, natt=natt))
     for n, size in enumerate([0, 1, 2, 3, 200]):
         seq = START[esn] + 1 + n
         packet = plain_packet(version, size)
@@ -81,9 +51,14 @@ def test_model_encrypts_scapy_decrypts(version, mode, esn, natt):
             assert parsed[UDP].sport == parsed[UDP].dport == 4500
             if version == 4:
                 assert parsed[UDP].chksum == 0
+        # RFC 4301 5.1.2.1: the tunnel header's TTL is constructed, not copied; transport
+        # mode keeps the original header's. Either way the inner one is unchanged (below).
+        outer_ttl = parsed.ttl if version == 4 else parsed.hlim
         if mode == "tunnel":
             assert (parsed.src, parsed.dst) == ENDPOINTS[version]
-            assert (parsed.ttl if version == 4 else parsed.hlim) == 64
+            assert outer_ttl == OUTER_TTL != INNER_TTL
+        else:
+            assert outer_ttl == INNER_TTL
         decrypted = sa.decrypt(parsed, esn=seq >> 32)
         assert bytes(decrypted) == packet
     assert model.counters(0)["packets"] == 5
@@ -99,9 +74,9 @@ def test_scapy_encrypts_model_decrypts(version, mode, esn, natt):
         assert reason == "ok"
         # Build scapy's tunnel header exactly as the model documents its outer header.
         src, dst = ENDPOINTS[version]
-        header = (IP(src=src, dst=dst, tos=0x2a, id=seq & 0xffff, flags="DF", ttl=64) if version == 4
-                  else IPv6(src=src, dst=dst, tc=0x2a, hlim=64))
-        sa = scapy_sa(version=version, mode=mode, natt=natt, esn=esn, tunnel_header=header)
+        header = (IP(src=src, dst=dst, tos=0x2a, id=seq & 0xffff, flags="DF", ttl=OUTER_TTL)
+                  if version == 4 else IPv6(src=src, dst=dst, tc=0x2a, hlim=OUTER_TTL))
+        sa = scapy_sa(config("in", version=version, mode=mode, esn=esn, natt=natt), tunnel_header=header)
         # scapy treats seq_num=0 / esn=0 arguments as "not given": set the SA's own state.
         sa.seq_num, sa.esn = seq & 0xffffffff, seq >> 32
         encrypted = bytes(sa.encrypt(ip_class(packet)(packet), iv=seq.to_bytes(8, "big")))
@@ -123,7 +98,7 @@ def test_aes256_and_ipv6_extension_headers_transport():
     assert reason == "ok"
     parsed = IPv6(out)
     assert parsed[IPv6ExtHdrHopByHop].nh == 50   # ESP goes after hop-by-hop
-    assert bytes(scapy_sa(version=6, mode="transport", natt=False, key=KEY256).decrypt(parsed)) == packet
+    assert bytes(scapy_sa(config("in", version=6, mode="transport", key=KEY256)).decrypt(parsed)) == packet
     assert model.process(1, out) == (packet, "ok")
 
 
@@ -188,7 +163,7 @@ def test_truncated_packets_are_dropped_then_full_packet_passes():
 
 def test_wrong_padding_is_malformed():
     model = pair(mode="transport")
-    sa = scapy_sa(version=4, mode="transport", natt=False)
+    sa = scapy_sa(config("in", mode="transport"))
     packet = IP(plain_packet(4, 3))   # UDP 11 bytes: 1 pad byte
     esp_plain = sa.crypt_algo.pad(_ESPPlain(spi=SPI, seq=1, iv=(1).to_bytes(8, "big"),
                                             data=bytes(packet[UDP]), nh=17))
@@ -205,7 +180,7 @@ def test_wrong_padding_is_malformed():
 
 def test_sequence_number_zero_and_unknown_spi():
     model = pair(mode="transport")
-    sa = scapy_sa(version=4, mode="transport", natt=False)
+    sa = scapy_sa(config("in", mode="transport"))
     packet = IP(plain_packet(4, 8))
     sa.seq_num = 0   # scapy reads a seq_num=0 argument as "not given"
     zero = sa.encrypt(packet, iv=bytes(8))
@@ -384,7 +359,7 @@ def test_ipv4_in_ipv6_tunnel_ecn_and_dummy():
     assert internet_checksum(released[:20]) == 0
     assert released[2:] != packet[2:] and IP(released)[UDP] == IP(packet)[UDP]
     # A dummy packet (next header 59) is authenticated and consumed, nothing released.
-    sa = scapy_sa(version=6, mode="tunnel", natt=False)
+    sa = scapy_sa(config("in", version=6))
     esp_plain = sa.crypt_algo.pad(_ESPPlain(spi=SPI, seq=2, iv=(2).to_bytes(8, "big"), data=b"", nh=59))
     src, dst = ENDPOINTS[6]
     dummy = bytes(IPv6(src=src, dst=dst, nh=50) / sa.crypt_algo.encrypt(sa, esp_plain, sa.crypt_key))

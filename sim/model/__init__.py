@@ -6,7 +6,7 @@ records, counters, events); :class:`ReplayWindow` is the RFC 4303 anti-replay
 window. The forwarder, several engines and the register map come later.
 """
 
-from .esp import DROP_COUNTERS, EspModel, internet_checksum
+from .esp import DROP_COUNTERS, OUTER_TTL, EspModel, internet_checksum
 from .replay import ReplayWindow
 
-__all__ = ["EspModel", "ReplayWindow", "DROP_COUNTERS", "internet_checksum"]
+__all__ = ["EspModel", "ReplayWindow", "DROP_COUNTERS", "OUTER_TTL", "internet_checksum"]

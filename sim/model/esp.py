@@ -22,9 +22,19 @@ Decisions the RFCs leave open (the gateware must do the same, byte for byte):
   requires exactly that monotonic pattern (RFC 4303 section 2.4).
 * Tunnel outer IPv4 header: IHL 5, TOS copied from the inner header (DSCP and
   ECN: RFC 4301 5.1.2.1 / RFC 6040 normal mode), ID = low 16 bits of the
-  sequence number, DF copied from inner IPv4 (set for inner IPv6), TTL 64,
-  no options. Outer IPv6: traffic class copied, flow label 0, hop limit 64.
-  Inner TTL / hop limit is not changed (decrementing it is the forwarder's job).
+  sequence number, DF copied from inner IPv4 (set for inner IPv6), TTL
+  :data:`OUTER_TTL`, no options. Outer IPv6: traffic class copied, flow label
+  0, hop limit :data:`OUTER_TTL`.
+* TTL / hop limit (RFC 4301 section 5.1.2.1, tables and note 2): the outer
+  one is *constructed* by the encapsulator, never copied from the inner
+  header; the inner one is decremented as part of forwarding, before
+  encapsulation and after decapsulation, and not by the node that originates
+  the packet. The engine cannot tell forwarded from originated packets and
+  bypass traffic never reaches it, so the forwarder does the decrement and
+  the engine leaves inner TTL / hop limit unchanged, in both directions.
+  Transport mode keeps the original header's TTL / hop limit (the header is
+  rewritten, not constructed: only length, protocol / next header and the IPv4
+  checksum change).
 * Tunnel decapsulation: outer CE with inner ECT(0)/ECT(1) sets inner CE
   (RFC 6040); otherwise the inner header is released unchanged. Trailing bytes
   after the inner packet's own length (TFC padding, RFC 4303 2.7) are removed.
@@ -62,11 +72,13 @@ from ...hdl.engine.sa import (
 )
 from .replay import ReplayWindow
 
-__all__ = ["EspModel", "DROP_COUNTERS", "internet_checksum"]
+__all__ = ["EspModel", "DROP_COUNTERS", "OUTER_TTL", "internet_checksum"]
 
 PROTO_IPV4, PROTO_IPV6, PROTO_UDP, PROTO_ESP, PROTO_NONE = 4, 41, 17, 50, 59
 ICV_BYTES = 16
 IV_BYTES = 8
+#: TTL / hop limit of a constructed tunnel header (RFC 4301 5.1.2.1: "constructed",
+#: not copied). 64 is the IANA default TTL and the usual IPv6 default hop limit.
 OUTER_TTL = 64
 
 #: Drop reason -> the SA counter it increments.
@@ -355,6 +367,8 @@ class EspModel:
             if udp:
                 esp = _udp_header(sa.natt.sport, sa.natt.dport, src, dst, esp) + esp
             proto = PROTO_UDP if udp else PROTO_ESP
+            # RFC 4301 5.1.2.1: the outer TTL / hop limit is constructed (OUTER_TTL), not
+            # copied; the inner one is the forwarder's to decrement (see the module docstring).
             if version == IpVersion.IPV4:
                 header = struct.pack("!BBHHHBBH4s4s", 0x45, inner.tos, 20 + len(esp),
                                      seq & 0xffff, 0x4000 if inner.df else 0,
@@ -364,6 +378,8 @@ class EspModel:
                                  proto, OUTER_TTL, src, dst)
             return header + esp
 
+        # Transport mode (RFC 4301 5.1.2): the original header is rewritten, its TTL /
+        # hop limit, addresses, TOS and ID kept; only length, protocol and checksum change.
         if udp:
             if inner.version == 4:
                 src, dst = inner.packet[12:16], inner.packet[16:20]
