@@ -1,0 +1,8 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Packet streams: the beat layout every packet-carrying stream uses, and the
+components that reshape such streams."""
+
+from .layouts import BEAT_WIDTHS, packet_beat, beats_from_bytes, bytes_from_beats
+from .repack import Repacker
+
+__all__ = ["BEAT_WIDTHS", "packet_beat", "beats_from_bytes", "bytes_from_beats", "Repacker"]

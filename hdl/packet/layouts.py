@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""The packet stream: one layout for every packet-carrying stream of the data path.
+
+A packet travels as beats of ``width`` bytes (4 on iCE40, 16 on ECP5). Byte
+``i`` of a beat sits in bits ``[8*i, 8*i+8)`` of ``data`` and is the ``i``-th
+byte on the wire, the project's byte order for wide signals (see
+``docs/architecture.md``). ``count`` says how many leading bytes are valid;
+the bytes past it are zero. ``first`` and ``last`` mark a packet's first and
+last beat (one beat can be both). Every beat but the last of a packet is full,
+except where a component's docstring says otherwise (a :class:`Repacker` input
+accepts partial beats anywhere), and only an empty packet has a beat with
+``count == 0``.
+
+:func:`beats_from_bytes` and :func:`bytes_from_beats` are the same rules in
+Python, for benches, the model and the host.
+"""
+
+from amaranth.lib import data
+
+__all__ = ["BEAT_WIDTHS", "packet_beat", "check_width", "beats_from_bytes", "bytes_from_beats"]
+
+#: Beat widths the data path is built for, in bytes.
+BEAT_WIDTHS = (4, 8, 16)
+
+
+def check_width(name: str, width) -> int:
+    """`width` if it is one of :data:`BEAT_WIDTHS`, else a ValueError naming `name`."""
+    if type(width) is not int or width not in BEAT_WIDTHS:
+        raise ValueError(f"{name} must be one of {BEAT_WIDTHS} (bytes), not {width!r}")
+    return width
+
+
+def packet_beat(width: int) -> data.StructLayout:
+    """Layout of one beat of a packet stream ``width`` bytes wide."""
+    check_width("width", width)
+    return data.StructLayout({
+        "data":  8 * width,
+        "count": range(width + 1),
+        "first": 1,
+        "last":  1,
+    })
+
+
+def beats_from_bytes(packet: bytes, width: int) -> list[dict]:
+    """The beats of one packet, full except the last, as field dicts."""
+    check_width("width", width)
+    chunks = [packet[i:i + width] for i in range(0, len(packet), width)] or [b""]
+    return [{"data": int.from_bytes(chunk, "little"), "count": len(chunk),
+             "first": int(index == 0), "last": int(index == len(chunks) - 1)}
+            for index, chunk in enumerate(chunks)]
+
+
+def bytes_from_beats(beats, width: int) -> list[bytes]:
+    """The packets carried by `beats` (dicts or layout views with the beat's fields).
+
+    Checks the framing: ``first`` exactly on the beat after a ``last``, no
+    byte set past ``count``. Raises ValueError on a violation.
+    """
+    check_width("width", width)
+    packets, current = [], None
+    for index, beat in enumerate(beats):
+        get = beat.__getitem__ if isinstance(beat, dict) else lambda name: getattr(beat, name)
+        value, count, first, last = (int(get(name)) for name in ("data", "count", "first", "last"))
+        if bool(first) != (current is None):
+            raise ValueError(f"beat {index}: first={first} but a packet "
+                             f"{'is' if current is not None else 'is not'} in progress")
+        if not 0 <= count <= width or value >> (8 * count):
+            raise ValueError(f"beat {index}: data has bytes past count={count}")
+        current = (current or b"") + value.to_bytes(width, "little")[:count]
+        if last:
+            packets.append(current)
+            current = None
+    if current is not None:
+        raise ValueError("the last packet has no beat with last=1")
+    return packets
