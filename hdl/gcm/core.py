@@ -44,6 +44,7 @@ from amaranth.lib import data, enum, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..aes import ROUNDS_128, AesIterative, AesPipeline
+from ..packet.layouts import big_endian
 from .ghash import GfMulPipeline, GfMulSerial
 from .layouts import BLOCK_BYTES, GCM_COMMAND, GCM_OUTPUT, GCM_RESULT
 from .profiles import GcmProfile, resolve_profile
@@ -96,12 +97,6 @@ def _mul_sideband(lanes):
 def _byte_mask(nbytes):
     """128-bit mask keeping the first `nbytes` bytes of a block."""
     return Cat(*(Mux(nbytes > i, 0xff, 0x00) for i in range(BLOCK_BYTES)))
-
-
-def _big_endian(value, nbytes):
-    """`value` as `nbytes` big-endian bytes, packed in block byte order."""
-    value = Cat(value, Const(0, 8 * nbytes))   # zero-extend narrow values
-    return Cat(*(value[8 * (nbytes - 1 - i):8 * (nbytes - i)] for i in range(nbytes)))
 
 
 class _SidebandUnit(wiring.Component):
@@ -381,7 +376,7 @@ class GcmCore(wiring.Component):
                         m.next = "J0"
             with m.State("J0"):
                 m.d.comb += [
-                    req.block.eq(Cat(cmd.nonce, _big_endian(1, 4))),
+                    req.block.eq(Cat(cmd.nonce, big_endian(1, 4))),
                     item.kind.eq(_Kind.J0),
                     aes.i.valid.eq(1),
                 ]
@@ -411,7 +406,7 @@ class GcmCore(wiring.Component):
                 with m.Elif(text_left != 0):
                     m.d.comb += [
                         item.kind.eq(_Kind.TEXT),
-                        req.block.eq(Cat(cmd.nonce, _big_endian(counter, 4))),
+                        req.block.eq(Cat(cmd.nonce, big_endian(counter, 4))),
                         item.nbytes.eq(Mux(text_left == 1, last_bytes(cmd.text_len), BLOCK_BYTES)),
                         item.text_last.eq(text_left == 1),
                         aes.i.valid.eq(self.data_in.valid & text_room),
@@ -427,7 +422,7 @@ class GcmCore(wiring.Component):
                     # AES_K(J0) ^ tag, what the last product must equal.
                     m.d.comb += [
                         item.kind.eq(_Kind.TAG),
-                        req.block.eq(Cat(cmd.nonce, _big_endian(1, 4))),
+                        req.block.eq(Cat(cmd.nonce, big_endian(1, 4))),
                         aes.i.valid.eq(self.data_in.valid),
                         self.data_in.ready.eq(aes.i.ready),
                     ]
@@ -436,8 +431,8 @@ class GcmCore(wiring.Component):
                 with m.Else():
                     m.d.comb += [
                         item.kind.eq(_Kind.LEN),
-                        item.data.eq(Cat(_big_endian(cmd.aad_len << 3, 8),
-                                         _big_endian(cmd.text_len << 3, 8))),
+                        item.data.eq(Cat(big_endian(cmd.aad_len << 3, 8),
+                                         big_endian(cmd.text_len << 3, 8))),
                         item.nbytes.eq(BLOCK_BYTES),
                         aes.i.valid.eq(1),
                     ]

@@ -15,9 +15,11 @@ accepts partial beats anywhere), and only an empty packet has a beat with
 Python, for benches, the model and the host.
 """
 
+from amaranth.hdl import Cat, Const
 from amaranth.lib import data
 
-__all__ = ["BEAT_WIDTHS", "packet_beat", "check_width", "beats_from_bytes", "bytes_from_beats"]
+__all__ = ["BEAT_WIDTHS", "packet_beat", "check_width", "big_endian",
+           "beats_from_bytes", "bytes_from_beats"]
 
 #: Beat widths the data path is built for, in bytes.
 BEAT_WIDTHS = (4, 8, 16)
@@ -39,6 +41,13 @@ def packet_beat(width: int) -> data.StructLayout:
         "first": 1,
         "last":  1,
     })
+
+
+def big_endian(value, nbytes):
+    """`value` as `nbytes` big-endian (network order) bytes, in wire byte order:
+    its most significant byte is byte 0. Narrow values are zero-extended."""
+    value = Cat(value, Const(0, 8 * nbytes))
+    return Cat(*(value[8 * (nbytes - 1 - i):8 * (nbytes - i)] for i in range(nbytes)))
 
 
 def beats_from_bytes(packet: bytes, width: int) -> list[dict]:

@@ -70,16 +70,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ...hdl.engine.sa import (
     REPLAY_WINDOW, SA_COUNTERS, Direction, Encap, IpVersion, Mode, SaConfig, SaState, sa_layout,
 )
+from ...hdl.engine.protocol import (ICV_BYTES, IV_BYTES, OUTER_TTL, PROTO_ESP, PROTO_IPV4,
+                                    PROTO_IPV6, PROTO_NONE, PROTO_UDP)
 from .replay import ReplayWindow
 
 __all__ = ["EspModel", "DROP_COUNTERS", "OUTER_TTL", "internet_checksum"]
 
-PROTO_IPV4, PROTO_IPV6, PROTO_UDP, PROTO_ESP, PROTO_NONE = 4, 41, 17, 50, 59
-ICV_BYTES = 16
-IV_BYTES = 8
-#: TTL / hop limit of a constructed tunnel header (RFC 4301 5.1.2.1: "constructed",
-#: not copied). 64 is the IANA default TTL and the usual IPv6 default hop limit.
-OUTER_TTL = 64
 
 #: Drop reason -> the SA counter it increments.
 DROP_COUNTERS = {

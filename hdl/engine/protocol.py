@@ -1,0 +1,17 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Protocol numbers and sizes of ESP with AES-GCM, shared by the gateware, the
+reference model and the host."""
+
+__all__ = ["PROTO_IPV4", "PROTO_IPV6", "PROTO_UDP", "PROTO_ESP", "PROTO_NONE",
+           "ICV_BYTES", "IV_BYTES", "ESP_HEADER_BYTES", "OUTER_TTL"]
+
+#: IP protocol / next header numbers (IANA).
+PROTO_IPV4, PROTO_IPV6, PROTO_UDP, PROTO_ESP, PROTO_NONE = 4, 41, 17, 50, 59
+#: RFC 4106: a 16-byte ICV and an 8-byte explicit IV.
+ICV_BYTES = 16
+IV_BYTES = 8
+#: SPI, sequence number and IV: what precedes the ciphertext in an ESP packet.
+ESP_HEADER_BYTES = 8 + IV_BYTES
+#: TTL / hop limit of a constructed tunnel header (RFC 4301 5.1.2.1: "constructed",
+#: not copied). 64 is the IANA default TTL and the usual IPv6 default hop limit.
+OUTER_TTL = 64
