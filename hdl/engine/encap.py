@@ -1,24 +1,27 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""ESP tunnel-mode encapsulation (RFC 4303, AES-GCM per RFC 4106): the outbound
-data path of an engine, behind the SA lookup.
+"""ESP encapsulation (RFC 4303, AES-GCM per RFC 4106): the outbound data path
+of an engine, behind the SA lookup.
 
-What it does per packet, byte for byte as ``sim/model/esp.py`` (``_outbound``,
-tunnel mode):
+What it does per packet, byte for byte as ``sim/model/esp.py`` (``_outbound``):
 
-* text = the inner packet, then RFC 4303 padding ``1, 2, ...`` to a multiple
-  of 4 with the pad length and next header (4 for IPv4, 41 for IPv6);
+* text = the inner packet (tunnel mode) or its IP payload (transport mode),
+  then RFC 4303 padding ``1, 2, ...`` to a multiple of 4, the pad length and
+  the next header (tunnel: 4 for IPv4, 41 for IPv6; transport: the packet's
+  own protocol);
 * AAD = SPI || seq (or SPI || seq_hi || seq_lo with ESN), nonce = salt || IV,
   IV = the 64-bit sequence number (so a (key, IV) pair never repeats);
-* out: outer IPv4 (IHL 5, TOS copied, ID = seq low 16 bits, DF copied from an
-  inner IPv4 header and set for IPv6, TTL 64, checksum) or IPv6 (traffic class
-  copied, hop limit 64) header from the SA's endpoints, optional RFC 3948 UDP
-  header (over IPv4, checksum 0), SPI, seq, IV, ciphertext, 16-byte ICV.
+* out, tunnel mode: an outer IPv4 (IHL 5, TOS copied, ID = seq low 16 bits,
+  DF copied from an inner IPv4 header and set for IPv6, TTL 64, checksum) or
+  IPv6 (traffic class copied, hop limit 64) header from the SA's endpoints;
+  transport mode: the packet's own header (IPv4 options kept) with its length,
+  protocol and IPv4 checksum rewritten; then an optional RFC 3948 UDP header
+  (checksum 0, over IPv4 only), SPI, seq, IV, ciphertext, 16-byte ICV.
 
-Not built here yet (issue 3): transport mode, UDP encapsulation over an IPv6
-outer header (its checksum covers the ciphertext, so it needs the store and
-forward buffer), checks of the inner packet (its IP length field is trusted:
-the SA table in front of this block will validate it), sequence allocation and
-lifetimes (the job brings the sequence number to use).
+Not built here yet (issue 3): IPv6 extension headers in transport mode, UDP
+encapsulation with an IPv6 header (its checksum covers the ciphertext, so it
+needs a store-and-forward buffer), checks of the inner packet (its IP length
+and checksum are trusted: the SA table in front of this block will validate
+them), sequence allocation and lifetimes (the job brings the sequence number).
 
 Interface: one :data:`ENCAP_JOB` per packet on ``job``, the inner packet on
 ``i`` as 16-byte beats (full but the last), the ESP packet on ``o`` (16-byte
@@ -35,12 +38,13 @@ from ..packet.layouts import big_endian, packet_beat
 from ..packet.repack import Repacker
 from .protocol import (ESP_HEADER_BYTES, ICV_BYTES, OUTER_TTL, PROTO_ESP, PROTO_IPV4, PROTO_IPV6,
                        PROTO_UDP)
-from .sa import SA_NATT, SA_TUNNEL, Encap, IpVersion
+from .sa import SA_NATT, SA_TUNNEL, Encap, IpVersion, Mode
 
-__all__ = ["ENCAP_JOB", "EspTunnelEncap"]
+__all__ = ["ENCAP_JOB", "EspEncap"]
 
 #: What the SA table hands the encapsulator with each packet.
 ENCAP_JOB = data.StructLayout({
+    "mode":    Mode,
     "key":     256,
     "key_256": 1,
     "salt":    32,
@@ -51,26 +55,98 @@ ENCAP_JOB = data.StructLayout({
     "natt":    SA_NATT,
 })
 
+#: The longest IP header kept in transport mode: IPv4 with 40 bytes of options.
+_MAX_HEADER_BEATS = 60 // BLOCK_BYTES + 1
 
-def _ipv4_checksum(words):
-    """RFC 1071 checksum of 16-bit words (Amaranth values), as a 16-bit value."""
-    total = sum(words[1:], words[0])
+
+def _fold(total):
+    """One's-complement sum (RFC 1071) of a plain sum of 16-bit words, 16 bits."""
     folded = total[:16] + total[16:]
-    return ~(folded[:16] + folded[16:])[:16]
+    return (folded[:16] + folded[16:])[:16]
 
 
-class EspTunnelEncap(wiring.Component):
-    """ESP tunnel-mode encapsulation of one packet at a time (see the module docstring).
+def _bytes_of(value):
+    return [value[8 * k:8 * (k + 1)] for k in range(len(value) // 8)]
+
+
+def _words_of(beat):
+    """The big-endian 16-bit words of a beat, in wire order."""
+    octets = _bytes_of(beat)
+    return [Cat(octets[2 * j + 1], octets[2 * j]) for j in range(len(octets) // 2)]
+
+
+class _TrailerMerge(wiring.Component):
+    """Appends the RFC 4303 trailer to a text stream of 16-byte beats (full but the last).
+
+    The trailer -- pad bytes 1, 2, ..., the pad length, the next header --
+    goes after the last beat's ``count`` bytes, in that beat or, if it does not
+    fit, partly in one more. ``done`` pulses when the last beat has left.
+    Latency 0 (combinational), one beat per cycle; one extra cycle per packet
+    when the trailer spills.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "i": In(stream.Signature(packet_beat(BLOCK_BYTES))),
+            "o": Out(stream.Signature(128)),
+            "pad_len": In(2),
+            "next_header": In(8),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        beat = self.i.payload
+        trailer = Signal(8 * 5)
+        with m.Switch(self.pad_len):
+            for pad in range(4):
+                with m.Case(pad):
+                    m.d.comb += trailer.eq(Cat(*(Const(k + 1, 8) for k in range(pad)),
+                                               Const(pad, 8), self.next_header))
+        extended = Signal(8 * 2 * BLOCK_BYTES)
+        m.d.comb += extended.eq(beat.data | (trailer << (8 * beat.count)))
+        fits = beat.count + self.pad_len + 2 <= BLOCK_BYTES
+        spill = Signal(8 * BLOCK_BYTES)
+        spilling = Signal()
+        with m.If(spilling):
+            m.d.comb += [self.o.payload.eq(spill), self.o.valid.eq(1)]
+            with m.If(self.o.ready):
+                m.d.comb += self.done.eq(1)
+                m.d.sync += spilling.eq(0)
+        with m.Else():
+            m.d.comb += [
+                self.o.payload.eq(Mux(beat.last, extended[:8 * BLOCK_BYTES], beat.data)),
+                self.o.valid.eq(self.i.valid),
+                self.i.ready.eq(self.o.ready),
+            ]
+            with m.If(self.i.valid & self.o.ready & beat.last):
+                with m.If(fits):
+                    m.d.comb += self.done.eq(1)
+                with m.Else():
+                    m.d.sync += [spill.eq(extended[8 * BLOCK_BYTES:]), spilling.eq(1)]
+        return m
+
+
+class EspEncap(wiring.Component):
+    """ESP encapsulation of one packet at a time (see the module docstring).
 
     Parameters
     ----------
     profile : the GCM core's datapath profile (``"compact"`` or ``"fast"``).
 
-    Latency and throughput: the outer header leaves 2--5 cycles after the job
-    and the first beat are there; the text runs at the GCM core's block rate;
-    a packet costs the core's fixed cycles plus about 8 cycles of header and
-    trailer. Packets do not overlap yet: the next one starts when the ICV of
-    this one has left (measured by ``bench/engine.py``).
+    Data flow: the *splitter* cuts each input beat into header bytes (transport
+    mode: kept in a small store for the output) and text bytes, which a
+    :class:`Repacker` realigns into blocks and :class:`_TrailerMerge` completes;
+    the GCM core encrypts them after the AAD block; the *output* state machine
+    sends the header (constructed or rewritten), UDP and ESP headers, the
+    ciphertext and the ICV through a second :class:`Repacker` that packs the
+    partial beats.
+
+    Latency and throughput: the header leaves 3--6 cycles after the job and
+    the first beat are there; the text runs at the GCM core's block rate; a
+    packet costs the core's fixed cycles plus about 8 cycles of headers and
+    trailer. Packets do not overlap yet: the next job is taken when the ICV of
+    this one has left (``bench/engine.py`` measures it).
     """
 
     def __init__(self, *, profile="compact"):
@@ -84,69 +160,50 @@ class EspTunnelEncap(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.gcm = gcm = self._gcm
+        m.submodules.text = text = Repacker(in_width=BLOCK_BYTES, out_width=BLOCK_BYTES)
+        m.submodules.trailer = trailer = _TrailerMerge()
         m.submodules.out = out = Repacker(in_width=BLOCK_BYTES, out_width=BLOCK_BYTES)
+        wiring.connect(m, text.o, trailer.i)
         wiring.connect(m, out.o, wiring.flipped(self.o))
 
+        def be(value, nbytes):
+            return big_endian(value, nbytes)
+
         job = Signal(ENCAP_JOB)
+        transport = job.mode == Mode.TRANSPORT
         inner_v6 = Signal()
         inner_tos = Signal(8)
         inner_df = Signal()
         inner_len = Signal(16)
+        header_len = Signal(range(61))      # the kept header (transport), 0 in tunnel mode
+        inner_proto = Signal(8)             # transport: the protocol the header announced
+        inner_ttl = Signal(8)
 
         # ---- the inner header, from the first beat ---------------------------
-        first = self.i.payload.data
-        byte = [first[8 * k:8 * (k + 1)] for k in range(BLOCK_BYTES)]
-        is_v6 = byte[0][4:] == 6
-        v6_len = Cat(byte[5], byte[4]) + 40
-        v4_len = Cat(byte[3], byte[2])
+        first = _bytes_of(self.i.payload.data)
+        is_v6 = first[0][4:] == 6
+        first_len = Mux(is_v6, Cat(first[5], first[4]) + 40, Cat(first[3], first[2]))
 
         # ---- lengths ---------------------------------------------------------
-        pad_len = (-(inner_len + 2))[:2]
-        text_len = inner_len + pad_len + 2
+        payload_len = inner_len - header_len
+        pad_len = (-(payload_len + 2))[:2]
+        text_len = payload_len + pad_len + 2
         esp_len = ESP_HEADER_BYTES + text_len + ICV_BYTES
         udp = job.natt.encap == Encap.UDP
         udp_len = esp_len + 8
-        outer_v6 = job.tunnel.ip_version == IpVersion.IPV6
-        proto = Mux(udp, C(PROTO_UDP, 8), C(PROTO_ESP, 8))
         after_ip = Mux(udp, udp_len, esp_len)
+        proto = Mux(udp, C(PROTO_UDP, 8), C(PROTO_ESP, 8))
+        next_header = Mux(transport, inner_proto,
+                          Mux(inner_v6, C(PROTO_IPV6, 8), C(PROTO_IPV4, 8)))
 
-        # ---- the header beats, in wire order ---------------------------------
-        def be(value, nbytes):
-            return big_endian(value, nbytes)
+        # ---- input side: command, AAD, then the splitter ------------------------
+        out_start = Signal()    # pulse: the output side may start this packet
+        out_busy = Signal()     # the output side has not sent the ICV yet
+        header_kept = Signal()  # every header byte is in `header_store`
+        header_store = Array(Signal(128, name=f"header{k}") for k in range(_MAX_HEADER_BEATS))
+        header_sum = Signal(24)  # transport IPv4: the header words but length, TTL/proto, checksum
+        position = Signal(16)    # byte offset of the input beat in the packet
 
-        v4_total = after_ip + 20
-        v4_flags = Mux(inner_df, C(0x40, 8), C(0, 8))
-        v4_words = [Const(0x4500, 16) | inner_tos, v4_total[:16], job.seq[:16],
-                    Cat(Const(0, 8), v4_flags), Const(OUTER_TTL << 8, 16) | proto,
-                    job.tunnel.src[16:32], job.tunnel.src[:16],
-                    job.tunnel.dst[16:32], job.tunnel.dst[:16]]
-        v4_checksum = Signal(16)
-        m.d.comb += v4_checksum.eq(_ipv4_checksum(v4_words))
-        v4_header = Cat(Const(0x45, 8), inner_tos, be(v4_total, 2), be(job.seq[:16], 2),
-                        v4_flags, Const(0, 8), Const(OUTER_TTL, 8), proto,
-                        be(v4_checksum, 2), be(job.tunnel.src[:32], 4), be(job.tunnel.dst[:32], 4))
-        # Version 6, traffic class, flow label 0; Cat packs each byte low nibble first.
-        v6_header = Cat(inner_tos[4:], Const(6, 4), Const(0, 4), inner_tos[:4], Const(0, 16),
-                        be(after_ip, 2), proto, Const(OUTER_TTL, 8),
-                        be(job.tunnel.src, 16), be(job.tunnel.dst, 16))
-        udp_header = Cat(be(job.natt.sport, 2), be(job.natt.dport, 2), be(udp_len, 2),
-                         Const(0, 16))
-        esp_header = Cat(be(job.spi, 4), be(job.seq[:32], 4), be(job.seq, 8))
-
-        # Header segments: (beat value, byte count, present), in order.
-        segments = [
-            (v4_header[:128], 16, ~outer_v6),
-            (v4_header[128:], 4, ~outer_v6),
-            (v6_header[:128], 16, outer_v6),
-            (v6_header[128:256], 16, outer_v6),
-            (v6_header[256:], 8, outer_v6),
-            (udp_header, 8, udp),
-            (esp_header, 16, C(1)),
-        ]
-
-        # ---- input side: command, AAD, text, trailer ---------------------------
-        out_start = Signal()   # pulse: the header may go out
-        out_busy = Signal()    # the output side has not sent the ICV yet
         cmd = gcm.cmd.payload
         m.d.comb += [
             cmd.key.eq(job.key),
@@ -155,31 +212,52 @@ class EspTunnelEncap(wiring.Component):
             cmd.aad_len.eq(Mux(job.esn, 12, 8)),
             cmd.text_len.eq(text_len),
             cmd.decrypt.eq(0),
+            trailer.pad_len.eq(pad_len),
+            trailer.next_header.eq(next_header),
         ]
+
         beat = self.i.payload
-        # The trailer after the last beat's `count` bytes: pad 1..pad_len, pad
-        # length, next header; up to 5 bytes, spilling into one more block.
-        next_header = Mux(inner_v6, C(PROTO_IPV6, 8), C(PROTO_IPV4, 8))
-        trailer = Signal(8 * 5)
-        with m.Switch(pad_len):
-            for pad in range(4):
-                with m.Case(pad):
-                    m.d.comb += trailer.eq(Cat(*(Const(k + 1, 8) for k in range(pad)),
-                                               Const(pad, 8), next_header))
-        extended = Signal(8 * 2 * BLOCK_BYTES)
-        m.d.comb += extended.eq(beat.data | (trailer << (8 * beat.count)))
-        spill = Signal(8 * BLOCK_BYTES)
+        # The text bytes of this beat: from max(position, header_len) on.
+        skip = Signal(range(BLOCK_BYTES + 1))
+        with m.If(header_len >= position + BLOCK_BYTES):
+            m.d.comb += skip.eq(BLOCK_BYTES)
+        with m.Elif(header_len > position):
+            m.d.comb += skip.eq(header_len - position)
+        text_count = Signal(range(BLOCK_BYTES + 1))
+        m.d.comb += text_count.eq(Mux(beat.count > skip, beat.count - skip, 0))
+        # Header words of this beat that the checksum keeps (not length, TTL/proto, checksum).
+        word_sum = Signal(20)
+        rewritten = position == 0      # words 1, 4 and 5 of the first beat
+        m.d.comb += word_sum.eq(sum(
+            Mux((position + 2 * j < header_len) & ~(rewritten if j in (1, 4, 5) else C(0)),
+                word, 0)
+            for j, word in enumerate(_words_of(beat.data))))
+
+        def text_to_gcm():
+            m.d.comb += [
+                gcm.data_in.payload.eq(trailer.o.payload),
+                gcm.data_in.valid.eq(trailer.o.valid),
+                trailer.o.ready.eq(gcm.data_in.ready),
+            ]
 
         with m.FSM(name="input"):
             with m.State("IDLE"):
                 with m.If(self.job.valid & self.i.valid & ~out_busy):
+                    payload = self.job.payload
                     m.d.comb += [self.job.ready.eq(1), out_start.eq(1)]
                     m.d.sync += [
-                        job.eq(self.job.payload),
+                        job.eq(payload),
                         inner_v6.eq(is_v6),
-                        inner_tos.eq(Mux(is_v6, Cat(byte[1][4:], byte[0][:4]), byte[1])),
-                        inner_df.eq(Mux(is_v6, 1, byte[6][6])),
-                        inner_len.eq(Mux(is_v6, v6_len, v4_len)),
+                        inner_tos.eq(Mux(is_v6, Cat(first[1][4:], first[0][:4]), first[1])),
+                        inner_df.eq(Mux(is_v6, 1, first[6][6])),
+                        inner_len.eq(first_len),
+                        inner_proto.eq(Mux(is_v6, first[6], first[9])),
+                        inner_ttl.eq(Mux(is_v6, first[7], first[8])),
+                        header_len.eq(Mux(payload.mode == Mode.TRANSPORT,
+                                          Mux(is_v6, 40, Cat(C(0, 2), first[0][:4])), 0)),
+                        header_sum.eq(0),
+                        header_kept.eq(payload.mode == Mode.TUNNEL),
+                        position.eq(0),
                     ]
                     m.next = "COMMAND"
             with m.State("COMMAND"):
@@ -194,26 +272,85 @@ class EspTunnelEncap(wiring.Component):
                     gcm.data_in.valid.eq(1),
                 ]
                 with m.If(gcm.data_in.ready):
-                    m.next = "TEXT"
-            with m.State("TEXT"):
-                # The trailer fits in the last beat unless that holds more than
-                # 16 - 2 - pad_len bytes.
-                fits = beat.count + pad_len + 2 <= BLOCK_BYTES
+                    m.next = "SPLIT"
+            with m.State("SPLIT"):
+                text_to_gcm()
+                # A beat that holds no text and is not the last sends nothing on.
+                sends_text = (text_count != 0) | beat.last
                 m.d.comb += [
-                    gcm.data_in.payload.eq(Mux(beat.last, extended[:8 * BLOCK_BYTES], beat.data)),
-                    gcm.data_in.valid.eq(self.i.valid),
-                    self.i.ready.eq(gcm.data_in.ready),
+                    text.i.payload.data.eq(beat.data >> (8 * skip)),
+                    text.i.payload.count.eq(text_count),
+                    text.i.payload.last.eq(beat.last),
+                    text.i.valid.eq(self.i.valid & sends_text),
+                    self.i.ready.eq(text.i.ready | ~sends_text),
                 ]
-                with m.If(self.i.valid & gcm.data_in.ready & beat.last):
-                    m.d.sync += spill.eq(extended[8 * BLOCK_BYTES:])
-                    with m.If(fits):
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "SPILL"
-            with m.State("SPILL"):
-                m.d.comb += [gcm.data_in.payload.eq(spill), gcm.data_in.valid.eq(1)]
-                with m.If(gcm.data_in.ready):
+                with m.If(self.i.valid & self.i.ready):
+                    with m.If(position < header_len):
+                        m.d.sync += [
+                            header_store[position[4:6]].eq(beat.data),
+                            header_sum.eq(header_sum + word_sum),
+                        ]
+                    with m.If(position + BLOCK_BYTES >= header_len):
+                        m.d.sync += header_kept.eq(1)
+                    m.d.sync += position.eq(position + BLOCK_BYTES)
+                    with m.If(beat.last):
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):
+                text_to_gcm()
+                with m.If(trailer.done):
                     m.next = "IDLE"
+
+        # ---- the header segments, in wire order ---------------------------------
+        # Tunnel mode: a constructed outer header.
+        outer_v6 = job.tunnel.ip_version == IpVersion.IPV6
+        v4_total = after_ip + 20
+        v4_flags = Mux(inner_df, C(0x40, 8), C(0, 8))
+        v4_words = [Const(0x4500, 16) | inner_tos, v4_total[:16], job.seq[:16],
+                    Cat(Const(0, 8), v4_flags), Const(OUTER_TTL << 8, 16) | proto,
+                    job.tunnel.src[16:32], job.tunnel.src[:16],
+                    job.tunnel.dst[16:32], job.tunnel.dst[:16]]
+        v4_checksum = Signal(16)
+        m.d.comb += v4_checksum.eq(~_fold(sum(v4_words[1:], v4_words[0])))
+        v4_header = Cat(Const(0x45, 8), inner_tos, be(v4_total, 2), be(job.seq[:16], 2),
+                        v4_flags, Const(0, 8), Const(OUTER_TTL, 8), proto,
+                        be(v4_checksum, 2), be(job.tunnel.src[:32], 4), be(job.tunnel.dst[:32], 4))
+        # Version 6, traffic class, flow label 0; Cat packs each byte low nibble first.
+        v6_header = Cat(inner_tos[4:], Const(6, 4), Const(0, 4), inner_tos[:4], Const(0, 16),
+                        be(after_ip, 2), proto, Const(OUTER_TTL, 8),
+                        be(job.tunnel.src, 16), be(job.tunnel.dst, 16))
+        # Transport mode: the kept header, its first beat rewritten.
+        kept = _bytes_of(header_store[0])
+        new_total = header_len + after_ip
+        kept_checksum = Signal(16)
+        m.d.comb += kept_checksum.eq(~_fold(header_sum + new_total[:16]
+                                            + Cat(proto, inner_ttl)))
+        kept_first = Mux(inner_v6,
+                         Cat(*kept[:4], be(after_ip, 2), proto, *kept[7:]),
+                         Cat(*kept[:2], be(new_total, 2), *kept[4:9], proto,
+                             be(kept_checksum, 2), *kept[12:]))
+
+        def kept_count(k):
+            remaining = header_len - BLOCK_BYTES * k
+            return Mux(remaining >= BLOCK_BYTES, BLOCK_BYTES, remaining)
+
+        udp_header = Cat(be(job.natt.sport, 2), be(job.natt.dport, 2), be(udp_len, 2),
+                         Const(0, 16))
+        esp_header = Cat(be(job.spi, 4), be(job.seq[:32], 4), be(job.seq, 8))
+
+        # (beat value, byte count, present), in order.
+        tunnel = ~transport
+        segments = [
+            (v4_header[:128], C(16), tunnel & ~outer_v6),
+            (v4_header[128:], C(4), tunnel & ~outer_v6),
+            (v6_header[:128], C(16), tunnel & outer_v6),
+            (v6_header[128:256], C(16), tunnel & outer_v6),
+            (v6_header[256:], C(8), tunnel & outer_v6),
+            (kept_first, kept_count(0), transport),
+            *((header_store[k], kept_count(k), transport & (header_len > BLOCK_BYTES * k))
+              for k in range(1, _MAX_HEADER_BEATS)),
+            (udp_header, C(8), udp),
+            (esp_header, C(16), C(1)),
+        ]
 
         # ---- output side: header segments, ciphertext, ICV ----------------------
         segment = Signal(range(len(segments)))
@@ -226,11 +363,11 @@ class EspTunnelEncap(wiring.Component):
             with m.State("HEADER"):
                 present = Array(present for _value, _count, present in segments)[segment]
                 m.d.comb += [
-                    out.i.payload.data.eq(Array(value for value, _count, _p in segments)[segment]),
-                    out.i.payload.count.eq(Array(C(count, 5) for _v, count, _p in segments)[segment]),
-                    out.i.valid.eq(present),
+                    out.i.payload.data.eq(Array(value for value, _c, _p in segments)[segment]),
+                    out.i.payload.count.eq(Array(count for _v, count, _p in segments)[segment]),
+                    out.i.valid.eq(present & header_kept),
                 ]
-                with m.If(out.i.ready | ~present):
+                with m.If(header_kept & (out.i.ready | ~present)):
                     m.d.sync += segment.eq(segment + 1)
                     with m.If(segment == len(segments) - 1):
                         m.next = "TEXT"
