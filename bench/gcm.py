@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from espnic.bench.report import table
+
 from espnic.sim.gcm_job import measure
 
 #: (profile, family, device, target clock in MHz). The fast profile needs 140
@@ -48,13 +50,6 @@ def resources(profiles):
     return rows
 
 
-def _table(rows, columns):
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(str(r[c]).rjust(w) for c, w in zip(columns, widths)) for r in rows]
-    return "\n".join(lines)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m espnic.bench.gcm", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", choices=["compact", "fast"], action="append")
@@ -69,12 +64,12 @@ def main(argv=None):
     if args.json:
         print(json.dumps(figures, indent=1))
         return
-    print(_table(figures["throughput"], ["profile", "key_bits", "text_bytes", "cycles_per_message",
+    print(table(figures["throughput"], ["profile", "key_bits", "text_bytes", "cycles_per_message",
                                          "bits_per_cycle", "cycles_per_block", "fixed_cycles"]))
     if figures.get("resources"):
         print()
         columns = list(figures["resources"][0])
-        print(_table(figures["resources"], columns))
+        print(table(figures["resources"], columns))
 
 
 if __name__ == "__main__":

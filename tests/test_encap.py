@@ -5,71 +5,14 @@ Oracles: the reference model byte for byte (``sim/model``), and scapy's
 ``SecurityAssociation`` decrypting what the gateware sent.
 """
 
-import random
-
 import pytest
 from scapy.layers.inet import IPOption_EOL, IPOption_NOP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from espnic.hdl.engine.encap import ENCAP_JOB, EspEncap
-from espnic.hdl.gcm.layouts import BLOCK_BYTES
-from espnic.hdl.packet import beats_from_bytes, bytes_from_beats
-from espnic.sim.amaranth_sim import run_sim, stream_get, stream_put, stream_put_all
+from espnic.sim.esp_job import run_encap
 from espnic.sim.interop import scapy_sa
-from espnic.sim.model import EspModel
 from tests.esp_cases import KEY256, config, ip_class, plain_packet
-
-
-def _job(sa_config, model, slot=0):
-    """The job the SA table would hand over for the model's next packet."""
-    record = sa_config.to_record(model.layout)
-    seq = model.read_record(slot).seq + 1
-    return ENCAP_JOB.const({
-        "mode": record.mode, "key": record.key, "key_256": record.key_256, "salt": record.salt, "spi": record.spi,
-        "seq": seq, "esn": record.esn,
-        "tunnel": {"ip_version": record.tunnel.ip_version, "src": record.tunnel.src,
-                   "dst": record.tunnel.dst},
-        "natt": {"encap": record.natt.encap, "sport": record.natt.sport,
-                 "dport": record.natt.dport},
-    })
-
-
-def _encapsulate(sa_config, packets, *, profile="compact", start_seq=0, stall=0.0, seed=0):
-    """Run `packets` through the gateware; returns (gateware output, model output)."""
-    model = EspModel(slots=1)
-    model.install(0, sa_config)
-    if start_seq:
-        model.write_record(0, sa_config.to_record(model.layout).as_bits()
-                           | start_seq << model.layout["seq"].offset)
-    jobs, expected = [], []
-    for packet in packets:
-        jobs.append(_job(sa_config, model))
-        output, reason = model.process(0, packet)
-        assert reason == "ok"
-        expected.append(output)
-
-    dut = EspEncap(profile=profile)
-    received = []
-
-    async def feed_jobs(ctx):
-        for job in jobs:
-            await stream_put(ctx, dut.job, job, timeout=20_000)
-
-    async def feed_packets(ctx):
-        beats = [beat for packet in packets for beat in beats_from_bytes(packet, BLOCK_BYTES)]
-        await stream_put_all(ctx, dut.i, beats, timeout=20_000)
-
-    async def collect(ctx):
-        rng = random.Random(seed)
-        while sum(beat.last for beat in received) < len(packets):
-            ctx.set(dut.o.ready, 0)
-            while stall and rng.random() < stall:
-                await ctx.tick()
-            received.append(await stream_get(ctx, dut.o, timeout=20_000))
-
-    run_sim(dut, feed_jobs, feed_packets, collect)
-    return bytes_from_beats(received, BLOCK_BYTES), expected
 
 
 def _with_options(packet, words):
@@ -102,8 +45,9 @@ def test_encap_matches_model_and_scapy(kwargs):
         # UDP over IPv6 needs a checksum over the ciphertext: not built (module docstring).
         packets = [packet for packet in packets if packet[0] >> 4 == 4]
     start = 2**32 - 2 if kwargs.get("esn") else 0
-    got, expected = _encapsulate(sa_config, packets, start_seq=start, stall=0.3, seed=1)
-    assert got == expected, "gateware output differs from the model"
+    run = run_encap(sa_config, packets, start_seq=start, stall=0.3, seed=1)
+    got = run.outputs
+    assert got == run.expected, "gateware output differs from the model"
     sa = scapy_sa(config("in", **kwargs))
     for seq, (packet, esp) in enumerate(zip(packets, got, strict=True), start=start + 1):
         sa.esn = seq >> 32    # scapy takes the ESN high half from its SA state
@@ -127,8 +71,8 @@ def test_encap_random_traffic(sizes, versions, kwargs, stall, seed):
             versions = [4] * len(versions)
     sa_config = config("out", **kwargs)
     packets = [plain_packet(version, size) for version, size in zip(versions, sizes)]
-    got, expected = _encapsulate(sa_config, packets, stall=stall, seed=seed)
-    assert got == expected
+    run = run_encap(sa_config, packets, stall=stall, seed=seed)
+    assert run.outputs == run.expected
 
 
 @pytest.mark.parametrize("mode", ["tunnel", "transport"])
@@ -136,5 +80,5 @@ def test_encap_fast_profile(mode):
     sa_config = config("out", version=6, mode=mode)
     packets = [plain_packet(4, 1400), plain_packet(6, 0),
                _with_options(plain_packet(4, 31), 10)]
-    got, expected = _encapsulate(sa_config, packets, profile="fast", stall=0.2)
-    assert got == expected
+    run = run_encap(sa_config, packets, profile="fast", stall=0.2)
+    assert run.outputs == run.expected

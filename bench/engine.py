@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""ESP engine figures: cycles per packet and bits per cycle, per direction and profile.
+
+    python -m espnic.bench.engine [--profile compact|fast] [--packets N] [--json]
+
+Back-to-back packets of one size through the engine's data path in Amaranth's
+simulator (cycle-accurate; the output always ready), every output checked
+against the reference model. A packet's cycles are the steady-state distance
+between the last beats of consecutive packets. ``block_rate`` is the text
+blocks per cycle as a fraction of the GCM core's sustained rate (1 block per
+cycle *fast*, 1 per 16 *compact*).
+
+Directions: ``out`` is :class:`EspEncap` (tunnel mode, IPv4 in IPv4, no ESN).
+The inbound path is not built yet, so there is no ``in`` row.
+"""
+
+import argparse
+import json
+import sys
+
+from scapy.layers.inet import IP, UDP
+from scapy.packet import Raw
+
+from espnic.hdl.engine.sa import SaConfig
+from espnic.bench.report import table
+from espnic.sim.esp_job import run_encap
+
+SIZES = (64, 512, 1400)
+#: GCM core's sustained text blocks per cycle (performance.md, bench/gcm.py).
+CORE_BLOCK_RATE = {"compact": 1 / 16, "fast": 1.0}
+
+_SA = dict(spi=0x1000, direction="out", mode="tunnel", key="00" * 16, salt="01020304",
+           src="192.0.2.1", dst="192.0.2.2")
+
+
+def _packet(size: int) -> bytes:
+    """An IPv4/UDP packet of exactly `size` bytes."""
+    return bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2)
+                 / Raw(bytes(size - 28)))
+
+
+def measure(profile: str, *, packets: int = 6) -> list[dict]:
+    rows = []
+    for size in SIZES:
+        print(f"  {profile} out {size} B ...", file=sys.stderr, flush=True)
+        run = run_encap(SaConfig(**_SA), [_packet(size)] * packets, profile=profile)
+        if run.outputs != run.expected:
+            raise RuntimeError(f"{profile} {size} B: the gateware's output differs from the model")
+        cycles = (run.done_cycles[-1] - run.done_cycles[0]) / (packets - 1)
+        text_blocks = -(-(size + 2 + (-(size + 2) % 4)) // 16)
+        rows.append({
+            "direction": "out", "profile": profile, "bytes": size,
+            "cycles_per_packet": round(cycles, 1),
+            "bits_per_cycle": round(8 * size / cycles, 2),
+            "block_rate": round(text_blocks / cycles / CORE_BLOCK_RATE[profile], 3),
+        })
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m espnic.bench.engine",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", choices=["compact", "fast"], action="append")
+    parser.add_argument("--packets", type=int, default=6, help="packets per size (>= 2)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.packets < 2:
+        parser.error("--packets must be at least 2")
+    rows = [row for profile in args.profile or ["compact", "fast"]
+            for row in measure(profile, packets=args.packets)]
+    if args.json:
+        print(json.dumps({"throughput": rows}, indent=1))
+    else:
+        print(table(rows, list(rows[0])))
+
+
+if __name__ == "__main__":
+    main()
