@@ -58,6 +58,24 @@ ENCAP_JOB = data.StructLayout({
 #: The longest IP header kept in transport mode: IPv4 with 40 bytes of options.
 _MAX_HEADER_BEATS = 60 // BLOCK_BYTES + 1
 
+#: Per packet state: what the output side needs, filled by the input side.
+_DESC = data.StructLayout({
+    "mode":        Mode,
+    "spi":         32,
+    "seq":         64,
+    "tunnel":      SA_TUNNEL,
+    "natt":        SA_NATT,
+    "inner_v6":    1,
+    "inner_tos":   8,
+    "inner_df":    1,
+    "inner_ttl":   8,
+    "header_len":  range(61),   # the kept header (transport), 0 in tunnel mode
+    "payload_len": 16,          # bytes after the kept header: the text before its trailer
+    "pad_len":     2,
+    "header_sum":  24,          # transport IPv4: header words but length, TTL/proto, checksum
+    "header":      data.ArrayLayout(128, _MAX_HEADER_BEATS),
+})
+
 
 def _fold(total):
     """One's-complement sum (RFC 1071) of a plain sum of 16-bit words, 16 bits."""
@@ -151,6 +169,10 @@ class EspEncap(wiring.Component):
 
     def __init__(self, *, profile="compact"):
         self._gcm = GcmCore(profile)
+        # Overlap packets where the core is fast enough for it to matter; on the
+        # compact profile the core's 16 cycles per block hide the gap, and the
+        # second descriptor would cost a thousand flip-flops.
+        self._overlap = self._gcm.profile.aes == "pipeline"
         super().__init__({
             "job": In(stream.Signature(ENCAP_JOB)),
             "i":   In(stream.Signature(packet_beat(BLOCK_BYTES))),
@@ -169,41 +191,33 @@ class EspEncap(wiring.Component):
         def be(value, nbytes):
             return big_endian(value, nbytes)
 
+        def lengths(d):
+            """(text length, ESP length, bytes after the IP header) of descriptor `d`."""
+            text_len = d.payload_len + d.pad_len + 2
+            esp_len = ESP_HEADER_BYTES + text_len + ICV_BYTES
+            return text_len, esp_len, Mux(d.natt.encap == Encap.UDP, esp_len + 8, esp_len)
+
+        # The input side works on `cur`; the output side on `desc`, a copy taken
+        # when the header is complete (overlap) or `cur` itself.
         job = Signal(ENCAP_JOB)
-        transport = job.mode == Mode.TRANSPORT
-        inner_v6 = Signal()
-        inner_tos = Signal(8)
-        inner_df = Signal()
-        inner_len = Signal(16)
-        header_len = Signal(range(61))      # the kept header (transport), 0 in tunnel mode
-        inner_proto = Signal(8)             # transport: the protocol the header announced
-        inner_ttl = Signal(8)
+        cur = Signal(_DESC)
+        desc = Signal(_DESC) if self._overlap else cur
+        pushed = Signal()        # `cur` has been handed to the output side
+        out_busy = Signal()      # the output side has not sent the ICV of `desc` yet
+        header_kept = Signal()   # every header byte of `cur` is in `cur.header`
+        position = Signal(16)    # byte offset of the input beat in the packet
+        inner_proto = Signal(8)  # transport: the protocol the header announced
 
         # ---- the inner header, from the first beat ---------------------------
         first = _bytes_of(self.i.payload.data)
         is_v6 = first[0][4:] == 6
         first_len = Mux(is_v6, Cat(first[5], first[4]) + 40, Cat(first[3], first[2]))
-
-        # ---- lengths ---------------------------------------------------------
-        payload_len = inner_len - header_len
-        pad_len = (-(payload_len + 2))[:2]
-        text_len = payload_len + pad_len + 2
-        esp_len = ESP_HEADER_BYTES + text_len + ICV_BYTES
-        udp = job.natt.encap == Encap.UDP
-        udp_len = esp_len + 8
-        after_ip = Mux(udp, udp_len, esp_len)
-        proto = Mux(udp, C(PROTO_UDP, 8), C(PROTO_ESP, 8))
-        next_header = Mux(transport, inner_proto,
-                          Mux(inner_v6, C(PROTO_IPV6, 8), C(PROTO_IPV4, 8)))
+        first_transport = self.job.payload.mode == Mode.TRANSPORT
+        first_header_len = Mux(first_transport, Mux(is_v6, 40, Cat(C(0, 2), first[0][:4])), 0)
+        first_payload_len = first_len - first_header_len
 
         # ---- input side: command, AAD, then the splitter ------------------------
-        out_start = Signal()    # pulse: the output side may start this packet
-        out_busy = Signal()     # the output side has not sent the ICV yet
-        header_kept = Signal()  # every header byte is in `header_store`
-        header_store = Array(Signal(128, name=f"header{k}") for k in range(_MAX_HEADER_BEATS))
-        header_sum = Signal(24)  # transport IPv4: the header words but length, TTL/proto, checksum
-        position = Signal(16)    # byte offset of the input beat in the packet
-
+        text_len, _esp_len, _after_ip = lengths(cur)
         cmd = gcm.cmd.payload
         m.d.comb += [
             cmd.key.eq(job.key),
@@ -212,69 +226,82 @@ class EspEncap(wiring.Component):
             cmd.aad_len.eq(Mux(job.esn, 12, 8)),
             cmd.text_len.eq(text_len),
             cmd.decrypt.eq(0),
-            trailer.pad_len.eq(pad_len),
-            trailer.next_header.eq(next_header),
+            trailer.pad_len.eq(cur.pad_len),
+            trailer.next_header.eq(Mux(cur.mode == Mode.TRANSPORT, inner_proto,
+                                       Mux(cur.inner_v6, C(PROTO_IPV6, 8), C(PROTO_IPV4, 8)))),
         ]
 
         beat = self.i.payload
         # The text bytes of this beat: from max(position, header_len) on.
         skip = Signal(range(BLOCK_BYTES + 1))
-        with m.If(header_len >= position + BLOCK_BYTES):
+        with m.If(cur.header_len >= position + BLOCK_BYTES):
             m.d.comb += skip.eq(BLOCK_BYTES)
-        with m.Elif(header_len > position):
-            m.d.comb += skip.eq(header_len - position)
+        with m.Elif(cur.header_len > position):
+            m.d.comb += skip.eq(cur.header_len - position)
         text_count = Signal(range(BLOCK_BYTES + 1))
         m.d.comb += text_count.eq(Mux(beat.count > skip, beat.count - skip, 0))
         # Header words of this beat that the checksum keeps (not length, TTL/proto, checksum).
         word_sum = Signal(20)
         rewritten = position == 0      # words 1, 4 and 5 of the first beat
         m.d.comb += word_sum.eq(sum(
-            Mux((position + 2 * j < header_len) & ~(rewritten if j in (1, 4, 5) else C(0)),
+            Mux((position + 2 * j < cur.header_len) & ~(rewritten if j in (1, 4, 5) else C(0)),
                 word, 0)
             for j, word in enumerate(_words_of(beat.data))))
 
-        def text_to_gcm():
-            m.d.comb += [
-                gcm.data_in.payload.eq(trailer.o.payload),
-                gcm.data_in.valid.eq(trailer.o.valid),
-                trailer.o.ready.eq(gcm.data_in.ready),
-            ]
+        # The command and the AAD block wait beside the splitter, which fills the
+        # text Repacker meanwhile: the first text block is there when the AAD is taken.
+        cmd_pending = Signal()
+        aad_pending = Signal()
+        m.d.comb += gcm.cmd.valid.eq(cmd_pending)
+        with m.If(gcm.cmd.ready):
+            m.d.sync += cmd_pending.eq(0)
+        aad = Mux(job.esn, Cat(be(job.spi, 4), be(job.seq, 8)),
+                  Cat(be(job.spi, 4), be(job.seq[:32], 4)))
 
+        def feed_gcm():
+            with m.If(aad_pending):
+                m.d.comb += [gcm.data_in.payload.eq(aad), gcm.data_in.valid.eq(1)]
+                with m.If(gcm.data_in.ready):
+                    m.d.sync += aad_pending.eq(0)
+            with m.Else():
+                m.d.comb += [
+                    gcm.data_in.payload.eq(trailer.o.payload),
+                    gcm.data_in.valid.eq(trailer.o.valid),
+                    trailer.o.ready.eq(gcm.data_in.ready),
+                ]
+
+        # With one descriptor, the next packet waits until the output side is done.
+        free = ~out_busy if not self._overlap else C(1)
         with m.FSM(name="input"):
             with m.State("IDLE"):
-                with m.If(self.job.valid & self.i.valid & ~out_busy):
+                with m.If(self.job.valid & self.i.valid & free):
                     payload = self.job.payload
-                    m.d.comb += [self.job.ready.eq(1), out_start.eq(1)]
+                    m.d.comb += self.job.ready.eq(1)
                     m.d.sync += [
                         job.eq(payload),
-                        inner_v6.eq(is_v6),
-                        inner_tos.eq(Mux(is_v6, Cat(first[1][4:], first[0][:4]), first[1])),
-                        inner_df.eq(Mux(is_v6, 1, first[6][6])),
-                        inner_len.eq(first_len),
+                        cur.mode.eq(payload.mode),
+                        cur.spi.eq(payload.spi),
+                        cur.seq.eq(payload.seq),
+                        cur.tunnel.eq(payload.tunnel),
+                        cur.natt.eq(payload.natt),
+                        cur.inner_v6.eq(is_v6),
+                        cur.inner_tos.eq(Mux(is_v6, Cat(first[1][4:], first[0][:4]), first[1])),
+                        cur.inner_df.eq(Mux(is_v6, 1, first[6][6])),
+                        cur.inner_ttl.eq(Mux(is_v6, first[7], first[8])),
+                        cur.header_len.eq(first_header_len),
+                        cur.payload_len.eq(first_payload_len),
+                        cur.pad_len.eq((-(first_payload_len + 2))[:2]),
+                        cur.header_sum.eq(0),
                         inner_proto.eq(Mux(is_v6, first[6], first[9])),
-                        inner_ttl.eq(Mux(is_v6, first[7], first[8])),
-                        header_len.eq(Mux(payload.mode == Mode.TRANSPORT,
-                                          Mux(is_v6, 40, Cat(C(0, 2), first[0][:4])), 0)),
-                        header_sum.eq(0),
-                        header_kept.eq(payload.mode == Mode.TUNNEL),
+                        header_kept.eq(~first_transport),
+                        pushed.eq(0),
                         position.eq(0),
+                        cmd_pending.eq(1),
+                        aad_pending.eq(1),
                     ]
-                    m.next = "COMMAND"
-            with m.State("COMMAND"):
-                m.d.comb += gcm.cmd.valid.eq(1)
-                with m.If(gcm.cmd.ready):
-                    m.next = "AAD"
-            with m.State("AAD"):
-                m.d.comb += [
-                    gcm.data_in.payload.eq(Mux(job.esn,
-                                               Cat(be(job.spi, 4), be(job.seq, 8)),
-                                               Cat(be(job.spi, 4), be(job.seq[:32], 4)))),
-                    gcm.data_in.valid.eq(1),
-                ]
-                with m.If(gcm.data_in.ready):
                     m.next = "SPLIT"
             with m.State("SPLIT"):
-                text_to_gcm()
+                feed_gcm()
                 # A beat that holds no text and is not the last sends nothing on.
                 sends_text = (text_count != 0) | beat.last
                 m.d.comb += [
@@ -285,59 +312,70 @@ class EspEncap(wiring.Component):
                     self.i.ready.eq(text.i.ready | ~sends_text),
                 ]
                 with m.If(self.i.valid & self.i.ready):
-                    with m.If(position < header_len):
+                    with m.If(position < cur.header_len):
                         m.d.sync += [
-                            header_store[position[4:6]].eq(beat.data),
-                            header_sum.eq(header_sum + word_sum),
+                            cur.header[position[4:6]].eq(beat.data),
+                            cur.header_sum.eq(cur.header_sum + word_sum),
                         ]
-                    with m.If(position + BLOCK_BYTES >= header_len):
+                    with m.If(position + BLOCK_BYTES >= cur.header_len):
                         m.d.sync += header_kept.eq(1)
                     m.d.sync += position.eq(position + BLOCK_BYTES)
                     with m.If(beat.last):
                         m.next = "DRAIN"
             with m.State("DRAIN"):
-                text_to_gcm()
+                feed_gcm()
                 with m.If(trailer.done):
+                    with m.If(pushed):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "WAIT"
+            with m.State("WAIT"):
+                # `cur` is free once the output side has it.
+                with m.If(pushed):
                     m.next = "IDLE"
 
-        # ---- the header segments, in wire order ---------------------------------
+        # ---- the header segments of `desc`, in wire order ------------------------
+        text_len, esp_len, after_ip = lengths(desc)
+        udp = desc.natt.encap == Encap.UDP
+        proto = Mux(udp, C(PROTO_UDP, 8), C(PROTO_ESP, 8))
         # Tunnel mode: a constructed outer header.
-        outer_v6 = job.tunnel.ip_version == IpVersion.IPV6
+        outer_v6 = desc.tunnel.ip_version == IpVersion.IPV6
+        src, dst = desc.tunnel.src, desc.tunnel.dst
         v4_total = after_ip + 20
-        v4_flags = Mux(inner_df, C(0x40, 8), C(0, 8))
-        v4_words = [Const(0x4500, 16) | inner_tos, v4_total[:16], job.seq[:16],
+        v4_flags = Mux(desc.inner_df, C(0x40, 8), C(0, 8))
+        v4_words = [Const(0x4500, 16) | desc.inner_tos, v4_total[:16], desc.seq[:16],
                     Cat(Const(0, 8), v4_flags), Const(OUTER_TTL << 8, 16) | proto,
-                    job.tunnel.src[16:32], job.tunnel.src[:16],
-                    job.tunnel.dst[16:32], job.tunnel.dst[:16]]
+                    src[16:32], src[:16], dst[16:32], dst[:16]]
         v4_checksum = Signal(16)
         m.d.comb += v4_checksum.eq(~_fold(sum(v4_words[1:], v4_words[0])))
-        v4_header = Cat(Const(0x45, 8), inner_tos, be(v4_total, 2), be(job.seq[:16], 2),
+        v4_header = Cat(Const(0x45, 8), desc.inner_tos, be(v4_total, 2), be(desc.seq[:16], 2),
                         v4_flags, Const(0, 8), Const(OUTER_TTL, 8), proto,
-                        be(v4_checksum, 2), be(job.tunnel.src[:32], 4), be(job.tunnel.dst[:32], 4))
+                        be(v4_checksum, 2), be(src[:32], 4), be(dst[:32], 4))
         # Version 6, traffic class, flow label 0; Cat packs each byte low nibble first.
-        v6_header = Cat(inner_tos[4:], Const(6, 4), Const(0, 4), inner_tos[:4], Const(0, 16),
-                        be(after_ip, 2), proto, Const(OUTER_TTL, 8),
-                        be(job.tunnel.src, 16), be(job.tunnel.dst, 16))
+        tos = desc.inner_tos
+        v6_header = Cat(tos[4:], Const(6, 4), Const(0, 4), tos[:4], Const(0, 16),
+                        be(after_ip, 2), proto, Const(OUTER_TTL, 8), be(src, 16), be(dst, 16))
         # Transport mode: the kept header, its first beat rewritten.
-        kept = _bytes_of(header_store[0])
-        new_total = header_len + after_ip
+        kept = _bytes_of(desc.header[0])
+        new_total = desc.header_len + after_ip
         kept_checksum = Signal(16)
-        m.d.comb += kept_checksum.eq(~_fold(header_sum + new_total[:16]
-                                            + Cat(proto, inner_ttl)))
-        kept_first = Mux(inner_v6,
+        m.d.comb += kept_checksum.eq(~_fold(desc.header_sum + new_total[:16]
+                                            + Cat(proto, desc.inner_ttl)))
+        kept_first = Mux(desc.inner_v6,
                          Cat(*kept[:4], be(after_ip, 2), proto, *kept[7:]),
                          Cat(*kept[:2], be(new_total, 2), *kept[4:9], proto,
                              be(kept_checksum, 2), *kept[12:]))
 
         def kept_count(k):
-            remaining = header_len - BLOCK_BYTES * k
+            remaining = desc.header_len - BLOCK_BYTES * k
             return Mux(remaining >= BLOCK_BYTES, BLOCK_BYTES, remaining)
 
-        udp_header = Cat(be(job.natt.sport, 2), be(job.natt.dport, 2), be(udp_len, 2),
+        udp_header = Cat(be(desc.natt.sport, 2), be(desc.natt.dport, 2), be(esp_len + 8, 2),
                          Const(0, 16))
-        esp_header = Cat(be(job.spi, 4), be(job.seq[:32], 4), be(job.seq, 8))
+        esp_header = Cat(be(desc.spi, 4), be(desc.seq[:32], 4), be(desc.seq, 8))
 
         # (beat value, byte count, present), in order.
+        transport = desc.mode == Mode.TRANSPORT
         tunnel = ~transport
         segments = [
             (v4_header[:128], C(16), tunnel & ~outer_v6),
@@ -346,29 +384,38 @@ class EspEncap(wiring.Component):
             (v6_header[128:256], C(16), tunnel & outer_v6),
             (v6_header[256:], C(8), tunnel & outer_v6),
             (kept_first, kept_count(0), transport),
-            *((header_store[k], kept_count(k), transport & (header_len > BLOCK_BYTES * k))
+            *((desc.header[k], kept_count(k), transport & (desc.header_len > BLOCK_BYTES * k))
               for k in range(1, _MAX_HEADER_BEATS)),
             (udp_header, C(8), udp),
             (esp_header, C(16), C(1)),
         ]
 
         # ---- output side: header segments, ciphertext, ICV ----------------------
+        # One beat per cycle: the lowest present segment not sent yet goes next.
+        sent = Signal(len(segments))
+        remaining = Cat(present for _v, _c, present in segments) & ~sent
         segment = Signal(range(len(segments)))
+        for k in reversed(range(len(segments))):
+            with m.If(remaining[k]):
+                m.d.comb += segment.eq(k)
         last_count = Mux(text_len[:4] == 0, BLOCK_BYTES, text_len[:4])
         with m.FSM(name="output"):
             with m.State("IDLE"):
-                with m.If(out_start):
-                    m.d.sync += [segment.eq(0), out_busy.eq(1)]
+                # `cur` goes over once its header is complete.
+                with m.If(header_kept & ~pushed):
+                    if self._overlap:
+                        m.d.sync += desc.eq(cur)
+                    m.d.sync += [pushed.eq(1), out_busy.eq(1), sent.eq(0)]
                     m.next = "HEADER"
             with m.State("HEADER"):
-                present = Array(present for _value, _count, present in segments)[segment]
                 m.d.comb += [
                     out.i.payload.data.eq(Array(value for value, _c, _p in segments)[segment]),
                     out.i.payload.count.eq(Array(count for _v, count, _p in segments)[segment]),
-                    out.i.valid.eq(present & header_kept),
+                    out.i.valid.eq(1),
                 ]
-                with m.If(header_kept & (out.i.ready | ~present)):
-                    m.d.sync += segment.eq(segment + 1)
+                with m.If(out.i.ready):
+                    m.d.sync += sent.eq(sent | (1 << segment))
+                    # The ESP header is always there and always last.
                     with m.If(segment == len(segments) - 1):
                         m.next = "TEXT"
             with m.State("TEXT"):
