@@ -1,0 +1,275 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""The SA table of one engine: records, counters, sequence numbers, lifetimes.
+
+Per slot it keeps the SA record (every field of :func:`sa_layout` but the
+replay bitmap, which the replay unit keeps) and the :data:`SA_COUNTERS`
+record, in block RAM. It answers three kinds of requests, one at a time:
+
+* **host** (:data:`HOST_OP`): write a record (counters cleared), read it back
+  with the key and salt as zero (they are write-only), delete a slot (record
+  and counters zeroized), read the counters;
+* **outbound** (:data:`OUT_REQUEST`, a slot): the checks of
+  ``EspModel.process`` before encapsulation, in the model's order -- empty
+  slot (``no_sa``, an engine counter), hard lifetime reached or SA draining
+  (``hard_expired``), sequence number exhausted (``seq_overflow``, which also
+  raises the ``hard_expired`` event) -- then the next sequence number is
+  allocated and written back, so it is never handed out twice, and the
+  :data:`ENCAP_JOB` goes out;
+* **account** (:data:`ACCOUNT`): a packet of the SA has been processed:
+  packets and bytes are added (saturating), and crossing a soft or hard
+  lifetime raises its event once (``events``).
+
+Inbound SAs answer outbound requests with ``INBOUND`` (the inbound path is not
+built yet). Each request takes 3 cycles (read, decide, write); host requests
+have priority, then accounting, then outbound requests.
+"""
+
+from amaranth import *
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .encap import ENCAP_JOB
+from .sa import REPLAY_WINDOW, SA_COUNTERS, Direction, SaState, sa_layout
+
+__all__ = ["SaTable", "Action", "Reason", "HostOp", "Event", "control_layout",
+           "HOST_OP", "HOST_REPLY", "OUT_REQUEST", "OUT_REPLY", "ACCOUNT", "EVENT"]
+
+
+def control_layout(window: int = REPLAY_WINDOW) -> data.StructLayout:
+    """The SA record as this table keeps it: everything but the replay bitmap."""
+    return data.StructLayout({name: field.shape for name, field in sa_layout(window)
+                              if name != "replay_bitmap"})
+
+
+class Action(enum.Enum, shape=2):
+    PROTECT = 0   # encapsulate with the job
+    DROP    = 1   # `reason` says why
+    INBOUND = 2   # the slot holds an inbound SA
+
+
+class Reason(enum.Enum, shape=2):
+    """Why an outbound packet is dropped; the names are the model's reasons."""
+    NONE         = 0
+    NO_SA        = 1
+    HARD_EXPIRED = 2
+    SEQ_OVERFLOW = 3
+
+
+class HostOp(enum.Enum, shape=2):
+    WRITE         = 0
+    READ          = 1
+    DELETE        = 2
+    READ_COUNTERS = 3
+
+
+class Event(enum.Enum, shape=1):
+    SOFT_EXPIRED = 0
+    HARD_EXPIRED = 1
+
+
+def _ops(slots, window):
+    slot = range(slots)
+    control = control_layout(window)
+    return {
+        "HOST_OP": data.StructLayout({"op": HostOp, "slot": slot, "record": control}),
+        "HOST_REPLY": data.StructLayout({"record": control, "counters": SA_COUNTERS}),
+        "OUT_REQUEST": data.StructLayout({"slot": slot}),
+        "OUT_REPLY": data.StructLayout({"action": Action, "reason": Reason, "job": ENCAP_JOB}),
+        "ACCOUNT": data.StructLayout({"slot": slot, "bytes": 16}),
+        "EVENT": data.StructLayout({"slot": slot, "event": Event}),
+    }
+
+
+#: The request and reply layouts for the default table (16 slots, 1024-packet window);
+#: :meth:`SaTable.layouts` gives them for other sizes.
+_DEFAULT = _ops(16, REPLAY_WINDOW)
+HOST_OP, HOST_REPLY = _DEFAULT["HOST_OP"], _DEFAULT["HOST_REPLY"]
+OUT_REQUEST, OUT_REPLY = _DEFAULT["OUT_REQUEST"], _DEFAULT["OUT_REPLY"]
+ACCOUNT, EVENT = _DEFAULT["ACCOUNT"], _DEFAULT["EVENT"]
+
+
+def _saturating_add(value, increment):
+    total = value + increment
+    return Mux(total[len(value)], (1 << len(value)) - 1, total[:len(value)])
+
+
+def _reached(count, limit):
+    """A lifetime limit is reached once the count is at it (0: no limit)."""
+    return (limit != 0) & (count >= limit)
+
+
+class SaTable(wiring.Component):
+    """SA records and counters of one engine (see the module docstring).
+
+    Parameters
+    ----------
+    slots : SA slots, a power of two from 2 to 4096 (at least 16 on iCE40, 256 on ECP5).
+    window : the largest replay window the engine supports (sets the record layout).
+    """
+
+    def __init__(self, *, slots: int = 16, window: int = REPLAY_WINDOW):
+        if type(slots) is not int or not 2 <= slots <= 4096 or slots & (slots - 1):
+            raise ValueError(f"slots must be a power of two from 2 to 4096, not {slots!r}")
+        self._slots, self._window = slots, window
+        self._control = control_layout(window)
+        ops = self.layouts(slots, window)
+        super().__init__({
+            "host":       In(stream.Signature(ops["HOST_OP"])),
+            "host_reply": Out(stream.Signature(ops["HOST_REPLY"])),
+            "request":    In(stream.Signature(ops["OUT_REQUEST"])),
+            "reply":      Out(stream.Signature(ops["OUT_REPLY"])),
+            "account":    In(stream.Signature(ops["ACCOUNT"])),
+            "events":     Out(stream.Signature(ops["EVENT"])),
+            "no_sa":      Out(32),    # outbound packets for an empty slot
+        })
+
+    @staticmethod
+    def layouts(slots: int, window: int = REPLAY_WINDOW) -> dict:
+        """The request and reply layouts of a table of this size."""
+        return _ops(slots, window)
+
+    def elaborate(self, platform):
+        m = Module()
+        control = self._control
+        m.submodules.records = records = Memory(shape=control, depth=self._slots, init=[])
+        m.submodules.counters = counters = Memory(shape=SA_COUNTERS, depth=self._slots, init=[])
+        rec_read, cnt_read = records.read_port(), counters.read_port()
+        rec_write, cnt_write = records.write_port(), counters.write_port()
+
+        slot = Signal(range(self._slots))
+        # The read ports get the slot of a request in the cycle it is taken, so
+        # the record is there in the next.
+        read_slot = Signal.like(slot)
+        host_op = Signal.like(self.host.payload)
+        account = Signal.like(self.account.payload)
+        m.d.comb += [read_slot.eq(slot), rec_read.addr.eq(read_slot), cnt_read.addr.eq(read_slot),
+                     rec_write.addr.eq(slot), cnt_write.addr.eq(slot)]
+        rec = control(rec_read.data)
+        cnt = SA_COUNTERS(cnt_read.data)
+
+        # Outbound decision, from the record and counters just read.
+        life = rec.lifetime
+        hard_reached = (_reached(cnt.packets, life.packets_hard)
+                        | _reached(cnt.bytes, life.bytes_hard))
+        seq_max = Mux(rec.esn, C(2**64 - 1, 64), C(2**32 - 1, 64))
+        next_seq = rec.seq + 1
+        job = self.reply.payload.job
+        m.d.comb += [
+            job.mode.eq(rec.mode), job.key.eq(rec.key), job.key_256.eq(rec.key_256),
+            job.salt.eq(rec.salt), job.spi.eq(rec.spi), job.seq.eq(next_seq),
+            job.esn.eq(rec.esn), job.tunnel.eq(rec.tunnel), job.natt.eq(rec.natt),
+        ]
+        new_cnt = Signal(SA_COUNTERS)
+        m.d.comb += [new_cnt.eq(cnt), cnt_write.data.eq(new_cnt), rec_write.data.eq(rec)]
+        reply = self.reply.payload
+
+        # Accounting, from the counters just read.
+        packets = _saturating_add(cnt.packets, 1)
+        octets = _saturating_add(cnt.bytes, account.bytes)
+        soft_now = (_reached(packets, life.packets_soft) | _reached(octets, life.bytes_soft))
+        hard_now = (_reached(packets, life.packets_hard) | _reached(octets, life.bytes_hard))
+        raise_soft = Signal()
+        raise_hard = Signal()
+
+        with m.FSM(name="table"):
+            with m.State("IDLE"):
+                with m.If(self.host.valid):
+                    m.d.comb += self.host.ready.eq(1)
+                    m.d.comb += read_slot.eq(self.host.payload.slot)
+                    m.d.sync += [slot.eq(self.host.payload.slot), host_op.eq(self.host.payload)]
+                    m.next = "HOST"
+                with m.Elif(self.account.valid):
+                    m.d.comb += self.account.ready.eq(1)
+                    m.d.comb += read_slot.eq(self.account.payload.slot)
+                    m.d.sync += [slot.eq(self.account.payload.slot), account.eq(self.account.payload)]
+                    m.next = "ACCOUNT"
+                with m.Elif(self.request.valid):
+                    m.d.comb += self.request.ready.eq(1)
+                    m.d.comb += read_slot.eq(self.request.payload.slot)
+                    m.d.sync += slot.eq(self.request.payload.slot)
+                    m.next = "OUTBOUND"
+
+            with m.State("HOST"):
+                # The read port has the slot's record and counters now.
+                with m.Switch(host_op.op):
+                    with m.Case(HostOp.WRITE):
+                        m.d.comb += [rec_write.data.eq(host_op.record), new_cnt.eq(0),
+                                     rec_write.en.eq(1), cnt_write.en.eq(1)]
+                        m.next = "IDLE"
+                    with m.Case(HostOp.DELETE):
+                        m.d.comb += [rec_write.data.eq(0), new_cnt.eq(0),
+                                     rec_write.en.eq(1), cnt_write.en.eq(1)]
+                        m.next = "IDLE"
+                    with m.Default():
+                        m.next = "HOST_REPLY"
+            with m.State("HOST_REPLY"):
+                out = self.host_reply.payload
+                m.d.comb += [
+                    out.record.eq(rec),
+                    # Write-only over the host link.
+                    out.record.key.eq(0),
+                    out.record.salt.eq(0),
+                    out.counters.eq(cnt),
+                    self.host_reply.valid.eq(1),
+                ]
+                with m.If(self.host_reply.ready):
+                    m.next = "IDLE"
+
+            with m.State("ACCOUNT"):
+                m.d.comb += [new_cnt.packets.eq(packets), new_cnt.bytes.eq(octets),
+                             cnt_write.en.eq(1)]
+                with m.If(soft_now & ~cnt.soft_expired):
+                    m.d.comb += new_cnt.soft_expired.eq(1)
+                    m.d.sync += raise_soft.eq(1)
+                with m.If(hard_now & ~cnt.hard_expired):
+                    m.d.comb += new_cnt.hard_expired.eq(1)
+                    m.d.sync += raise_hard.eq(1)
+                m.next = "EVENTS"
+            with m.State("EVENTS"):
+                # Soft before hard, as the model raises them.
+                m.d.comb += [
+                    self.events.payload.slot.eq(slot),
+                    self.events.payload.event.eq(Mux(raise_soft, Event.SOFT_EXPIRED,
+                                                     Event.HARD_EXPIRED)),
+                    self.events.valid.eq(raise_soft | raise_hard),
+                ]
+                with m.If(raise_soft):
+                    with m.If(self.events.ready):
+                        m.d.sync += raise_soft.eq(0)
+                with m.Elif(raise_hard):
+                    with m.If(self.events.ready):
+                        m.d.sync += raise_hard.eq(0)
+                with m.Else():
+                    m.next = "IDLE"
+
+            with m.State("OUTBOUND"):
+                m.d.comb += self.reply.valid.eq(1)
+                with m.If(rec.state == SaState.INVALID):
+                    m.d.comb += [reply.action.eq(Action.DROP), reply.reason.eq(Reason.NO_SA)]
+                with m.Elif(rec.direction == Direction.IN):
+                    m.d.comb += reply.action.eq(Action.INBOUND)
+                with m.Elif(hard_reached | (rec.state != SaState.VALID)):
+                    m.d.comb += [reply.action.eq(Action.DROP),
+                                 reply.reason.eq(Reason.HARD_EXPIRED),
+                                 new_cnt.expired_drop.eq(_saturating_add(cnt.expired_drop, 1))]
+                with m.Elif(rec.seq >= seq_max):
+                    m.d.comb += [reply.action.eq(Action.DROP),
+                                 reply.reason.eq(Reason.SEQ_OVERFLOW),
+                                 new_cnt.seq_overflow_drop.eq(
+                                     _saturating_add(cnt.seq_overflow_drop, 1))]
+                    with m.If(~cnt.hard_expired):
+                        m.d.comb += new_cnt.hard_expired.eq(1)
+                        m.d.sync += raise_hard.eq(self.reply.ready)
+                with m.Else():
+                    m.d.comb += [reply.action.eq(Action.PROTECT), rec_write.data.seq.eq(next_seq)]
+                with m.If(self.reply.ready):
+                    dropped = reply.action == Action.DROP
+                    m.d.comb += [
+                        rec_write.en.eq(reply.action == Action.PROTECT),
+                        cnt_write.en.eq(dropped & (reply.reason != Reason.NO_SA)),
+                    ]
+                    with m.If(dropped & (reply.reason == Reason.NO_SA)):
+                        m.d.sync += self.no_sa.eq(self.no_sa + 1)
+                    m.next = "EVENTS"
+        return m
