@@ -111,22 +111,25 @@ def _run_against_model(slot_specs, ops):
         for op, slot, size in ops:
             if op == "packet":
                 direction_in = slot in installed and slot_specs[slot][0] == "in"
-                await stream_put(ctx, dut.request, {"slot": slot}, timeout=_TIMEOUT)
+                packet = plain_packet(4, size)
+                await stream_put(ctx, dut.request, {"slot": slot, "bytes": len(packet)},
+                                 timeout=_TIMEOUT)
                 reply = await stream_get(ctx, dut.reply, timeout=_TIMEOUT)
                 if direction_in and model.read_record(slot).state != SaState.INVALID:
                     assert reply.action == Action.INBOUND
-                    continue     # the inbound path is not part of this block
-                packet = plain_packet(4, size)
-                seq_before = model.read_record(slot).seq
-                output, reason = model.process(slot, packet)
-                if reason == "ok":
-                    assert reply.action == Action.PROTECT
-                    assert reply.job.seq == seq_before + 1 == model.read_record(slot).seq
+                    # What the inbound path will report once the packet is verified.
                     await stream_put(ctx, dut.account, {"slot": slot, "bytes": len(packet)},
                                      timeout=_TIMEOUT)
+                    model.account(slot, len(packet))
                 else:
-                    assert reply.action == Action.DROP
-                    assert reply.reason.name.lower() == reason
+                    seq_before = model.read_record(slot).seq
+                    _output, reason = model.process(slot, packet)
+                    if reason == "ok":
+                        assert reply.action == Action.PROTECT
+                        assert reply.job.seq == seq_before + 1 == model.read_record(slot).seq
+                    else:
+                        assert reply.action == Action.DROP
+                        assert reply.reason.name.lower() == reason
             elif op == "read":
                 await stream_put(ctx, dut.host, {"op": HostOp.READ, "slot": slot},
                                  timeout=_TIMEOUT)

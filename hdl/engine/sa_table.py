@@ -8,16 +8,20 @@ record, in block RAM. It answers three kinds of requests, one at a time:
 * **host** (:data:`HOST_OP`): write a record (counters cleared), read it back
   with the key and salt as zero (they are write-only), delete a slot (record
   and counters zeroized), read the counters;
-* **outbound** (:data:`OUT_REQUEST`, a slot): the checks of
-  ``EspModel.process`` before encapsulation, in the model's order -- empty
-  slot (``no_sa``, an engine counter), hard lifetime reached or SA draining
-  (``hard_expired``), sequence number exhausted (``seq_overflow``, which also
-  raises the ``hard_expired`` event) -- then the next sequence number is
-  allocated and written back, so it is never handed out twice, and the
-  :data:`ENCAP_JOB` goes out;
-* **account** (:data:`ACCOUNT`): a packet of the SA has been processed:
-  packets and bytes are added (saturating), and crossing a soft or hard
-  lifetime raises its event once (``events``).
+* **outbound** (:data:`OUT_REQUEST`: a slot and the packet's cleartext
+  length): the checks of ``EspModel.process`` before encapsulation, in the
+  model's order -- empty slot (``no_sa``, an engine counter), hard lifetime
+  reached or SA draining (``hard_expired``), sequence number exhausted
+  (``seq_overflow``, which also raises the ``hard_expired`` event) -- then the
+  next sequence number is allocated and written back, so it is never handed
+  out twice, the packet is accounted (below) and the :data:`ENCAP_JOB` goes
+  out. Accounting at allocation, not when the ESP packet has left, keeps the
+  lifetime checks exact with packets in flight: an outbound packet that got a
+  sequence number is always sent;
+* **account** (:data:`ACCOUNT`: a slot and a length): a packet of the SA has
+  been processed (inbound, once its ICV is verified): packets and bytes are
+  added (saturating), and crossing a soft or hard lifetime raises its event
+  once (``events``).
 
 Inbound SAs answer outbound requests with ``INBOUND`` (the inbound path is not
 built yet). Each request takes 3 cycles (read, decide, write); host requests
@@ -74,7 +78,7 @@ def _ops(slots, window):
     return {
         "HOST_OP": data.StructLayout({"op": HostOp, "slot": slot, "record": control}),
         "HOST_REPLY": data.StructLayout({"record": control, "counters": SA_COUNTERS}),
-        "OUT_REQUEST": data.StructLayout({"slot": slot}),
+        "OUT_REQUEST": data.StructLayout({"slot": slot, "bytes": 16}),
         "OUT_REPLY": data.StructLayout({"action": Action, "reason": Reason, "job": ENCAP_JOB}),
         "ACCOUNT": data.StructLayout({"slot": slot, "bytes": 16}),
         "EVENT": data.StructLayout({"slot": slot, "event": Event}),
@@ -142,7 +146,7 @@ class SaTable(wiring.Component):
         # the record is there in the next.
         read_slot = Signal.like(slot)
         host_op = Signal.like(self.host.payload)
-        account = Signal.like(self.account.payload)
+        length = Signal(16)      # of the packet being accounted
         m.d.comb += [read_slot.eq(slot), rec_read.addr.eq(read_slot), cnt_read.addr.eq(read_slot),
                      rec_write.addr.eq(slot), cnt_write.addr.eq(slot)]
         rec = control(rec_read.data)
@@ -166,11 +170,21 @@ class SaTable(wiring.Component):
 
         # Accounting, from the counters just read.
         packets = _saturating_add(cnt.packets, 1)
-        octets = _saturating_add(cnt.bytes, account.bytes)
+        octets = _saturating_add(cnt.bytes, length)
         soft_now = (_reached(packets, life.packets_soft) | _reached(octets, life.bytes_soft))
         hard_now = (_reached(packets, life.packets_hard) | _reached(octets, life.bytes_hard))
         raise_soft = Signal()
         raise_hard = Signal()
+
+        def account_packet():
+            """Add the packet to the counters; crossing a lifetime raises its event once."""
+            m.d.comb += [new_cnt.packets.eq(packets), new_cnt.bytes.eq(octets)]
+            with m.If(soft_now & ~cnt.soft_expired):
+                m.d.comb += new_cnt.soft_expired.eq(1)
+                m.d.sync += raise_soft.eq(1)
+            with m.If(hard_now & ~cnt.hard_expired):
+                m.d.comb += new_cnt.hard_expired.eq(1)
+                m.d.sync += raise_hard.eq(1)
 
         with m.FSM(name="table"):
             with m.State("IDLE"):
@@ -182,12 +196,14 @@ class SaTable(wiring.Component):
                 with m.Elif(self.account.valid):
                     m.d.comb += self.account.ready.eq(1)
                     m.d.comb += read_slot.eq(self.account.payload.slot)
-                    m.d.sync += [slot.eq(self.account.payload.slot), account.eq(self.account.payload)]
+                    m.d.sync += [slot.eq(self.account.payload.slot),
+                                 length.eq(self.account.payload.bytes)]
                     m.next = "ACCOUNT"
                 with m.Elif(self.request.valid):
                     m.d.comb += self.request.ready.eq(1)
                     m.d.comb += read_slot.eq(self.request.payload.slot)
-                    m.d.sync += slot.eq(self.request.payload.slot)
+                    m.d.sync += [slot.eq(self.request.payload.slot),
+                                 length.eq(self.request.payload.bytes)]
                     m.next = "OUTBOUND"
 
             with m.State("HOST"):
@@ -217,14 +233,8 @@ class SaTable(wiring.Component):
                     m.next = "IDLE"
 
             with m.State("ACCOUNT"):
-                m.d.comb += [new_cnt.packets.eq(packets), new_cnt.bytes.eq(octets),
-                             cnt_write.en.eq(1)]
-                with m.If(soft_now & ~cnt.soft_expired):
-                    m.d.comb += new_cnt.soft_expired.eq(1)
-                    m.d.sync += raise_soft.eq(1)
-                with m.If(hard_now & ~cnt.hard_expired):
-                    m.d.comb += new_cnt.hard_expired.eq(1)
-                    m.d.sync += raise_hard.eq(1)
+                account_packet()
+                m.d.comb += cnt_write.en.eq(1)
                 m.next = "EVENTS"
             with m.State("EVENTS"):
                 # Soft before hard, as the model raises them.
@@ -263,11 +273,14 @@ class SaTable(wiring.Component):
                         m.d.sync += raise_hard.eq(self.reply.ready)
                 with m.Else():
                     m.d.comb += [reply.action.eq(Action.PROTECT), rec_write.data.seq.eq(next_seq)]
+                    with m.If(self.reply.ready):
+                        account_packet()
                 with m.If(self.reply.ready):
+                    protect = reply.action == Action.PROTECT
                     dropped = reply.action == Action.DROP
                     m.d.comb += [
-                        rec_write.en.eq(reply.action == Action.PROTECT),
-                        cnt_write.en.eq(dropped & (reply.reason != Reason.NO_SA)),
+                        rec_write.en.eq(protect),
+                        cnt_write.en.eq(protect | dropped & (reply.reason != Reason.NO_SA)),
                     ]
                     with m.If(dropped & (reply.reason == Reason.NO_SA)):
                         m.d.sync += self.no_sa.eq(self.no_sa + 1)

@@ -300,17 +300,22 @@ class EspModel:
             return None, drop.reason
         if output is None:
             return None, "dummy"
+        self.account(slot, len(output) if sa.direction == Direction.IN else len(packet))
+        return output, "ok"
+
+    def account(self, slot: int, length: int):
+        """Count a processed packet of `length` cleartext bytes; crossing a soft or
+        hard lifetime raises its event once."""
         self._count(slot, "packets")
-        self._count(slot, "bytes", len(output) if sa.direction == Direction.IN else len(packet))
+        self._count(slot, "bytes", length)
         counters = self.counters(slot)
-        lifetime = sa.lifetime
+        lifetime = data.Const(self.layout, self._records[slot]).lifetime
         if (lifetime.packets_soft and counters["packets"] >= lifetime.packets_soft) or \
                 (lifetime.bytes_soft and counters["bytes"] >= lifetime.bytes_soft):
             self._event(slot, "soft_expired")
         if (lifetime.packets_hard and counters["packets"] >= lifetime.packets_hard) or \
                 (lifetime.bytes_hard and counters["bytes"] >= lifetime.bytes_hard):
             self._event(slot, "hard_expired")
-        return output, "ok"
 
     def _check_lifetime(self, slot, sa):
         counters = self.counters(slot)
