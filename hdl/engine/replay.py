@@ -1,0 +1,518 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Inbound anti-replay windows of all SA slots of an engine (RFC 4303 section 3.4.3, Appendix A).
+
+:class:`ReplayWindowUnit` is the gateware of ``sim/model/replay.py: ReplayWindow``:
+the same ESN reconstruction, the same verdicts, the same state, for ``slots`` SAs
+at once. The pure-Python helpers at the end convert between its storage and the SA
+record's (``seq``, ``replay_bitmap``) form.
+
+Storage (no shifter)
+--------------------
+The window of a slot is a ring of ``R`` bits, ``R`` = the smallest power of two
+``>= window``: sequence number ``s`` lives at bit ``s mod R``, i.e. bit ``s mod 32`` of
+word ``(s >> 5) mod N`` of the ring (``N = R / 32`` words), so a window of ``size <= R``
+consecutive numbers never collides with itself. Per slot, one *head* row holds
+
+* ``top``: the highest authenticated 64-bit sequence number (the record's ``seq``);
+* ``word``: the bits of top's own 32-number block ``Tb = top >> 5`` (bit ``p`` for
+  ``Tb*32 + p``, only ``p <= top mod 32`` can be set). The ring word at index
+  ``Tb mod N`` still holds the block one lap earlier, ``Tb - N``, whose numbers above
+  ``top mod 32`` are still in the window: with the top block in the head, no word
+  ever mixes two laps;
+* ``valid``: ``N`` bits, bit ``i`` set when ring word ``i`` holds the block ``b = i
+  (mod N)`` of ``[Tb - N, Tb - 1]``. A word whose bit is clear reads as zero.
+
+Moving the window by ``d = (new top >> 5) - Tb >= 1`` blocks costs one head write and
+one ring write whatever ``d`` is (lazy clearing): the old head word goes to ring
+index ``Tb mod N`` (valid if ``d <= N``), the ``min(d - 1, N)`` indices after it are
+marked invalid (a thermometer code rotated by ``Tb + 1``: ``N log N`` multiplexers,
+not a ``window``-wide barrel shifter), and the new head word is the new top's bit.
+An update inside the window sets one bit in the head word or in one ring word (and
+its valid bit). Memories: ``heads`` (``slots`` rows of ``96 + N`` bits) and ``ring``
+(``slots * N`` rows of 32 bits), both ``amaranth.lib.memory.Memory`` with one
+synchronous read port transparent for the one write port.
+
+Operations
+----------
+Three input streams are arbitrated into one pipeline, at most one operation per
+cycle, fixed priority ``load`` > ``update`` > ``check``:
+
+* ``check`` (``slot``, ``esn``, ``size``, ``seq_lo``): the model's
+  ``reconstruct`` and ``check``, answered on ``check_result`` with the verdict
+  (:class:`ReplayVerdict`) and the reconstructed 64-bit number (high half zero
+  when the verdict is ``NO_FIT``). Done before authentication.
+* ``update`` (``slot``, ``esn``, ``size``, ``seq``: the full number the check
+  returned and the ICV was verified with, ``authenticated``): a *commit*. The
+  check is run again on the current state (``seq``'s low half reconstructed
+  again) and the window is updated (``update_result.written``) only if the packet
+  is authenticated, still new (verdict ``OK``) and reconstructs to the same
+  ``seq``. ``update_result`` carries the fresh verdict and number.
+* ``load`` (``slot``, ``head`` 1: write the head row ``top``/``word``/``valid``;
+  ``head`` 0: write ring word ``index`` with ``word``): one memory row each;
+  :func:`load_requests` / :func:`clear_requests` give the rows that install an
+  SA's window or zeroize a deleted slot. No result.
+
+Latency and throughput: a result is offered 2 cycles after its request is
+accepted (read, then compute and write); one operation per cycle in any mix of
+slots, including back-to-back operations on the same slot (the write of one
+operation is forwarded to the read of the next by the memories' transparent read
+ports). An unready result stream stalls the pipeline: the input ``ready`` signals
+depend combinationally on ``check_result.ready`` / ``update_result.ready``.
+
+Ordering: every operation sees the effect of every operation accepted before it
+and none of those after it; the result of each is the model's for the operations
+in acceptance order. So an engine that, per slot, sends ``check N``, ``update N``,
+``check N+1`` in that order gets the model's program-order answers exactly.
+
+Hazard contract for an engine that overlaps
+-------------------------------------------
+An engine that checks packet N+1 while packet N is still being authenticated gets
+a check answered on a state that lacks N's update. That check is advisory; the
+commit is the packet's final replay verdict. The engine must
+
+1. send exactly one ``update`` per checked packet, in packet order per slot,
+   after its authentication: ``authenticated`` = ICV verified, or 0 when the ICV
+   failed or was not computed because the check dropped the packet (``seq`` then
+   is what the check returned, or just ``seq_lo`` after ``NO_FIT``);
+2. decide from ``update_result``: a verdict other than ``OK`` is a replay drop;
+   ``OK`` with ``seq`` equal to the one used for the ICV and the ICV verified is
+   accepted (``written`` is 1); ``OK`` with the same ``seq`` and the ICV failed is
+   an authentication failure; any other ``OK`` (the reconstruction changed, or the
+   check had dropped the packet so it was never authenticated) means the packet
+   must be checked and authenticated again before any later packet of the slot is
+   committed (*re-run*);
+3. keep a slot's ``size`` and ``esn`` constant between loads, and not load a slot
+   with packets of it in flight.
+
+With this, every packet's outcome (accepted / authentication failure / replay
+drop) and the window are those of the model applied in program order (check N,
+authenticate N, update N, check N+1, ...). Re-runs never happen without ESN: the
+window only moves forward, so a drop on an old state is a drop on a newer one
+and a number's interpretation never changes. With ESN they need the window's
+bottom to pass the number the check reconstructed, or a ``NO_FIT`` at the very
+start of an SA, while the packet is in flight. If the engine does not overlap
+packets of the same slot, it can skip the commit of dropped packets.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.hdl import MemoryData
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .sa import MIN_REPLAY_WINDOW, REPLAY_WINDOW
+
+__all__ = [
+    "ReplayVerdict", "ReplayOp", "ring_bits", "ring_words",
+    "check_request_layout", "check_result_layout", "update_request_layout",
+    "update_result_layout", "load_request_layout", "head_layout",
+    "ReplayWindowUnit",
+    "storage_from_window", "window_from_storage", "load_requests", "clear_requests",
+]
+
+_MASK32 = 2**32 - 1
+_MASK64 = 2**64 - 1
+#: The SA record's ``window`` field is 16 bits wide.
+_SIZE_BITS = 16
+
+
+class ReplayVerdict(enum.Enum, shape=3):
+    OK        = 0   # new: right of the window, or inside it and not yet received
+    ZERO      = 1   # sequence number 0 is never sent (RFC 4303 section 3.3.3)
+    LEFT      = 2   # left of the window
+    DUPLICATE = 3
+    NO_FIT    = 4   # ESN: no 64-bit number in [0, 2^64) fits (RFC 4303 A2.2)
+
+
+class ReplayOp(enum.Enum, shape=2):
+    NONE   = 0
+    CHECK  = 1
+    UPDATE = 2
+    LOAD   = 3
+
+
+def _check_window(window):
+    if (type(window) is not int or window < MIN_REPLAY_WINDOW or window % 32
+            or window > 2**_SIZE_BITS - 32):
+        raise ValueError(f"window must be a multiple of 32 from {MIN_REPLAY_WINDOW} to "
+                         f"{2**_SIZE_BITS - 32}, not {window!r}")
+
+
+def ring_bits(window: int) -> int:
+    """``R``: bits of a slot's ring, the smallest power of two ``>= window``."""
+    _check_window(window)
+    return 1 << (window - 1).bit_length()
+
+
+def ring_words(window: int) -> int:
+    """``N``: 32-bit words of a slot's ring."""
+    return ring_bits(window) // 32
+
+
+def _slot_shape(slots):
+    return range(slots)
+
+
+def check_request_layout(slots: int) -> data.StructLayout:
+    return data.StructLayout({
+        "slot":   _slot_shape(slots),
+        "esn":    1,
+        "size":   _SIZE_BITS,     # the SA's configured window, 1..window
+        "seq_lo": 32,             # from the ESP header
+    })
+
+
+def check_result_layout() -> data.StructLayout:
+    return data.StructLayout({
+        "verdict": ReplayVerdict,
+        "seq":     64,           # reconstructed; high half 0 when NO_FIT
+    })
+
+
+def update_request_layout(slots: int) -> data.StructLayout:
+    return data.StructLayout({
+        "slot":          _slot_shape(slots),
+        "esn":           1,
+        "size":          _SIZE_BITS,
+        "seq":           64,     # the number the ICV was computed with
+        "authenticated": 1,      # ICV verified
+    })
+
+
+def update_result_layout() -> data.StructLayout:
+    return data.StructLayout({
+        "verdict": ReplayVerdict,   # of the check run again at commit time
+        "seq":     64,              # reconstructed again
+        "written": 1,               # the window now includes `seq`
+    })
+
+
+def head_layout(window: int) -> data.StructLayout:
+    return data.StructLayout({
+        "top":   64,
+        "word":  32,
+        "valid": ring_words(window),
+    })
+
+
+def load_request_layout(slots: int, window: int) -> data.StructLayout:
+    n = ring_words(window)
+    return data.StructLayout({
+        "slot":  _slot_shape(slots),
+        "head":  1,                # 1: head row (top, word, valid); 0: ring word `index`
+        "index": range(n),
+        "top":   64,
+        "word":  32,
+        "valid": n,
+    })
+
+
+def _one_hot(value, width):
+    return Cat(value == k for k in range(width))
+
+
+class ReplayWindowUnit(wiring.Component):
+    """Anti-replay windows of ``slots`` inbound SAs, each up to ``window`` packets.
+
+    Equivalent to ``sim/model/replay.py: ReplayWindow`` per slot (see the module
+    docstring for the storage, the ordering guarantee and the hazard contract).
+    Results 2 cycles after the request; one operation (check, update or load) per
+    cycle; the inputs' ``ready`` depends combinationally on the result streams'.
+
+    ``heads`` (``slots`` rows of :func:`head_layout`) and ``ring`` (row
+    ``slot * ring_words + index``) are the storage's ``MemoryData``.
+    """
+
+    def __init__(self, *, slots: int = 16, window: int = REPLAY_WINDOW):
+        if type(slots) is not int or slots < 1:
+            raise ValueError(f"slots must be a positive integer, not {slots!r}")
+        _check_window(window)
+        self.slots, self.window = slots, window
+        self.ring_bits, self.ring_words = ring_bits(window), ring_words(window)
+        # The storage, also for testbenches (``ctx.get(unit.heads[slot])``).
+        self.heads = MemoryData(shape=head_layout(window), depth=slots, init=[])
+        self.ring = MemoryData(shape=32, depth=slots * self.ring_words, init=[])
+        super().__init__({
+            "check":         In(stream.Signature(check_request_layout(slots))),
+            "check_result":  Out(stream.Signature(check_result_layout())),
+            "update":        In(stream.Signature(update_request_layout(slots))),
+            "update_result": Out(stream.Signature(update_result_layout())),
+            "load":          In(stream.Signature(load_request_layout(slots, window))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.ring_words
+        log_n = n.bit_length() - 1
+
+        m.submodules.heads = heads = Memory(self.heads)
+        m.submodules.ring = ring = Memory(self.ring)
+        head_wr = heads.write_port()
+        ring_wr = ring.write_port()
+        head_rd = heads.read_port(transparent_for=(head_wr,))
+        ring_rd = ring.read_port(transparent_for=(ring_wr,))
+
+        # Stage 1: the operation whose rows are on the read ports.
+        s1_op = Signal(ReplayOp)
+        s1_slot = Signal(_slot_shape(self.slots))
+        s1_esn = Signal()
+        s1_size = Signal(_SIZE_BITS)
+        s1_seq = Signal(64)         # check: seq_lo; update: full number; load: top
+        s1_auth = Signal()
+        s1_head = Signal()
+        s1_index = Signal(range(n))
+        s1_word = Signal(32)
+        s1_valid = Signal(n)
+
+        check_room = ~self.check_result.valid | self.check_result.ready
+        update_room = ~self.update_result.valid | self.update_result.ready
+        advance = Signal()
+        m.d.comb += advance.eq((s1_op == ReplayOp.NONE) | (s1_op == ReplayOp.LOAD) |
+                               ((s1_op == ReplayOp.CHECK) & check_room) |
+                               ((s1_op == ReplayOp.UPDATE) & update_room))
+
+        # Stage 0: arbitration, load > update > check (an update offered with a
+        # check of the same slot is ordered first: a check after an update sees it).
+        take_load = self.load.valid
+        take_update = ~self.load.valid & self.update.valid
+        take_check = ~self.load.valid & ~self.update.valid & self.check.valid
+        m.d.comb += [
+            self.load.ready.eq(advance),
+            self.update.ready.eq(advance & ~self.load.valid),
+            self.check.ready.eq(advance & ~self.load.valid & ~self.update.valid),
+        ]
+        slot0 = Signal.like(s1_slot)
+        seq0 = Signal(64)
+        with m.If(take_load):
+            m.d.comb += [slot0.eq(self.load.payload.slot), seq0.eq(self.load.payload.top)]
+        with m.Elif(take_update):
+            m.d.comb += [slot0.eq(self.update.payload.slot), seq0.eq(self.update.payload.seq)]
+        with m.Else():
+            m.d.comb += [slot0.eq(self.check.payload.slot), seq0.eq(self.check.payload.seq_lo)]
+        m.d.comb += [
+            head_rd.en.eq(advance),
+            head_rd.addr.eq(slot0),
+            ring_rd.en.eq(advance),
+            ring_rd.addr.eq(Cat(seq0[5:5 + log_n], slot0)),
+        ]
+        with m.If(advance):
+            m.d.sync += [s1_slot.eq(slot0), s1_seq.eq(seq0)]
+            with m.If(take_load):
+                m.d.sync += [
+                    s1_op.eq(ReplayOp.LOAD),
+                    s1_head.eq(self.load.payload.head),
+                    s1_index.eq(self.load.payload.index),
+                    s1_word.eq(self.load.payload.word),
+                    s1_valid.eq(self.load.payload.valid),
+                ]
+            with m.Elif(take_update):
+                m.d.sync += [
+                    s1_op.eq(ReplayOp.UPDATE),
+                    s1_esn.eq(self.update.payload.esn),
+                    s1_size.eq(self.update.payload.size),
+                    s1_auth.eq(self.update.payload.authenticated),
+                ]
+            with m.Elif(take_check):
+                m.d.sync += [
+                    s1_op.eq(ReplayOp.CHECK),
+                    s1_esn.eq(self.check.payload.esn),
+                    s1_size.eq(self.check.payload.size),
+                    s1_auth.eq(0),
+                ]
+            with m.Else():
+                m.d.sync += s1_op.eq(ReplayOp.NONE)
+
+        # Stage 1: reconstruct (RFC 4303 A2.2), check, commit.
+        head = head_rd.data
+        top, word, valid = head.top, head.word, head.valid
+        ring_word = ring_rd.data
+        seq_lo = s1_seq[:32]
+        tl, th = top[:32], top[32:]
+
+        size_m1 = Signal(_SIZE_BITS)
+        m.d.comb += size_m1.eq(s1_size - 1)
+        within_block = Signal()     # case A: the window lies within one 2^32 block
+        bottom_lo = Signal(32)      # low half of top - size + 1
+        at_or_above = Signal()
+        m.d.comb += [
+            within_block.eq(tl >= size_m1),
+            bottom_lo.eq(tl - size_m1),
+            at_or_above.eq(seq_lo >= bottom_lo),
+        ]
+        # Case A: th, or th + 1 below the bottom; case B: th - 1 at or above the bottom, or th.
+        plus_one = within_block & ~at_or_above
+        minus_one = ~within_block & at_or_above
+        seq_hi = Signal(32)
+        m.d.comb += seq_hi.eq(th + Mux(plus_one, 1, Mux(minus_one, _MASK32, 0)))
+        no_fit = Signal()
+        m.d.comb += no_fit.eq(s1_esn & ((plus_one & (th == _MASK32)) | (minus_one & (th == 0))))
+        full = Signal(64)
+        m.d.comb += full.eq(Cat(seq_lo, Mux(s1_esn & ~no_fit, seq_hi, 0)))
+
+        diff = Signal(65)           # top - full; the borrow says full > top
+        m.d.comb += diff.eq(top - full)
+        right = diff[64]
+        left = Signal()
+        m.d.comb += left.eq((diff[_SIZE_BITS:64] != 0) | (diff[:_SIZE_BITS] >= s1_size))
+        same_block = Signal()
+        m.d.comb += same_block.eq(full[5:] == top[5:])
+        bit = Signal(32)
+        m.d.comb += bit.eq(_one_hot(full[:5], 32))
+        index = full[5:5 + log_n]
+        ring_valid = valid.bit_select(index, 1)
+        stored = Signal(32)         # the word holding `full`'s bit, when in the window
+        m.d.comb += stored.eq(Mux(same_block, word, Mux(ring_valid, ring_word, 0)))
+        duplicate = (stored & bit).any()
+
+        verdict = Signal(ReplayVerdict)
+        with m.If(no_fit):
+            m.d.comb += verdict.eq(ReplayVerdict.NO_FIT)
+        with m.Elif(full == 0):
+            m.d.comb += verdict.eq(ReplayVerdict.ZERO)
+        with m.Elif(right):
+            m.d.comb += verdict.eq(ReplayVerdict.OK)
+        with m.Elif(left):
+            m.d.comb += verdict.eq(ReplayVerdict.LEFT)
+        with m.Elif(duplicate):
+            m.d.comb += verdict.eq(ReplayVerdict.DUPLICATE)
+        with m.Else():
+            m.d.comb += verdict.eq(ReplayVerdict.OK)
+
+        commit = Signal()
+        m.d.comb += commit.eq((s1_op == ReplayOp.UPDATE) & advance & s1_auth &
+                              (verdict == ReplayVerdict.OK) & (full == s1_seq))
+
+        # Moving the window by d >= 1 blocks: indices Tb+1 .. Tb+d-1 (mod N) are
+        # cleared, Tb takes the old head word (valid while d <= N).
+        top_block = top[5:5 + log_n]
+        blocks = Signal(59)
+        m.d.comb += blocks.eq(full[5:] - top[5:])
+        far = Signal()              # d > N: nothing of the old window remains
+        m.d.comb += far.eq(blocks > n)
+        clear_len = Signal(range(n + 1))
+        m.d.comb += clear_len.eq(Mux(far, n, blocks[:log_n + 1] - 1))
+        thermometer = Signal(n)
+        m.d.comb += thermometer.eq(Cat(clear_len > k for k in range(n)))
+        first_cleared = Signal(log_n)
+        m.d.comb += first_cleared.eq(top_block + 1)
+        cleared = Signal(n)
+        m.d.comb += cleared.eq((Cat(thermometer, thermometer) << first_cleared)[n:2 * n])
+        moved_valid = Signal(n)
+        m.d.comb += moved_valid.eq((valid & ~cleared) |
+                                   Mux(far, 0, _one_hot(top_block, n)))
+
+        with m.If(commit):
+            m.d.comb += [
+                head_wr.en.eq(1),
+                head_wr.addr.eq(s1_slot),
+                head_wr.data.top.eq(Mux(right, full, top)),
+                ring_wr.en.eq(~same_block),
+                ring_wr.addr.eq(Cat(Mux(right, top_block, index), s1_slot)),
+                ring_wr.data.eq(Mux(right, word, stored | bit)),
+            ]
+            with m.If(same_block):
+                m.d.comb += [head_wr.data.word.eq(word | bit), head_wr.data.valid.eq(valid)]
+            with m.Elif(right):
+                m.d.comb += [head_wr.data.word.eq(bit), head_wr.data.valid.eq(moved_valid)]
+            with m.Else():
+                m.d.comb += [head_wr.data.word.eq(word),
+                             head_wr.data.valid.eq(valid | _one_hot(index, n))]
+        with m.Elif(s1_op == ReplayOp.LOAD):
+            m.d.comb += [
+                head_wr.en.eq(s1_head),
+                head_wr.addr.eq(s1_slot),
+                head_wr.data.top.eq(s1_seq),
+                head_wr.data.word.eq(s1_word),
+                head_wr.data.valid.eq(s1_valid),
+                ring_wr.en.eq(~s1_head),
+                ring_wr.addr.eq(Cat(s1_index, s1_slot)),
+                ring_wr.data.eq(s1_word),
+            ]
+
+        # Results.
+        with m.If(self.check_result.ready):
+            m.d.sync += self.check_result.valid.eq(0)
+        with m.If(self.update_result.ready):
+            m.d.sync += self.update_result.valid.eq(0)
+        with m.If(advance & (s1_op == ReplayOp.CHECK)):
+            m.d.sync += [
+                self.check_result.valid.eq(1),
+                self.check_result.payload.verdict.eq(verdict),
+                self.check_result.payload.seq.eq(full),
+            ]
+        with m.If(advance & (s1_op == ReplayOp.UPDATE)):
+            m.d.sync += [
+                self.update_result.valid.eq(1),
+                self.update_result.payload.verdict.eq(verdict),
+                self.update_result.payload.seq.eq(full),
+                self.update_result.payload.written.eq(commit),
+            ]
+        return m
+
+
+# Pure-Python conversion between the SA record's (seq, replay_bitmap) and the storage.
+
+def storage_from_window(top: int, bitmap: int, size: int, *, window: int = REPLAY_WINDOW):
+    """The storage of a slot holding the model's window (``top``, ``bitmap``, ``size``).
+
+    Returns ``(head, words)``: ``head`` a dict with ``top``, ``word``, ``valid`` (the
+    head row) and ``words`` the ``N`` ring words. Only the low ``size`` bits of
+    ``bitmap`` are kept, as the model does. Bits for "numbers" below zero (a new
+    SA's record has a full bitmap whatever its ``seq``) are kept too, so that
+    :func:`window_from_storage` gives the bitmap back unchanged.
+    """
+    n = ring_words(window)
+    if not 1 <= size <= window:
+        raise ValueError(f"size must be from 1 to the engine's window {window}, not {size!r}")
+    if not 0 <= top <= _MASK64:
+        raise ValueError(f"top must be a 64-bit sequence number, not {top!r}")
+    top_block = top >> 5
+    head_word, words, valid = 0, [0] * n, 0
+    bitmap &= (1 << size) - 1
+    for offset in range(size):
+        if not (bitmap >> offset) & 1:
+            continue
+        seq = top - offset                  # may be negative: see the docstring
+        if seq >> 5 == top_block:
+            head_word |= 1 << (seq & 31)
+        else:
+            index = (seq >> 5) % n
+            words[index] |= 1 << (seq & 31)
+            valid |= 1 << index
+    return {"top": top, "word": head_word, "valid": valid}, words
+
+
+def window_from_storage(head, words, size: int, *, window: int = REPLAY_WINDOW):
+    """Inverse of :func:`storage_from_window`: ``(top, bitmap)`` of a slot's storage."""
+    n = ring_words(window)
+    if len(words) != n:
+        raise ValueError(f"words must hold the {n} ring words of window {window}, not {len(words)}")
+    top = head["top"]
+    top_block = top >> 5
+    bitmap = 0
+    for offset in range(size):
+        seq = top - offset
+        if seq >> 5 == top_block:
+            word = head["word"]
+        else:
+            index = (seq >> 5) % n
+            word = words[index] if (head["valid"] >> index) & 1 else 0
+        bitmap |= ((word >> (seq & 31)) & 1) << offset
+    return top, bitmap
+
+
+def load_requests(slot: int, top: int, bitmap: int, size: int, *, window: int = REPLAY_WINDOW):
+    """``load`` payloads (dicts) installing a window in ``slot``: every ring word
+    (also the zero ones, so nothing of the slot's previous SA survives), then the head."""
+    head, words = storage_from_window(top, bitmap, size, window=window)
+    requests = [{"slot": slot, "head": 0, "index": i, "top": 0, "word": w, "valid": 0}
+                for i, w in enumerate(words)]
+    requests.append({"slot": slot, "head": 1, "index": 0, **head})
+    return requests
+
+
+def clear_requests(slot: int, *, window: int = REPLAY_WINDOW):
+    """``load`` payloads zeroizing ``slot`` (SA deleted): an empty window with top 0."""
+    return load_requests(slot, 0, 0, MIN_REPLAY_WINDOW, window=window)
