@@ -254,145 +254,161 @@ class ReplayWindowUnit(wiring.Component):
         head_rd = heads.read_port(transparent_for=(head_wr,))
         ring_rd = ring.read_port(transparent_for=(ring_wr,))
 
-        # Stage 1: the operation whose rows are on the read ports.
-        s1_op = Signal(ReplayOp)
-        s1_slot = Signal(_slot_shape(self.slots))
-        s1_esn = Signal()
-        s1_size = Signal(_SIZE_BITS)
-        s1_seq = Signal(64)         # check: seq_lo; update: full number; load: top
-        s1_auth = Signal()
-        s1_head = Signal()
-        s1_index = Signal(range(n))
-        s1_word = Signal(32)
-        s1_valid = Signal(n)
+        def stage(name):
+            """The registers of an operation between two stages."""
+            return {
+                "op":    Signal(ReplayOp, name=f"{name}_op"),
+                "slot":  Signal(_slot_shape(self.slots), name=f"{name}_slot"),
+                "esn":   Signal(name=f"{name}_esn"),
+                "size":  Signal(_SIZE_BITS, name=f"{name}_size"),
+                "seq":   Signal(64, name=f"{name}_seq"),   # check: seq_lo; update: full; load: top
+                "auth":  Signal(name=f"{name}_auth"),
+                "head":  Signal(name=f"{name}_head"),
+                "index": Signal(range(n), name=f"{name}_index"),
+                "word":  Signal(32, name=f"{name}_word"),
+                "valid": Signal(n, name=f"{name}_valid"),
+            }
+        s1, s2 = stage("s1"), stage("s2")
 
+        # All stages move together; only a full result register stops them.
         check_room = ~self.check_result.valid | self.check_result.ready
         update_room = ~self.update_result.valid | self.update_result.ready
         advance = Signal()
-        m.d.comb += advance.eq((s1_op == ReplayOp.NONE) | (s1_op == ReplayOp.LOAD) |
-                               ((s1_op == ReplayOp.CHECK) & check_room) |
-                               ((s1_op == ReplayOp.UPDATE) & update_room))
+        m.d.comb += advance.eq(((s2["op"] != ReplayOp.CHECK) | check_room) &
+                               ((s2["op"] != ReplayOp.UPDATE) | update_room))
 
         # Stage 0: arbitration, load > update > check (an update offered with a
-        # check of the same slot is ordered first: a check after an update sees it).
-        take_load = self.load.valid
-        take_update = ~self.load.valid & self.update.valid
-        take_check = ~self.load.valid & ~self.update.valid & self.check.valid
+        # check is ordered first: a check after an update sees it). An operation
+        # on the slot an update or load in stage 1 writes waits a cycle: that
+        # write happens in stage 2, where the memories forward it to a read.
+        s0 = {key: Signal.like(sig, name=f"s0_{key}") for key, sig in s1.items()}
+        with m.If(self.load.valid):
+            p = self.load.payload
+            m.d.comb += [s0["op"].eq(ReplayOp.LOAD), s0["slot"].eq(p.slot), s0["seq"].eq(p.top),
+                         s0["head"].eq(p.head), s0["index"].eq(p.index),
+                         s0["word"].eq(p.word), s0["valid"].eq(p.valid)]
+        with m.Elif(self.update.valid):
+            p = self.update.payload
+            m.d.comb += [s0["op"].eq(ReplayOp.UPDATE), s0["slot"].eq(p.slot), s0["esn"].eq(p.esn),
+                         s0["size"].eq(p.size), s0["seq"].eq(p.seq), s0["auth"].eq(p.authenticated)]
+        with m.Elif(self.check.valid):
+            p = self.check.payload
+            m.d.comb += [s0["op"].eq(ReplayOp.CHECK), s0["slot"].eq(p.slot), s0["esn"].eq(p.esn),
+                         s0["size"].eq(p.size), s0["seq"].eq(p.seq_lo)]
+        hazard = (((s1["op"] == ReplayOp.UPDATE) | (s1["op"] == ReplayOp.LOAD)) &
+                  (s1["slot"] == s0["slot"]))
+        accept = Signal()
         m.d.comb += [
-            self.load.ready.eq(advance),
-            self.update.ready.eq(advance & ~self.load.valid),
-            self.check.ready.eq(advance & ~self.load.valid & ~self.update.valid),
-        ]
-        slot0 = Signal.like(s1_slot)
-        seq0 = Signal(64)
-        with m.If(take_load):
-            m.d.comb += [slot0.eq(self.load.payload.slot), seq0.eq(self.load.payload.top)]
-        with m.Elif(take_update):
-            m.d.comb += [slot0.eq(self.update.payload.slot), seq0.eq(self.update.payload.seq)]
-        with m.Else():
-            m.d.comb += [slot0.eq(self.check.payload.slot), seq0.eq(self.check.payload.seq_lo)]
-        m.d.comb += [
+            accept.eq(advance & ~hazard),
+            self.load.ready.eq(accept),
+            self.update.ready.eq(accept & ~self.load.valid),
+            self.check.ready.eq(accept & ~self.load.valid & ~self.update.valid),
             head_rd.en.eq(advance),
-            head_rd.addr.eq(slot0),
+            head_rd.addr.eq(s0["slot"]),
             ring_rd.en.eq(advance),
-            ring_rd.addr.eq(Cat(seq0[5:5 + log_n], slot0)),
+            ring_rd.addr.eq(Cat(s0["seq"][5:5 + log_n], s0["slot"])),
         ]
+        # seq_lo + size - 1, so that stage 1 compares seq_lo with top - size + 1
+        # without subtracting first.
+        s1_lo_plus = Signal(33)
         with m.If(advance):
-            m.d.sync += [s1_slot.eq(slot0), s1_seq.eq(seq0)]
-            with m.If(take_load):
-                m.d.sync += [
-                    s1_op.eq(ReplayOp.LOAD),
-                    s1_head.eq(self.load.payload.head),
-                    s1_index.eq(self.load.payload.index),
-                    s1_word.eq(self.load.payload.word),
-                    s1_valid.eq(self.load.payload.valid),
-                ]
-            with m.Elif(take_update):
-                m.d.sync += [
-                    s1_op.eq(ReplayOp.UPDATE),
-                    s1_esn.eq(self.update.payload.esn),
-                    s1_size.eq(self.update.payload.size),
-                    s1_auth.eq(self.update.payload.authenticated),
-                ]
-            with m.Elif(take_check):
-                m.d.sync += [
-                    s1_op.eq(ReplayOp.CHECK),
-                    s1_esn.eq(self.check.payload.esn),
-                    s1_size.eq(self.check.payload.size),
-                    s1_auth.eq(0),
-                ]
-            with m.Else():
-                m.d.sync += s1_op.eq(ReplayOp.NONE)
+            for key in s1:
+                m.d.sync += s1[key].eq(s0[key])
+            m.d.sync += s1_lo_plus.eq(s0["seq"][:32] + s0["size"] - 1)
+            with m.If(~accept):
+                m.d.sync += s1["op"].eq(ReplayOp.NONE)
 
-        # Stage 1: reconstruct (RFC 4303 A2.2), check, commit.
-        head = head_rd.data
-        top, word, valid = head.top, head.word, head.valid
-        ring_word = ring_rd.data
-        seq_lo = s1_seq[:32]
+        # Stage 1: the rows are on the read ports. Reconstruct (RFC 4303 A2.2) and
+        # compare, each a carry chain from the memory, in parallel.
+        top, ring_word = head_rd.data.top, ring_rd.data
         tl, th = top[:32], top[32:]
+        seq_lo = s1["seq"][:32]
+        within_block = tl >= s1["size"] - 1   # case A: the window lies within one 2^32 block
+        # seq_lo >= bottom (low half of top - size + 1) in case A / case B
+        at_or_above = Mux(within_block, s1_lo_plus >= tl, s1_lo_plus[32] & (s1_lo_plus[:32] >= tl))
+        th_zero, th_one, th_max = th == 0, th == 1, th == _MASK32
+        # The high half of `full` relative to th: +1, 0 or -1; without ESN it is 0,
+        # which is th or th - 1 only if th is 0 or 1 (otherwise far below top).
+        plus = Signal()
+        same = Signal()
+        minus = Signal()
+        with m.If(s1["esn"]):
+            m.d.comb += [plus.eq(within_block & ~at_or_above),
+                         minus.eq(~within_block & at_or_above),
+                         same.eq(within_block == at_or_above)]
+        with m.Else():
+            m.d.comb += [same.eq(th_zero), minus.eq(th_one)]
+        no_fit = s1["esn"] & ((plus & th_max) | (minus & th_zero))
+        seq_hi = Mux(s1["esn"], Mux(plus, th + 1, Mux(minus, th - 1, th)), 0)
+        # top - full = (th - seq_hi - borrow) * 2^32 + (tl - seq_lo) mod 2^32.
+        low_diff = Signal(33)
+        m.d.comb += low_diff.eq(tl - seq_lo)
+        borrow = low_diff[32]
+        right = plus | (same & borrow)
+        near = (same & ~borrow) | (minus & borrow)     # top - full < 2^32: low_diff
+        in_window = near & (low_diff[_SIZE_BITS:32] == 0) & (low_diff[:_SIZE_BITS] < s1["size"])
+        zero = (seq_lo == 0) & (~s1["esn"] | (same & th_zero) | (minus & th_one))
+        same_block = same & (seq_lo[5:] == tl[5:])
+        # Blocks the window moves by, when `full` is right of top (< 2^28).
+        block_diff = Signal(28)
+        m.d.comb += block_diff.eq(seq_lo[5:] - tl[5:])
+        blocks = Cat(block_diff[:27], block_diff[27] ^ plus)
+        index = seq_lo[5:5 + log_n]
+        ring_stored = Mux(head_rd.data.valid.bit_select(index, 1), ring_word, 0)
 
-        size_m1 = Signal(_SIZE_BITS)
-        m.d.comb += size_m1.eq(s1_size - 1)
-        within_block = Signal()     # case A: the window lies within one 2^32 block
-        bottom_lo = Signal(32)      # low half of top - size + 1
-        at_or_above = Signal()
-        m.d.comb += [
-            within_block.eq(tl >= size_m1),
-            bottom_lo.eq(tl - size_m1),
-            at_or_above.eq(seq_lo >= bottom_lo),
-        ]
-        # Case A: th, or th + 1 below the bottom; case B: th - 1 at or above the bottom, or th.
-        plus_one = within_block & ~at_or_above
-        minus_one = ~within_block & at_or_above
-        seq_hi = Signal(32)
-        m.d.comb += seq_hi.eq(th + Mux(plus_one, 1, Mux(minus_one, _MASK32, 0)))
-        no_fit = Signal()
-        m.d.comb += no_fit.eq(s1_esn & ((plus_one & (th == _MASK32)) | (minus_one & (th == 0))))
-        full = Signal(64)
-        m.d.comb += full.eq(Cat(seq_lo, Mux(s1_esn & ~no_fit, seq_hi, 0)))
+        s2_flags = {name: Signal(name=f"s2_{name}") for name in
+                    ("no_fit", "zero", "right", "in_window", "same_block", "far", "seq_match")}
+        s2_top, s2_word, s2_ring_valid = Signal(64), Signal(32), Signal(n)
+        s2_stored = Signal(32)      # the word holding `full`'s bit, when in the window
+        s2_seq_hi = Signal(32)
+        s2_blocks = Signal(log_n + 1)
+        with m.If(advance):
+            for key in s2:
+                m.d.sync += s2[key].eq(s1[key])
+            m.d.sync += [
+                s2_flags["no_fit"].eq(no_fit),
+                s2_flags["zero"].eq(zero),
+                s2_flags["right"].eq(right),
+                s2_flags["in_window"].eq(in_window),
+                s2_flags["same_block"].eq(same_block),
+                s2_flags["far"].eq(blocks > n),
+                s2_flags["seq_match"].eq(seq_hi == s1["seq"][32:]),
+                s2_top.eq(top),
+                s2_word.eq(head_rd.data.word),
+                s2_ring_valid.eq(head_rd.data.valid),
+                s2_stored.eq(Mux(same_block, head_rd.data.word, ring_stored)),
+                s2_seq_hi.eq(Mux(no_fit, 0, seq_hi)),
+                s2_blocks.eq(blocks[:log_n + 1]),
+            ]
 
-        diff = Signal(65)           # top - full; the borrow says full > top
-        m.d.comb += diff.eq(top - full)
-        right = diff[64]
-        left = Signal()
-        m.d.comb += left.eq((diff[_SIZE_BITS:64] != 0) | (diff[:_SIZE_BITS] >= s1_size))
-        same_block = Signal()
-        m.d.comb += same_block.eq(full[5:] == top[5:])
+        # Stage 2: verdict, commit (the memory writes), results.
+        full = Cat(s2["seq"][:32], s2_seq_hi)
         bit = Signal(32)
-        m.d.comb += bit.eq(_one_hot(full[:5], 32))
-        index = full[5:5 + log_n]
-        ring_valid = valid.bit_select(index, 1)
-        stored = Signal(32)         # the word holding `full`'s bit, when in the window
-        m.d.comb += stored.eq(Mux(same_block, word, Mux(ring_valid, ring_word, 0)))
-        duplicate = (stored & bit).any()
-
+        m.d.comb += bit.eq(_one_hot(s2["seq"][:5], 32))
         verdict = Signal(ReplayVerdict)
-        with m.If(no_fit):
+        with m.If(s2_flags["no_fit"]):
             m.d.comb += verdict.eq(ReplayVerdict.NO_FIT)
-        with m.Elif(full == 0):
+        with m.Elif(s2_flags["zero"]):
             m.d.comb += verdict.eq(ReplayVerdict.ZERO)
-        with m.Elif(right):
+        with m.Elif(s2_flags["right"]):
             m.d.comb += verdict.eq(ReplayVerdict.OK)
-        with m.Elif(left):
+        with m.Elif(~s2_flags["in_window"]):
             m.d.comb += verdict.eq(ReplayVerdict.LEFT)
-        with m.Elif(duplicate):
+        with m.Elif((s2_stored & bit).any()):
             m.d.comb += verdict.eq(ReplayVerdict.DUPLICATE)
         with m.Else():
             m.d.comb += verdict.eq(ReplayVerdict.OK)
-
         commit = Signal()
-        m.d.comb += commit.eq((s1_op == ReplayOp.UPDATE) & advance & s1_auth &
-                              (verdict == ReplayVerdict.OK) & (full == s1_seq))
+        m.d.comb += commit.eq((s2["op"] == ReplayOp.UPDATE) & advance & s2["auth"] &
+                              (verdict == ReplayVerdict.OK) & s2_flags["seq_match"])
 
         # Moving the window by d >= 1 blocks: indices Tb+1 .. Tb+d-1 (mod N) are
         # cleared, Tb takes the old head word (valid while d <= N).
-        top_block = top[5:5 + log_n]
-        blocks = Signal(59)
-        m.d.comb += blocks.eq(full[5:] - top[5:])
-        far = Signal()              # d > N: nothing of the old window remains
-        m.d.comb += far.eq(blocks > n)
+        right, same_block, far = s2_flags["right"], s2_flags["same_block"], s2_flags["far"]
+        top_block = s2_top[5:5 + log_n]
+        index = s2["seq"][5:5 + log_n]
         clear_len = Signal(range(n + 1))
-        m.d.comb += clear_len.eq(Mux(far, n, blocks[:log_n + 1] - 1))
+        m.d.comb += clear_len.eq(Mux(far, n, s2_blocks - 1))
         thermometer = Signal(n)
         m.d.comb += thermometer.eq(Cat(clear_len > k for k in range(n)))
         first_cleared = Signal(log_n)
@@ -400,49 +416,49 @@ class ReplayWindowUnit(wiring.Component):
         cleared = Signal(n)
         m.d.comb += cleared.eq((Cat(thermometer, thermometer) << first_cleared)[n:2 * n])
         moved_valid = Signal(n)
-        m.d.comb += moved_valid.eq((valid & ~cleared) |
+        m.d.comb += moved_valid.eq((s2_ring_valid & ~cleared) |
                                    Mux(far, 0, _one_hot(top_block, n)))
 
         with m.If(commit):
             m.d.comb += [
                 head_wr.en.eq(1),
-                head_wr.addr.eq(s1_slot),
-                head_wr.data.top.eq(Mux(right, full, top)),
+                head_wr.addr.eq(s2["slot"]),
+                head_wr.data.top.eq(Mux(right, full, s2_top)),
                 ring_wr.en.eq(~same_block),
-                ring_wr.addr.eq(Cat(Mux(right, top_block, index), s1_slot)),
-                ring_wr.data.eq(Mux(right, word, stored | bit)),
+                ring_wr.addr.eq(Cat(Mux(right, top_block, index), s2["slot"])),
+                ring_wr.data.eq(Mux(right, s2_word, s2_stored | bit)),
             ]
             with m.If(same_block):
-                m.d.comb += [head_wr.data.word.eq(word | bit), head_wr.data.valid.eq(valid)]
+                m.d.comb += [head_wr.data.word.eq(s2_word | bit),
+                             head_wr.data.valid.eq(s2_ring_valid)]
             with m.Elif(right):
                 m.d.comb += [head_wr.data.word.eq(bit), head_wr.data.valid.eq(moved_valid)]
             with m.Else():
-                m.d.comb += [head_wr.data.word.eq(word),
-                             head_wr.data.valid.eq(valid | _one_hot(index, n))]
-        with m.Elif(s1_op == ReplayOp.LOAD):
+                m.d.comb += [head_wr.data.word.eq(s2_word),
+                             head_wr.data.valid.eq(s2_ring_valid | _one_hot(index, n))]
+        with m.Elif((s2["op"] == ReplayOp.LOAD) & advance):
             m.d.comb += [
-                head_wr.en.eq(s1_head),
-                head_wr.addr.eq(s1_slot),
-                head_wr.data.top.eq(s1_seq),
-                head_wr.data.word.eq(s1_word),
-                head_wr.data.valid.eq(s1_valid),
-                ring_wr.en.eq(~s1_head),
-                ring_wr.addr.eq(Cat(s1_index, s1_slot)),
-                ring_wr.data.eq(s1_word),
+                head_wr.en.eq(s2["head"]),
+                head_wr.addr.eq(s2["slot"]),
+                head_wr.data.top.eq(s2["seq"]),
+                head_wr.data.word.eq(s2["word"]),
+                head_wr.data.valid.eq(s2["valid"]),
+                ring_wr.en.eq(~s2["head"]),
+                ring_wr.addr.eq(Cat(s2["index"], s2["slot"])),
+                ring_wr.data.eq(s2["word"]),
             ]
 
-        # Results.
         with m.If(self.check_result.ready):
             m.d.sync += self.check_result.valid.eq(0)
         with m.If(self.update_result.ready):
             m.d.sync += self.update_result.valid.eq(0)
-        with m.If(advance & (s1_op == ReplayOp.CHECK)):
+        with m.If(advance & (s2["op"] == ReplayOp.CHECK)):
             m.d.sync += [
                 self.check_result.valid.eq(1),
                 self.check_result.payload.verdict.eq(verdict),
                 self.check_result.payload.seq.eq(full),
             ]
-        with m.If(advance & (s1_op == ReplayOp.UPDATE)):
+        with m.If(advance & (s2["op"] == ReplayOp.UPDATE)):
             m.d.sync += [
                 self.update_result.valid.eq(1),
                 self.update_result.payload.verdict.eq(verdict),
