@@ -306,25 +306,25 @@ def sim_settings(examples):
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@sim_settings(100)
+@sim_settings(50)
 @given(scenario=scenarios(window=64), seed=st.integers(0, 2**16))
 def test_program_order_window_64(scenario, seed):
     run_program_order(64, *scenario, seed)
 
 
-@sim_settings(60)
+@sim_settings(30)
 @given(scenario=scenarios(window=128), seed=st.integers(0, 2**16))
 def test_program_order_window_128(scenario, seed):
     run_program_order(128, *scenario, seed)
 
 
-@sim_settings(8)
+@sim_settings(5)
 @given(scenario=scenarios(window=1024, max_events=40), seed=st.integers(0, 2**16))
 def test_program_order_window_1024(scenario, seed):
     run_program_order(1024, *scenario, seed)
 
 
-@sim_settings(100)
+@sim_settings(50)
 @given(scenario=scenarios(window=96), depth=st.integers(1, 4))
 def test_overlapped_engine_matches_program_order(scenario, depth):
     reruns, outcomes = run_overlapped(96, *scenario, depth)

@@ -251,8 +251,10 @@ class ReplayWindowUnit(wiring.Component):
         m.submodules.ring = ring = Memory(self.ring)
         head_wr = heads.write_port()
         ring_wr = ring.write_port()
-        head_rd = heads.read_port(transparent_for=(head_wr,))
-        ring_rd = ring.read_port(transparent_for=(ring_wr,))
+        # No forwarding from the write to a read of the same row (it would cost a
+        # multiplexer and a register per bit): an operation waits instead.
+        head_rd = heads.read_port(transparent_for=())
+        ring_rd = ring.read_port(transparent_for=())
 
         def stage(name):
             """The registers of an operation between two stages."""
@@ -279,8 +281,8 @@ class ReplayWindowUnit(wiring.Component):
 
         # Stage 0: arbitration, load > update > check (an update offered with a
         # check is ordered first: a check after an update sees it). An operation
-        # on the slot an update or load in stage 1 writes waits a cycle: that
-        # write happens in stage 2, where the memories forward it to a read.
+        # on the slot of an update or load in stage 1 or 2 waits until it has
+        # written (stage 2), so that it reads the rows written.
         s0 = {key: Signal.like(sig, name=f"s0_{key}") for key, sig in s1.items()}
         with m.If(self.load.valid):
             p = self.load.payload
@@ -295,8 +297,9 @@ class ReplayWindowUnit(wiring.Component):
             p = self.check.payload
             m.d.comb += [s0["op"].eq(ReplayOp.CHECK), s0["slot"].eq(p.slot), s0["esn"].eq(p.esn),
                          s0["size"].eq(p.size), s0["seq"].eq(p.seq_lo)]
-        hazard = (((s1["op"] == ReplayOp.UPDATE) | (s1["op"] == ReplayOp.LOAD)) &
-                  (s1["slot"] == s0["slot"]))
+        def writes_slot(s):
+            return ((s["op"] == ReplayOp.UPDATE) | (s["op"] == ReplayOp.LOAD)) & (s["slot"] == s0["slot"])
+        hazard = writes_slot(s1) | writes_slot(s2)
         accept = Signal()
         m.d.comb += [
             accept.eq(advance & ~hazard),
@@ -355,13 +358,15 @@ class ReplayWindowUnit(wiring.Component):
         blocks = Cat(block_diff[:27], block_diff[27] ^ plus)
         index = seq_lo[5:5 + log_n]
         ring_stored = Mux(head_rd.data.valid.bit_select(index, 1), ring_word, 0)
+        stored = Signal(32)         # the word holding `full`'s bit, when in the window
+        m.d.comb += stored.eq(Mux(same_block, head_rd.data.word, ring_stored))
 
         s2_flags = {name: Signal(name=f"s2_{name}") for name in
-                    ("no_fit", "zero", "right", "in_window", "same_block", "far", "seq_match")}
+                    ("no_fit", "zero", "right", "in_window", "duplicate", "same_block", "far",
+                     "seq_match", "wraps")}
         s2_top, s2_word, s2_ring_valid = Signal(64), Signal(32), Signal(n)
-        s2_stored = Signal(32)      # the word holding `full`'s bit, when in the window
+        s2_stored = Signal(32)
         s2_seq_hi = Signal(32)
-        s2_blocks = Signal(log_n + 1)
         with m.If(advance):
             for key in s2:
                 m.d.sync += s2[key].eq(s1[key])
@@ -371,14 +376,16 @@ class ReplayWindowUnit(wiring.Component):
                 s2_flags["right"].eq(right),
                 s2_flags["in_window"].eq(in_window),
                 s2_flags["same_block"].eq(same_block),
+                s2_flags["duplicate"].eq(stored.bit_select(seq_lo[:5], 1)),
                 s2_flags["far"].eq(blocks > n),
+                # the blocks cleared by a move, (Tb, Fb) mod N, wrap around
+                s2_flags["wraps"].eq(tl[5:5 + log_n] >= index),
                 s2_flags["seq_match"].eq(seq_hi == s1["seq"][32:]),
                 s2_top.eq(top),
                 s2_word.eq(head_rd.data.word),
                 s2_ring_valid.eq(head_rd.data.valid),
-                s2_stored.eq(Mux(same_block, head_rd.data.word, ring_stored)),
+                s2_stored.eq(stored),
                 s2_seq_hi.eq(Mux(no_fit, 0, seq_hi)),
-                s2_blocks.eq(blocks[:log_n + 1]),
             ]
 
         # Stage 2: verdict, commit (the memory writes), results.
@@ -394,7 +401,7 @@ class ReplayWindowUnit(wiring.Component):
             m.d.comb += verdict.eq(ReplayVerdict.OK)
         with m.Elif(~s2_flags["in_window"]):
             m.d.comb += verdict.eq(ReplayVerdict.LEFT)
-        with m.Elif((s2_stored & bit).any()):
+        with m.Elif(s2_flags["duplicate"]):
             m.d.comb += verdict.eq(ReplayVerdict.DUPLICATE)
         with m.Else():
             m.d.comb += verdict.eq(ReplayVerdict.OK)
@@ -402,19 +409,16 @@ class ReplayWindowUnit(wiring.Component):
         m.d.comb += commit.eq((s2["op"] == ReplayOp.UPDATE) & advance & s2["auth"] &
                               (verdict == ReplayVerdict.OK) & s2_flags["seq_match"])
 
-        # Moving the window by d >= 1 blocks: indices Tb+1 .. Tb+d-1 (mod N) are
-        # cleared, Tb takes the old head word (valid while d <= N).
+        # Moving the window from block Tb to Fb = Tb + d, d >= 1: the indices
+        # strictly between Tb and Fb (mod N) are cleared, all of them if d > N;
+        # Tb takes the old head word (valid while d <= N).
         right, same_block, far = s2_flags["right"], s2_flags["same_block"], s2_flags["far"]
         top_block = s2_top[5:5 + log_n]
         index = s2["seq"][5:5 + log_n]
-        clear_len = Signal(range(n + 1))
-        m.d.comb += clear_len.eq(Mux(far, n, s2_blocks - 1))
-        thermometer = Signal(n)
-        m.d.comb += thermometer.eq(Cat(clear_len > k for k in range(n)))
-        first_cleared = Signal(log_n)
-        m.d.comb += first_cleared.eq(top_block + 1)
         cleared = Signal(n)
-        m.d.comb += cleared.eq((Cat(thermometer, thermometer) << first_cleared)[n:2 * n])
+        m.d.comb += cleared.eq(Cat(
+            far | Mux(s2_flags["wraps"], (top_block < k) | (index > k), (top_block < k) & (index > k))
+            for k in range(n)))
         moved_valid = Signal(n)
         m.d.comb += moved_valid.eq((s2_ring_valid & ~cleared) |
                                    Mux(far, 0, _one_hot(top_block, n)))
