@@ -25,12 +25,14 @@ consecutive numbers never collides with itself. Per slot, one *head* row holds
 Moving the window by ``d = (new top >> 5) - Tb >= 1`` blocks costs one head write and
 one ring write whatever ``d`` is (lazy clearing): the old head word goes to ring
 index ``Tb mod N`` (valid if ``d <= N``), the ``min(d - 1, N)`` indices after it are
-marked invalid (a thermometer code rotated by ``Tb + 1``: ``N log N`` multiplexers,
-not a ``window``-wide barrel shifter), and the new head word is the new top's bit.
+marked invalid (bit ``i`` cleared when ``i`` lies strictly between ``Tb`` and the new
+top's block mod ``N``, or always when ``d > N``: two comparisons with a constant per
+valid bit, not a ``window``-wide barrel shifter), and the new head word is the new
+top's bit.
 An update inside the window sets one bit in the head word or in one ring word (and
 its valid bit). Memories: ``heads`` (``slots`` rows of ``96 + N`` bits) and ``ring``
 (``slots * N`` rows of 32 bits), both ``amaranth.lib.memory.Memory`` with one
-synchronous read port transparent for the one write port.
+synchronous read port and one write port, no forwarding between them.
 
 Operations
 ----------
@@ -52,15 +54,19 @@ cycle, fixed priority ``load`` > ``update`` > ``check``:
   :func:`load_requests` / :func:`clear_requests` give the rows that install an
   SA's window or zeroize a deleted slot. No result.
 
-Latency and throughput: a result is offered 2 cycles after its request is
-accepted (read, then compute and write); one operation per cycle in any mix of
-slots, including back-to-back operations on the same slot (the write of one
-operation is forwarded to the read of the next by the memories' transparent read
-ports). An unready result stream stalls the pipeline: the input ``ready`` signals
-depend combinationally on ``check_result.ready`` / ``update_result.ready``.
+Latency and throughput: three stages (0: arbitrate and read; 1: reconstruct and
+compare, every comparison one carry chain from the memory rows; 2: verdict, write,
+result register), so a result is offered 3 cycles after its request is accepted.
+One operation per cycle, except that an operation on a slot with an update or a
+load in stage 1 or 2 waits until that has written (at most 2 cycles; checks never
+make anything wait). So a single SA sustains a check and an update every 4 cycles
+(check N+1, update N, 2 waits), many SAs one operation per cycle. An unready
+result stream stalls the pipeline: the inputs' ``ready`` depends combinationally on
+``check_result.ready`` / ``update_result.ready`` (and on the offered ``slot``).
 
 Ordering: every operation sees the effect of every operation accepted before it
-and none of those after it; the result of each is the model's for the operations
+and none of those after it (fixed priority in one cycle: ``load`` > ``update`` >
+``check``); the result of each is the model's for the operations
 in acceptance order. So an engine that, per slot, sends ``check N``, ``update N``,
 ``check N+1`` in that order gets the model's program-order answers exactly.
 
@@ -218,8 +224,9 @@ class ReplayWindowUnit(wiring.Component):
 
     Equivalent to ``sim/model/replay.py: ReplayWindow`` per slot (see the module
     docstring for the storage, the ordering guarantee and the hazard contract).
-    Results 2 cycles after the request; one operation (check, update or load) per
-    cycle; the inputs' ``ready`` depends combinationally on the result streams'.
+    Results 3 cycles after the request; one operation (check, update or load) per
+    cycle, an operation on the slot of a write in flight waiting up to 2 cycles; the
+    inputs' ``ready`` depends combinationally on the result streams'.
 
     ``heads`` (``slots`` rows of :func:`head_layout`) and ``ring`` (row
     ``slot * ring_words + index``) are the storage's ``MemoryData``.
@@ -306,18 +313,29 @@ class ReplayWindowUnit(wiring.Component):
             self.load.ready.eq(accept),
             self.update.ready.eq(accept & ~self.load.valid),
             self.check.ready.eq(accept & ~self.load.valid & ~self.update.valid),
-            head_rd.en.eq(advance),
-            head_rd.addr.eq(s0["slot"]),
-            ring_rd.en.eq(advance),
-            ring_rd.addr.eq(Cat(s0["seq"][5:5 + log_n], s0["slot"])),
+            # While the pipeline stands still nothing is written, so stage 1's rows
+            # are held by reading them again (cheaper than a read enable, which
+            # the iCE40 mapping turns into a register and a multiplexer per bit).
+            head_rd.addr.eq(Mux(advance, s0["slot"], s1["slot"])),
+            ring_rd.addr.eq(Mux(advance, Cat(s0["seq"][5:5 + log_n], s0["slot"]),
+                                Cat(s1["seq"][5:5 + log_n], s1["slot"]))),
         ]
-        # seq_lo + size - 1, so that stage 1 compares seq_lo with top - size + 1
-        # without subtracting first.
+        # Stage 1 compares the memory rows with these, each in one carry chain:
+        # seq_lo + size - 1 (seq_lo against top - size + 1), and the high half of an
+        # update's number - 1 / + 1 (against top's high half + 1 / - 1).
+        s1_size_m1 = Signal(_SIZE_BITS)
         s1_lo_plus = Signal(33)
+        s1_hi_m1 = Signal(32)
+        s1_hi_p1 = Signal(32)
         with m.If(advance):
             for key in s1:
                 m.d.sync += s1[key].eq(s0[key])
-            m.d.sync += s1_lo_plus.eq(s0["seq"][:32] + s0["size"] - 1)
+            m.d.sync += [
+                s1_size_m1.eq(s0["size"] - 1),
+                s1_lo_plus.eq(s0["seq"][:32] + s0["size"] - 1),
+                s1_hi_m1.eq(s0["seq"][32:] - 1),
+                s1_hi_p1.eq(s0["seq"][32:] + 1),
+            ]
             with m.If(~accept):
                 m.d.sync += s1["op"].eq(ReplayOp.NONE)
 
@@ -326,7 +344,7 @@ class ReplayWindowUnit(wiring.Component):
         top, ring_word = head_rd.data.top, ring_rd.data
         tl, th = top[:32], top[32:]
         seq_lo = s1["seq"][:32]
-        within_block = tl >= s1["size"] - 1   # case A: the window lies within one 2^32 block
+        within_block = tl >= s1_size_m1       # case A: the window lies within one 2^32 block
         # seq_lo >= bottom (low half of top - size + 1) in case A / case B
         at_or_above = Mux(within_block, s1_lo_plus >= tl, s1_lo_plus[32] & (s1_lo_plus[:32] >= tl))
         th_zero, th_one, th_max = th == 0, th == 1, th == _MASK32
@@ -357,12 +375,11 @@ class ReplayWindowUnit(wiring.Component):
         m.d.comb += block_diff.eq(seq_lo[5:] - tl[5:])
         blocks = Cat(block_diff[:27], block_diff[27] ^ plus)
         index = seq_lo[5:5 + log_n]
-        ring_stored = Mux(head_rd.data.valid.bit_select(index, 1), ring_word, 0)
-        stored = Signal(32)         # the word holding `full`'s bit, when in the window
-        m.d.comb += stored.eq(Mux(same_block, head_rd.data.word, ring_stored))
+        ring_stored = Signal(32)    # the ring word holding `full`'s bit, when in the window
+        m.d.comb += ring_stored.eq(Mux(head_rd.data.valid.bit_select(index, 1), ring_word, 0))
 
         s2_flags = {name: Signal(name=f"s2_{name}") for name in
-                    ("no_fit", "zero", "right", "in_window", "duplicate", "same_block", "far",
+                    ("no_fit", "zero", "right", "in_window", "head_bit", "ring_bit", "same_block", "far",
                      "seq_match", "wraps")}
         s2_top, s2_word, s2_ring_valid = Signal(64), Signal(32), Signal(n)
         s2_stored = Signal(32)
@@ -376,20 +393,24 @@ class ReplayWindowUnit(wiring.Component):
                 s2_flags["right"].eq(right),
                 s2_flags["in_window"].eq(in_window),
                 s2_flags["same_block"].eq(same_block),
-                s2_flags["duplicate"].eq(stored.bit_select(seq_lo[:5], 1)),
+                s2_flags["head_bit"].eq(head_rd.data.word.bit_select(seq_lo[:5], 1)),
+                s2_flags["ring_bit"].eq(ring_stored.bit_select(seq_lo[:5], 1)),
                 s2_flags["far"].eq(blocks > n),
                 # the blocks cleared by a move, (Tb, Fb) mod N, wrap around
                 s2_flags["wraps"].eq(tl[5:5 + log_n] >= index),
-                s2_flags["seq_match"].eq(seq_hi == s1["seq"][32:]),
+                s2_flags["seq_match"].eq(Mux(s1["esn"],
+                                             (plus & (th == s1_hi_m1)) | (minus & (th == s1_hi_p1)) |
+                                             (same & (th == s1["seq"][32:])),
+                                             s1["seq"][32:] == 0)),
                 s2_top.eq(top),
                 s2_word.eq(head_rd.data.word),
                 s2_ring_valid.eq(head_rd.data.valid),
-                s2_stored.eq(stored),
-                s2_seq_hi.eq(Mux(no_fit, 0, seq_hi)),
+                s2_stored.eq(ring_stored),
+                s2_seq_hi.eq(seq_hi),
             ]
 
         # Stage 2: verdict, commit (the memory writes), results.
-        full = Cat(s2["seq"][:32], s2_seq_hi)
+        full = Cat(s2["seq"][:32], Mux(s2_flags["no_fit"], 0, s2_seq_hi))
         bit = Signal(32)
         m.d.comb += bit.eq(_one_hot(s2["seq"][:5], 32))
         verdict = Signal(ReplayVerdict)
@@ -401,7 +422,7 @@ class ReplayWindowUnit(wiring.Component):
             m.d.comb += verdict.eq(ReplayVerdict.OK)
         with m.Elif(~s2_flags["in_window"]):
             m.d.comb += verdict.eq(ReplayVerdict.LEFT)
-        with m.Elif(s2_flags["duplicate"]):
+        with m.Elif(Mux(s2_flags["same_block"], s2_flags["head_bit"], s2_flags["ring_bit"])):
             m.d.comb += verdict.eq(ReplayVerdict.DUPLICATE)
         with m.Else():
             m.d.comb += verdict.eq(ReplayVerdict.OK)
