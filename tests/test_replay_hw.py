@@ -306,7 +306,7 @@ def sim_settings(examples):
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@sim_settings(50)
+@sim_settings(40)
 @given(scenario=scenarios(window=64), seed=st.integers(0, 2**16))
 def test_program_order_window_64(scenario, seed):
     run_program_order(64, *scenario, seed)
