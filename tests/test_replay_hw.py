@@ -8,7 +8,8 @@ update N, check N+1, ...) and then run on the gateware in Amaranth's simulator:
   every check result, every commit result and the final storage equal the model's;
 * as an engine that checks up to 4 packets ahead of their commits (the hazard
   contract in the module docstring): every packet's outcome equals the model's
-  in program order, and re-runs happen only with ESN.
+  in program order, and re-runs happen only with ESN;
+* the latency and throughput the docstring states, cycle by cycle.
 """
 
 import random
@@ -391,3 +392,41 @@ def test_geometry():
         [(64, 64, 2), (96, 128, 4), (1024, 1024, 32), (65504, 65536, 2048)]
     with pytest.raises(ValueError, match="size"):
         storage_from_window(0, 0, 65, window=64)
+
+
+def test_latency_and_throughput():
+    # One operation per cycle across slots; a result 3 cycles after its request; on one
+    # slot, an operation after an update waits for its write (a check and an update
+    # every 4 cycles).
+    unit = ReplayWindowUnit(slots=8, window=64)
+    cycle = [0]
+    accepted, offered_results = [], []
+
+    async def clock(ctx):
+        async for _ in ctx.tick():
+            cycle[0] += 1
+
+    async def driver(ctx):
+        common = {"esn": 0, "size": 64}
+        ops = [("check", {**common, "slot": s, "seq_lo": 5}) for s in range(8)]
+        for _ in range(3):
+            ops += [("check", {**common, "slot": 0, "seq_lo": 9}),
+                    ("update", {**common, "slot": 0, "seq": 9, "authenticated": 0})]
+        for name, payload in ops:
+            await stream_put(ctx, getattr(unit, name), payload, timeout=TIMEOUT)
+            accepted.append(cycle[0])
+
+    async def sink(ctx):
+        ctx.set(unit.check_result.ready, 1)
+        ctx.set(unit.update_result.ready, 1)
+        for _ in range(40):
+            _, _, check_valid, update_valid = await ctx.tick().sample(
+                unit.check_result.valid, unit.update_result.valid)
+            if check_valid or update_valid:
+                offered_results.append(cycle[0])
+
+    run_sim(unit, driver, sink, processes=[clock])
+    steps = [b - a for a, b in zip(accepted, accepted[1:])]
+    assert steps[:7] == [1] * 7                  # eight slots, eight cycles
+    assert steps[8:] == [1, 3, 1, 3, 1]          # check, update, (2 waits) check, ...
+    assert offered_results[0] - accepted[0] == 3
