@@ -133,8 +133,8 @@ def scenarios(draw, window, slots=3, max_events=60):
     return configs, events
 
 
-def make_unit(window, slots=3):
-    return ReplayWindowUnit(slots=slots, window=window)
+def make_unit(window, slots=3, read_register=False):
+    return ReplayWindowUnit(slots=slots, window=window, read_register=read_register)
 
 
 def load_all(configs, window):
@@ -150,9 +150,9 @@ async def read_storage(ctx, unit, slot, size):
     return window_from_storage(head, words, size, window=unit.window)
 
 
-def run_program_order(window, configs, events, seed):
+def run_program_order(window, configs, events, seed, read_register=False):
     """Operations in program order, back to back, with gaps and result stalls."""
-    unit = make_unit(window, len(configs))
+    unit = make_unit(window, len(configs), read_register)
     models = [ReplayWindow(c.size, c.top, c.bitmap, esn=c.esn) for c in configs]
     ops, checks, updates = [], [], []    # (stream name, payload); expected results
     for req in load_all(configs, window):
@@ -231,9 +231,9 @@ def reference_outcomes(configs, events):
     return outcomes, models
 
 
-def run_overlapped(window, configs, events, depth):
+def run_overlapped(window, configs, events, depth, read_register=False):
     """An engine that checks up to `depth` packets ahead of their commits."""
-    unit = make_unit(window, len(configs))
+    unit = make_unit(window, len(configs), read_register)
     expected, models = reference_outcomes(configs, events)
     got = {}
 
@@ -308,15 +308,15 @@ def sim_settings(examples):
 
 
 @sim_settings(40)
-@given(scenario=scenarios(window=64), seed=st.integers(0, 2**16))
-def test_program_order_window_64(scenario, seed):
-    run_program_order(64, *scenario, seed)
+@given(scenario=scenarios(window=64), seed=st.integers(0, 2**16), read_register=st.booleans())
+def test_program_order_window_64(scenario, seed, read_register):
+    run_program_order(64, *scenario, seed, read_register)
 
 
-@sim_settings(30)
-@given(scenario=scenarios(window=128), seed=st.integers(0, 2**16))
-def test_program_order_window_128(scenario, seed):
-    run_program_order(128, *scenario, seed)
+@sim_settings(25)
+@given(scenario=scenarios(window=128), seed=st.integers(0, 2**16), read_register=st.booleans())
+def test_program_order_window_128(scenario, seed, read_register):
+    run_program_order(128, *scenario, seed, read_register)
 
 
 @sim_settings(5)
@@ -325,10 +325,10 @@ def test_program_order_window_1024(scenario, seed):
     run_program_order(1024, *scenario, seed)
 
 
-@sim_settings(50)
-@given(scenario=scenarios(window=96), depth=st.integers(1, 4))
-def test_overlapped_engine_matches_program_order(scenario, depth):
-    reruns, outcomes = run_overlapped(96, *scenario, depth)
+@sim_settings(40)
+@given(scenario=scenarios(window=96), depth=st.integers(1, 4), read_register=st.booleans())
+def test_overlapped_engine_matches_program_order(scenario, depth, read_register):
+    reruns, outcomes = run_overlapped(96, *scenario, depth, read_register)
     note_event(f"re-runs: {min(reruns, 3)}")
     for outcome in sorted(set(outcomes)):
         note_event(f"outcome {outcome}")
@@ -381,6 +381,7 @@ def test_load_requests_zeroize():
     ({"slots": 0}, "slots"), ({"slots": -1}, "slots"), ({"slots": 2.0}, "slots"),
     ({"window": 32}, "window"), ({"window": 48}, "window"), ({"window": 100}, "window"),
     ({"window": 1024.0}, "window"), ({"window": 2**16}, "window"),
+    ({"read_register": 1}, "read_register"),
 ])
 def test_bad_parameters(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must"):
@@ -394,11 +395,13 @@ def test_geometry():
         storage_from_window(0, 0, 65, window=64)
 
 
-def test_latency_and_throughput():
-    # One operation per cycle across slots; a result 3 cycles after its request; on one
-    # slot, an operation after an update waits for its write (a check and an update
-    # every 4 cycles).
-    unit = ReplayWindowUnit(slots=8, window=64)
+@pytest.mark.parametrize("read_register", [False, True])
+def test_latency_and_throughput(read_register):
+    # One operation per cycle across slots; a result 3 (4) cycles after its request;
+    # on one slot, an operation after an update waits for its write (a check and an
+    # update every 4 (5) cycles).
+    unit = ReplayWindowUnit(slots=8, window=64, read_register=read_register)
+    extra = int(read_register)
     cycle = [0]
     accepted, offered_results = [], []
 
@@ -428,5 +431,6 @@ def test_latency_and_throughput():
     run_sim(unit, driver, sink, processes=[clock])
     steps = [b - a for a, b in zip(accepted, accepted[1:])]
     assert steps[:7] == [1] * 7                  # eight slots, eight cycles
-    assert steps[8:] == [1, 3, 1, 3, 1]          # check, update, (2 waits) check, ...
-    assert offered_results[0] - accepted[0] == 3
+    wait = 3 + extra
+    assert steps[8:] == [1, wait, 1, wait, 1]    # check, update, (2 or 3 waits) check, ...
+    assert offered_results[0] - accepted[0] == unit.latency == 3 + extra

@@ -60,7 +60,10 @@ result register), so a result is offered 3 cycles after its request is accepted.
 One operation per cycle, except that an operation on a slot with an update or a
 load in stage 1 or 2 waits until that has written (at most 2 cycles; checks never
 make anything wait). So a single SA sustains a check and an update every 4 cycles
-(check N+1, update N, 2 waits), many SAs one operation per cycle. An unready
+(check N+1, update N, 2 waits), many SAs one operation per cycle. With
+``read_register=True`` the rows are registered once more before stage 1 (the
+block RAM's output register, for a fast clock on ECP5): latency 4, a write's slot
+waits up to 3 cycles, a check and an update of one SA every 5 cycles. An unready
 result stream stalls the pipeline: the inputs' ``ready`` depends combinationally on
 ``check_result.ready`` / ``update_result.ready`` (and on the offered ``slot``).
 
@@ -224,19 +227,24 @@ class ReplayWindowUnit(wiring.Component):
 
     Equivalent to ``sim/model/replay.py: ReplayWindow`` per slot (see the module
     docstring for the storage, the ordering guarantee and the hazard contract).
-    Results 3 cycles after the request; one operation (check, update or load) per
-    cycle, an operation on the slot of a write in flight waiting up to 2 cycles; the
-    inputs' ``ready`` depends combinationally on the result streams'.
+    Results ``latency`` = 3 cycles after the request (4 with ``read_register``); one
+    operation (check, update or load) per cycle, an operation on the slot of a write
+    in flight waiting up to 2 cycles (3); the inputs' ``ready`` depends
+    combinationally on the result streams'.
 
     ``heads`` (``slots`` rows of :func:`head_layout`) and ``ring`` (row
     ``slot * ring_words + index``) are the storage's ``MemoryData``.
     """
 
-    def __init__(self, *, slots: int = 16, window: int = REPLAY_WINDOW):
+    def __init__(self, *, slots: int = 16, window: int = REPLAY_WINDOW,
+                 read_register: bool = False):
         if type(slots) is not int or slots < 1:
             raise ValueError(f"slots must be a positive integer, not {slots!r}")
         _check_window(window)
-        self.slots, self.window = slots, window
+        if type(read_register) is not bool:
+            raise ValueError(f"read_register must be True or False, not {read_register!r}")
+        self.slots, self.window, self.read_register = slots, window, read_register
+        self.latency = 4 if read_register else 3
         self.ring_bits, self.ring_words = ring_bits(window), ring_words(window)
         # The storage, also for testbenches (``ctx.get(unit.heads[slot])``).
         self.heads = MemoryData(shape=head_layout(window), depth=slots, init=[])
@@ -278,6 +286,9 @@ class ReplayWindowUnit(wiring.Component):
                 "valid": Signal(n, name=f"{name}_valid"),
             }
         s1, s2 = stage("s1"), stage("s2")
+        # With `read_register`, stage 1 only registers the rows (a block RAM's
+        # output register) and stage "r" computes what stage 1 does otherwise.
+        r = stage("r") if self.read_register else None
 
         # All stages move together; only a full result register stops them.
         check_room = ~self.check_result.valid | self.check_result.ready
@@ -307,6 +318,8 @@ class ReplayWindowUnit(wiring.Component):
         def writes_slot(s):
             return ((s["op"] == ReplayOp.UPDATE) | (s["op"] == ReplayOp.LOAD)) & (s["slot"] == s0["slot"])
         hazard = writes_slot(s1) | writes_slot(s2)
+        if r is not None:
+            hazard |= writes_slot(r)
         accept = Signal()
         m.d.comb += [
             accept.eq(advance & ~hazard),
@@ -339,36 +352,52 @@ class ReplayWindowUnit(wiring.Component):
             with m.If(~accept):
                 m.d.sync += s1["op"].eq(ReplayOp.NONE)
 
-        # Stage 1: the rows are on the read ports. Reconstruct (RFC 4303 A2.2) and
-        # compare, each a carry chain from the memory, in parallel.
-        top, ring_word = head_rd.data.top, ring_rd.data
+        head_row, ring_row = head_rd.data, ring_rd.data
+        c, c_size_m1, c_lo_plus, c_hi_m1, c_hi_p1 = s1, s1_size_m1, s1_lo_plus, s1_hi_m1, s1_hi_p1
+        if r is not None:
+            head_row, ring_row = Signal(head_layout(self.window)), Signal(32)
+            c_size_m1, c_lo_plus = Signal.like(s1_size_m1), Signal.like(s1_lo_plus)
+            c_hi_m1, c_hi_p1 = Signal.like(s1_hi_m1), Signal.like(s1_hi_p1)
+            with m.If(advance):
+                for key in r:
+                    m.d.sync += r[key].eq(s1[key])
+                m.d.sync += [
+                    head_row.eq(head_rd.data), ring_row.eq(ring_rd.data),
+                    c_size_m1.eq(s1_size_m1), c_lo_plus.eq(s1_lo_plus),
+                    c_hi_m1.eq(s1_hi_m1), c_hi_p1.eq(s1_hi_p1),
+                ]
+            c = r
+
+        # Stage 1 (r): reconstruct (RFC 4303 A2.2) and compare, each a carry chain
+        # from the rows, in parallel.
+        top, ring_word = head_row.top, ring_row
         tl, th = top[:32], top[32:]
-        seq_lo = s1["seq"][:32]
-        within_block = tl >= s1_size_m1       # case A: the window lies within one 2^32 block
+        seq_lo = c["seq"][:32]
+        within_block = tl >= c_size_m1       # case A: the window lies within one 2^32 block
         # seq_lo >= bottom (low half of top - size + 1) in case A / case B
-        at_or_above = Mux(within_block, s1_lo_plus >= tl, s1_lo_plus[32] & (s1_lo_plus[:32] >= tl))
+        at_or_above = Mux(within_block, c_lo_plus >= tl, c_lo_plus[32] & (c_lo_plus[:32] >= tl))
         th_zero, th_one, th_max = th == 0, th == 1, th == _MASK32
         # The high half of `full` relative to th: +1, 0 or -1; without ESN it is 0,
         # which is th or th - 1 only if th is 0 or 1 (otherwise far below top).
         plus = Signal()
         same = Signal()
         minus = Signal()
-        with m.If(s1["esn"]):
+        with m.If(c["esn"]):
             m.d.comb += [plus.eq(within_block & ~at_or_above),
                          minus.eq(~within_block & at_or_above),
                          same.eq(within_block == at_or_above)]
         with m.Else():
             m.d.comb += [same.eq(th_zero), minus.eq(th_one)]
-        no_fit = s1["esn"] & ((plus & th_max) | (minus & th_zero))
-        seq_hi = Mux(s1["esn"], Mux(plus, th + 1, Mux(minus, th - 1, th)), 0)
+        no_fit = c["esn"] & ((plus & th_max) | (minus & th_zero))
+        seq_hi = Mux(c["esn"], Mux(plus, th + 1, Mux(minus, th - 1, th)), 0)
         # top - full = (th - seq_hi - borrow) * 2^32 + (tl - seq_lo) mod 2^32.
         low_diff = Signal(33)
         m.d.comb += low_diff.eq(tl - seq_lo)
         borrow = low_diff[32]
         right = plus | (same & borrow)
         near = (same & ~borrow) | (minus & borrow)     # top - full < 2^32: low_diff
-        in_window = near & (low_diff[_SIZE_BITS:32] == 0) & (low_diff[:_SIZE_BITS] < s1["size"])
-        zero = (seq_lo == 0) & (~s1["esn"] | (same & th_zero) | (minus & th_one))
+        in_window = near & (low_diff[_SIZE_BITS:32] == 0) & (low_diff[:_SIZE_BITS] < c["size"])
+        zero = (seq_lo == 0) & (~c["esn"] | (same & th_zero) | (minus & th_one))
         same_block = same & (seq_lo[5:] == tl[5:])
         # Blocks the window moves by, when `full` is right of top (< 2^28).
         block_diff = Signal(28)
@@ -376,7 +405,7 @@ class ReplayWindowUnit(wiring.Component):
         blocks = Cat(block_diff[:27], block_diff[27] ^ plus)
         index = seq_lo[5:5 + log_n]
         ring_stored = Signal(32)    # the ring word holding `full`'s bit, when in the window
-        m.d.comb += ring_stored.eq(Mux(head_rd.data.valid.bit_select(index, 1), ring_word, 0))
+        m.d.comb += ring_stored.eq(Mux(head_row.valid.bit_select(index, 1), ring_word, 0))
 
         s2_flags = {name: Signal(name=f"s2_{name}") for name in
                     ("no_fit", "zero", "right", "in_window", "head_bit", "ring_bit", "same_block", "far",
@@ -386,25 +415,25 @@ class ReplayWindowUnit(wiring.Component):
         s2_seq_hi = Signal(32)
         with m.If(advance):
             for key in s2:
-                m.d.sync += s2[key].eq(s1[key])
+                m.d.sync += s2[key].eq(c[key])
             m.d.sync += [
                 s2_flags["no_fit"].eq(no_fit),
                 s2_flags["zero"].eq(zero),
                 s2_flags["right"].eq(right),
                 s2_flags["in_window"].eq(in_window),
                 s2_flags["same_block"].eq(same_block),
-                s2_flags["head_bit"].eq(head_rd.data.word.bit_select(seq_lo[:5], 1)),
+                s2_flags["head_bit"].eq(head_row.word.bit_select(seq_lo[:5], 1)),
                 s2_flags["ring_bit"].eq(ring_stored.bit_select(seq_lo[:5], 1)),
                 s2_flags["far"].eq(blocks > n),
                 # the blocks cleared by a move, (Tb, Fb) mod N, wrap around
                 s2_flags["wraps"].eq(tl[5:5 + log_n] >= index),
-                s2_flags["seq_match"].eq(Mux(s1["esn"],
-                                             (plus & (th == s1_hi_m1)) | (minus & (th == s1_hi_p1)) |
-                                             (same & (th == s1["seq"][32:])),
-                                             s1["seq"][32:] == 0)),
+                s2_flags["seq_match"].eq(Mux(c["esn"],
+                                             (plus & (th == c_hi_m1)) | (minus & (th == c_hi_p1)) |
+                                             (same & (th == c["seq"][32:])),
+                                             c["seq"][32:] == 0)),
                 s2_top.eq(top),
-                s2_word.eq(head_rd.data.word),
-                s2_ring_valid.eq(head_rd.data.valid),
+                s2_word.eq(head_row.word),
+                s2_ring_valid.eq(head_row.valid),
                 s2_stored.eq(ring_stored),
                 s2_seq_hi.eq(seq_hi),
             ]
