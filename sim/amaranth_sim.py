@@ -25,7 +25,8 @@ from pathlib import Path
 
 from amaranth.sim import Simulator
 
-__all__ = ["stream_put", "stream_get", "stream_put_all", "stream_get_n", "run_sim"]
+__all__ = ["stream_put", "stream_get", "stream_put_all", "stream_get_n", "stream_get_packets",
+           "stream_record", "run_sim"]
 
 _DEFAULT_CLOCKS = {"sync": 1e-8}
 
@@ -115,6 +116,36 @@ async def stream_get_n(ctx, stream, n: int, *, rng: random.Random | None = None,
                                f"for {timeout} cycles")
     ctx.set(stream.ready, 0)
     return payloads
+
+
+async def stream_get_packets(ctx, stream, packets: int, *, rng: random.Random | None = None,
+                             stall_prob: float = 0.0, domain: str = "sync",
+                             timeout: int | None = None) -> list:
+    """Receive the beats of ``packets`` packets (a payload with a ``last`` field
+    ends one); before each beat ``ready`` stays low for a geometrically long
+    time (``stall_prob``). ``timeout`` is per beat."""
+    _check_prob("stall_prob", stall_prob)
+    rng = _rng(rng)
+    beats = []
+    while sum(beat.last for beat in beats) < packets:
+        ctx.set(stream.ready, 0)
+        while stall_prob and rng.random() < stall_prob:
+            await ctx.tick(domain)
+        beats.append(await stream_get(ctx, stream, domain=domain, timeout=timeout))
+    return beats
+
+
+def stream_record(stream, into: list, *, domain: str = "sync"):
+    """A process (for ``run_sim(processes=...)``) that is always ready on ``stream``
+    and appends every payload to ``into``: for streams a test watches, such as
+    events, without driving them."""
+    async def process(ctx):
+        ctx.set(stream.ready, 1)
+        async for _clk, _rst, valid, payload in ctx.tick(domain).sample(stream.valid,
+                                                                        stream.payload):
+            if valid:
+                into.append(payload)
+    return process
 
 
 def _waves_enabled() -> bool:

@@ -15,7 +15,7 @@ from ..hdl.engine.encap import ENCAP_JOB, EspEncap
 from ..hdl.engine.sa import SaConfig
 from ..hdl.gcm.layouts import BLOCK_BYTES
 from ..hdl.packet import beats_from_bytes, bytes_from_beats
-from .amaranth_sim import run_sim, stream_get, stream_put, stream_put_all
+from .amaranth_sim import run_sim, stream_get_packets, stream_put, stream_put_all
 from .model import EspModel
 
 __all__ = ["EncapRun", "encap_job", "run_encap"]
@@ -72,12 +72,8 @@ def run_encap(config: SaConfig, packets, *, profile="compact", start_seq=0, stal
         await stream_put_all(ctx, dut.i, beats, timeout=_TIMEOUT)
 
     async def collect(ctx):
-        rng = random.Random(seed)
-        while sum(beat.last for beat in received) < len(packets):
-            ctx.set(dut.o.ready, 0)
-            while stall and rng.random() < stall:
-                await ctx.tick()
-            received.append(await stream_get(ctx, dut.o, timeout=_TIMEOUT))
+        received.extend(await stream_get_packets(ctx, dut.o, len(packets), rng=random.Random(seed),
+                                                 stall_prob=stall, timeout=_TIMEOUT))
 
     async def stamp(ctx):
         cycle = 0

@@ -5,8 +5,6 @@ every output byte, every drop, every counter and every event."""
 
 import random
 
-import pytest
-from amaranth.lib import data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +13,8 @@ from espnic.hdl.engine.sa import SA_COUNTERS
 from espnic.hdl.engine.sa_table import HostOp, control_layout
 from espnic.hdl.gcm.layouts import BLOCK_BYTES
 from espnic.hdl.packet import beats_from_bytes, bytes_from_beats
-from espnic.sim.amaranth_sim import run_sim, stream_get, stream_put, stream_put_all
+from espnic.sim.amaranth_sim import (run_sim, stream_get, stream_get_packets, stream_put,
+                                     stream_put_all, stream_record)
 from espnic.sim.model import EspModel
 from tests.esp_cases import config, plain_packet
 
@@ -54,12 +53,9 @@ def _run(sa_configs, traffic, *, profile="compact", stall=0.0, seed=0):
         await stream_put_all(ctx, dut.i, beats, timeout=_TIMEOUT)
 
     async def collect(ctx):
-        rng = random.Random(seed)
-        while sum(beat.last for beat in received) < len(expected):
-            ctx.set(dut.o.ready, 0)
-            while stall and rng.random() < stall:
-                await ctx.tick()
-            received.append(await stream_get(ctx, dut.o, timeout=_TIMEOUT))
+        received.extend(await stream_get_packets(ctx, dut.o, len(expected),
+                                                 rng=random.Random(seed), stall_prob=stall,
+                                                 timeout=_TIMEOUT))
         # Let the last accounting land, then read every slot's counters.
         await ctx.tick().repeat(20)
         for slot in range(SLOTS):
@@ -69,19 +65,12 @@ def _run(sa_configs, traffic, *, profile="compact", stall=0.0, seed=0):
             counters[slot] = {name: getattr(answer.counters, name) for name, _ in SA_COUNTERS}
         counters["no_sa"] = ctx.get(dut.no_sa)
 
-    async def collect_events(ctx):
-        ctx.set(dut.events.ready, 1)
-        async for _clk, _rst, valid, event in ctx.tick().sample(dut.events.valid,
-                                                                dut.events.payload):
-            if valid:
-                events.append((event.slot, event.event.name.lower()))
-
-    run_sim(dut, host_and_packets, packets, collect, processes=[collect_events])
+    run_sim(dut, host_and_packets, packets, collect, processes=[stream_record(dut.events, events)])
     assert bytes_from_beats(received, BLOCK_BYTES) == expected
     for slot in range(SLOTS):
         assert counters[slot] == model.counters(slot), f"slot {slot}"
     assert counters["no_sa"] == model.engine_counters["no_sa"]
-    assert events == model.events
+    assert [(event.slot, event.event.name.lower()) for event in events] == model.events
 
 
 def test_engine_counts_and_drops_like_the_model():

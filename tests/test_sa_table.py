@@ -2,7 +2,6 @@
 """The SA table (Amaranth simulator) against the reference model's SA semantics:
 sequence allocation, lifetimes, drops, counters, events, key hygiene."""
 
-import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,8 +9,8 @@ from hypothesis import strategies as st
 from amaranth.lib import data
 
 from espnic.hdl.engine.sa import SA_COUNTERS, SaState
-from espnic.hdl.engine.sa_table import Action, Event, HostOp, SaTable, control_layout
-from espnic.sim.amaranth_sim import run_sim, stream_get, stream_put
+from espnic.hdl.engine.sa_table import Action, HostOp, SaTable, control_layout
+from espnic.sim.amaranth_sim import run_sim, stream_get, stream_put, stream_record
 from espnic.sim.model import EspModel
 from tests.esp_cases import config, plain_packet
 
@@ -150,13 +149,6 @@ def _run_against_model(slot_specs, ops):
 
     events = []
 
-    async def collect_events(ctx):
-        ctx.set(dut.events.ready, 1)
-        async for _clk, _rst, valid, event in ctx.tick().sample(dut.events.valid,
-                                                                dut.events.payload):
-            if valid:
-                events.append((event.slot, event.event.name.lower()))
-
-    run_sim(dut, bench, processes=[collect_events])
+    run_sim(dut, bench, processes=[stream_record(dut.events, events)])
     assert checks == ["done"]
-    assert events == model.events
+    assert [(event.slot, event.event.name.lower()) for event in events] == model.events
