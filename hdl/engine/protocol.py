@@ -3,7 +3,8 @@
 reference model and the host."""
 
 __all__ = ["PROTO_IPV4", "PROTO_IPV6", "PROTO_UDP", "PROTO_ESP", "PROTO_NONE",
-           "ICV_BYTES", "IV_BYTES", "ESP_HEADER_BYTES", "OUTER_TTL"]
+           "ICV_BYTES", "IV_BYTES", "ESP_HEADER_BYTES", "ESP_TRAILER_BYTES", "ESP_MIN_BYTES",
+           "UDP_HEADER_BYTES", "ECN_CE", "OUTER_TTL"]
 
 #: IP protocol / next header numbers (IANA).
 PROTO_IPV4, PROTO_IPV6, PROTO_UDP, PROTO_ESP, PROTO_NONE = 4, 41, 17, 50, 59
@@ -12,6 +13,15 @@ ICV_BYTES = 16
 IV_BYTES = 8
 #: SPI, sequence number and IV: what precedes the ciphertext in an ESP packet.
 ESP_HEADER_BYTES = 8 + IV_BYTES
+#: Pad length and next header, the end of every ESP plaintext.
+ESP_TRAILER_BYTES = 2
+#: The shortest ESP packet an inbound SA accepts: header, trailer, ICV.
+ESP_MIN_BYTES = ESP_HEADER_BYTES + ESP_TRAILER_BYTES + ICV_BYTES
+#: RFC 3948 UDP encapsulation header.
+UDP_HEADER_BYTES = 8
+#: ECN codepoint "congestion experienced" (RFC 3168); RFC 6040 copies it from the
+#: outer to an ECN-capable (ECT(0) = 2, ECT(1) = 1) inner header on decapsulation.
+ECN_CE = 3
 #: TTL / hop limit of a constructed tunnel header (RFC 4301 5.1.2.1: "constructed",
 #: not copied). 64 is the IANA default TTL and the usual IPv6 default hop limit.
 OUTER_TTL = 64

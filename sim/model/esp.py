@@ -70,8 +70,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ...hdl.engine.sa import (
     REPLAY_WINDOW, SA_COUNTERS, Direction, Encap, IpVersion, Mode, SaConfig, SaState, sa_layout,
 )
-from ...hdl.engine.protocol import (ICV_BYTES, IV_BYTES, OUTER_TTL, PROTO_ESP, PROTO_IPV4,
-                                    PROTO_IPV6, PROTO_NONE, PROTO_UDP)
+from ...hdl.engine.protocol import (ECN_CE, ESP_MIN_BYTES, IV_BYTES, OUTER_TTL, PROTO_ESP,
+                                    PROTO_IPV4, PROTO_IPV6, PROTO_NONE, PROTO_UDP)
 from .replay import ReplayWindow
 
 __all__ = ["EspModel", "DROP_COUNTERS", "OUTER_TTL", "internet_checksum"]
@@ -409,7 +409,7 @@ class EspModel:
                 raise _Drop("malformed")
         else:
             raise _Drop("malformed")
-        if len(esp) < 8 + IV_BYTES + 2 + ICV_BYTES:
+        if len(esp) < ESP_MIN_BYTES:
             raise _Drop("malformed")
         spi, seq_lo = struct.unpack_from("!II", esp)
         if spi != sa.spi:
@@ -446,11 +446,11 @@ class EspModel:
                 raise _Drop("malformed")
             released = bytearray(inner.packet)
             # RFC 6040 normal mode: congestion marked on the outer header reaches the inner one.
-            if outer.tos & 3 == 3 and inner.tos & 3 in (1, 2):
+            if outer.tos & 3 == ECN_CE and inner.tos & 3 in (1, 2):
                 if inner.version == 4:
-                    released[1] |= 3
+                    released[1] |= ECN_CE
                     released[:inner.header_len] = _ipv4_with_checksum(bytes(released[:inner.header_len]))
                 else:
-                    released[1] |= 0x30
+                    released[1] |= ECN_CE << 4
             return bytes(released)
         return outer.rebuilt(next_header, payload)
