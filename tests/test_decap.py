@@ -200,20 +200,25 @@ def test_decap_fast_profile():
 
 
 def test_decap_outer_options_udp_over_ipv6_and_long_streams():
-    """Every alignment of the ciphertext in the beats (ESP at 20, 24, 28, 32, 40, 48
-    bytes), UDP-encapsulated ESP over IPv6, and streams longer than the IP length."""
-    inner = [plain_packet(4, size) for size in (0, 3, 17, 200, 5, 64)]
+    """Every alignment of the ciphertext in the beats (ESP at 20, 24, 28, 32 bytes)
+    with every packet length mod 16 (the last text block in one beat or two, the ICV
+    in one beat or two), UDP-encapsulated ESP over IPv6, and streams longer than the
+    IP length."""
+    sizes = [0, 4, 8, 12, 1, 200]
+    inner = [plain_packet(4, size) for size in sizes * 4]
     v4 = _sealed_by_model({"version": 4}, inner)
     packets = []
-    for packet, options in zip(v4, (b"", b"\x01" * 4, b"\x01" * 8, b"\x01" * 12, b"", b"")):
+    for index, packet in enumerate(v4):
+        options = b"\x01" * (4 * (index // len(sizes)))
         header = bytearray(packet[:20])
         header[0] = 0x45 + len(options) // 4
         header[2:4] = struct.pack("!H", len(packet) + len(options))
         packets.append(_with_ipv4(bytes(header) + options + packet[20:]))
+    assert {len(packet) % 16 for packet in packets} == {0, 4, 8, 12}
     packets[4] += b"\xee" * 5          # past the IP length, same beat
     packets[5] += b"\xee" * 40         # past the IP length, more beats
     _decapsulate(config("in", version=4), packets, stall=0.2)
-    natt6 = _sealed_by_model({"version": 6, "natt": True}, inner[:3])
+    natt6 = _sealed_by_model({"version": 6, "natt": True}, inner[:4])
     _decapsulate(config("in", version=6, natt=True), natt6)
 
 
