@@ -176,7 +176,7 @@ class EspTunnelDecap(wiring.Component):
         status = Signal(DecapStatus)
         beat = self.i.payload
         offset = Signal(17)            # byte offset of the current input beat in the packet
-        prev = Signal(128)             # the previous input beat (the ICV may straddle two)
+        prev = Signal(128)             # the previous beat: text blocks and the ICV straddle two
         in_done = Signal()             # the packet's last input beat has been taken
         consumed = self.i.valid & self.i.ready
         with m.If(consumed):
@@ -371,7 +371,8 @@ class EspTunnelDecap(wiring.Component):
                     m.d.sync += [
                         job.eq(self.job.payload),
                         offset.eq(0), in_done.eq(0), header_sum.eq(0), truncated.eq(0),
-                        blocks_sent.eq(0), icv_have.eq(0), wr_addr.eq(0), pad_bad.eq(0), mark_ce.eq(0),
+                        blocks_sent.eq(0), icv_have.eq(0), wr_addr.eq(0), pad_bad.eq(0),
+                        mark_ce.eq(0),
                         release_len.eq(0), esp_header.eq(0), udp_len.eq(0),
                     ]
                     m.next = "HEADER"
