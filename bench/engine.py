@@ -6,12 +6,13 @@
 Back-to-back packets of one size through the engine's data path in Amaranth's
 simulator (cycle-accurate; the output always ready), every output checked
 against the reference model. A packet's cycles are the steady-state distance
-between the last beats of consecutive packets. ``block_rate`` is the text
-blocks per cycle as a fraction of the GCM core's sustained rate (1 block per
-cycle *fast*, 1 per 16 *compact*).
+between the ends of consecutive packets (last output beat outbound, verdict
+inbound). ``bytes`` is the cleartext packet's length. ``block_rate`` is the
+text blocks per cycle as a fraction of the GCM core's sustained rate (1 block
+per cycle *fast*, 1 per 16 *compact*).
 
-Directions: ``out`` is :class:`EspEncap` (tunnel mode, IPv4 in IPv4, no ESN).
-The inbound path is not built yet, so there is no ``in`` row.
+Directions: ``out`` is :class:`EspEncap`, ``in`` is :class:`EspTunnelDecap`
+(tunnel mode, IPv4 in IPv4, no ESN).
 """
 
 import argparse
@@ -23,7 +24,8 @@ from scapy.packet import Raw
 
 from espnic.hdl.engine.sa import SaConfig
 from espnic.bench.report import table
-from espnic.sim.esp_job import run_encap
+from espnic.sim.esp_job import run_decap, run_encap
+from espnic.sim.model import EspModel
 
 SIZES = (64, 512, 1400)
 #: GCM core's sustained text blocks per cycle (performance.md, bench/gcm.py).
@@ -39,21 +41,44 @@ def _packet(size: int) -> bytes:
                  / Raw(bytes(size - 28)))
 
 
+def _sealed(size: int, packets: int) -> list[bytes]:
+    """`packets` ESP packets of the outbound SA, each carrying a `size`-byte packet."""
+    model = EspModel(slots=1)
+    model.install(0, SaConfig(**_SA))
+    return [model.process(0, _packet(size))[0] for _ in range(packets)]
+
+
+def _out(profile, size, packets):
+    run = run_encap(SaConfig(**_SA), [_packet(size)] * packets, profile=profile)
+    if run.outputs != run.expected:
+        raise RuntimeError(f"{profile} {size} B: the gateware's output differs from the model")
+    return run.done_cycles
+
+
+def _in(profile, size, packets):
+    run = run_decap(SaConfig(**{**_SA, "direction": "in"}), _sealed(size, packets),
+                    profile=profile)
+    released = [output for output, _reason in run.expected]
+    if [reason for _output, reason in run.expected] != ["ok"] * packets or \
+            len(run.beats) != packets * -(-size // 16) or None in released:
+        raise RuntimeError(f"{profile} {size} B: the gateware and the model disagree")
+    return run.done_cycles
+
+
 def measure(profile: str, *, packets: int = 6) -> list[dict]:
     rows = []
-    for size in SIZES:
-        print(f"  {profile} out {size} B ...", file=sys.stderr, flush=True)
-        run = run_encap(SaConfig(**_SA), [_packet(size)] * packets, profile=profile)
-        if run.outputs != run.expected:
-            raise RuntimeError(f"{profile} {size} B: the gateware's output differs from the model")
-        cycles = (run.done_cycles[-1] - run.done_cycles[0]) / (packets - 1)
-        text_blocks = -(-(size + 2 + (-(size + 2) % 4)) // 16)
-        rows.append({
-            "direction": "out", "profile": profile, "bytes": size,
-            "cycles_per_packet": round(cycles, 1),
-            "bits_per_cycle": round(8 * size / cycles, 2),
-            "block_rate": round(text_blocks / cycles / CORE_BLOCK_RATE[profile], 3),
-        })
+    for direction, run in (("out", _out), ("in", _in)):
+        for size in SIZES:
+            print(f"  {profile} {direction} {size} B ...", file=sys.stderr, flush=True)
+            done = run(profile, size, packets)
+            cycles = (done[-1] - done[0]) / (packets - 1)
+            text_blocks = -(-(size + 2 + (-(size + 2) % 4)) // 16)
+            rows.append({
+                "direction": direction, "profile": profile, "bytes": size,
+                "cycles_per_packet": round(cycles, 1),
+                "bits_per_cycle": round(8 * size / cycles, 2),
+                "block_rate": round(text_blocks / cycles / CORE_BLOCK_RATE[profile], 3),
+            })
     return rows
 
 

@@ -5,22 +5,28 @@
 simulator, with the jobs the SA table would hand over (taken from an
 :class:`EspModel` holding the same SA), and returns what came out, what the
 model says should have, and the cycle at which each packet's last beat left.
-Tests assert on it; ``bench/engine.py`` turns the cycle stamps into figures.
+:func:`run_decap` does the same for :class:`EspTunnelDecap`, with the jobs the
+SA table and the replay unit would hand over. Tests assert on what they
+return; ``bench/engine.py`` turns the cycle stamps into figures.
 """
 
 import random
+import struct
 from dataclasses import dataclass
 
+from ..hdl.engine.decap import DECAP_JOB, EspTunnelDecap
 from ..hdl.engine.encap import ENCAP_JOB, EspEncap
+from ..hdl.engine.protocol import PROTO_UDP
 from ..hdl.engine.sa import SaConfig
 from ..hdl.gcm.layouts import BLOCK_BYTES
 from ..hdl.packet import beats_from_bytes, bytes_from_beats
-from .amaranth_sim import run_sim, stream_get_packets, stream_put, stream_put_all
-from .model import EspModel
+from .amaranth_sim import run_sim, stream_get, stream_get_packets, stream_put, stream_put_all
+from .model import EspModel, ReplayWindow
 
-__all__ = ["EncapRun", "encap_job", "run_encap"]
+__all__ = ["EncapRun", "encap_job", "run_encap", "DecapRun", "decap_job", "esp_offset",
+           "run_decap"]
 
-_TIMEOUT = 20_000   # cycles without progress before a run is declared hung
+_TIMEOUT = 50_000   # cycles without progress before a run is declared hung
 
 
 def encap_job(config: SaConfig, model: EspModel, slot: int = 0):
@@ -85,3 +91,92 @@ def run_encap(config: SaConfig, packets, *, profile="compact", start_seq=0, stal
 
     run_sim(dut, feed_jobs, feed_packets, collect, processes=[stamp])
     return EncapRun(bytes_from_beats(received, BLOCK_BYTES), expected, done_cycles)
+
+
+def esp_offset(packet: bytes) -> int | None:
+    """Where the ESP header of an outer packet starts (as its IP header says), or None."""
+    if len(packet) < 10:
+        return None
+    if packet[0] >> 4 == 6:
+        return 40 + (8 if packet[6] == PROTO_UDP else 0)
+    return (packet[0] & 0xf) * 4 + (8 if packet[9] == PROTO_UDP else 0)
+
+
+def decap_job(config: SaConfig, model: EspModel, packet: bytes, slot: int = 0):
+    """The :data:`DECAP_JOB` the SA table and the replay unit would hand over for `packet`."""
+    record = config.to_record(model.layout)
+    state = model.read_record(slot)
+    seq_hi = 0
+    offset = esp_offset(packet)
+    if config.esn and offset is not None and len(packet) >= offset + 8:
+        seq_lo = struct.unpack_from("!I", packet, offset + 4)[0]
+        full = ReplayWindow(state.window, state.seq, state.replay_bitmap,
+                            esn=True).reconstruct(seq_lo)
+        seq_hi = 0 if full is None else full >> 32
+    return DECAP_JOB.const({
+        "key": record.key, "key_256": record.key_256, "salt": record.salt, "esn": record.esn,
+        "seq_hi": seq_hi, "encap": record.natt.encap,
+    })
+
+
+@dataclass
+class DecapRun:
+    expected: list           # the model's (output, reason) per packet
+    verdicts: list           # the gateware's verdict per packet
+    beats: list              # (output beat, index of the packet it was released for)
+    done_cycles: list[int]   # cycle of each verdict
+
+
+def run_decap(config: SaConfig, packets, *, profile="compact", stall=0.0, gap=0.0,
+              seed=0) -> DecapRun:
+    """Decapsulate `packets` under `config` (an inbound SA) in gateware and in the model."""
+    model = EspModel(slots=1)
+    model.install(0, config)
+    jobs, expected = [], []
+    for packet in packets:
+        jobs.append(decap_job(config, model, packet))
+        expected.append(model.process(0, packet))
+
+    dut = EspTunnelDecap(profile=profile)
+    beats, verdicts, done_cycles = [], [], []
+
+    async def feed_jobs(ctx):
+        for job in jobs:
+            await stream_put(ctx, dut.job, job, timeout=_TIMEOUT)
+
+    async def feed_packets(ctx):
+        stream = [beat for packet in packets for beat in beats_from_bytes(packet, BLOCK_BYTES)]
+        await stream_put_all(ctx, dut.i, stream, rng=random.Random(seed + 1), gap_prob=gap,
+                             timeout=_TIMEOUT)
+
+    async def collect_packets(ctx):
+        rng = random.Random(seed)
+        idle = cycle = 0
+        while len(verdicts) < len(packets):
+            ready = not (stall and rng.random() < stall)
+            ctx.set(dut.o.ready, ready)
+            _clk, _rst, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            cycle += 1
+            if valid and ready:
+                # The verdicts given so far say which packet this beat belongs to.
+                beats.append((payload, len(verdicts)))
+            idle = 0 if valid else idle + 1
+            if idle >= _TIMEOUT:
+                raise TimeoutError("no output for too long")
+
+    async def collect_verdicts(ctx):
+        cycle = 0
+        async for _clk, _rst, valid, ready, verdict in ctx.tick().sample(
+                dut.verdict.valid, dut.verdict.ready, dut.verdict.payload):
+            cycle += 1
+            if valid and ready:
+                verdicts.append(verdict)
+                done_cycles.append(cycle)
+                if len(verdicts) == len(packets):
+                    return
+
+    async def accept_verdicts(ctx):
+        ctx.set(dut.verdict.ready, 1)
+
+    run_sim(dut, feed_jobs, feed_packets, collect_packets, collect_verdicts, accept_verdicts)
+    return DecapRun(expected, verdicts, beats, done_cycles)

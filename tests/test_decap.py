@@ -8,7 +8,6 @@ directly for what neither would send (wrong padding, dummy packets, TFC
 padding, bad inner headers).
 """
 
-import random
 import struct
 
 import pytest
@@ -19,98 +18,30 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-from espnic.hdl.engine.decap import DECAP_JOB, DecapStatus, EspTunnelDecap
-from espnic.hdl.engine.protocol import PROTO_ESP, PROTO_IPV4, PROTO_IPV6, PROTO_NONE, PROTO_UDP
+from espnic.hdl.engine.decap import DecapStatus, EspTunnelDecap
+from espnic.hdl.engine.protocol import PROTO_ESP, PROTO_IPV4, PROTO_IPV6, PROTO_NONE
 from espnic.hdl.gcm.layouts import BLOCK_BYTES
-from espnic.hdl.packet import beats_from_bytes, bytes_from_beats
-from espnic.sim.amaranth_sim import run_sim, stream_get, stream_put, stream_put_all
+from espnic.hdl.packet import bytes_from_beats
+from espnic.sim.esp_job import esp_offset, run_decap
 from espnic.sim.interop import scapy_sa
 from espnic.sim.model import EspModel
 from espnic.sim.model.esp import internet_checksum
-from espnic.sim.model.replay import ReplayWindow
 from tests.esp_cases import ENDPOINTS, KEY256, SPI, config, ip_class, plain_packet
 
 STATUS = {"ok": DecapStatus.OK, "auth_fail": DecapStatus.AUTH_FAIL,
           "malformed": DecapStatus.MALFORMED, "dummy": DecapStatus.DUMMY}
-TIMEOUT = 50_000
-
-
-def _esp_offset(packet):
-    """Where the ESP header starts (as the outer header says), or None."""
-    if len(packet) < 10:
-        return None
-    if packet[0] >> 4 == 6:
-        return 40 + (8 if packet[6] == PROTO_UDP else 0)
-    return (packet[0] & 0xf) * 4 + (8 if packet[9] == PROTO_UDP else 0)
-
-
-def _seq_lo(packet):
-    offset = _esp_offset(packet)
-    if offset is None or len(packet) < offset + 8:
-        return None
-    return struct.unpack_from("!I", packet, offset + 4)[0]
-
-
-def _job(sa_config, model, packet):
-    """The job the SA table and the replay unit would hand over for ``packet``."""
-    record = sa_config.to_record(model.layout)
-    state = model.read_record(0)
-    seq_hi = 0
-    seq_lo = _seq_lo(packet)
-    if sa_config.esn and seq_lo is not None:
-        full = ReplayWindow(state.window, state.seq, state.replay_bitmap, esn=True).reconstruct(seq_lo)
-        seq_hi = 0 if full is None else full >> 32
-    return DECAP_JOB.const({
-        "key": record.key, "key_256": record.key_256, "salt": record.salt, "esn": record.esn,
-        "seq_hi": seq_hi, "encap": record.natt.encap,
-    })
 
 
 def _decapsulate(sa_config, packets, *, profile="compact", stall=0.0, gap=0.0, seed=0):
     """Run ``packets`` through the gateware and the model; check that they agree."""
-    model = EspModel(slots=1)
-    model.install(0, sa_config)
-    jobs, expected = [], []
-    for packet in packets:
-        jobs.append(_job(sa_config, model, packet))
-        expected.append(model.process(0, packet))
-
-    dut = EspTunnelDecap(profile=profile)
-    beats, verdicts = [], []
-
-    async def feed_jobs(ctx):
-        for job in jobs:
-            await stream_put(ctx, dut.job, job, timeout=TIMEOUT)
-
-    async def feed_packets(ctx):
-        stream = [beat for packet in packets for beat in beats_from_bytes(packet, BLOCK_BYTES)]
-        await stream_put_all(ctx, dut.i, stream, rng=random.Random(seed + 1), gap_prob=gap,
-                             timeout=TIMEOUT)
-
-    async def collect_packets(ctx):
-        rng = random.Random(seed)
-        idle = 0
-        while len(verdicts) < len(packets):
-            ready = not (stall and rng.random() < stall)
-            ctx.set(dut.o.ready, ready)
-            _clk, _rst, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            if valid and ready:
-                # The verdicts given so far say which packet this beat belongs to.
-                beats.append((payload, len(verdicts)))
-            idle = 0 if valid else idle + 1
-            assert idle < TIMEOUT, "no output for too long"
-
-    async def collect_verdicts(ctx):
-        for _ in packets:
-            verdicts.append(await stream_get(ctx, dut.verdict, timeout=TIMEOUT))
-
-    run_sim(dut, feed_jobs, feed_packets, collect_packets, collect_verdicts)
+    run = run_decap(sa_config, packets, profile=profile, stall=stall, gap=gap, seed=seed)
+    expected, verdicts, beats = run.expected, run.verdicts, run.beats
 
     for (_output, reason), verdict, packet in zip(expected, verdicts, packets, strict=True):
         assert verdict.status == STATUS[reason], f"model: {reason}, gateware: {verdict.status}"
     for index, ((output, reason), verdict, packet) in enumerate(zip(expected, verdicts, packets)):
         if reason in ("ok", "dummy", "auth_fail"):
-            offset = _esp_offset(packet)
+            offset = esp_offset(packet)
             assert (verdict.spi, verdict.seq) == struct.unpack_from("!II", packet, offset), index
         assert verdict.length == (len(output) if output is not None else 0), index
     # Nothing at all leaves for a packet that is not accepted.
@@ -241,7 +172,7 @@ def test_decap_bad_packets_dropped_next_one_released(sa_kwargs):
     good = _sealed_by_model(sa_kwargs, [plain_packet(4 + 2 * (n % 2), size)
                                         for n, size in enumerate(sizes)], start=start)
     version = sa_kwargs["version"]
-    e = _esp_offset(good[0])
+    e = esp_offset(good[0])
     bad = [
         _flip(good[0], e + 16 + 5, 0x10),            # ciphertext
         _flip(good[0], len(good[0]) - 1),            # ICV
@@ -301,7 +232,7 @@ def test_decap_truncated_long_packet(sa_kwargs):
     inner = [plain_packet(4, 600)] + [plain_packet(6, 10)] * 16
     sealed = _sealed_by_model(sa_kwargs, inner)
     victim = sealed[0]
-    e = _esp_offset(victim)
+    e = esp_offset(victim)
     lengths = [1, 15, 16, 39, 40, e, e + 8, e + 16, e + 17, e + 18, len(victim) // 2,
                len(victim) - 17, len(victim) - 16, len(victim) - 15, len(victim) - 1]
     packets = []
