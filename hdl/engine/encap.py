@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..gcm.core import GcmCore
 from ..gcm.layouts import BLOCK_BYTES
-from ..packet.layouts import big_endian, packet_beat
+from ..packet.layouts import big_endian, ip_length, packet_beat
 from ..packet.repack import Repacker
 from .protocol import (ESP_HEADER_BYTES, ICV_BYTES, OUTER_TTL, PROTO_ESP, PROTO_IPV4, PROTO_IPV6,
                        PROTO_UDP)
@@ -211,7 +211,7 @@ class EspEncap(wiring.Component):
         # ---- the inner header, from the first beat ---------------------------
         first = _bytes_of(self.i.payload.data)
         is_v6 = first[0][4:] == 6
-        first_len = Mux(is_v6, Cat(first[5], first[4]) + 40, Cat(first[3], first[2]))
+        first_len = ip_length(self.i.payload.data)
         first_transport = self.job.payload.mode == Mode.TRANSPORT
         first_header_len = Mux(first_transport, Mux(is_v6, 40, Cat(C(0, 2), first[0][:4])), 0)
         first_payload_len = first_len - first_header_len

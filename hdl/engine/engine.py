@@ -19,7 +19,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..gcm.layouts import BLOCK_BYTES
-from ..packet.layouts import packet_beat
+from ..packet.layouts import ip_length, packet_beat
 from .encap import EspEncap
 from .sa import REPLAY_WINDOW
 from .sa_table import Action, SaTable
@@ -69,9 +69,7 @@ class EspEngine(wiring.Component):
         m.d.comb += self.no_sa.eq(table.no_sa)
 
         beat = self.i.payload
-        # The cleartext length, from the IP header in the first beat.
-        first = [beat.data[8 * k:8 * (k + 1)] for k in range(6)]
-        length = Mux(first[0][4:] == 6, Cat(first[5], first[4]) + 40, Cat(first[3], first[2]))
+        length = ip_length(beat.data)    # the cleartext length, from the first beat
 
         with m.FSM(name="dispatch"):
             with m.State("LOOKUP"):

@@ -15,10 +15,10 @@ accepts partial beats anywhere), and only an empty packet has a beat with
 Python, for benches, the model and the host.
 """
 
-from amaranth.hdl import Cat, Const
+from amaranth.hdl import Cat, Const, Mux
 from amaranth.lib import data
 
-__all__ = ["BEAT_WIDTHS", "packet_beat", "check_width", "big_endian",
+__all__ = ["BEAT_WIDTHS", "packet_beat", "check_width", "big_endian", "ip_length",
            "beats_from_bytes", "bytes_from_beats"]
 
 #: Beat widths the data path is built for, in bytes.
@@ -48,6 +48,13 @@ def big_endian(value, nbytes):
     its most significant byte is byte 0. Narrow values are zero-extended."""
     value = Cat(value, Const(0, 8 * nbytes))
     return Cat(*(value[8 * (nbytes - 1 - i):8 * (nbytes - i)] for i in range(nbytes)))
+
+
+def ip_length(data):
+    """The length an IP packet's header announces, from its first 6 bytes (wire order):
+    IPv4 total length, or 40 + payload length for IPv6."""
+    octets = [data[8 * k:8 * (k + 1)] for k in range(6)]
+    return Mux(octets[0][4:] == 6, Cat(octets[5], octets[4]) + 40, Cat(octets[3], octets[2]))
 
 
 def beats_from_bytes(packet: bytes, width: int) -> list[dict]:
