@@ -162,9 +162,12 @@ def _default_vcd(design) -> Path:
 
 
 def run_sim(design, *testbenches, clocks: Mapping[str, float] | None = None,
-            processes: Iterable = (), vcd: os.PathLike | str | None = None) -> None:
+            processes: Iterable = (), background: Iterable = (),
+            vcd: os.PathLike | str | None = None) -> None:
     """Simulate ``design`` until every testbench returns.
 
+    ``background`` testbenches run beside them but do not keep the simulation
+    going (a responder that serves requests for as long as there are any).
     ``clocks`` maps clock domains to periods in seconds (default: ``sync`` at
     100 MHz, when the design has a ``sync`` domain). ``processes`` are added
     with :meth:`~amaranth.sim.Simulator.add_process`. Waves go to ``vcd``, or
@@ -179,6 +182,8 @@ def run_sim(design, *testbenches, clocks: Mapping[str, float] | None = None,
             sim.add_clock(period, domain=domain)
     for testbench in testbenches:
         sim.add_testbench(testbench)
+    for testbench in background:
+        sim.add_testbench(testbench, background=True)
     for process in processes:
         sim.add_process(process)
     if vcd is None and _waves_enabled():

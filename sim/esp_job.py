@@ -6,8 +6,10 @@ simulator, with the jobs the SA table would hand over (taken from an
 :class:`EspModel` holding the same SA), and returns what came out, what the
 model says should have, and the cycle at which each packet's last beat left.
 :func:`run_decap` does the same for :class:`EspTunnelDecap`, with the jobs the
-SA table and the replay unit would hand over. Tests assert on what they
-return; ``bench/engine.py`` turns the cycle stamps into figures.
+SA table and the replay unit would hand over. :func:`run_engine` runs a whole
+:class:`EspEngine`: SAs written over its host port, traffic of several SAs in
+both directions. Tests assert on what they return; ``bench/engine.py`` turns
+the cycle stamps into figures.
 """
 
 import random
@@ -16,15 +18,18 @@ from dataclasses import dataclass
 
 from ..hdl.engine.decap import DECAP_JOB, EspTunnelDecap
 from ..hdl.engine.encap import ENCAP_JOB, EspEncap
+from ..hdl.engine.engine import EspEngine
 from ..hdl.engine.protocol import PROTO_UDP
-from ..hdl.engine.sa import SaConfig
+from ..hdl.engine.sa import SA_COUNTERS, Direction, SaConfig
+from ..hdl.engine.sa_table import HostOp, control_layout
 from ..hdl.gcm.layouts import BLOCK_BYTES
 from ..hdl.packet import beats_from_bytes, bytes_from_beats
-from .amaranth_sim import run_sim, stream_get, stream_get_packets, stream_put, stream_put_all
+from .amaranth_sim import (run_sim, stream_get, stream_get_packets, stream_put, stream_put_all,
+                           stream_record)
 from .model import EspModel, ReplayWindow
 
-__all__ = ["EncapRun", "encap_job", "run_encap", "DecapRun", "decap_job", "esp_offset",
-           "run_decap"]
+__all__ = ["EncapRun", "encap_job", "run_encap", "DecapRun", "decap_job", "decap_seq_hi",
+           "esp_offset", "run_decap", "EngineRun", "run_engine"]
 
 _TIMEOUT = 50_000   # cycles without progress before a run is declared hung
 
@@ -102,21 +107,25 @@ def esp_offset(packet: bytes) -> int | None:
     return (packet[0] & 0xf) * 4 + (8 if packet[9] == PROTO_UDP else 0)
 
 
-def decap_job(config: SaConfig, model: EspModel, packet: bytes, slot: int = 0):
-    """The :data:`DECAP_JOB` the SA table and the replay unit would hand over for `packet`."""
+def decap_job(config: SaConfig, model: EspModel):
+    """The :data:`DECAP_JOB` the SA table would hand over for a packet of `config`."""
     record = config.to_record(model.layout)
-    state = model.read_record(slot)
-    seq_hi = 0
-    offset = esp_offset(packet)
-    if config.esn and offset is not None and len(packet) >= offset + 8:
-        seq_lo = struct.unpack_from("!I", packet, offset + 4)[0]
-        full = ReplayWindow(state.window, state.seq, state.replay_bitmap,
-                            esn=True).reconstruct(seq_lo)
-        seq_hi = 0 if full is None else full >> 32
     return DECAP_JOB.const({
         "key": record.key, "key_256": record.key_256, "salt": record.salt, "esn": record.esn,
-        "seq_hi": seq_hi, "encap": record.natt.encap,
+        "encap": record.natt.encap,
     })
+
+
+def decap_seq_hi(config: SaConfig, model: EspModel, packet: bytes, slot: int = 0) -> int:
+    """The high half of `packet`'s sequence number as the replay unit would reconstruct
+    it now (0 without ESN, or when nothing fits)."""
+    state = model.read_record(slot)
+    offset = esp_offset(packet)
+    if not config.esn or offset is None or len(packet) < offset + 8:
+        return 0
+    seq_lo = struct.unpack_from("!I", packet, offset + 4)[0]
+    full = ReplayWindow(state.window, state.seq, state.replay_bitmap, esn=True).reconstruct(seq_lo)
+    return 0 if full is None else full >> 32
 
 
 @dataclass
@@ -129,12 +138,17 @@ class DecapRun:
 
 def run_decap(config: SaConfig, packets, *, profile="compact", stall=0.0, gap=0.0,
               seed=0) -> DecapRun:
-    """Decapsulate `packets` under `config` (an inbound SA) in gateware and in the model."""
+    """Decapsulate `packets` under `config` (an inbound SA) in gateware and in the model.
+
+    Every packet whose header reaches ``admit`` is let in (the SPI and replay
+    checks are the engine's), with the sequence number's high half the model
+    reconstructs."""
     model = EspModel(slots=1)
     model.install(0, config)
-    jobs, expected = [], []
+    jobs, seq_his, expected = [], [], []
     for packet in packets:
-        jobs.append(decap_job(config, model, packet))
+        jobs.append(decap_job(config, model))
+        seq_his.append(decap_seq_hi(config, model, packet))
         expected.append(model.process(0, packet))
 
     dut = EspTunnelDecap(profile=profile)
@@ -178,5 +192,100 @@ def run_decap(config: SaConfig, packets, *, profile="compact", stall=0.0, gap=0.
     async def accept_verdicts(ctx):
         ctx.set(dut.verdict.ready, 1)
 
-    run_sim(dut, feed_jobs, feed_packets, collect_packets, collect_verdicts, accept_verdicts)
+    async def admit(ctx):
+        while True:
+            await stream_get(ctx, dut.header)
+            # Packets go through one at a time: this header is the next verdict's.
+            await stream_put(ctx, dut.admit, {"go": 1, "seq_hi": seq_his[len(verdicts)]},
+                             timeout=_TIMEOUT)
+
+    run_sim(dut, feed_jobs, feed_packets, collect_packets, collect_verdicts, accept_verdicts,
+            background=[admit])
     return DecapRun(expected, verdicts, beats, done_cycles)
+
+
+@dataclass
+class EngineRun:
+    """What :func:`run_engine` saw, beside what the model says."""
+    reasons: list[str]            # the model's outcome per packet ("ok", "replay", ...)
+    outputs: dict                 # {inbound: [packet, ...]} as the engine sent them
+    expected: dict                # {inbound: [packet, ...]} as the model did
+    counters: dict                # slot -> counters read over the host port
+    seqs: dict                    # slot -> the record's seq read over the host port
+    engine_counters: dict         # no_sa, unknown_spi
+    events: list                  # (slot, name) in the engine's order
+    done_cycles: list[int]        # cycle of each output packet's last beat
+    model: EspModel
+
+
+def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, stall=0.0,
+               seed=0) -> EngineRun:
+    """Write `sa_configs` (slot -> :class:`SaConfig`) into an :class:`EspEngine` and a
+    model, send `traffic` (``[(slot, packet)]``) through both, read every slot's
+    counters and record back once the last packet has been accounted."""
+    model = EspModel(slots=slots)
+    dut = EspEngine(profile=profile, slots=slots)
+    control = control_layout(model.layout["replay_bitmap"].width)
+    expected = {False: [], True: []}
+    reasons = []
+    for slot, config in sa_configs.items():
+        model.install(slot, config)
+    for slot, packet in traffic:
+        inbound = model.read_record(slot).direction == Direction.IN
+        output, reason = model.process(slot, packet)
+        reasons.append(reason)
+        if output is not None:
+            expected[inbound].append(output)
+    received, sources, events, done_cycles, sent = [], [], [], [], []
+    counters, seqs, engine_counters = {}, {}, {}
+
+    async def host_and_meta(ctx):
+        for slot, config in sa_configs.items():
+            full = config.to_record(model.layout)
+            record = {name: getattr(full, name) for name, _ in control}
+            await stream_put(ctx, dut.host, {"op": HostOp.WRITE, "slot": slot, "record": record},
+                             timeout=_TIMEOUT)
+        # Metadata and packets are two streams, driven independently.
+        for slot, _packet in traffic:
+            await stream_put(ctx, dut.meta, {"slot": slot}, timeout=_TIMEOUT)
+
+    async def packets(ctx):
+        beats = [beat for _slot, packet in traffic for beat in beats_from_bytes(packet, BLOCK_BYTES)]
+        await stream_put_all(ctx, dut.i, beats, timeout=_TIMEOUT)
+        sent.append(True)
+
+    async def collect(ctx):
+        total = len(expected[False]) + len(expected[True])
+        received.extend(await stream_get_packets(ctx, dut.o, total, rng=random.Random(seed),
+                                                 stall_prob=stall, timeout=_TIMEOUT))
+        # Every packet in and the last inbound one accounted: read every slot back.
+        quiet = 0
+        while quiet < 10:
+            await ctx.tick()
+            quiet = quiet + 1 if sent and not ctx.get(dut.inbound.busy) else 0
+        for slot in range(slots):
+            await stream_put(ctx, dut.host, {"op": HostOp.READ_COUNTERS, "slot": slot},
+                             timeout=_TIMEOUT)
+            answer = await stream_get(ctx, dut.host_reply, timeout=_TIMEOUT)
+            counters[slot] = {name: getattr(answer.counters, name) for name, _ in SA_COUNTERS}
+            seqs[slot] = answer.record.seq
+        engine_counters.update(no_sa=ctx.get(dut.no_sa), unknown_spi=ctx.get(dut.unknown_spi))
+
+    async def watch_output(ctx):
+        cycle = 0
+        async for _clk, _rst, valid, ready, beat, inbound in ctx.tick().sample(
+                dut.o.valid, dut.o.ready, dut.o.payload, dut.o_inbound):
+            cycle += 1
+            if valid and ready and beat.first:
+                sources.append(bool(inbound))
+            if valid and ready and beat.last:
+                done_cycles.append(cycle)
+
+    run_sim(dut, host_and_meta, packets, collect,
+            processes=[stream_record(dut.events, events), watch_output])
+    outputs = {False: [], True: []}
+    for packet, inbound in zip(bytes_from_beats(received, BLOCK_BYTES), sources, strict=True):
+        outputs[inbound].append(packet)
+    return EngineRun(reasons, outputs, expected, counters, seqs, engine_counters,
+                     [(event.slot, event.event.name.lower()) for event in events],
+                     done_cycles, model)

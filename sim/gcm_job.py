@@ -9,7 +9,6 @@ handshake cycles. :func:`reference` computes what the outputs must be with the
 """
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -11,12 +11,10 @@ padding, bad inner headers).
 import struct
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
-from scapy.packet import Raw
 
 from espnic.hdl.engine.decap import DecapStatus, EspTunnelDecap
 from espnic.hdl.engine.protocol import PROTO_ESP, PROTO_IPV4, PROTO_IPV6, PROTO_NONE
@@ -26,7 +24,7 @@ from espnic.sim.esp_job import esp_offset, run_decap
 from espnic.sim.interop import scapy_sa
 from espnic.sim.model import EspModel
 from espnic.sim.model.esp import internet_checksum
-from tests.esp_cases import ENDPOINTS, KEY256, SPI, config, ip_class, plain_packet
+from tests.esp_cases import KEY256, config, esp_trailer, ip_class, plain_packet, seal_tunnel
 
 STATUS = {"ok": DecapStatus.OK, "auth_fail": DecapStatus.AUTH_FAIL,
           "malformed": DecapStatus.MALFORMED, "dummy": DecapStatus.DUMMY}
@@ -72,25 +70,6 @@ def _sealed_by_scapy(sa_kwargs, inner_packets, *, start=0):
         sa.seq_num, sa.esn = seq & 0xffffffff, seq >> 32
         sealed.append(bytes(sa.encrypt(ip_class(packet)(packet))))
     return sealed
-
-
-def _sealed(sa_kwargs, seq, plaintext, *, tos=0, iv=None, spi=SPI):
-    """An ESP tunnel packet carrying ``plaintext`` (trailer included) as it is, sealed
-    with ``AESGCM``: for padding, next headers and inner packets nobody else sends."""
-    sa_config = config("in", **sa_kwargs)
-    iv = seq.to_bytes(8, "big") if iv is None else iv
-    aad = struct.pack("!IQ", spi, seq) if sa_config.esn else struct.pack("!II", spi, seq & 0xffffffff)
-    esp = struct.pack("!II", spi, seq & 0xffffffff) + iv + \
-        AESGCM(sa_config.key_bytes).encrypt(sa_config.salt_bytes + iv, plaintext, aad)
-    src, dst = ENDPOINTS[sa_kwargs.get("version", 4)]
-    if sa_kwargs.get("version", 4) == 6:
-        return bytes(IPv6(src=src, dst=dst, nh=PROTO_ESP, tc=tos) / Raw(esp))
-    return bytes(IP(src=src, dst=dst, proto=PROTO_ESP, tos=tos) / Raw(esp))
-
-
-def _trailer(data, next_header, pad=None):
-    pad = bytes(range(1, -(len(data) + 2) % 4 + 1)) if pad is None else pad
-    return data + pad + bytes([len(pad), next_header])
 
 
 def _with_ipv4(packet, **fields):
@@ -258,33 +237,33 @@ def test_decap_padding_trailer_inner_header_and_ecn():
     too_long[10:12] = b"\0\0"
     too_long[10:12] = struct.pack("!H", internet_checksum(bytes(too_long[:20])))
     plaintexts = [
-        (_trailer(v4_inner, PROTO_IPV4), 0),
-        (_trailer(v4_inner, PROTO_IPV4, b"\x01\x02\x04"), 0),         # wrong pad byte
-        (_trailer(v4_inner, PROTO_IPV4, long_pad), 0),                  # 255 bytes, right
-        (_trailer(v4_inner, PROTO_IPV4, bytes(bad_long)), 0),           # 255 bytes, one wrong
+        (esp_trailer(v4_inner, PROTO_IPV4), 0),
+        (esp_trailer(v4_inner, PROTO_IPV4, b"\x01\x02\x04"), 0),         # wrong pad byte
+        (esp_trailer(v4_inner, PROTO_IPV4, long_pad), 0),                  # 255 bytes, right
+        (esp_trailer(v4_inner, PROTO_IPV4, bytes(bad_long)), 0),           # 255 bytes, one wrong
         (v4_inner + b"\x01\x02\x05\x04", 0),                            # pad length 5 > 2 present
         (b"\x01" + bytes([200, PROTO_IPV4]), 0),                       # pad length past the text
-        (_trailer(b"", PROTO_NONE), 0),                                 # dummy, 2 bytes of text
-        (_trailer(bytes(30), PROTO_NONE), 0),                           # dummy with data
-        (_trailer(b"", PROTO_IPV4), 0),                                 # empty inner packet
-        (_trailer(v4_inner, 99), 0),                                    # unknown next header
-        (_trailer(v4_inner, PROTO_IPV6), 0),                            # wrong version
-        (_trailer(v6_inner, PROTO_IPV6), 0),
-        (_trailer(bytes(bad_checksum), PROTO_IPV4), 0),                 # inner checksum
-        (_trailer(bytes(too_long), PROTO_IPV4), 0),                     # inner longer than payload
-        (_trailer(v4_inner + b"\xaa" * 37, PROTO_IPV4), 0),             # TFC padding
-        (_trailer(v6_inner + b"\xbb" * 20, PROTO_IPV6, long_pad), 0),   # TFC and long padding
-        (_trailer(plain_packet(4, 21, tos=0x02), PROTO_IPV4), 0x03),    # CE onto ECT(0)
-        (_trailer(plain_packet(4, 21, tos=0xa9), PROTO_IPV4), 0x03),    # CE onto ECT(1)
-        (_trailer(plain_packet(4, 21, tos=0x00), PROTO_IPV4), 0x03),    # not ECN-capable
-        (_trailer(plain_packet(4, 21, tos=0x02), PROTO_IPV4), 0x02),    # ECT outside
-        (_trailer(plain_packet(6, 9, tos=0x01), PROTO_IPV6), 0xff),     # v6 inner: CE
-        (_trailer(plain_packet(6, 9, tos=0x03), PROTO_IPV6), 0x03),
+        (esp_trailer(b"", PROTO_NONE), 0),                                 # dummy, 2 bytes of text
+        (esp_trailer(bytes(30), PROTO_NONE), 0),                           # dummy with data
+        (esp_trailer(b"", PROTO_IPV4), 0),                                 # empty inner packet
+        (esp_trailer(v4_inner, 99), 0),                                    # unknown next header
+        (esp_trailer(v4_inner, PROTO_IPV6), 0),                            # wrong version
+        (esp_trailer(v6_inner, PROTO_IPV6), 0),
+        (esp_trailer(bytes(bad_checksum), PROTO_IPV4), 0),                 # inner checksum
+        (esp_trailer(bytes(too_long), PROTO_IPV4), 0),                     # inner longer than payload
+        (esp_trailer(v4_inner + b"\xaa" * 37, PROTO_IPV4), 0),             # TFC padding
+        (esp_trailer(v6_inner + b"\xbb" * 20, PROTO_IPV6, long_pad), 0),   # TFC and long padding
+        (esp_trailer(plain_packet(4, 21, tos=0x02), PROTO_IPV4), 0x03),    # CE onto ECT(0)
+        (esp_trailer(plain_packet(4, 21, tos=0xa9), PROTO_IPV4), 0x03),    # CE onto ECT(1)
+        (esp_trailer(plain_packet(4, 21, tos=0x00), PROTO_IPV4), 0x03),    # not ECN-capable
+        (esp_trailer(plain_packet(4, 21, tos=0x02), PROTO_IPV4), 0x02),    # ECT outside
+        (esp_trailer(plain_packet(6, 9, tos=0x01), PROTO_IPV6), 0xff),     # v6 inner: CE
+        (esp_trailer(plain_packet(6, 9, tos=0x03), PROTO_IPV6), 0x03),
     ]
     packets = []
     for seq, (plaintext, tos) in enumerate(plaintexts, start=1):
-        packets.append(_sealed({"version": 4}, seq, plaintext, tos=tos))
-        packets.append(_sealed({"version": 4}, 1000 + seq, _trailer(v6_inner, PROTO_IPV6)))
+        packets.append(seal_tunnel({"version": 4}, seq, plaintext, tos=tos))
+        packets.append(seal_tunnel({"version": 4}, 1000 + seq, esp_trailer(v6_inner, PROTO_IPV6)))
     expected = _decapsulate(config("in"), packets, stall=0.3)
     reasons = [reason for _output, reason in expected[::2]]
     assert reasons == ["ok", "malformed", "ok", "malformed", "malformed", "malformed",
@@ -295,7 +274,7 @@ def test_decap_padding_trailer_inner_header_and_ecn():
 
 
 def test_decap_ipv6_outer_ecn():
-    packets = [_sealed({"version": 6}, 1, _trailer(plain_packet(4, 50, tos=0x01), PROTO_IPV4),
+    packets = [seal_tunnel({"version": 6}, 1, esp_trailer(plain_packet(4, 50, tos=0x01), PROTO_IPV4),
                        tos=0x03)]
     expected = _decapsulate(config("in", version=6), packets)
     assert IP(expected[0][0]).tos == 0x03

@@ -1,76 +1,63 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """The ESP engine end to end (Amaranth simulator): host writes SAs, packets with
-their slot go in, ESP packets come out; the reference model is the oracle for
-every output byte, every drop, every counter and every event."""
+their slot go in, ESP packets and decapsulated packets come out; the reference
+model is the oracle for every output byte, every drop, every counter and every
+event. Inbound traffic is sealed by a peer model (the mirrored outbound SA) or
+by ``AESGCM`` directly for what no sender would send."""
 
-import random
+import dataclasses
+import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from espnic.hdl.engine.engine import EspEngine
-from espnic.hdl.engine.sa import SA_COUNTERS
-from espnic.hdl.engine.sa_table import HostOp, control_layout
-from espnic.hdl.gcm.layouts import BLOCK_BYTES
-from espnic.hdl.packet import beats_from_bytes, bytes_from_beats
-from espnic.sim.amaranth_sim import (run_sim, stream_get, stream_get_packets, stream_put,
-                                     stream_put_all, stream_record)
+from espnic.hdl.engine.protocol import PROTO_IPV4
+from espnic.sim.esp_job import esp_offset, run_engine
 from espnic.sim.model import EspModel
-from tests.esp_cases import config, plain_packet
+from tests.esp_cases import config, esp_trailer, plain_packet, seal_tunnel
 
 SLOTS = 4
-_TIMEOUT = 5_000
 _NO_LIMITS = {"packets_soft": 0, "packets_hard": 0, "bytes_soft": 0, "bytes_hard": 0}
 
 
 def _run(sa_configs, traffic, *, profile="compact", stall=0.0, seed=0):
-    """Install `sa_configs` (slot -> SaConfig), send `traffic` ([(slot, packet)]);
-    compare everything with the model."""
-    model = EspModel(slots=SLOTS)
-    dut = EspEngine(profile=profile, slots=SLOTS)
-    control = control_layout(model.layout["replay_bitmap"].width)
-    expected = []
-    for slot, cfg in sa_configs.items():
-        model.install(slot, cfg)
-    for slot, packet in traffic:
-        output, _reason = model.process(slot, packet)
-        if output is not None:
-            expected.append(output)
-    received, events, counters = [], [], {}
-
-    async def host_and_packets(ctx):
-        for slot, cfg in sa_configs.items():
-            full = cfg.to_record(model.layout)
-            await stream_put(ctx, dut.host, {"op": HostOp.WRITE, "slot": slot, "record":
-                                             {name: getattr(full, name) for name, _ in control}},
-                             timeout=_TIMEOUT)
-        # Metadata and packets are two streams, driven independently.
-        for slot, _packet in traffic:
-            await stream_put(ctx, dut.meta, {"slot": slot}, timeout=_TIMEOUT)
-
-    async def packets(ctx):
-        beats = [beat for _slot, packet in traffic for beat in beats_from_bytes(packet, BLOCK_BYTES)]
-        await stream_put_all(ctx, dut.i, beats, timeout=_TIMEOUT)
-
-    async def collect(ctx):
-        received.extend(await stream_get_packets(ctx, dut.o, len(expected),
-                                                 rng=random.Random(seed), stall_prob=stall,
-                                                 timeout=_TIMEOUT))
-        # Let the last accounting land, then read every slot's counters.
-        await ctx.tick().repeat(20)
-        for slot in range(SLOTS):
-            await stream_put(ctx, dut.host, {"op": HostOp.READ_COUNTERS, "slot": slot},
-                             timeout=_TIMEOUT)
-            answer = await stream_get(ctx, dut.host_reply, timeout=_TIMEOUT)
-            counters[slot] = {name: getattr(answer.counters, name) for name, _ in SA_COUNTERS}
-        counters["no_sa"] = ctx.get(dut.no_sa)
-
-    run_sim(dut, host_and_packets, packets, collect, processes=[stream_record(dut.events, events)])
-    assert bytes_from_beats(received, BLOCK_BYTES) == expected
+    """Run `traffic` through the engine and the model; everything must agree.
+    Returns the model's reasons, one per packet."""
+    run = run_engine(sa_configs, traffic, profile=profile, slots=SLOTS, stall=stall, seed=seed)
+    for inbound in (False, True):
+        assert run.outputs[inbound] == run.expected[inbound], "inbound" if inbound else "outbound"
     for slot in range(SLOTS):
-        assert counters[slot] == model.counters(slot), f"slot {slot}"
-    assert counters["no_sa"] == model.engine_counters["no_sa"]
-    assert [(event.slot, event.event.name.lower()) for event in events] == model.events
+        assert run.counters[slot] == run.model.counters(slot), f"slot {slot}"
+        # Inbound: the record's seq follows the window's top.
+        assert run.seqs[slot] == run.model.read_record(slot).seq, f"slot {slot} seq"
+    for name in ("no_sa", "unknown_spi"):
+        assert run.engine_counters[name] == run.model.engine_counters[name], name
+    # Outbound packets are accounted when their number is allocated, inbound ones
+    # after their ICV: the order of events across slots may differ, not per slot.
+    for slot in range(SLOTS):
+        assert [name for event_slot, name in run.events if event_slot == slot] == \
+            [name for event_slot, name in run.model.events if event_slot == slot], f"slot {slot}"
+    return run.reasons
+
+
+def _peer(sa_configs):
+    """A model holding the outbound twin of every inbound SA, at the same slot."""
+    peer = EspModel(slots=SLOTS)
+    for slot, cfg in sa_configs.items():
+        if cfg.direction == "in":
+            peer.install(slot, _twin(cfg))
+    return peer
+
+
+def _twin(cfg):
+    return dataclasses.replace(cfg, direction="out", lifetime={})
+
+
+def _seal(peer, slot, packet):
+    output, reason = peer.process(slot, packet)
+    assert reason == "ok"
+    return output
 
 
 def test_engine_counts_and_drops_like_the_model():
@@ -88,6 +75,114 @@ def test_engine_counts_and_drops_like_the_model():
     _run(sa_configs, traffic, stall=0.3)
 
 
+def test_engine_both_directions():
+    """Outbound and inbound SAs side by side, inbound IPv4 / IPv6 / ESN / NAT-T, an
+    inbound lifetime that runs out, back-pressure on the output."""
+    sa_configs = {
+        0: config("out", version=4, lifetime=_NO_LIMITS),
+        1: config("in", version=4, spi=0x1111, lifetime={**_NO_LIMITS, "packets_soft": 2,
+                                                         "packets_hard": 3}),
+        2: config("in", version=6, spi=0x2222, esn=True, seq=2**32 - 2, window=64,
+                  lifetime=_NO_LIMITS),
+        3: config("in", version=4, spi=0x3333, natt=True, lifetime=_NO_LIMITS),
+    }
+    peer = _peer(sa_configs)
+    traffic = []
+    for size in (0, 33, 200):
+        traffic.append((0, plain_packet(4, size)))
+        traffic.append((1, _seal(peer, 1, plain_packet(4, size))))
+        traffic.append((2, _seal(peer, 2, plain_packet(6, size + 1))))
+        traffic.append((3, _seal(peer, 3, plain_packet(6, size + 2))))
+    traffic.append((1, _seal(peer, 1, plain_packet(4, 5))))    # past the hard lifetime
+    reasons = _run(sa_configs, traffic, stall=0.3)
+    assert reasons.count("ok") == len(traffic) - 1
+    assert reasons[-1] == "hard_expired"
+
+
+def _flip(packet, offset, bit=0):
+    return packet[:offset] + bytes([packet[offset] ^ (1 << bit)]) + packet[offset + 1:]
+
+
+class _Sender:
+    """Packets of one inbound SA (slot 0: IPv4 tunnel, window 64), sealed with
+    ``AESGCM``, numbered in the order they are made."""
+
+    SA = {"version": 4, "spi": 0x4444}
+
+    def __init__(self):
+        self.config = config("in", window=64, lifetime=_NO_LIMITS, **self.SA)
+        self.inner = plain_packet(4, 37)
+        self.top = 0
+
+    def good(self, number=None):
+        return self.seal(number, esp_trailer(self.inner, PROTO_IPV4))
+
+    def seal(self, number, plaintext):
+        if number is None:
+            number = self.top + 1
+        self.top = max(self.top, number)
+        return seal_tunnel(self.SA, number, plaintext, spi=self.SA["spi"])
+
+
+def _bad_inputs(sender):
+    """(description, packet, the model's reason) for every bad input of the issue,
+    in sending order, each followed by a good packet (made after it)."""
+    first = sender.good()
+    esp = esp_offset(first)
+    yield "first", first, "ok"
+    yield "ciphertext bit", _flip(sender.good(), esp + 20), "auth_fail"
+    yield "ICV bit", _flip(sender.good(), len(first) - 1, 7), "auth_fail"
+    yield "AAD bit (sequence number)", _flip(sender.good(), esp + 4, 7), "auth_fail"
+    yield "SPI bit", _flip(sender.good(), esp + 3), "unknown_spi"
+    yield "wrong pad bytes", sender.seal(None, esp_trailer(
+        sender.inner + b"\0", PROTO_IPV4, pad=b"\1\1\1")), "malformed"
+    yield "sequence number 0", sender.good(0), "replay"
+    yield "IPv4 checksum", _flip(sender.good(), 10), "malformed"
+    yield "IPv4 length too long", _with_total(sender.good(), len(first) + 1), "malformed"
+    yield "IPv4 length too short", _with_total(sender.good(), 19), "malformed"
+    replayed = sender.good()
+    yield "original", replayed, "ok"
+    yield "replayed", replayed, "replay"
+    # Jump ahead, then a number that has fallen out of the 64-packet window.
+    yield "far ahead", sender.good(sender.top + 500), "ok"
+    yield "left of the window", sender.good(sender.top - 100), "replay"
+
+
+def _with_total(packet, total):
+    from espnic.sim.model.esp import internet_checksum
+    header = bytearray(packet[:20])
+    header[2:4] = struct.pack("!H", total)
+    header[10:12] = b"\0\0"
+    header[10:12] = struct.pack("!H", internet_checksum(bytes(header)))
+    return bytes(header) + packet[20:]
+
+
+def test_engine_bad_input_each_dropped_and_counted():
+    sender = _Sender()
+    traffic, cases = [], []
+    for description, packet, reason in _bad_inputs(sender):
+        traffic += [(0, packet), (0, sender.good())]
+        cases.append((description, reason))
+    reasons = _run({0: sender.config}, traffic)
+    for index, (description, reason) in enumerate(cases):
+        assert reasons[2 * index] == reason, description
+        assert reasons[2 * index + 1] == "ok", f"the good packet after: {description}"
+
+
+@pytest.mark.parametrize("profile", ["compact", "fast"])
+def test_engine_truncated_at_every_length(profile):
+    """A packet cut at every length from 0 to its full size, each followed by a
+    good one: every cut one a counted malformed drop, every good one through."""
+    sender = _Sender()
+    full = len(sender.good())
+    traffic = [(0, sender.good()[:full])]
+    for length in range(full):
+        traffic += [(0, sender.good()[:length]), (0, sender.good())]
+    reasons = _run({0: sender.config}, traffic, profile=profile)
+    assert reasons[1::2] == ["malformed"] * full
+    assert set(reasons[0::2]) == {"ok"}
+
+
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sizes=st.lists(st.tuples(st.integers(0, SLOTS - 1), st.integers(0, 700)),
                       min_size=1, max_size=10),
@@ -101,7 +196,42 @@ def test_engine_random_traffic(sizes, stall, seed):
     _run(sa_configs, traffic, stall=stall, seed=seed)
 
 
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(packets=st.lists(st.tuples(st.integers(0, SLOTS - 1), st.integers(0, 1400),
+                                  st.sampled_from(["good", "replay", "flip"])),
+                        min_size=1, max_size=8),
+       stall=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**16))
+def test_engine_random_mixed_traffic(packets, stall, seed):
+    """Both directions, both inner IP versions, ESN and NAT-T on some SAs, replays
+    and forgeries mixed in, hypothesis-chosen sizes and order."""
+    sa_configs = {
+        0: config("out", version=6, esn=True, lifetime=_NO_LIMITS),
+        1: config("in", version=4, spi=0x1001, esn=True, seq=2**32 - 3, lifetime=_NO_LIMITS),
+        2: config("in", version=6, spi=0x1002, natt=True, lifetime=_NO_LIMITS),
+        3: config("out", version=4, mode="transport", natt=True, lifetime=_NO_LIMITS),
+    }
+    peer = _peer(sa_configs)
+    last = {}
+    traffic = []
+    for slot, size, kind in packets:
+        version = 4 if slot in (1, 3) else 6
+        plain = plain_packet(version, size)
+        if sa_configs[slot].direction == "out":
+            traffic.append((slot, plain))
+            continue
+        if kind == "replay" and slot in last:
+            traffic.append((slot, last[slot]))
+            continue
+        sealed = _seal(peer, slot, plain)
+        last[slot] = sealed
+        traffic.append((slot, _flip(sealed, len(sealed) - 3) if kind == "flip" else sealed))
+    _run(sa_configs, traffic, stall=stall, seed=seed)
+
+
 def test_engine_fast_profile():
-    sa_configs = {0: config("out", version=4, lifetime=_NO_LIMITS)}
+    sa_configs = {0: config("out", version=4, lifetime=_NO_LIMITS),
+                  2: config("in", version=4, spi=0x777, lifetime=_NO_LIMITS)}
+    peer = _peer(sa_configs)
     traffic = [(0, plain_packet(4, size)) for size in (0, 64, 1400, 5)] + [(1, plain_packet(4, 3))]
+    traffic += [(2, _seal(peer, 2, plain_packet(4, size))) for size in (0, 64, 1400)]
     _run(sa_configs, traffic, profile="fast")

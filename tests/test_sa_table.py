@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from amaranth.lib import data
 
 from espnic.hdl.engine.sa import SA_COUNTERS, SaState
-from espnic.hdl.engine.sa_table import Action, HostOp, SaTable, control_layout
+from espnic.hdl.engine.sa_table import Action, HostOp, SaTable, Tally, control_layout
 from espnic.sim.amaranth_sim import run_sim, stream_get, stream_put, stream_record
 from espnic.sim.model import EspModel
 from tests.esp_cases import config, plain_packet
@@ -117,7 +117,8 @@ def _run_against_model(slot_specs, ops):
                 if direction_in and model.read_record(slot).state != SaState.INVALID:
                     assert reply.action == Action.INBOUND
                     # What the inbound path will report once the packet is verified.
-                    await stream_put(ctx, dut.account, {"slot": slot, "bytes": len(packet)},
+                    await stream_put(ctx, dut.account, {"slot": slot, "tally": Tally.PACKET,
+                                                        "bytes": len(packet)},
                                      timeout=_TIMEOUT)
                     model.account(slot, len(packet))
                 else:

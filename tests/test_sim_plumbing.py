@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 from espnic.sim import verilog as sim_verilog
 from espnic.sim.amaranth_sim import run_sim, stream_get, stream_get_n, stream_put, stream_put_all
 from espnic.sim.cocotb_runner import run_cocotb, verilator_fst_available
-from espnic.sim.verilog import cache_dir, cache_key, generate, load_ports, ports_path
+from espnic.sim.verilog import cache_key, generate, load_ports, ports_path
 
 BENCH = "tests.benches.smoke_counter"
 

@@ -66,33 +66,50 @@ from .protocol import (ECN_CE, ESP_HEADER_BYTES, ESP_MIN_BYTES, ICV_BYTES, PROTO
                        PROTO_IPV6, PROTO_NONE, PROTO_UDP, UDP_HEADER_BYTES)
 from .sa import Encap
 
-__all__ = ["DecapStatus", "DECAP_JOB", "DECAP_VERDICT", "EspTunnelDecap"]
+__all__ = ["DecapStatus", "DECAP_JOB", "DECAP_HEADER", "DECAP_ADMIT", "DECAP_VERDICT",
+           "EspTunnelDecap"]
 
 
-class DecapStatus(enum.Enum, shape=2):
+class DecapStatus(enum.Enum, shape=3):
     OK        = 0   # authentic, the inner packet was released
     AUTH_FAIL = 1   # ICV mismatch: nothing released, the window must not move
     MALFORMED = 2   # outer header, length, truncation, padding or inner header
     DUMMY     = 3   # authentic, next header 59 (RFC 4303 2.6): nothing released
+    REFUSED   = 4   # ``admit.go`` was 0 (SPI or replay check): drained, not decrypted
 
 
-#: What the SA table and the replay unit hand the decapsulator with each packet.
+#: What the SA table hands the decapsulator with each packet.
 DECAP_JOB = data.StructLayout({
     "key":     256,
     "key_256": 1,
     "salt":    32,
     "esn":     1,
-    "seq_hi":  32,      # ESN: the reconstructed high half of the sequence number; else 0
     "encap":   Encap,   # the SA's RFC 3948 UDP encapsulation
 })
 
-#: One per packet. ``spi`` and ``seq`` (the 32 bits on the wire) come from the
-#: packet; the window is updated only on OK / DUMMY. ``length``: bytes released.
-DECAP_VERDICT = data.StructLayout({
-    "status": DecapStatus,
+#: The ESP header of a packet whose outer header passed (offered on ``header``).
+DECAP_HEADER = data.StructLayout({
     "spi":    32,
-    "seq":    32,
-    "length": 16,
+    "seq_lo": 32,       # the 32 bits on the wire
+})
+
+#: The answer to a ``header``: go on (``go``, with the reconstructed high half of
+#: the sequence number for an ESN SA's AAD) or drain the packet unopened.
+DECAP_ADMIT = data.StructLayout({
+    "go":     1,
+    "seq_hi": 32,
+})
+
+#: One per packet. ``spi`` and ``seq`` (the 32 bits on the wire) come from the
+#: packet. ``authentic``: the ICV was verified (OK, DUMMY, or MALFORMED found
+#: after the ICV): the replay window must take the sequence number.
+#: ``length``: bytes released.
+DECAP_VERDICT = data.StructLayout({
+    "status":    DecapStatus,
+    "authentic": 1,
+    "spi":       32,
+    "seq":       32,
+    "length":    16,
 })
 
 _IPV4_MIN_HEADER = 20
@@ -159,6 +176,8 @@ class EspTunnelDecap(wiring.Component):
         self._gcm = GcmCore(profile)
         super().__init__({
             "job":     In(stream.Signature(DECAP_JOB)),
+            "header":  Out(stream.Signature(DECAP_HEADER)),
+            "admit":   In(stream.Signature(DECAP_ADMIT)),
             "i":       In(stream.Signature(packet_beat(BLOCK_BYTES))),
             "o":       Out(stream.Signature(packet_beat(BLOCK_BYTES))),
             "verdict": Out(stream.Signature(DECAP_VERDICT)),
@@ -173,7 +192,9 @@ class EspTunnelDecap(wiring.Component):
         rd = buffer.read_port()
 
         job = Signal(DECAP_JOB)
+        seq_hi = Signal(32)
         status = Signal(DecapStatus)
+        authentic = Signal()
         beat = self.i.payload
         offset = Signal(17)            # byte offset of the current input beat in the packet
         prev = Signal(128)             # the previous beat: text blocks and the ICV straddle two
@@ -351,6 +372,7 @@ class EspTunnelDecap(wiring.Component):
         # ---- verdict -----------------------------------------------------------------
         m.d.comb += [
             self.verdict.payload.status.eq(status),
+            self.verdict.payload.authentic.eq(authentic),
             self.verdict.payload.spi.eq(big_endian(spi_wire, 4)),
             self.verdict.payload.seq.eq(big_endian(seq_wire, 4)),
             self.verdict.payload.length.eq(Mux(status == DecapStatus.OK, release_len, 0)),
@@ -372,7 +394,7 @@ class EspTunnelDecap(wiring.Component):
                         job.eq(self.job.payload),
                         offset.eq(0), in_done.eq(0), header_sum.eq(0), truncated.eq(0),
                         blocks_sent.eq(0), icv_have.eq(0), wr_addr.eq(0), pad_bad.eq(0),
-                        mark_ce.eq(0),
+                        mark_ce.eq(0), authentic.eq(0),
                         release_len.eq(0), esp_header.eq(0), udp_len.eq(0),
                     ]
                     m.next = "HEADER"
@@ -437,7 +459,36 @@ class EspTunnelDecap(wiring.Component):
                         text_len.eq(length - ESP_HEADER_BYTES - ICV_BYTES),
                         text_end.eq(total_len - ICV_BYTES),
                     ]
-                    m.next = "COMMAND"
+                    m.next = "HEADER_OUT"
+
+            with m.State("HEADER_OUT"):
+                # The SPI and replay checks are the engine's, between here and ADMIT.
+                m.d.comb += [
+                    self.header.payload.spi.eq(big_endian(spi_wire, 4)),
+                    self.header.payload.seq_lo.eq(big_endian(seq_wire, 4)),
+                    self.header.valid.eq(1),
+                ]
+                with m.If(self.header.ready):
+                    m.next = "ADMIT"
+
+            with m.State("ADMIT"):
+                m.d.comb += self.admit.ready.eq(1)
+                with m.If(self.admit.valid):
+                    m.d.sync += seq_hi.eq(self.admit.payload.seq_hi)
+                    with m.If(self.admit.payload.go):
+                        m.next = "COMMAND"
+                    with m.Else():
+                        m.next = "REFUSE"
+
+            with m.State("REFUSE"):
+                # Drained unopened; a stream that ends before the IP length is still
+                # MALFORMED, as the model finds that before the SPI and the window.
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid & beat.last):
+                    with m.If(ends_short):
+                        finish(DecapStatus.MALFORMED)
+                    with m.Else():
+                        finish(DecapStatus.REFUSED)
 
             with m.State("COMMAND"):
                 m.d.comb += gcm.cmd.valid.eq(1)
@@ -448,7 +499,7 @@ class EspTunnelDecap(wiring.Component):
                 # RFC 4106 5: SPI || seq, or SPI || seq_hi || seq_lo with ESN.
                 m.d.comb += [
                     gcm.data_in.payload.eq(Mux(job.esn,
-                                               Cat(spi_wire, big_endian(job.seq_hi, 4), seq_wire),
+                                               Cat(spi_wire, big_endian(seq_hi, 4), seq_wire),
                                                Cat(spi_wire, seq_wire))),
                     gcm.data_in.valid.eq(1),
                 ]
@@ -512,6 +563,7 @@ class EspTunnelDecap(wiring.Component):
                     with m.Elif(~gcm.result.payload.tag_ok):
                         finish(DecapStatus.AUTH_FAIL)
                     with m.Else():
+                        m.d.sync += authentic.eq(1)
                         m.next = "NEXT_HEADER"
 
             # Authentic from here on: the trailer and the padding are read back.

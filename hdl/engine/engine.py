@@ -1,17 +1,36 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""One ESP engine: SA table and the ESP data path.
+"""One ESP engine: SA table, anti-replay windows and the ESP data paths.
 
-Built so far: the outbound direction. Each packet comes with a ``meta`` beat
-naming its SA slot (the classifier's answer); with its length from the first
-beat's IP header, the SA table checks the SA, allocates the sequence number
-and accounts the packet (lifetimes, events); the packet is then encapsulated
-(:class:`EspEncap`) or discarded with the drop counted (in the table's
-counters, or the engine's ``no_sa``). A packet for an inbound SA is discarded
-and counted in ``inbound_dropped``: the inbound path is not built yet.
+Each packet comes with a ``meta`` beat naming its SA slot (the classifier's
+answer). With the packet's length from its first beat's IP header, the SA
+table checks the SA (:class:`SaTable`) and the dispatcher sends the packet
+
+* for an outbound SA: with the :data:`ENCAP_JOB` (sequence number allocated,
+  packet accounted) to the encapsulator (:class:`EspEncap`), or discards it
+  (the table counted the drop: empty slot in the engine's ``no_sa``, hard
+  lifetime, draining, sequence exhausted in the SA's counters);
+* for an inbound SA: to the decapsulator (:class:`EspTunnelDecap`), with the
+  SPI and replay checks and the accounting around it (:class:`InboundControl`).
+  Inbound packets go through one at a time; an inbound packet that finds the
+  previous one still in flight is looked up again once that one has been
+  accounted, so its hard-lifetime check counts every earlier packet (outbound
+  packets do not wait for inbound ones).
+
+The two data paths' outputs are merged a packet at a time into ``o``;
+``o_inbound`` (valid with each beat) says the packet is a decapsulated one.
+
+Host operations (``host``) go to the SA table; writing or deleting a slot also
+(re)loads its replay window: an inbound SA with ``seq = N > 0`` starts with
+every number up to N received (as ``SaConfig.to_record``'s full bitmap), any
+other slot with an empty window. That takes ``ring_words + 1`` cycles, during
+which no other host operation and no new packet is taken.
+
+Not built yet: inbound transport mode (such packets are discarded and counted
+in ``unsupported``).
 
 Throughput: the SA table needs 3 cycles per packet, and the dispatcher looks
-up the next packet once the current one has entered the encapsulator, so the
-data path sets the rate (``bench/engine.py``).
+up the next packet once the current one has entered its data path, so the
+data paths set the rate (``bench/engine.py``).
 """
 
 from amaranth import *
@@ -20,9 +39,13 @@ from amaranth.lib.wiring import In, Out
 
 from ..gcm.layouts import BLOCK_BYTES
 from ..packet.layouts import ip_length, packet_beat
+from ..packet.merge import PacketMerger
+from .decap import EspTunnelDecap
 from .encap import EspEncap
-from .sa import REPLAY_WINDOW
-from .sa_table import Action, SaTable
+from .inbound import InboundControl
+from .replay import ring_words
+from .sa import REPLAY_WINDOW, Direction, Mode
+from .sa_table import Action, HostOp, Reason, SaTable
 
 __all__ = ["EspEngine", "engine_meta"]
 
@@ -39,67 +62,169 @@ class EspEngine(wiring.Component):
     ----------
     profile : the GCM datapath profile, ``"compact"`` or ``"fast"``.
     slots : SA slots (a power of two; at least 16 on iCE40, 256 on ECP5).
-    window : the largest replay window (sets the SA record layout).
+    window : the largest replay window (sets the SA record layout and the
+        replay unit's storage).
     """
 
     def __init__(self, *, profile="compact", slots: int = 16, window: int = REPLAY_WINDOW):
         self._table = SaTable(slots=slots, window=window)
         self._encap = EspEncap(profile=profile)
-        self._slots = slots
+        self._decap = EspTunnelDecap(profile=profile)
+        self._inbound = InboundControl(slots=slots, window=window)
+        self._slots, self._window = slots, window
         table = self._table.signature.members
         super().__init__({
-            "meta":       In(stream.Signature(engine_meta(slots))),
-            "i":          In(stream.Signature(packet_beat(BLOCK_BYTES))),
-            "o":          Out(stream.Signature(packet_beat(BLOCK_BYTES))),
-            "host":       table["host"],
-            "host_reply": table["host_reply"],
-            "events":     table["events"],
-            "no_sa":      Out(32),
-            "inbound_dropped": Out(32),
+            "meta":        In(stream.Signature(engine_meta(slots))),
+            "i":           In(stream.Signature(packet_beat(BLOCK_BYTES))),
+            "o":           Out(stream.Signature(packet_beat(BLOCK_BYTES))),
+            "o_inbound":   Out(1),
+            "host":        table["host"],
+            "host_reply":  table["host_reply"],
+            "events":      table["events"],
+            "no_sa":       Out(32),     # packets for an empty slot
+            "unknown_spi": Out(32),     # inbound packets whose SPI is not their SA's
+            "unsupported": Out(32),     # inbound packets of a transport-mode SA
         })
+
+    @property
+    def inbound(self) -> InboundControl:
+        """The inbound control (``busy``, the replay unit's storage), for testbenches."""
+        return self._inbound
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.table = table = self._table
         m.submodules.encap = encap = self._encap
-        wiring.connect(m, wiring.flipped(self.host), table.host)
+        m.submodules.decap = decap = self._decap
+        m.submodules.inbound = inbound = self._inbound
+        m.submodules.merger = merger = PacketMerger(width=BLOCK_BYTES, count=2)
+
         wiring.connect(m, table.host_reply, wiring.flipped(self.host_reply))
         wiring.connect(m, table.events, wiring.flipped(self.events))
-        wiring.connect(m, encap.o, wiring.flipped(self.o))
-        m.d.comb += self.no_sa.eq(table.no_sa)
+        wiring.connect(m, inbound.account, table.account)
+        wiring.connect(m, decap.header, inbound.header)
+        wiring.connect(m, inbound.admit, decap.admit)
+        wiring.connect(m, decap.verdict, inbound.verdict)
+        wiring.connect(m, encap.o, merger.i[0])
+        wiring.connect(m, decap.o, merger.i[1])
+        wiring.connect(m, merger.o, wiring.flipped(self.o))
+        m.d.comb += [
+            self.o_inbound.eq(merger.source == 1),
+            self.no_sa.eq(table.no_sa),
+            self.unknown_spi.eq(inbound.unknown_spi),
+        ]
 
+        loading = self._host_path(m, table, inbound)
+        self._dispatch(m, table, encap, decap, inbound, loading)
+        return m
+
+    def _host_path(self, m, table, inbound):
+        """Host operations to the table; a write or delete also loads the slot's
+        replay window (one ring word per cycle, then the head row)."""
+        words = ring_words(self._window)
+        loading = Signal()
+        index = Signal(range(words + 1))
+        slot = Signal(range(self._slots))
+        top = Signal(64)
+        fill = Signal()                # every number up to `top` received
+        op = self.host.payload
+        m.d.comb += [
+            table.host.payload.eq(op),
+            table.host.valid.eq(self.host.valid & ~loading),
+            self.host.ready.eq(table.host.ready & ~loading),
+        ]
+        record = op.record
+        with m.If(self.host.valid & self.host.ready
+                  & ((op.op == HostOp.WRITE) | (op.op == HostOp.DELETE))):
+            inbound_write = (op.op == HostOp.WRITE) & (record.direction == Direction.IN)
+            m.d.sync += [
+                loading.eq(1), index.eq(0), slot.eq(op.slot),
+                top.eq(Mux(inbound_write, record.seq, 0)),
+                fill.eq(inbound_write & (record.seq != 0)),
+            ]
+        load = inbound.load.payload
+        head = index == words
+        m.d.comb += [
+            load.slot.eq(slot),
+            load.head.eq(head),
+            load.index.eq(index),
+            load.top.eq(top),
+            # The head word holds top's own 32-number block up to top itself.
+            load.word.eq(Mux(fill, Mux(head, (C(1, 33) << (top[:5] + 1)) - 1, 2**32 - 1), 0)),
+            load.valid.eq(Mux(fill, (1 << words) - 1, 0)),
+            inbound.load.valid.eq(loading),
+        ]
+        with m.If(inbound.load.valid & inbound.load.ready):
+            m.d.sync += index.eq(index + 1)
+            with m.If(head):
+                m.d.sync += loading.eq(0)
+        return loading
+
+    def _dispatch(self, m, table, encap, decap, inbound, loading):
         beat = self.i.payload
-        length = ip_length(beat.data)    # the cleartext length, from the first beat
+        slot = Signal(range(self._slots))
+        length = Signal(16)              # the cleartext length, from the first beat
+        request = table.request.payload
+        reply = table.reply.payload
+        start = inbound.start.payload
+        m.d.comb += [
+            encap.job.payload.eq(reply.job),
+            decap.job.payload.key.eq(reply.job.key),
+            decap.job.payload.key_256.eq(reply.job.key_256),
+            decap.job.payload.salt.eq(reply.job.salt),
+            decap.job.payload.esn.eq(reply.job.esn),
+            decap.job.payload.encap.eq(reply.job.natt.encap),
+            start.slot.eq(slot),
+            start.spi.eq(reply.job.spi),
+            start.esn.eq(reply.job.esn),
+            start.window.eq(reply.window),
+            start.expired.eq(reply.reason == Reason.HARD_EXPIRED),
+        ]
 
         with m.FSM(name="dispatch"):
             with m.State("LOOKUP"):
+                take = self.meta.valid & self.i.valid & ~loading
                 m.d.comb += [
-                    table.request.payload.slot.eq(self.meta.payload.slot),
-                    table.request.payload.bytes.eq(length),
-                    table.request.valid.eq(self.meta.valid & self.i.valid),
-                    self.meta.ready.eq(table.request.ready & self.i.valid),
+                    request.slot.eq(self.meta.payload.slot),
+                    request.bytes.eq(ip_length(beat.data)),
+                    table.request.valid.eq(take),
+                    self.meta.ready.eq(take & table.request.ready),
                 ]
-                with m.If(self.meta.valid & self.i.valid & table.request.ready):
+                with m.If(take & table.request.ready):
+                    m.d.sync += [slot.eq(self.meta.payload.slot),
+                                 length.eq(ip_length(beat.data))]
                     m.next = "DECIDE"
+
+            with m.State("RETRY"):
+                # An inbound packet behind one still in flight: look it up again.
+                m.d.comb += [request.slot.eq(slot), request.bytes.eq(length),
+                             table.request.valid.eq(~inbound.busy)]
+                with m.If(~inbound.busy & table.request.ready):
+                    m.next = "DECIDE"
+
             with m.State("DECIDE"):
-                reply = table.reply.payload
-                m.d.comb += encap.job.payload.eq(reply.job)
                 with m.If(table.reply.valid):
-                    with m.If(reply.action == Action.PROTECT):
-                        # The encapsulator takes a job together with a look at the
-                        # packet's first beat.
-                        wiring.connect(m, wiring.flipped(self.i), encap.i)
-                        m.d.comb += [encap.job.valid.eq(1),
-                                     table.reply.ready.eq(encap.job.ready)]
-                        with m.If(encap.job.ready):
-                            m.next = "PASS"
-                    with m.Else():
-                        m.d.comb += table.reply.ready.eq(1)
-                        with m.If(reply.action == Action.INBOUND):
-                            m.d.sync += self.inbound_dropped.eq(self.inbound_dropped + 1)
-                        m.next = "DISCARD"
-            with m.State("PASS"):
+                    with m.Switch(reply.action):
+                        with m.Case(Action.PROTECT):
+                            # The encapsulator takes a job together with a look at the
+                            # packet's first beat.
+                            wiring.connect(m, wiring.flipped(self.i), encap.i)
+                            m.d.comb += [encap.job.valid.eq(1),
+                                         table.reply.ready.eq(encap.job.ready)]
+                            with m.If(encap.job.ready):
+                                m.next = "ENCAP"
+                        with m.Case(Action.INBOUND):
+                            self._decide_inbound(m, table, decap, inbound)
+                        with m.Default():
+                            m.d.comb += table.reply.ready.eq(1)
+                            m.next = "DISCARD"
+
+            with m.State("ENCAP"):
                 wiring.connect(m, wiring.flipped(self.i), encap.i)
+                with m.If(self.i.valid & self.i.ready & beat.last):
+                    m.next = "LOOKUP"
+            with m.State("DECAP"):
+                wiring.connect(m, wiring.flipped(self.i), decap.i)
                 with m.If(self.i.valid & self.i.ready & beat.last):
                     m.next = "LOOKUP"
             with m.State("DISCARD"):
@@ -107,4 +232,25 @@ class EspEngine(wiring.Component):
                 with m.If(self.i.valid & beat.last):
                     m.next = "LOOKUP"
 
-        return m
+    def _decide_inbound(self, m, table, decap, inbound):
+        reply = table.reply.payload
+        with m.If(inbound.busy):
+            m.d.comb += table.reply.ready.eq(1)     # no side effect: asked again
+            m.next = "RETRY"
+        with m.Elif(reply.reason == Reason.HARD_EXPIRED):
+            m.d.comb += [inbound.start.valid.eq(1), table.reply.ready.eq(inbound.start.ready)]
+            with m.If(inbound.start.ready):
+                m.next = "DISCARD"
+        with m.Elif(reply.job.mode != Mode.TUNNEL):
+            m.d.comb += table.reply.ready.eq(1)
+            m.d.sync += self.unsupported.eq(self.unsupported + 1)
+            m.next = "DISCARD"
+        with m.Else():
+            # Not busy: the decapsulator is idle and takes the job with a look at
+            # the first beat; the inbound control starts with it.
+            wiring.connect(m, wiring.flipped(self.i), decap.i)
+            m.d.comb += [decap.job.valid.eq(1),
+                         inbound.start.valid.eq(decap.job.ready),
+                         table.reply.ready.eq(decap.job.ready)]
+            with m.If(decap.job.ready):
+                m.next = "DECAP"

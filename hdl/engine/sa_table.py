@@ -18,14 +18,21 @@ record, in block RAM. It answers three kinds of requests, one at a time:
   out. Accounting at allocation, not when the ESP packet has left, keeps the
   lifetime checks exact with packets in flight: an outbound packet that got a
   sequence number is always sent;
-* **account** (:data:`ACCOUNT`: a slot and a length): a packet of the SA has
-  been processed (inbound, once its ICV is verified): packets and bytes are
-  added (saturating), and crossing a soft or hard lifetime raises its event
-  once (``events``).
+* **account** (:data:`ACCOUNT`: a slot, a :class:`Tally` and a length): the
+  outcome of an inbound packet of the SA, once the engine knows it. ``PACKET``
+  (the ICV verified, the inner packet released): packets and bytes are added
+  (saturating), and crossing a soft or hard lifetime raises its event once
+  (``events``); ``AUTH_FAIL``, ``REPLAY``, ``MALFORMED``, ``EXPIRED``: that drop
+  counter goes up. With ``advance``, ``seq`` is an authenticated sequence number
+  and the record's ``seq`` becomes the larger of the two, so that a host read of
+  an inbound SA shows the window's top (the replay unit keeps the bitmap).
 
-Inbound SAs answer outbound requests with ``INBOUND`` (the inbound path is not
-built yet). Each request takes 3 cycles (read, decide, write); host requests
-have priority, then accounting, then outbound requests.
+An outbound request for an inbound SA has no side effect: it answers
+``INBOUND`` with the job (key, salt, SPI, ESN, encapsulation) and the window
+size, and reason ``HARD_EXPIRED`` when the hard lifetime has been reached (the
+engine then drops the packet and accounts it as ``EXPIRED``). Each request takes
+3 cycles (read, decide, write); host requests have priority, then accounting,
+then outbound requests.
 """
 
 from amaranth import *
@@ -36,7 +43,7 @@ from amaranth.lib.wiring import In, Out
 from .encap import ENCAP_JOB
 from .sa import REPLAY_WINDOW, SA_COUNTERS, Direction, SaState, sa_layout
 
-__all__ = ["SaTable", "Action", "Reason", "HostOp", "Event", "control_layout",
+__all__ = ["SaTable", "Action", "Reason", "HostOp", "Event", "Tally", "control_layout",
            "HOST_OP", "HOST_REPLY", "OUT_REQUEST", "OUT_REPLY", "ACCOUNT", "EVENT"]
 
 
@@ -67,6 +74,16 @@ class HostOp(enum.Enum, shape=2):
     READ_COUNTERS = 3
 
 
+class Tally(enum.Enum, shape=3):
+    """What an ``account`` request adds to the slot's counters."""
+    NONE      = 0   # nothing (a dummy packet: only ``advance``)
+    PACKET    = 1   # packets, bytes, lifetime events
+    AUTH_FAIL = 2
+    REPLAY    = 3
+    MALFORMED = 4
+    EXPIRED   = 5
+
+
 class Event(enum.Enum, shape=1):
     SOFT_EXPIRED = 0
     HARD_EXPIRED = 1
@@ -79,8 +96,10 @@ def _ops(slots, window):
         "HOST_OP": data.StructLayout({"op": HostOp, "slot": slot, "record": control}),
         "HOST_REPLY": data.StructLayout({"record": control, "counters": SA_COUNTERS}),
         "OUT_REQUEST": data.StructLayout({"slot": slot, "bytes": 16}),
-        "OUT_REPLY": data.StructLayout({"action": Action, "reason": Reason, "job": ENCAP_JOB}),
-        "ACCOUNT": data.StructLayout({"slot": slot, "bytes": 16}),
+        "OUT_REPLY": data.StructLayout({"action": Action, "reason": Reason, "job": ENCAP_JOB,
+                                        "window": 16}),
+        "ACCOUNT": data.StructLayout({"slot": slot, "tally": Tally, "bytes": 16,
+                                      "advance": 1, "seq": 64}),
         "EVENT": data.StructLayout({"slot": slot, "event": Event}),
     }
 
@@ -147,6 +166,7 @@ class SaTable(wiring.Component):
         read_slot = Signal.like(slot)
         host_op = Signal.like(self.host.payload)
         length = Signal(16)      # of the packet being accounted
+        tally = Signal.like(self.account.payload)
         m.d.comb += [read_slot.eq(slot), rec_read.addr.eq(read_slot), cnt_read.addr.eq(read_slot),
                      rec_write.addr.eq(slot), cnt_write.addr.eq(slot)]
         rec = control(rec_read.data)
@@ -163,6 +183,7 @@ class SaTable(wiring.Component):
             job.mode.eq(rec.mode), job.key.eq(rec.key), job.key_256.eq(rec.key_256),
             job.salt.eq(rec.salt), job.spi.eq(rec.spi), job.seq.eq(next_seq),
             job.esn.eq(rec.esn), job.tunnel.eq(rec.tunnel), job.natt.eq(rec.natt),
+            self.reply.payload.window.eq(rec.window),
         ]
         new_cnt = Signal(SA_COUNTERS)
         m.d.comb += [new_cnt.eq(cnt), cnt_write.data.eq(new_cnt), rec_write.data.eq(rec)]
@@ -197,7 +218,8 @@ class SaTable(wiring.Component):
                     m.d.comb += self.account.ready.eq(1)
                     m.d.comb += read_slot.eq(self.account.payload.slot)
                     m.d.sync += [slot.eq(self.account.payload.slot),
-                                 length.eq(self.account.payload.bytes)]
+                                 length.eq(self.account.payload.bytes),
+                                 tally.eq(self.account.payload)]
                     m.next = "ACCOUNT"
                 with m.Elif(self.request.valid):
                     m.d.comb += self.request.ready.eq(1)
@@ -233,7 +255,17 @@ class SaTable(wiring.Component):
                     m.next = "IDLE"
 
             with m.State("ACCOUNT"):
-                account_packet()
+                with m.Switch(tally.tally):
+                    with m.Case(Tally.PACKET):
+                        account_packet()
+                    for kind, name in ((Tally.AUTH_FAIL, "auth_fail"),
+                                       (Tally.REPLAY, "replay_drop"),
+                                       (Tally.MALFORMED, "malformed_drop"),
+                                       (Tally.EXPIRED, "expired_drop")):
+                        with m.Case(kind):
+                            m.d.comb += new_cnt[name].eq(_saturating_add(cnt[name], 1))
+                with m.If(tally.advance & (tally.seq > rec.seq)):
+                    m.d.comb += [rec_write.data.seq.eq(tally.seq), rec_write.en.eq(1)]
                 m.d.comb += cnt_write.en.eq(1)
                 m.next = "EVENTS"
             with m.State("EVENTS"):
@@ -259,6 +291,8 @@ class SaTable(wiring.Component):
                     m.d.comb += [reply.action.eq(Action.DROP), reply.reason.eq(Reason.NO_SA)]
                 with m.Elif(rec.direction == Direction.IN):
                     m.d.comb += reply.action.eq(Action.INBOUND)
+                    with m.If(hard_reached):
+                        m.d.comb += reply.reason.eq(Reason.HARD_EXPIRED)
                 with m.Elif(hard_reached | (rec.state != SaState.VALID)):
                     m.d.comb += [reply.action.eq(Action.DROP),
                                  reply.reason.eq(Reason.HARD_EXPIRED),

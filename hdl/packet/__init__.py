@@ -3,6 +3,8 @@
 components that reshape such streams."""
 
 from .layouts import BEAT_WIDTHS, packet_beat, beats_from_bytes, bytes_from_beats
+from .merge import PacketMerger
 from .repack import Repacker
 
-__all__ = ["BEAT_WIDTHS", "packet_beat", "beats_from_bytes", "bytes_from_beats", "Repacker"]
+__all__ = ["BEAT_WIDTHS", "packet_beat", "beats_from_bytes", "bytes_from_beats", "PacketMerger",
+           "Repacker"]
