@@ -5,7 +5,7 @@
 simulator, with the jobs the SA table would hand over (taken from an
 :class:`EspModel` holding the same SA), and returns what came out, what the
 model says should have, and the cycle at which each packet's last beat left.
-:func:`run_decap` does the same for :class:`EspTunnelDecap`, with the jobs the
+:func:`run_decap` does the same for :class:`EspDecap`, with the jobs the
 SA table and the replay unit would hand over. :func:`run_engine` runs a whole
 :class:`EspEngine`: SAs written over its host port, traffic of several SAs in
 both directions. Tests assert on what they return; ``bench/engine.py`` turns
@@ -16,7 +16,7 @@ import random
 import struct
 from dataclasses import dataclass
 
-from ..hdl.engine.decap import DECAP_JOB, EspTunnelDecap
+from ..hdl.engine.decap import DECAP_JOB, EspDecap
 from ..hdl.engine.encap import ENCAP_JOB, EspEncap
 from ..hdl.engine.engine import EspEngine
 from ..hdl.engine.protocol import PROTO_UDP
@@ -29,7 +29,7 @@ from .amaranth_sim import (run_sim, stream_get, stream_get_packets, stream_put, 
 from .model import EspModel, ReplayWindow
 
 __all__ = ["EncapRun", "encap_job", "run_encap", "DecapRun", "decap_job", "decap_seq_hi",
-           "esp_offset", "run_decap", "EngineRun", "run_engine"]
+           "esp_offset", "run_decap", "EngineRun", "engine_supports", "run_engine"]
 
 _TIMEOUT = 50_000   # cycles without progress before a run is declared hung
 
@@ -112,7 +112,7 @@ def decap_job(config: SaConfig, model: EspModel):
     record = config.to_record(model.layout)
     return DECAP_JOB.const({
         "key": record.key, "key_256": record.key_256, "salt": record.salt, "esn": record.esn,
-        "encap": record.natt.encap,
+        "encap": record.natt.encap, "transport": int(config.mode == "transport"),
     })
 
 
@@ -151,7 +151,7 @@ def run_decap(config: SaConfig, packets, *, profile="compact", stall=0.0, gap=0.
         seq_his.append(decap_seq_hi(config, model, packet))
         expected.append(model.process(0, packet))
 
-    dut = EspTunnelDecap(profile=profile)
+    dut = EspDecap(profile=profile)
     beats, verdicts, done_cycles = [], [], []
 
     async def feed_jobs(ctx):
@@ -212,17 +212,30 @@ class EngineRun:
     expected: dict                # {inbound: [packet, ...]} as the model did
     counters: dict                # slot -> counters read over the host port
     seqs: dict                    # slot -> the record's seq read over the host port
-    engine_counters: dict         # no_sa, unknown_spi
+    engine_counters: dict         # no_sa, unknown_spi, unsupported
     events: list                  # (slot, name) in the engine's order
     done_cycles: list[int]        # cycle of each output packet's last beat
     model: EspModel
+
+
+def engine_supports(config: SaConfig | None, packet: bytes) -> bool:
+    """Whether the engine's data path handles `packet` on `config` (the SA table
+    refuses the rest as ``UNSUPPORTED``, with no side effect): not outbound UDP
+    encapsulation with an IPv6 outer header."""
+    if config is None or config.direction == "in" or config.encap != "udp":
+        return True
+    if config.mode == "tunnel":
+        return ":" not in config.src
+    return not (packet and packet[0] >> 4 == 6)
 
 
 def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, stall=0.0,
                seed=0) -> EngineRun:
     """Write `sa_configs` (slot -> :class:`SaConfig`) into an :class:`EspEngine` and a
     model, send `traffic` (``[(slot, packet)]``) through both, read every slot's
-    counters and record back once the last packet has been accounted."""
+    counters and record back once the last packet has been accounted. Packets the
+    engine does not support (:func:`engine_supports`) skip the model and have the
+    reason ``"unsupported"``."""
     model = EspModel(slots=slots)
     dut = EspEngine(profile=profile, slots=slots)
     control = control_layout(model.layout["replay_bitmap"].width)
@@ -232,6 +245,9 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
         model.install(slot, config)
     for slot, packet in traffic:
         inbound = model.read_record(slot).direction == Direction.IN
+        if not engine_supports(sa_configs.get(slot), packet):
+            reasons.append("unsupported")
+            continue
         output, reason = model.process(slot, packet)
         reasons.append(reason)
         if output is not None:
@@ -269,7 +285,8 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
             answer = await stream_get(ctx, dut.host_reply, timeout=_TIMEOUT)
             counters[slot] = {name: getattr(answer.counters, name) for name, _ in SA_COUNTERS}
             seqs[slot] = answer.record.seq
-        engine_counters.update(no_sa=ctx.get(dut.no_sa), unknown_spi=ctx.get(dut.unknown_spi))
+        engine_counters.update(no_sa=ctx.get(dut.no_sa), unknown_spi=ctx.get(dut.unknown_spi),
+                               unsupported=ctx.get(dut.unsupported))
 
     async def watch_output(ctx):
         cycle = 0

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 
-from espnic.hdl.engine.decap import DecapStatus, EspTunnelDecap
+from espnic.hdl.engine.decap import DecapStatus, EspDecap
 from espnic.hdl.engine.protocol import PROTO_ESP, PROTO_IPV4, PROTO_IPV6, PROTO_NONE
 from espnic.hdl.gcm.layouts import BLOCK_BYTES
 from espnic.hdl.packet import bytes_from_beats
@@ -90,6 +90,9 @@ CASES = [
     pytest.param({"version": 4, "esn": True, "key": KEY256}, 2**32 - 2, id="v4-esn-aes256"),
     pytest.param({"version": 6, "esn": True}, 2**32 - 2, id="v6-esn"),
     pytest.param({"version": 4, "natt": True}, 0, id="v4-natt"),
+    pytest.param({"mode": "transport"}, 0, id="transport"),
+    pytest.param({"mode": "transport", "esn": True, "natt": True}, 2**32 - 2,
+                 id="transport-esn-natt"),
 ]
 
 
@@ -107,6 +110,27 @@ def test_decap_fast_profile():
     inner = [plain_packet(4, 1400), plain_packet(6, 0), plain_packet(4, 31)]
     packets = _sealed_by_model({"version": 6}, inner)
     _decapsulate(config("in", version=6), packets, profile="fast", stall=0.2)
+
+
+@pytest.mark.parametrize("profile", ["compact", "fast"])
+def test_decap_transport_every_header_alignment(profile):
+    """Transport mode: the outer IPv4 header kept with 0..40 bytes of options (every
+    header length mod 16: the payload joined to it 4, 8, 12 or 0 bytes into a beat)
+    and IPv6, payloads of every length mod 16, the header rebuilt (next header,
+    length, checksum) as the model does."""
+    packets, inner = [], []
+    for options in range(0, 44, 4):
+        for size in (0, 1, 2, 3, 13, 14, 15, 16, 17, 100):
+            packet = plain_packet(4, size)
+            header = bytearray(packet[:20])
+            header[0] = 0x45 + options // 4
+            header[2:4] = struct.pack("!H", len(packet) + options)
+            inner.append(_with_ipv4(bytes(header) + b"\x01" * options + packet[20:]))
+    inner += [plain_packet(6, size) for size in (0, 5, 30, 700)]
+    packets = _sealed_by_model({"mode": "transport"}, inner)
+    expected = _decapsulate(config("in", mode="transport"), packets, profile=profile, stall=0.3,
+                            seed=2)
+    assert [output for output, _ in expected] == inner
 
 
 def test_decap_outer_options_udp_over_ipv6_and_long_streams():
@@ -300,6 +324,6 @@ def test_decap_random_traffic(sizes, versions, kwargs, by_scapy, stall, seed):
 
 def test_decap_parameters():
     with pytest.raises(ValueError, match="buffer_blocks"):
-        EspTunnelDecap(buffer_blocks=2)
+        EspDecap(buffer_blocks=2)
     with pytest.raises(ValueError, match="buffer_blocks"):
-        EspTunnelDecap(buffer_blocks=12.5)
+        EspDecap(buffer_blocks=12.5)

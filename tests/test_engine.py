@@ -33,6 +33,7 @@ def _run(sa_configs, traffic, *, profile="compact", stall=0.0, seed=0):
         assert run.seqs[slot] == run.model.read_record(slot).seq, f"slot {slot} seq"
     for name in ("no_sa", "unknown_spi"):
         assert run.engine_counters[name] == run.model.engine_counters[name], name
+    assert run.engine_counters["unsupported"] == run.reasons.count("unsupported")
     # Outbound packets are accounted when their number is allocated, inbound ones
     # after their ICV: the order of events across slots may differ, not per slot.
     for slot in range(SLOTS):
@@ -197,17 +198,18 @@ def test_engine_random_traffic(sizes, stall, seed):
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(packets=st.lists(st.tuples(st.integers(0, SLOTS - 1), st.integers(0, 1400),
+@given(packets=st.lists(st.tuples(st.integers(0, SLOTS - 1), st.integers(0, 1440),
                                   st.sampled_from(["good", "replay", "flip"])),
                         min_size=1, max_size=8),
-       stall=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**16))
-def test_engine_random_mixed_traffic(packets, stall, seed):
-    """Both directions, both inner IP versions, ESN and NAT-T on some SAs, replays
-    and forgeries mixed in, hypothesis-chosen sizes and order."""
+       stall=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**16),
+       mode=st.sampled_from(["tunnel", "transport"]))
+def test_engine_random_mixed_traffic(packets, stall, seed, mode):
+    """Both directions, both modes, both IP versions, ESN and NAT-T on some SAs,
+    replays and forgeries mixed in, hypothesis-chosen sizes and order."""
     sa_configs = {
         0: config("out", version=6, esn=True, lifetime=_NO_LIMITS),
         1: config("in", version=4, spi=0x1001, esn=True, seq=2**32 - 3, lifetime=_NO_LIMITS),
-        2: config("in", version=6, spi=0x1002, natt=True, lifetime=_NO_LIMITS),
+        2: config("in", version=6, spi=0x1002, natt=True, mode=mode, lifetime=_NO_LIMITS),
         3: config("out", version=4, mode="transport", natt=True, lifetime=_NO_LIMITS),
     }
     peer = _peer(sa_configs)
@@ -226,6 +228,22 @@ def test_engine_random_mixed_traffic(packets, stall, seed):
         last[slot] = sealed
         traffic.append((slot, _flip(sealed, len(sealed) - 3) if kind == "flip" else sealed))
     _run(sa_configs, traffic, stall=stall, seed=seed)
+
+
+def test_engine_refuses_what_it_cannot_do():
+    """Outbound NAT-T with an IPv6 outer header is not built: the packets are dropped
+    and counted in `unsupported`, no sequence number is used and no SA counter moves;
+    the packets around them go through (inbound transport mode among them)."""
+    sa_configs = {
+        0: config("out", version=6, natt=True, lifetime=_NO_LIMITS),
+        1: config("out", version=4, mode="transport", natt=True, spi=0x2000, lifetime=_NO_LIMITS),
+        2: config("in", version=4, mode="transport", spi=0x3000, lifetime=_NO_LIMITS),
+    }
+    peer = _peer(sa_configs)
+    traffic = [(0, plain_packet(4, 10)), (1, plain_packet(6, 10)), (1, plain_packet(4, 10)),
+               (2, _seal(peer, 2, plain_packet(6, 10))), (1, plain_packet(4, 11))]
+    reasons = _run(sa_configs, traffic)
+    assert reasons == ["unsupported", "unsupported", "ok", "ok", "ok"]
 
 
 def test_engine_fast_profile():

@@ -1,15 +1,15 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""ESP tunnel-mode decapsulation (RFC 4303, AES-GCM per RFC 4106): the inbound
-data path of an engine, behind the SA lookup and the replay check.
+"""ESP decapsulation, tunnel and transport mode (RFC 4303, AES-GCM per RFC
+4106): the inbound data path of an engine, behind the SA lookup.
 
 **No plaintext byte leaves before the ICV has been verified.** The decrypted
 text goes into a store-and-forward buffer (block RAM); only after the GCM core
-has accepted the tag *and* the trailer, the padding and the inner header have
-been checked is the inner packet read out of it. ``o`` carries nothing else
-(its payload is zero while ``o.valid`` is low).
+has accepted the tag *and* the trailer, the padding and (tunnel) the inner
+header have been checked is the packet read out of it. ``o`` carries nothing
+else (its payload is zero while ``o.valid`` is low).
 
-What it does per packet, as ``sim/model/esp.py`` (``EspModel._inbound``, tunnel
-mode), each failed check giving the model's reason:
+What it does per packet, as ``sim/model/esp.py`` (``EspModel._inbound``), each
+failed check giving the model's reason:
 
 * outer IPv4 (IHL >= 5, options allowed, IHL <= total length <= stream length,
   header checksum, not a fragment) or IPv6 (payload length not 0, 40 + payload
@@ -18,19 +18,28 @@ mode), each failed check giving the model's reason:
   header, SPI 0 = the non-ESP marker: ``MALFORMED``); ESP at least
   8 + 8 + 2 + 16 bytes (:data:`ESP_MIN_BYTES`); bytes past the IP length are
   ignored;
-* AAD = SPI || seq_lo, or SPI || seq_hi || seq_lo with ESN (``seq_hi`` from the
-  job: the replay unit reconstructed it), nonce = salt || IV from the packet;
-  a wrong ICV gives ``AUTH_FAIL``;
-* after a good ICV: the pad length and next header (the last two plaintext
-  bytes), padding exactly ``1, 2, ..., pad_len`` (up to 255 bytes, read back
-  from the buffer block by block), next header 59 = ``DUMMY`` (consumed,
-  nothing released), otherwise 4 / 41 matching the inner IP version; inner
-  IPv4: IHL >= 5, IHL <= total length <= payload, checksum; inner IPv6:
-  payload length not 0, 40 + payload length <= payload; exactly the inner
-  packet's own length is released (TFC padding dropped);
-* RFC 6040 normal mode: outer CE with inner ECT(0)/ECT(1) sets inner CE, the
-  inner IPv4 checksum updated incrementally (RFC 1624 eqn. 3, which gives the
-  recomputed value because the received checksum was valid).
+* the ESP header (SPI, sequence number) goes out on ``header`` and the packet
+  waits for ``admit``: the engine checks the SPI and the replay window there
+  and answers ``go`` with the sequence number's reconstructed high half (ESN),
+  or has the packet drained unopened (``REFUSED``; ``MALFORMED`` if the stream
+  then ends before the IP length, as the model finds that first);
+* AAD = SPI || seq_lo, or SPI || seq_hi || seq_lo with ESN, nonce = salt || IV
+  from the packet; a wrong ICV gives ``AUTH_FAIL``;
+* after a good ICV (``authentic`` from here on): the pad length and next
+  header (the last two plaintext bytes), padding exactly ``1, 2, ...,
+  pad_len`` (up to 255 bytes, read back from the buffer block by block), next
+  header 59 = ``DUMMY`` (consumed, nothing released);
+* tunnel mode: next header 4 / 41 matching the inner IP version; inner IPv4:
+  IHL >= 5, IHL <= total length <= payload, checksum; inner IPv6: payload
+  length not 0, 40 + payload length <= payload; exactly the inner packet's own
+  length is released (TFC padding dropped); RFC 6040 normal mode: outer CE
+  with inner ECT(0)/ECT(1) sets inner CE, the inner IPv4 checksum updated
+  incrementally (RFC 1624 eqn. 3, which gives the recomputed value because the
+  received checksum was valid);
+* transport mode: the outer IP header (kept in four buffer rows as it passed,
+  IPv4 options included, a UDP header dropped) is released in front of the
+  payload with the next header, the length and (IPv4) the checksum rewritten
+  (RFC 1624 again, over the two words that change).
 
 A packet whose stream ends before its IP length (truncated) never hangs the
 block: the GCM message is finished with zero bytes and a zero tag, and the
@@ -43,15 +52,15 @@ Not built here yet (the model does these; tests keep to the rest):
 * inner IPv6 extension headers are not walked (the model drops an inner packet
   whose chain runs past its length; here it is released);
 * packets whose ciphertext is longer than the buffer (``16 * buffer_blocks``
-  bytes) are ``MALFORMED`` here; the model takes any length;
-* transport mode; the SPI and replay checks, the window update, counters and
-  lifetimes (other blocks, from the verdict: SPI, seq, status, length).
+  bytes) are ``MALFORMED`` here; the model takes any length.
 
 Interface: one :data:`DECAP_JOB` per packet on ``job``; the outer packet on
-``i`` as 16-byte beats (full but the last); the inner packet on ``o``
-(16-byte beats, full but the last) for accepted packets only; one
-:data:`DECAP_VERDICT` per packet on ``verdict``, after the packet's last
-output beat and once its last input beat has been taken.
+``i`` as 16-byte beats (full but the last); one :data:`DECAP_HEADER` on
+``header`` and one :data:`DECAP_ADMIT` on ``admit`` per packet whose outer
+header passed; the released packet on ``o`` (16-byte beats, full but the last)
+for accepted packets only; one :data:`DECAP_VERDICT` per packet on
+``verdict``, after the packet's last output beat and once its last input beat
+has been taken.
 """
 
 from amaranth import *
@@ -67,7 +76,7 @@ from .protocol import (ECN_CE, ESP_HEADER_BYTES, ESP_MIN_BYTES, ICV_BYTES, PROTO
 from .sa import Encap
 
 __all__ = ["DecapStatus", "DECAP_JOB", "DECAP_HEADER", "DECAP_ADMIT", "DECAP_VERDICT",
-           "EspTunnelDecap"]
+           "EspDecap"]
 
 
 class DecapStatus(enum.Enum, shape=3):
@@ -80,11 +89,12 @@ class DecapStatus(enum.Enum, shape=3):
 
 #: What the SA table hands the decapsulator with each packet.
 DECAP_JOB = data.StructLayout({
-    "key":     256,
-    "key_256": 1,
-    "salt":    32,
-    "esn":     1,
-    "encap":   Encap,   # the SA's RFC 3948 UDP encapsulation
+    "key":       256,
+    "key_256":   1,
+    "salt":      32,
+    "esn":       1,
+    "encap":     Encap,   # the SA's RFC 3948 UDP encapsulation
+    "transport": 1,       # transport mode: the outer header is rebuilt around the payload
 })
 
 #: The ESP header of a packet whose outer header passed (offered on ``header``).
@@ -114,6 +124,7 @@ DECAP_VERDICT = data.StructLayout({
 
 _IPV4_MIN_HEADER = 20
 _IPV6_HEADER = 40
+_HEADER_ROWS = 4          # buffer rows for an outer header of up to 60 bytes
 
 
 def _octets(value, count=BLOCK_BYTES):
@@ -132,8 +143,8 @@ def _fold(total):
     return (once[:16] + once[16:])[:16]
 
 
-class EspTunnelDecap(wiring.Component):
-    """ESP tunnel-mode decapsulation of one packet at a time (see the module docstring).
+class EspDecap(wiring.Component):
+    """ESP decapsulation of one packet at a time (see the module docstring).
 
     Parameters
     ----------
@@ -149,10 +160,12 @@ class EspTunnelDecap(wiring.Component):
     part of one beat to the lower part of the next (a 4-way choice per packet:
     ``(E + 16) mod 16`` is 0, 4, 8 or 12), then the ICV
     ``[length - 16, length)``, merged lane-wise from the last two beats and
-    rotated into place. The core's ``data_out`` blocks go into the buffer (the
-    first four also past the inner-header checks). On a good tag the trailer
-    and the padding are read back from the buffer's end, then the inner packet
-    is streamed out of it.
+    rotated into place; the core's command waits for ``admit``. The core's
+    ``data_out`` blocks go into the buffer (the first four also past the
+    inner-header checks). On a good tag the trailer and the padding are read
+    back from the buffer's end, then the packet is streamed out of it (in
+    transport mode the kept header first, the payload joined to it by the same
+    4-way choice: one cycle more when the header is not a multiple of 16 bytes).
 
     Latency and throughput (``sync`` cycles, Amaranth simulator, no stalls,
     AES-128): the input is taken at the GCM core's block rate (one 16-byte beat
@@ -162,10 +175,8 @@ class EspTunnelDecap(wiring.Component):
     cycles after that verdict (one more per further block of padding: 22 for
     255 bytes), the others follow at one beat per cycle, and the packet's
     verdict one cycle after its last beat. Packets do not overlap (one buffer):
-    the next job is taken in the cycle after the verdict. Cycles per packet,
-    back to back, for a 64 / 512 / 1400-byte inner IPv4 packet: *fast* 48 /
-    104 / 215 (0.10 / 0.35 / 0.41 of the core's block rate), *compact* 165 /
-    641 / 1,577 (0.48 / 0.82 / 0.89).
+    the next job is taken in the cycle after the verdict. Cycles per packet
+    inside an engine (with its lookup and checks): ``bench/engine.py``.
     """
 
     def __init__(self, *, profile="compact", buffer_blocks=128):
@@ -187,7 +198,9 @@ class EspTunnelDecap(wiring.Component):
         m = Module()
         depth = self._buffer_blocks
         m.submodules.gcm = gcm = self._gcm
-        m.submodules.buffer = buffer = Memory(shape=unsigned(128), depth=depth, init=[])
+        # Rows [0, depth): the plaintext; rows depth + 0..3: the outer header (transport).
+        m.submodules.buffer = buffer = Memory(shape=unsigned(128), depth=depth + _HEADER_ROWS,
+                                              init=[])
         wr = buffer.write_port()
         rd = buffer.read_port()
 
@@ -213,6 +226,8 @@ class EspTunnelDecap(wiring.Component):
         proto = Signal(8)
         fragment = Signal()
         outer_ecn = Signal(2)
+        outer_ttl = Signal(8)
+        outer_checksum = Signal(16)
         header_sum = Signal(21)        # IPv4 header words, summed (30 at most)
         udp_len = Signal(16)
         esp_header = Signal(128)       # SPI, seq, IV as on the wire (byte i at bits 8i)
@@ -260,7 +275,7 @@ class EspTunnelDecap(wiring.Component):
         # packet. The block ending in this beat is sent with it if the text reaches this
         # beat; a last block that ends in the previous beat is flushed on its own.
         shift = text_start[2:4]
-        joined = Array([beat.data] + [Cat(prev[32 * k:], beat.data[:32 * k])
+        text_block = Array([beat.data] + [Cat(prev[32 * k:], beat.data[:32 * k])
                                       for k in range(1, 4)])[shift]
         flushed = Array([C(0, 128)] + [prev[32 * k:] for k in range(1, 4)])[shift]
         text_here = (offset >= text_start) & (offset < text_end)
@@ -345,21 +360,55 @@ class EspTunnelDecap(wiring.Component):
                                            + new_word0))
 
         # ---- release ---------------------------------------------------------------
-        rel_blk = Signal(range(depth + 1))
-        out_blk = Signal(range(depth))
+        # Tunnel: buffer rows 0.. are the inner packet's beats. Transport: the header
+        # rows first (H = 16a + 4r bytes), row 0 rewritten; with r != 0 row a only
+        # loads `carry` (its r words), then each beat is the r carried words and the
+        # first 4 - r words of the next buffer row, whose last r words are carried on
+        # (a 4-way choice per packet). Rows past the payload only fill masked lanes.
+        transport = job.transport
+        hdr_full = header_len[4:]                       # a
+        join = Mux(transport, header_len[2:4], 0)       # r, in 4-byte words
+        hdr_rows = Mux(transport, hdr_full + (join != 0), 0)
+        carry_at = Mux(transport & (join != 0), hdr_full, depth)   # the row that only loads
+        rel_blk = Signal(range(depth + _HEADER_ROWS + 2))   # next row to read, in release order
+        out_blk = Signal(range(depth + _HEADER_ROWS + 1))   # index of the beat on `o`
+        next_blk = Signal.like(out_blk)
         out_valid = Signal()
+        loads_carry = Signal()                          # rd.data is the carry-only row
+        carry = Signal(96)
         last_blk = (release_len - 1)[4:]
         out_last = out_blk == last_blk
         out_count = Mux(out_last, (release_len - 1)[:4] + 1, BLOCK_BYTES)
+        in_header = transport & (out_blk < hdr_full)
+        rd_word = [rd.data[32 * k:32 * (k + 1)] for k in range(4)]
+        out_joined = Array([rd.data] + [Cat(carry[:32 * k], rd.data[:128 - 32 * k])
+                                        for k in range(1, 4)])[join]
+        carried = Array([C(0, 96)] + [Cat(*rd_word[4 - k:]) for k in range(1, 4)])[join]
+        # Transport: the outer header with the next header, the length and (IPv4) a
+        # checksum updated by RFC 1624 eqn. 3 over the two words that change.
+        new_v4_checksum = ~_fold(Cat(~outer_checksum, C(0, 5)) + Cat(~ip_total, C(0, 5))
+                                 + release_len[:16] + Cat(~Cat(proto, outer_ttl), C(0, 5))
+                                 + Cat(next_header, outer_ttl))[:16]
+        rebuilt = Mux(is_v6,
+                      Cat(rd.data[:32], big_endian(release_len - _IPV6_HEADER, 2), next_header,
+                          rd.data[56:]),
+                      Cat(rd.data[:16], big_endian(release_len, 2), rd.data[32:72], next_header,
+                          big_endian(new_v4_checksum, 2), rd.data[96:]))
         released = Signal(128)
-        with m.If(mark_ce & (out_blk == 0)):
+        with m.If(in_header):
+            m.d.comb += released.eq(Mux(out_blk == 0, rebuilt, rd.data))
+        with m.Elif(mark_ce & (out_blk == 0)):
             with m.If(in_version == 6):
                 m.d.comb += released.eq(rd.data | (ECN_CE << 12))
             with m.Else():
                 m.d.comb += released.eq(Cat(rd.data[:8], rd.data[8:16] | ECN_CE, rd.data[16:80],
                                             big_endian(new_checksum, 2), rd.data[96:]))
         with m.Else():
-            m.d.comb += released.eq(rd.data)
+            m.d.comb += released.eq(out_joined)
+        with m.If(loads_carry):
+            m.d.sync += carry.eq(Array([C(0, 96)] + [rd.data[:32 * k] for k in range(1, 4)])[join])
+        with m.If(self.o.valid & self.o.ready & ~in_header):
+            m.d.sync += carry.eq(carried)
         m.d.comb += [
             self.o.valid.eq(out_valid),
             self.o.payload.data.eq(released & Cat(
@@ -402,6 +451,11 @@ class EspTunnelDecap(wiring.Component):
             with m.State("HEADER"):
                 at_first = offset == 0
                 words = _words16(beat.data)
+                # Transport mode keeps the IP header: its beats go to the buffer's header
+                # rows (the core writes nothing before this packet's text).
+                with m.If(consumed & (offset < BLOCK_BYTES * _HEADER_ROWS)):
+                    m.d.comb += [wr.addr.eq(depth + offset[4:6]), wr.data.eq(beat.data),
+                                 wr.en.eq(1)]
                 header_end = ~at_first & (offset + BLOCK_BYTES >= text_start)
                 with m.If(self.i.valid):
                     with m.If(at_first):
@@ -413,6 +467,8 @@ class EspTunnelDecap(wiring.Component):
                             proto.eq(Mux(octet[0][4:] == 6, octet[6], octet[9])),
                             fragment.eq(Cat(octet[7], octet[6][:6]) != 0),
                             outer_ecn.eq(Mux(octet[0][4:] == 6, octet[1][4:6], octet[1][:2])),
+                            outer_ttl.eq(octet[8]),
+                            outer_checksum.eq(Cat(octet[11], octet[10])),
                             header_sum.eq(sum(words)),
                         ]
                     with m.Else():
@@ -517,7 +573,7 @@ class EspTunnelDecap(wiring.Component):
                         # Bytes of the text past its length in the last block are ignored
                         # by the core (the ICV's first bytes, here).
                         m.d.comb += [
-                            gcm.data_in.payload.eq(joined),
+                            gcm.data_in.payload.eq(text_block),
                             gcm.data_in.valid.eq(text_here),
                             self.i.ready.eq(~text_here | gcm.data_in.ready),
                         ]
@@ -612,17 +668,21 @@ class EspTunnelDecap(wiring.Component):
             with m.State("INNER"):
                 drain()
                 m.d.sync += [
-                    release_len.eq(Mux(in_version == 6, in_plen + _IPV6_HEADER, in_total)),
+                    release_len.eq(Mux(transport, header_len + payload_len,
+                                       Mux(in_version == 6, in_plen + _IPV6_HEADER, in_total))),
                     # RFC 6040 normal mode: CE on the outer header reaches an ECN-capable inner one.
-                    mark_ce.eq((outer_ecn == ECN_CE) & ((in_ecn == 1) | (in_ecn == 2))),
+                    mark_ce.eq(~transport & (outer_ecn == ECN_CE) & ((in_ecn == 1) | (in_ecn == 2))),
                     rel_blk.eq(0),
+                    next_blk.eq(0),
                     out_valid.eq(0),
+                    loads_carry.eq(0),
                 ]
                 with m.If(pad_bad):
                     finish(DecapStatus.MALFORMED)
                 with m.Elif(next_header == PROTO_NONE):
                     finish(DecapStatus.DUMMY)
-                with m.Elif(inner_v4_ok | inner_v6_ok):
+                with m.Elif(transport | inner_v4_ok | inner_v6_ok):
+                    # Transport mode releases whatever the payload is (the model does).
                     m.next = "RELEASE"
                 with m.Else():
                     finish(DecapStatus.MALFORMED)
@@ -630,12 +690,18 @@ class EspTunnelDecap(wiring.Component):
             with m.State("RELEASE"):
                 drain()
                 advance = ~out_valid | self.o.ready
-                m.d.comb += [rd.en.eq(advance), rd.addr.eq(rel_blk)]
+                m.d.comb += [rd.en.eq(advance),
+                             rd.addr.eq(Mux(rel_blk < hdr_rows, depth + rel_blk,
+                                            rel_blk - hdr_rows))]
                 with m.If(advance):
-                    with m.If(rel_blk <= last_blk):
-                        m.d.sync += [out_valid.eq(1), out_blk.eq(rel_blk), rel_blk.eq(rel_blk + 1)]
-                    with m.Else():
+                    m.d.sync += loads_carry.eq(0)
+                    with m.If(next_blk > last_blk):
                         m.d.sync += out_valid.eq(0)
+                    with m.Elif(rel_blk == carry_at):
+                        m.d.sync += [out_valid.eq(0), loads_carry.eq(1), rel_blk.eq(rel_blk + 1)]
+                    with m.Else():
+                        m.d.sync += [out_valid.eq(1), out_blk.eq(next_blk),
+                                     next_blk.eq(next_blk + 1), rel_blk.eq(rel_blk + 1)]
                 with m.If(self.o.valid & self.o.ready & self.o.payload.last):
                     finish(DecapStatus.OK)
 

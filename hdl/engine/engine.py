@@ -9,7 +9,7 @@ table checks the SA (:class:`SaTable`) and the dispatcher sends the packet
   packet accounted) to the encapsulator (:class:`EspEncap`), or discards it
   (the table counted the drop: empty slot in the engine's ``no_sa``, hard
   lifetime, draining, sequence exhausted in the SA's counters);
-* for an inbound SA: to the decapsulator (:class:`EspTunnelDecap`), with the
+* for an inbound SA: to the decapsulator (:class:`EspDecap`), with the
   SPI and replay checks and the accounting around it (:class:`InboundControl`).
   Inbound packets go through one at a time; an inbound packet that finds the
   previous one still in flight is looked up again once that one has been
@@ -25,8 +25,9 @@ every number up to N received (as ``SaConfig.to_record``'s full bitmap), any
 other slot with an empty window. That takes ``ring_words + 1`` cycles, during
 which no other host operation and no new packet is taken.
 
-Not built yet: inbound transport mode (such packets are discarded and counted
-in ``unsupported``).
+Not built yet, refused by the SA table before anything is allocated or
+counted, and counted in ``unsupported``: outbound UDP encapsulation with an
+IPv6 outer header.
 
 Throughput: the SA table needs 3 cycles per packet, and the dispatcher looks
 up the next packet once the current one has entered its data path, so the
@@ -40,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from ..gcm.layouts import BLOCK_BYTES
 from ..packet.layouts import ip_length, packet_beat
 from ..packet.merge import PacketMerger
-from .decap import EspTunnelDecap
+from .decap import EspDecap
 from .encap import EspEncap
 from .inbound import InboundControl
 from .replay import ring_words
@@ -69,7 +70,7 @@ class EspEngine(wiring.Component):
     def __init__(self, *, profile="compact", slots: int = 16, window: int = REPLAY_WINDOW):
         self._table = SaTable(slots=slots, window=window)
         self._encap = EspEncap(profile=profile)
-        self._decap = EspTunnelDecap(profile=profile)
+        self._decap = EspDecap(profile=profile)
         self._inbound = InboundControl(slots=slots, window=window)
         self._slots, self._window = slots, window
         table = self._table.signature.members
@@ -83,7 +84,7 @@ class EspEngine(wiring.Component):
             "events":      table["events"],
             "no_sa":       Out(32),     # packets for an empty slot
             "unknown_spi": Out(32),     # inbound packets whose SPI is not their SA's
-            "unsupported": Out(32),     # inbound packets of a transport-mode SA
+            "unsupported": Out(32),     # packets the data path cannot handle yet (see above)
         })
 
     @property
@@ -164,6 +165,7 @@ class EspEngine(wiring.Component):
         beat = self.i.payload
         slot = Signal(range(self._slots))
         length = Signal(16)              # the cleartext length, from the first beat
+        ipv6 = Signal()
         request = table.request.payload
         reply = table.reply.payload
         start = inbound.start.payload
@@ -174,6 +176,7 @@ class EspEngine(wiring.Component):
             decap.job.payload.salt.eq(reply.job.salt),
             decap.job.payload.esn.eq(reply.job.esn),
             decap.job.payload.encap.eq(reply.job.natt.encap),
+            decap.job.payload.transport.eq(reply.job.mode == Mode.TRANSPORT),
             start.slot.eq(slot),
             start.spi.eq(reply.job.spi),
             start.esn.eq(reply.job.esn),
@@ -187,17 +190,18 @@ class EspEngine(wiring.Component):
                 m.d.comb += [
                     request.slot.eq(self.meta.payload.slot),
                     request.bytes.eq(ip_length(beat.data)),
+                    request.ipv6.eq(beat.data[4:8] == 6),
                     table.request.valid.eq(take),
                     self.meta.ready.eq(take & table.request.ready),
                 ]
                 with m.If(take & table.request.ready):
                     m.d.sync += [slot.eq(self.meta.payload.slot),
-                                 length.eq(ip_length(beat.data))]
+                                 length.eq(ip_length(beat.data)), ipv6.eq(beat.data[4:8] == 6)]
                     m.next = "DECIDE"
 
             with m.State("RETRY"):
                 # An inbound packet behind one still in flight: look it up again.
-                m.d.comb += [request.slot.eq(slot), request.bytes.eq(length),
+                m.d.comb += [request.slot.eq(slot), request.bytes.eq(length), request.ipv6.eq(ipv6),
                              table.request.valid.eq(~inbound.busy)]
                 with m.If(~inbound.busy & table.request.ready):
                     m.next = "DECIDE"
@@ -217,6 +221,8 @@ class EspEngine(wiring.Component):
                             self._decide_inbound(m, table, decap, inbound)
                         with m.Default():
                             m.d.comb += table.reply.ready.eq(1)
+                            with m.If(reply.reason == Reason.UNSUPPORTED):
+                                m.d.sync += self.unsupported.eq(self.unsupported + 1)
                             m.next = "DISCARD"
 
             with m.State("ENCAP"):
@@ -241,10 +247,6 @@ class EspEngine(wiring.Component):
             m.d.comb += [inbound.start.valid.eq(1), table.reply.ready.eq(inbound.start.ready)]
             with m.If(inbound.start.ready):
                 m.next = "DISCARD"
-        with m.Elif(reply.job.mode != Mode.TUNNEL):
-            m.d.comb += table.reply.ready.eq(1)
-            m.d.sync += self.unsupported.eq(self.unsupported + 1)
-            m.next = "DISCARD"
         with m.Else():
             # Not busy: the decapsulator is idle and takes the job with a look at
             # the first beat; the inbound control starts with it.

@@ -8,8 +8,8 @@ record, in block RAM. It answers three kinds of requests, one at a time:
 * **host** (:data:`HOST_OP`): write a record (counters cleared), read it back
   with the key and salt as zero (they are write-only), delete a slot (record
   and counters zeroized), read the counters;
-* **outbound** (:data:`OUT_REQUEST`: a slot and the packet's cleartext
-  length): the checks of ``EspModel.process`` before encapsulation, in the
+* **outbound** (:data:`OUT_REQUEST`: a slot, the packet's cleartext length
+  and whether it is IPv6): the checks of ``EspModel.process`` before encapsulation, in the
   model's order -- empty slot (``no_sa``, an engine counter), hard lifetime
   reached or SA draining (``hard_expired``), sequence number exhausted
   (``seq_overflow``, which also raises the ``hard_expired`` event) -- then the
@@ -27,6 +27,11 @@ record, in block RAM. It answers three kinds of requests, one at a time:
   and the record's ``seq`` becomes the larger of the two, so that a host read of
   an inbound SA shows the window's top (the replay unit keeps the bitmap).
 
+Packets the data path cannot handle yet are refused with ``UNSUPPORTED``
+before anything is allocated or counted (the engine counts them): outbound
+UDP encapsulation with an IPv6 outer header (the tunnel's, or the packet's own
+in transport mode: its checksum covers the whole ciphertext).
+
 An outbound request for an inbound SA has no side effect: it answers
 ``INBOUND`` with the job (key, salt, SPI, ESN, encapsulation) and the window
 size, and reason ``HARD_EXPIRED`` when the hard lifetime has been reached (the
@@ -41,7 +46,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .encap import ENCAP_JOB
-from .sa import REPLAY_WINDOW, SA_COUNTERS, Direction, SaState, sa_layout
+from .sa import REPLAY_WINDOW, SA_COUNTERS, Direction, Encap, IpVersion, Mode, SaState, sa_layout
 
 __all__ = ["SaTable", "Action", "Reason", "HostOp", "Event", "Tally", "control_layout",
            "HOST_OP", "HOST_REPLY", "OUT_REQUEST", "OUT_REPLY", "ACCOUNT", "EVENT"]
@@ -59,12 +64,13 @@ class Action(enum.Enum, shape=2):
     INBOUND = 2   # the slot holds an inbound SA
 
 
-class Reason(enum.Enum, shape=2):
-    """Why an outbound packet is dropped; the names are the model's reasons."""
+class Reason(enum.Enum, shape=3):
+    """Why a packet is dropped; but for ``UNSUPPORTED`` the names are the model's reasons."""
     NONE         = 0
     NO_SA        = 1
     HARD_EXPIRED = 2
     SEQ_OVERFLOW = 3
+    UNSUPPORTED  = 4   # a feature the data path does not have (see SaTable)
 
 
 class HostOp(enum.Enum, shape=2):
@@ -95,7 +101,7 @@ def _ops(slots, window):
     return {
         "HOST_OP": data.StructLayout({"op": HostOp, "slot": slot, "record": control}),
         "HOST_REPLY": data.StructLayout({"record": control, "counters": SA_COUNTERS}),
-        "OUT_REQUEST": data.StructLayout({"slot": slot, "bytes": 16}),
+        "OUT_REQUEST": data.StructLayout({"slot": slot, "bytes": 16, "ipv6": 1}),
         "OUT_REPLY": data.StructLayout({"action": Action, "reason": Reason, "job": ENCAP_JOB,
                                         "window": 16}),
         "ACCOUNT": data.StructLayout({"slot": slot, "tally": Tally, "bytes": 16,
@@ -166,6 +172,7 @@ class SaTable(wiring.Component):
         read_slot = Signal.like(slot)
         host_op = Signal.like(self.host.payload)
         length = Signal(16)      # of the packet being accounted
+        ipv6 = Signal()          # the packet being decided on is IPv6
         tally = Signal.like(self.account.payload)
         m.d.comb += [read_slot.eq(slot), rec_read.addr.eq(read_slot), cnt_read.addr.eq(read_slot),
                      rec_write.addr.eq(slot), cnt_write.addr.eq(slot)]
@@ -225,7 +232,8 @@ class SaTable(wiring.Component):
                     m.d.comb += self.request.ready.eq(1)
                     m.d.comb += read_slot.eq(self.request.payload.slot)
                     m.d.sync += [slot.eq(self.request.payload.slot),
-                                 length.eq(self.request.payload.bytes)]
+                                 length.eq(self.request.payload.bytes),
+                                 ipv6.eq(self.request.payload.ipv6)]
                     m.next = "OUTBOUND"
 
             with m.State("HOST"):
@@ -287,8 +295,14 @@ class SaTable(wiring.Component):
 
             with m.State("OUTBOUND"):
                 m.d.comb += self.reply.valid.eq(1)
+                outer_v6 = Mux(rec.mode == Mode.TUNNEL, rec.tunnel.ip_version == IpVersion.IPV6,
+                               ipv6)
+                unsupported = ((rec.direction == Direction.OUT) & (rec.natt.encap == Encap.UDP)
+                               & outer_v6)
                 with m.If(rec.state == SaState.INVALID):
                     m.d.comb += [reply.action.eq(Action.DROP), reply.reason.eq(Reason.NO_SA)]
+                with m.Elif(unsupported):
+                    m.d.comb += [reply.action.eq(Action.DROP), reply.reason.eq(Reason.UNSUPPORTED)]
                 with m.Elif(rec.direction == Direction.IN):
                     m.d.comb += reply.action.eq(Action.INBOUND)
                     with m.If(hard_reached):
@@ -312,9 +326,10 @@ class SaTable(wiring.Component):
                 with m.If(self.reply.ready):
                     protect = reply.action == Action.PROTECT
                     dropped = reply.action == Action.DROP
+                    counted = (reply.reason != Reason.NO_SA) & (reply.reason != Reason.UNSUPPORTED)
                     m.d.comb += [
                         rec_write.en.eq(protect),
-                        cnt_write.en.eq(protect | dropped & (reply.reason != Reason.NO_SA)),
+                        cnt_write.en.eq(protect | dropped & counted),
                     ]
                     with m.If(dropped & (reply.reason == Reason.NO_SA)):
                         m.d.sync += self.no_sa.eq(self.no_sa + 1)
