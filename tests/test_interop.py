@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""Interop through pcap files: the reference model against tshark and scapy.
+"""Interop through pcap files: the reference model and the engine gateware
+against tshark and scapy.
 
-Model -> pcap -> tshark (Wireshark's ESP dissector with the SA table) and scapy
-decrypt; scapy -> pcap -> model decrypts -> pcap. The same SA matrix is used in
+Model or engine -> pcap -> tshark (Wireshark's ESP dissector with the SA table)
+and scapy decrypt; scapy -> pcap -> model or engine decrypts -> pcap. The engine
+is an ``EspEngine`` (*compact* profile) in Amaranth's simulator with all the SAs in
+its slots, fed from the pcap file. The same SA matrix is used in
 both directions: IPv4/IPv6 x tunnel/transport x ESN off/on x NAT-T off/on x
 AES-128/256 (32 SAs, each with its own SPI), payloads of 0, 1, 61 and 1400
 bytes, all SAs interleaved in one file (128 packets). ESN SAs start just below
@@ -15,6 +18,7 @@ import pytest
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.utils import PcapNgWriter
 
+from espnic.sim.esp_job import engine_supports, run_engine
 from espnic.sim.interop import esp_payload, read_pcap, scapy_sa, tshark_decrypt, write_pcap
 from espnic.sim.model import EspModel
 
@@ -110,6 +114,45 @@ def test_scapy_encrypts_model_decrypts(tmp_path):
     assert read_pcap(write_pcap(tmp_path / "model-in.pcap", released)) == [c for _, _, c in cases]
     for slot in range(len(configs)):
         assert model.counters(slot)["packets"] == len(SIZES)
+
+
+@pytest.mark.slow     # about 3 minutes of simulation
+def test_engine_encrypts_tshark_and_scapy_decrypt(tshark, tmp_path):
+    """Cleartext from a pcap through the engine's outbound SAs into a pcap that tshark
+    and scapy decrypt. NAT-T with an IPv6 outer header is not built in the engine
+    (counted as unsupported there), so those SAs' packets are left out."""
+    configs = sa_table("out")
+    cases = [case for case in traffic() if engine_supports(configs[case[0]], case[2])]
+    source = read_pcap(write_pcap(tmp_path / "cleartext.pcap", [c for _, _, c in cases]))
+    run = run_engine(dict(enumerate(configs)), [(slot, packet) for (slot, _, _), packet
+                                                in zip(cases, source)],
+                     profile="compact", slots=len(configs))
+    assert run.reasons == ["ok"] * len(cases)
+    assert run.outputs[False] == run.expected[False]
+    path = write_pcap(tmp_path / "engine-out.pcap", run.outputs[False])
+    check_tshark(tshark_decrypt(path, configs, tshark=tshark), configs, cases)
+    for packet, (slot, seq, cleartext) in zip(read_pcap(path), cases):
+        decrypted = scapy_sa(configs[slot]).decrypt(ip_class(packet)(packet), esn=seq >> 32)
+        assert bytes(decrypted) == cleartext
+
+
+@pytest.mark.slow     # about 3 minutes of simulation
+def test_scapy_encrypts_engine_decrypts(tmp_path):
+    """scapy's packets for every SA of the matrix (NAT-T over IPv6 included: inbound
+    handles it), from a pcap through the engine's inbound SAs, out to a pcap that
+    holds exactly the cleartext; every SA's counters as the model's."""
+    configs = sa_table("in")
+    cases, encrypted = scapy_encrypted(configs)
+    inbound = read_pcap(write_pcap(tmp_path / "scapy-out.pcap", encrypted))
+    run = run_engine(dict(enumerate(configs)), [(slot, packet) for (slot, _, _), packet
+                                                in zip(cases, inbound)],
+                     profile="compact", slots=len(configs))
+    assert run.reasons == ["ok"] * len(cases)
+    released = read_pcap(write_pcap(tmp_path / "engine-in.pcap", run.outputs[True]))
+    assert released == [cleartext for _, _, cleartext in cases]
+    for slot in range(len(configs)):
+        assert run.counters[slot] == run.model.counters(slot)
+        assert run.counters[slot]["packets"] == len(SIZES)
 
 
 def test_tshark_decrypts_scapy(tshark, tmp_path):
