@@ -12,10 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from espnic.hdl.engine.engine import EspEngine
 from espnic.hdl.engine.protocol import PROTO_IPV4
+from espnic.hdl.engine.sa_table import HostOp, control_layout
+from espnic.sim.amaranth_sim import run_sim, stream_put
 from espnic.sim.esp_job import esp_offset, run_engine
 from espnic.sim.model import EspModel
+from espnic.sim.model.esp import internet_checksum
 from tests.esp_cases import config, esp_trailer, plain_packet, seal_tunnel
+from tests.test_replay_hw import read_storage
 
 SLOTS = 4
 _NO_LIMITS = {"packets_soft": 0, "packets_hard": 0, "bytes_soft": 0, "bytes_hard": 0}
@@ -150,7 +155,6 @@ def _bad_inputs(sender):
 
 
 def _with_total(packet, total):
-    from espnic.sim.model.esp import internet_checksum
     header = bytearray(packet[:20])
     header[2:4] = struct.pack("!H", total)
     header[10:12] = b"\0\0"
@@ -253,3 +257,38 @@ def test_engine_fast_profile():
     traffic = [(0, plain_packet(4, size)) for size in (0, 64, 1400, 5)] + [(1, plain_packet(4, 3))]
     traffic += [(2, _seal(peer, 2, plain_packet(4, size))) for size in (0, 64, 1400)]
     _run(sa_configs, traffic, profile="fast")
+
+
+def test_engine_host_write_and_delete_load_the_replay_window():
+    """A host write of an inbound SA installs the window `SaConfig.to_record` describes
+    (every number up to `seq` received), a delete zeroizes it, and a write of an
+    outbound SA leaves it empty: read back from the replay unit's storage with the
+    pure-Python inverse of its layout."""
+    dut = EspEngine(slots=SLOTS)
+    model = EspModel(slots=SLOTS)
+    control = control_layout(model.layout["replay_bitmap"].width)
+    cases = [config("in", seq=1000, window=64), config("in", esn=True, seq=2**32 + 5, window=1024),
+             config("in", seq=0, window=100), config("out", seq=77)]
+    seen = []
+
+    def host_write(slot, cfg):
+        full = cfg.to_record(model.layout)
+        return {"op": HostOp.WRITE, "slot": slot,
+                "record": {name: getattr(full, name) for name, _ in control}}
+
+    async def bench(ctx):
+        for slot, cfg in enumerate(cases):
+            await stream_put(ctx, dut.host, host_write(slot, cfg), timeout=200)
+        await ctx.tick().repeat(200)
+        for slot, cfg in enumerate(cases):
+            record = cfg.to_record(model.layout)
+            seen.append((await read_storage(ctx, dut.inbound.replay, slot, record.window),
+                         (record.seq if cfg.direction == "in" else 0, record.replay_bitmap)))
+        await stream_put(ctx, dut.host, {"op": HostOp.DELETE, "slot": 1}, timeout=200)
+        await ctx.tick().repeat(200)
+        seen.append((await read_storage(ctx, dut.inbound.replay, 1, 1024), (0, 0)))
+
+    run_sim(dut, bench)
+    assert len(seen) == len(cases) + 1
+    for got, want in seen:
+        assert got == want
