@@ -292,3 +292,18 @@ def test_engine_host_write_and_delete_load_the_replay_window():
     assert len(seen) == len(cases) + 1
     for got, want in seen:
         assert got == want
+
+
+def test_engine_256_slots():
+    """The ECP5 size: SAs in high slots of a 256-slot engine, both directions."""
+    sa_configs = {255: config("out", version=6, esn=True, lifetime=_NO_LIMITS),
+                  128: config("in", version=4, spi=0x5555, lifetime=_NO_LIMITS)}
+    peer = EspModel(slots=256)
+    peer.install(128, _twin(sa_configs[128]))
+    traffic = [(255, plain_packet(6, 20)), (128, _seal(peer, 128, plain_packet(4, 30))),
+               (7, plain_packet(4, 1)), (128, _seal(peer, 128, plain_packet(4, 31)))]
+    run = run_engine(sa_configs, traffic, slots=256)
+    assert run.reasons == ["ok", "ok", "no_sa", "ok"]
+    assert run.outputs == run.expected
+    assert run.counters[128] == run.model.counters(128)
+    assert run.counters[255] == run.model.counters(255)
