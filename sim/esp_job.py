@@ -230,11 +230,12 @@ def engine_supports(config: SaConfig | None, packet: bytes) -> bool:
 
 
 def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, stall=0.0,
-               seed=0) -> EngineRun:
+               gap=0.0, seed=0) -> EngineRun:
     """Write `sa_configs` (slot -> :class:`SaConfig`) into an :class:`EspEngine` and a
     model, send `traffic` (``[(slot, packet)]``) through both, read every slot's
-    counters and record back once the last packet has been accounted. Packets the
-    engine does not support (:func:`engine_supports`) skip the model and have the
+    counters and record back once the last packet has been accounted. ``stall``: the
+    output's back-pressure, ``gap``: idle cycles on the input (probabilities per beat).
+    Packets the engine does not support (:func:`engine_supports`) skip the model and have the
     reason ``"unsupported"``."""
     model = EspModel(slots=slots)
     dut = EspEngine(profile=profile, slots=slots)
@@ -267,7 +268,8 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
 
     async def packets(ctx):
         beats = [beat for _slot, packet in traffic for beat in beats_from_bytes(packet, BLOCK_BYTES)]
-        await stream_put_all(ctx, dut.i, beats, timeout=_TIMEOUT)
+        await stream_put_all(ctx, dut.i, beats, rng=random.Random(seed + 1), gap_prob=gap,
+                             timeout=_TIMEOUT)
         sent.append(True)
 
     async def collect(ctx):

@@ -26,10 +26,11 @@ SLOTS = 4
 _NO_LIMITS = {"packets_soft": 0, "packets_hard": 0, "bytes_soft": 0, "bytes_hard": 0}
 
 
-def _run(sa_configs, traffic, *, profile="compact", stall=0.0, seed=0):
+def _run(sa_configs, traffic, *, profile="compact", stall=0.0, gap=0.0, seed=0):
     """Run `traffic` through the engine and the model; everything must agree.
     Returns the model's reasons, one per packet."""
-    run = run_engine(sa_configs, traffic, profile=profile, slots=SLOTS, stall=stall, seed=seed)
+    run = run_engine(sa_configs, traffic, profile=profile, slots=SLOTS, stall=stall, gap=gap,
+                     seed=seed)
     for inbound in (False, True):
         assert run.outputs[inbound] == run.expected[inbound], "inbound" if inbound else "outbound"
     for slot in range(SLOTS):
@@ -205,9 +206,9 @@ def test_engine_random_traffic(sizes, stall, seed):
 @given(packets=st.lists(st.tuples(st.integers(0, SLOTS - 1), st.integers(0, 1440),
                                   st.sampled_from(["good", "replay", "flip"])),
                         min_size=1, max_size=8),
-       stall=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**16),
-       mode=st.sampled_from(["tunnel", "transport"]))
-def test_engine_random_mixed_traffic(packets, stall, seed, mode):
+       stall=st.sampled_from([0.0, 0.5]), gap=st.sampled_from([0.0, 0.3]),
+       seed=st.integers(0, 2**16), mode=st.sampled_from(["tunnel", "transport"]))
+def test_engine_random_mixed_traffic(packets, stall, gap, seed, mode):
     """Both directions, both modes, both IP versions, ESN and NAT-T on some SAs,
     replays and forgeries mixed in, hypothesis-chosen sizes and order."""
     sa_configs = {
@@ -231,7 +232,7 @@ def test_engine_random_mixed_traffic(packets, stall, seed, mode):
         sealed = _seal(peer, slot, plain)
         last[slot] = sealed
         traffic.append((slot, _flip(sealed, len(sealed) - 3) if kind == "flip" else sealed))
-    _run(sa_configs, traffic, stall=stall, seed=seed)
+    _run(sa_configs, traffic, stall=stall, gap=gap, seed=seed)
 
 
 def test_engine_refuses_what_it_cannot_do():
