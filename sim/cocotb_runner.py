@@ -32,6 +32,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from .verilog import cache_dir, file_lock, generate, load_ports, ports_path
 
-__all__ = ["run_cocotb", "CocotbRun", "bench_params", "bench_ports", "verilator_bin_dir",
+__all__ = ["run_cocotb", "run_job", "CocotbRun", "bench_params", "bench_ports", "verilator_bin_dir",
            "verilator_fst_available", "SIMULATORS"]
 
 SIMULATORS = ("verilator", "icarus")
@@ -399,3 +400,16 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
     return CocotbRun(key=key, verilog=verilog, build_dir=build_dir, build_seconds=build_seconds,
                      run_dir=run_dir, results=results_xml, tests=tests,
                      waves=run_dir / trace_file if waves else None)
+
+
+def run_job(factory: Callable[..., object], *, name: str, params: Mapping, test_module: str,
+            job: dict, simulator: str | None = None, timeout: float | None = None) -> dict:
+    """Run a bench that reads its job from ``ESPNIC_JOB`` and writes its result to
+    ``ESPNIC_JOB_RESULT`` (both JSON): write `job`, :func:`run_cocotb`, return the result."""
+    with tempfile.TemporaryDirectory(prefix=f"espnic-{name}-") as tmp:
+        job_path, result_path = Path(tmp, "job.json"), Path(tmp, "result.json")
+        job_path.write_text(json.dumps(job))
+        run_cocotb(factory, name=name, params=params, test_module=test_module,
+                   simulator=simulator, timeout=timeout,
+                   extra_env={"ESPNIC_JOB": str(job_path), "ESPNIC_JOB_RESULT": str(result_path)})
+        return json.loads(result_path.read_text())

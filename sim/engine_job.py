@@ -10,13 +10,8 @@ returns an :class:`~espnic.sim.esp_job.EngineRun` with the same fields, so
 tests assert on both simulators the same way.
 """
 
-import json
-import tempfile
-from pathlib import Path
-
-from ..hdl.engine.sa import Direction
 from ..hdl.engine.sa_table import control_layout
-from .esp_job import EngineRun, engine_supports
+from .esp_job import EngineRun, model_outcomes
 from .model import EspModel
 
 __all__ = ["run_engine_cocotb", "SETTLE_CYCLES"]
@@ -50,7 +45,7 @@ def run_engine_cocotb(sa_configs: dict, traffic, *, profile="compact", slots: in
     content of ``hdl/`` (:func:`espnic.sim.cocotb_runner.run_cocotb`).
     """
     from ..hdl.engine.engine import EspEngine
-    from .cocotb_runner import run_cocotb
+    from .cocotb_runner import run_job
 
     model = EspModel(slots=slots)
     window = model.layout["replay_bitmap"].width
@@ -64,18 +59,7 @@ def run_engine_cocotb(sa_configs: dict, traffic, *, profile="compact", slots: in
         record = control.const({name: getattr(full, name) for name, _ in control})
         writes.append({"slot": slot, "record": record.as_bits()})
 
-    expected = {False: [], True: []}
-    reasons = []
-    for slot, packet in traffic:
-        inbound = model.read_record(slot).direction == Direction.IN
-        # As run_engine: what the engine refuses (with no side effect) skips the model.
-        if not engine_supports(sa_configs.get(slot), packet):
-            reasons.append("unsupported")
-            continue
-        output, reason = model.process(slot, packet)
-        reasons.append(reason)
-        if output is not None:
-            expected[inbound].append(output)
+    reasons, expected = model_outcomes(model, sa_configs, traffic)
 
     job = {
         "slots": slots, "window": window, "writes": writes,
@@ -83,14 +67,10 @@ def run_engine_cocotb(sa_configs: dict, traffic, *, profile="compact", slots: in
         "expected_outputs": len(expected[False]) + len(expected[True]),
         "stall": stall, "gap": gap, "seed": seed, "settle_cycles": SETTLE_CYCLES,
     }
-    params = {"profile": profile, "slots": slots}
-    with tempfile.TemporaryDirectory(prefix="espnic-engine-") as tmp:
-        job_path, result_path = Path(tmp, "job.json"), Path(tmp, "result.json")
-        job_path.write_text(json.dumps(job))
-        run_cocotb(EspEngine, name=f"engine_{profile}", params=params,
-                   test_module="espnic.sim.benches.engine", simulator=simulator, timeout=timeout,
-                   extra_env={"ESPNIC_JOB": str(job_path), "ESPNIC_JOB_RESULT": str(result_path)})
-        result = json.loads(result_path.read_text())
+    result = run_job(EspEngine, name=f"engine_{profile}",
+                     params={"profile": profile, "slots": slots},
+                     test_module="espnic.sim.benches.engine", job=job, simulator=simulator,
+                     timeout=timeout)
 
     outputs = {False: [], True: []}
     for packet in result["outputs"]:

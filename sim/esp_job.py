@@ -29,7 +29,8 @@ from .amaranth_sim import (run_sim, stream_get, stream_get_packets, stream_put, 
 from .model import EspModel, ReplayWindow
 
 __all__ = ["EncapRun", "encap_job", "run_encap", "DecapRun", "decap_job", "decap_seq_hi",
-           "esp_offset", "run_decap", "EngineRun", "engine_supports", "run_engine"]
+           "esp_offset", "run_decap", "EngineRun", "engine_supports", "model_outcomes",
+           "run_engine"]
 
 _TIMEOUT = 50_000   # cycles without progress before a run is declared hung
 
@@ -229,6 +230,24 @@ def engine_supports(config: SaConfig | None, packet: bytes) -> bool:
     return not (packet and packet[0] >> 4 == 6)
 
 
+def model_outcomes(model: EspModel, sa_configs: dict, traffic) -> tuple[list, dict]:
+    """Process `traffic` in `model` (holding `sa_configs`) as an engine would see it:
+    ``(reasons, {inbound: [outputs]})``, packets the engine refuses as ``"unsupported"``
+    and kept from the model (the engine refuses them with no side effect)."""
+    expected = {False: [], True: []}
+    reasons = []
+    for slot, packet in traffic:
+        inbound = model.read_record(slot).direction == Direction.IN
+        if not engine_supports(sa_configs.get(slot), packet):
+            reasons.append("unsupported")
+            continue
+        output, reason = model.process(slot, packet)
+        reasons.append(reason)
+        if output is not None:
+            expected[inbound].append(output)
+    return reasons, expected
+
+
 def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, stall=0.0,
                gap=0.0, seed=0) -> EngineRun:
     """Write `sa_configs` (slot -> :class:`SaConfig`) into an :class:`EspEngine` and a
@@ -240,19 +259,9 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
     model = EspModel(slots=slots)
     dut = EspEngine(profile=profile, slots=slots)
     control = control_layout(model.layout["replay_bitmap"].width)
-    expected = {False: [], True: []}
-    reasons = []
     for slot, config in sa_configs.items():
         model.install(slot, config)
-    for slot, packet in traffic:
-        inbound = model.read_record(slot).direction == Direction.IN
-        if not engine_supports(sa_configs.get(slot), packet):
-            reasons.append("unsupported")
-            continue
-        output, reason = model.process(slot, packet)
-        reasons.append(reason)
-        if output is not None:
-            expected[inbound].append(output)
+    reasons, expected = model_outcomes(model, sa_configs, traffic)
     received, sources, events, done_cycles, sent = [], [], [], [], []
     counters, seqs, engine_counters = {}, {}, {}
 

@@ -8,10 +8,7 @@ handshake cycles. :func:`reference` computes what the outputs must be with the
 `cryptography` package, which shares no code with the gateware.
 """
 
-import json
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -78,18 +75,14 @@ def run_gcm(messages, *, profile="compact", in_gap=0.0, out_stall=0.0, seed=0,
     input back or stalls an output; ``overrides`` are GcmCore parameters.
     """
     from ..hdl.gcm.core import GcmCore
-    from .cocotb_runner import run_cocotb
+    from .cocotb_runner import run_job
 
     params = {"profile": profile, **{k: v for k, v in overrides.items() if v is not None}}
     job = {"messages": [m.to_json() for m in messages], "in_gap": in_gap,
            "out_stall": out_stall, "seed": seed}
-    with tempfile.TemporaryDirectory(prefix="espnic-gcm-") as tmp:
-        job_path, result_path = Path(tmp, "job.json"), Path(tmp, "result.json")
-        job_path.write_text(json.dumps(job))
-        run_cocotb(GcmCore, name=f"gcm_{profile}", params=params,
-                   test_module="espnic.sim.benches.gcm", simulator=simulator, timeout=timeout,
-                   extra_env={"ESPNIC_JOB": str(job_path), "ESPNIC_JOB_RESULT": str(result_path)})
-        result = json.loads(result_path.read_text())
+    result = run_job(GcmCore, name=f"gcm_{profile}", params=params,
+                     test_module="espnic.sim.benches.gcm", job=job, simulator=simulator,
+                     timeout=timeout)
     outcomes = [GcmOutcome(bytes.fromhex(o["text"]), bytes.fromhex(o["tag"]), o["tag_ok"])
                 for o in result["outputs"]]
     return GcmRun(outcomes, result["cycles"], result["cmd_cycles"], result["result_cycles"],
