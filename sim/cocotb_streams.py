@@ -85,6 +85,10 @@ class StreamSink:
 async def run_cycles(clk, sources, sinks, *, until, max_cycles):
     """Step every driver once per cycle until ``until()`` holds; return the cycle count.
 
+    Run a bench's whole schedule in one call (``until`` can move the bench through
+    its phases): between two calls the drivers keep their last ``valid`` and
+    ``ready``, so a handshake can happen unwatched at the rising edge before the
+    next call's first falling edge (a source then offers a payload twice).
     Raises :class:`TimeoutError` after ``max_cycles``: a stuck design must fail
     the test, not hang it.
     """
