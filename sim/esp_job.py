@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..hdl.engine.decap import DECAP_JOB, EspDecap
 from ..hdl.engine.encap import ENCAP_JOB, EspEncap
 from ..hdl.engine.engine import EspEngine
-from ..hdl.engine.protocol import PROTO_UDP
+from ..hdl.engine.protocol import IPV6_EXT_WALKED, PROTO_UDP
 from ..hdl.engine.sa import SA_COUNTERS, Direction, SaConfig
 from ..hdl.engine.sa_table import HostOp, control_layout
 from ..hdl.gcm.layouts import BLOCK_BYTES
@@ -222,12 +222,19 @@ class EngineRun:
 def engine_supports(config: SaConfig | None, packet: bytes) -> bool:
     """Whether the engine's data path handles `packet` on `config` (the SA table
     refuses the rest as ``UNSUPPORTED``, with no side effect): not outbound UDP
-    encapsulation with an IPv6 outer header."""
-    if config is None or config.direction == "in" or config.encap != "udp":
+    encapsulation with an IPv6 outer header, not IPv6 extension headers in front of
+    ESP (outbound transport mode, inbound)."""
+    if config is None:
         return True
-    if config.mode == "tunnel":
-        return ":" not in config.src
-    return not (packet and packet[0] >> 4 == 6)
+    ipv6 = len(packet) > 6 and packet[0] >> 4 == 6
+    v6_ext = ipv6 and packet[6] in IPV6_EXT_WALKED
+    if config.direction == "in":
+        return not v6_ext
+    if config.mode == "transport" and v6_ext:
+        return False
+    if config.encap != "udp":
+        return True
+    return ":" not in config.src if config.mode == "tunnel" else not ipv6
 
 
 def model_outcomes(model: EspModel, sa_configs: dict, traffic) -> tuple[list, dict]:

@@ -9,17 +9,20 @@ import dataclasses
 import struct
 
 import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
+from scapy.packet import Raw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from espnic.hdl.engine.engine import EspEngine
-from espnic.hdl.engine.protocol import PROTO_IPV4
+from espnic.hdl.engine.protocol import PROTO_ESP, PROTO_IPV4
 from espnic.hdl.engine.sa_table import HostOp, control_layout
 from espnic.sim.amaranth_sim import run_sim, stream_put
 from espnic.sim.esp_job import esp_offset, run_engine
 from espnic.sim.model import EspModel
 from espnic.sim.model.esp import internet_checksum
-from tests.esp_cases import config, esp_trailer, plain_packet, seal_tunnel
+from tests.esp_cases import HOSTS, config, esp_trailer, plain_packet, seal_tunnel
 from tests.test_replay_hw import read_storage
 
 SLOTS = 4
@@ -314,3 +317,31 @@ def test_engine_256_slots():
     assert run.outputs == run.expected
     assert run.counters[128] == run.model.counters(128)
     assert run.counters[255] == run.model.counters(255)
+
+
+def test_engine_ipv6_extension_headers_and_fragments():
+    """IPv6 extension headers in front of ESP are not built: refused and counted in
+    `unsupported` (outbound transport, inbound); in tunnel mode outbound they are
+    just inner bytes. A fragment on an outbound transport SA is malformed (as the
+    model: transport mode needs the whole datagram), in tunnel mode it is carried."""
+    v6 = plain_packet(6, 12)
+    hop_by_hop = bytes(IPv6(src=HOSTS[6][0], dst=HOSTS[6][1]) / IPv6ExtHdrHopByHop()
+                       / IPv6ExtHdrDestOpt() / UDP(sport=1, dport=2) / Raw(b"x" * 9))
+    fragment = bytes(IP(src=HOSTS[4][0], dst=HOSTS[4][1], flags="MF") / UDP(sport=1, dport=2)
+                     / Raw(b"y" * 20))
+    sa_configs = {
+        0: config("out", version=6, mode="transport", lifetime=_NO_LIMITS),
+        1: config("out", version=6, spi=0x2000, lifetime=_NO_LIMITS),
+        2: config("in", version=6, spi=0x3000, lifetime=_NO_LIMITS),
+        3: config("out", version=4, mode="transport", spi=0x4000, lifetime=_NO_LIMITS),
+    }
+    peer = _peer(sa_configs)
+    sealed = _seal(peer, 2, v6)
+    # The same ESP packet behind a hop-by-hop header (next header ESP, PadN).
+    outer = IPv6(sealed[:40])
+    outer.nh, outer.plen = 0, None
+    with_ext = bytes(outer / IPv6ExtHdrHopByHop(nh=PROTO_ESP) / Raw(sealed[40:]))
+    traffic = [(0, hop_by_hop), (0, v6), (1, hop_by_hop), (2, with_ext), (2, sealed),
+               (3, fragment), (3, plain_packet(4, 3)), (1, v6)]
+    reasons = _run(sa_configs, traffic)
+    assert reasons == ["unsupported", "ok", "ok", "unsupported", "ok", "malformed", "ok", "ok"]

@@ -27,7 +27,8 @@ which no other host operation and no new packet is taken.
 
 Not built yet, refused by the SA table before anything is allocated or
 counted, and counted in ``unsupported``: outbound UDP encapsulation with an
-IPv6 outer header.
+IPv6 outer header, and IPv6 extension headers in front of ESP (an outbound
+transport-mode packet's, an inbound packet's outer header).
 
 Throughput: the SA table needs 3 cycles per packet, and the dispatcher looks
 up the next packet once the current one has entered its data path, so the
@@ -44,11 +45,27 @@ from ..packet.merge import PacketMerger
 from .decap import EspDecap
 from .encap import EspEncap
 from .inbound import InboundControl
+from .protocol import IPV6_EXT_WALKED, PROTO_FRAGMENT
 from .replay import ring_words
 from .sa import REPLAY_WINDOW, Direction, Mode
 from .sa_table import Action, HostOp, Reason, SaTable
 
 __all__ = ["EspEngine", "engine_meta"]
+
+
+def _first_beat_facts(beat):
+    """What the SA table needs to know of a packet from its first beat: IPv6, IPv6
+    with extension headers in front, a fragment (IPv4 MF or offset, IPv6 fragment
+    header first)."""
+    octet = [beat.data[8 * k:8 * (k + 1)] for k in range(8)]
+    ipv6 = octet[0][4:] == 6
+    return {
+        "ipv6": ipv6,
+        # A packet cut before byte 6 is the decapsulator's to call malformed.
+        "v6_ext": ipv6 & (beat.count > 6)
+                  & Cat(octet[6] == proto for proto in IPV6_EXT_WALKED).any(),
+        "fragment": Mux(ipv6, octet[6] == PROTO_FRAGMENT, Cat(octet[7], octet[6][:6]) != 0),
+    }
 
 
 def engine_meta(slots: int) -> data.StructLayout:
@@ -165,7 +182,7 @@ class EspEngine(wiring.Component):
         beat = self.i.payload
         slot = Signal(range(self._slots))
         length = Signal(16)              # the cleartext length, from the first beat
-        ipv6 = Signal()
+        facts = Signal(data.StructLayout({"ipv6": 1, "v6_ext": 1, "fragment": 1}))
         request = table.request.payload
         reply = table.reply.payload
         start = inbound.start.payload
@@ -190,18 +207,21 @@ class EspEngine(wiring.Component):
                 m.d.comb += [
                     request.slot.eq(self.meta.payload.slot),
                     request.bytes.eq(ip_length(beat.data)),
-                    request.ipv6.eq(beat.data[4:8] == 6),
+                    *(request[name].eq(value) for name, value in _first_beat_facts(beat).items()),
                     table.request.valid.eq(take),
                     self.meta.ready.eq(take & table.request.ready),
                 ]
                 with m.If(take & table.request.ready):
                     m.d.sync += [slot.eq(self.meta.payload.slot),
-                                 length.eq(ip_length(beat.data)), ipv6.eq(beat.data[4:8] == 6)]
+                                 length.eq(ip_length(beat.data)),
+                                 *(facts[name].eq(value)
+                                   for name, value in _first_beat_facts(beat).items())]
                     m.next = "DECIDE"
 
             with m.State("RETRY"):
                 # An inbound packet behind one still in flight: look it up again.
-                m.d.comb += [request.slot.eq(slot), request.bytes.eq(length), request.ipv6.eq(ipv6),
+                m.d.comb += [request.slot.eq(slot), request.bytes.eq(length),
+                             *(request[name].eq(facts[name]) for name, _ in facts.shape()),
                              table.request.valid.eq(~inbound.busy)]
                 with m.If(~inbound.busy & table.request.ready):
                     m.next = "DECIDE"

@@ -4,10 +4,15 @@ reference model and the host."""
 
 __all__ = ["PROTO_IPV4", "PROTO_IPV6", "PROTO_UDP", "PROTO_ESP", "PROTO_NONE",
            "ICV_BYTES", "IV_BYTES", "ESP_HEADER_BYTES", "ESP_TRAILER_BYTES", "ESP_MIN_BYTES",
-           "UDP_HEADER_BYTES", "ECN_CE", "OUTER_TTL"]
+           "UDP_HEADER_BYTES", "ECN_CE", "OUTER_TTL", "PROTO_FRAGMENT", "IPV6_EXT_WALKED"]
 
 #: IP protocol / next header numbers (IANA).
 PROTO_IPV4, PROTO_IPV6, PROTO_UDP, PROTO_ESP, PROTO_NONE = 4, 41, 17, 50, 59
+#: IPv6 fragment header.
+PROTO_FRAGMENT = 44
+#: IPv6 extension headers that come before ESP: hop-by-hop options, routing,
+#: destination options (RFC 8200 4.1).
+IPV6_EXT_WALKED = (0, 43, 60)
 #: RFC 4106: a 16-byte ICV and an 8-byte explicit IV.
 ICV_BYTES = 16
 IV_BYTES = 8

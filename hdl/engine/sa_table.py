@@ -8,11 +8,14 @@ record, in block RAM. It answers three kinds of requests, one at a time:
 * **host** (:data:`HOST_OP`): write a record (counters cleared), read it back
   with the key and salt as zero (they are write-only), delete a slot (record
   and counters zeroized), read the counters;
-* **outbound** (:data:`OUT_REQUEST`: a slot, the packet's cleartext length
-  and whether it is IPv6): the checks of ``EspModel.process`` before encapsulation, in the
+* **outbound** (:data:`OUT_REQUEST`: a slot, and from the packet's first beat
+  its cleartext length, whether it is IPv6, starts with IPv6 extension headers
+  (:data:`IPV6_EXT_WALKED`) or is a fragment): the checks of ``EspModel.process`` before encapsulation, in the
   model's order -- empty slot (``no_sa``, an engine counter), hard lifetime
   reached or SA draining (``hard_expired``), sequence number exhausted
-  (``seq_overflow``, which also raises the ``hard_expired`` event) -- then the
+  (``seq_overflow``, which also raises the ``hard_expired`` event), a fragment on
+  a transport-mode SA (``malformed``: transport mode needs the whole
+  datagram) -- then the
   next sequence number is allocated and written back, so it is never handed
   out twice, the packet is accounted (below) and the :data:`ENCAP_JOB` goes
   out. Accounting at allocation, not when the ESP packet has left, keeps the
@@ -30,7 +33,9 @@ record, in block RAM. It answers three kinds of requests, one at a time:
 Packets the data path cannot handle yet are refused with ``UNSUPPORTED``
 before anything is allocated or counted (the engine counts them): outbound
 UDP encapsulation with an IPv6 outer header (the tunnel's, or the packet's own
-in transport mode: its checksum covers the whole ciphertext).
+in transport mode: its checksum covers the whole ciphertext), and IPv6
+extension headers in front of where ESP goes or is (an outbound transport-mode
+packet's, any inbound packet's outer header).
 
 An outbound request for an inbound SA has no side effect: it answers
 ``INBOUND`` with the job (key, salt, SPI, ESN, encapsulation) and the window
@@ -70,7 +75,8 @@ class Reason(enum.Enum, shape=3):
     NO_SA        = 1
     HARD_EXPIRED = 2
     SEQ_OVERFLOW = 3
-    UNSUPPORTED  = 4   # a feature the data path does not have (see SaTable)
+    MALFORMED    = 4   # a fragment on a transport-mode SA
+    UNSUPPORTED  = 5   # a feature the data path does not have (see SaTable)
 
 
 class HostOp(enum.Enum, shape=2):
@@ -101,7 +107,8 @@ def _ops(slots, window):
     return {
         "HOST_OP": data.StructLayout({"op": HostOp, "slot": slot, "record": control}),
         "HOST_REPLY": data.StructLayout({"record": control, "counters": SA_COUNTERS}),
-        "OUT_REQUEST": data.StructLayout({"slot": slot, "bytes": 16, "ipv6": 1}),
+        "OUT_REQUEST": data.StructLayout({"slot": slot, "bytes": 16, "ipv6": 1, "v6_ext": 1,
+                                          "fragment": 1}),
         "OUT_REPLY": data.StructLayout({"action": Action, "reason": Reason, "job": ENCAP_JOB,
                                         "window": 16}),
         "ACCOUNT": data.StructLayout({"slot": slot, "tally": Tally, "bytes": 16,
@@ -173,6 +180,8 @@ class SaTable(wiring.Component):
         host_op = Signal.like(self.host.payload)
         length = Signal(16)      # of the packet being accounted
         ipv6 = Signal()          # the packet being decided on is IPv6
+        v6_ext = Signal()        # ... and starts with extension headers
+        fragment = Signal()      # ... is a fragment
         tally = Signal.like(self.account.payload)
         m.d.comb += [read_slot.eq(slot), rec_read.addr.eq(read_slot), cnt_read.addr.eq(read_slot),
                      rec_write.addr.eq(slot), cnt_write.addr.eq(slot)]
@@ -233,7 +242,9 @@ class SaTable(wiring.Component):
                     m.d.comb += read_slot.eq(self.request.payload.slot)
                     m.d.sync += [slot.eq(self.request.payload.slot),
                                  length.eq(self.request.payload.bytes),
-                                 ipv6.eq(self.request.payload.ipv6)]
+                                 ipv6.eq(self.request.payload.ipv6),
+                                 v6_ext.eq(self.request.payload.v6_ext),
+                                 fragment.eq(self.request.payload.fragment)]
                     m.next = "OUTBOUND"
 
             with m.State("HOST"):
@@ -297,8 +308,10 @@ class SaTable(wiring.Component):
                 m.d.comb += self.reply.valid.eq(1)
                 outer_v6 = Mux(rec.mode == Mode.TUNNEL, rec.tunnel.ip_version == IpVersion.IPV6,
                                ipv6)
-                unsupported = ((rec.direction == Direction.OUT) & (rec.natt.encap == Encap.UDP)
-                               & outer_v6)
+                transport = rec.mode == Mode.TRANSPORT
+                unsupported = Mux(rec.direction == Direction.OUT,
+                                  (rec.natt.encap == Encap.UDP) & outer_v6 | transport & v6_ext,
+                                  v6_ext)
                 with m.If(rec.state == SaState.INVALID):
                     m.d.comb += [reply.action.eq(Action.DROP), reply.reason.eq(Reason.NO_SA)]
                 with m.Elif(unsupported):
@@ -319,6 +332,10 @@ class SaTable(wiring.Component):
                     with m.If(~cnt.hard_expired):
                         m.d.comb += new_cnt.hard_expired.eq(1)
                         m.d.sync += raise_hard.eq(self.reply.ready)
+                with m.Elif(transport & fragment):
+                    m.d.comb += [reply.action.eq(Action.DROP),
+                                 reply.reason.eq(Reason.MALFORMED),
+                                 new_cnt.malformed_drop.eq(_saturating_add(cnt.malformed_drop, 1))]
                 with m.Else():
                     m.d.comb += [reply.action.eq(Action.PROTECT), rec_write.data.seq.eq(next_seq)]
                     with m.If(self.reply.ready):

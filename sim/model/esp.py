@@ -70,8 +70,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ...hdl.engine.sa import (
     REPLAY_WINDOW, SA_COUNTERS, Direction, Encap, IpVersion, Mode, SaConfig, SaState, sa_layout,
 )
-from ...hdl.engine.protocol import (ECN_CE, ESP_MIN_BYTES, IV_BYTES, OUTER_TTL, PROTO_ESP,
-                                    PROTO_IPV4, PROTO_IPV6, PROTO_NONE, PROTO_UDP)
+from ...hdl.engine.protocol import (ECN_CE, ESP_MIN_BYTES, IPV6_EXT_WALKED, IV_BYTES, OUTER_TTL,
+                                    PROTO_ESP, PROTO_FRAGMENT, PROTO_IPV4, PROTO_IPV6, PROTO_NONE,
+                                    PROTO_UDP)
 from .replay import ReplayWindow
 
 __all__ = ["EspModel", "DROP_COUNTERS", "OUTER_TTL", "internet_checksum"]
@@ -88,7 +89,6 @@ DROP_COUNTERS = {
 #: Drops that are not charged to an SA.
 ENGINE_DROPS = ("no_sa", "wrong_direction", "unknown_spi")
 
-_IPV6_EXT_SKIPPED = (0, 43, 60)   # hop-by-hop, routing, destination options
 
 
 class _Drop(Exception):
@@ -147,8 +147,8 @@ class _Ip:
             self.fragment = False
             # Walk to where ESP goes (outbound) or is (inbound).
             nh, nh_offset, offset, routing_seen = packet[6], 6, 40, False
-            while nh in _IPV6_EXT_SKIPPED or nh == 44:
-                if nh == 44:
+            while nh in IPV6_EXT_WALKED or nh == PROTO_FRAGMENT:
+                if nh == PROTO_FRAGMENT:
                     self.fragment = True
                     break
                 if nh == 60 and routing_seen and for_transport:
