@@ -64,7 +64,7 @@ def run_engine_cocotb(sa_configs: dict, traffic, *, profile="compact", slots: in
     job = {
         "slots": slots, "window": window, "writes": writes,
         "packets": [{"slot": slot, "data": bytes(packet).hex()} for slot, packet in traffic],
-        "expected_outputs": len(expected[False]) + len(expected[True]),
+        "expected_outputs": len(expected[False]) + len(expected[True]) + reasons.count("aborted"),
         "stall": stall, "gap": gap, "seed": seed, "settle_cycles": SETTLE_CYCLES,
     }
     result = run_job(EspEngine, name=f"engine_{profile}",
@@ -74,7 +74,8 @@ def run_engine_cocotb(sa_configs: dict, traffic, *, profile="compact", slots: in
 
     outputs = {False: [], True: []}
     for packet in result["outputs"]:
-        outputs[packet["inbound"]].append(bytes.fromhex(packet["data"]))
+        if not packet["aborted"]:       # the egress discards an aborted packet
+            outputs[packet["inbound"]].append(bytes.fromhex(packet["data"]))
     return EngineRun(
         reasons=reasons, outputs=outputs, expected=expected,
         counters={int(slot): counters for slot, counters in result["counters"].items()},

@@ -41,6 +41,7 @@ def check_engine_run(run):
     for name in ("no_sa", "unknown_spi"):
         assert run.engine_counters[name] == run.model.engine_counters[name], name
     assert run.engine_counters["unsupported"] == run.reasons.count("unsupported")
+    assert run.engine_counters["truncated"] == run.reasons.count("aborted")
     # Outbound packets are accounted when their number is allocated, inbound ones
     # after their ICV: the order of events across slots may differ, not per slot.
     for slot in run.counters:
@@ -345,3 +346,22 @@ def test_engine_ipv6_extension_headers_and_fragments():
                (3, fragment), (3, plain_packet(4, 3)), (1, v6)]
     reasons = _run(sa_configs, traffic)
     assert reasons == ["unsupported", "ok", "ok", "unsupported", "ok", "malformed", "ok", "ok"]
+
+
+def test_engine_outbound_streams_longer_or_shorter_than_the_ip_length():
+    """Bytes past the IP length are dropped (the model ignores them); a stream that
+    ends in its first beat before its IP length is malformed; one that ends later is
+    padded, encrypted and aborted (`o_abort`, `truncated`), its sequence number used
+    up; an IP header the model calls malformed is dropped before a number is used.
+    The engine never hangs: the next packet goes through each time."""
+    good = plain_packet(4, 60)
+    v6 = plain_packet(6, 30)
+    bad_ihl = bytes([0x44]) + good[1:]
+    sa_configs = {0: config("out", version=4, lifetime=_NO_LIMITS),
+                  1: config("out", version=6, mode="transport", spi=0x2000, lifetime=_NO_LIMITS)}
+    traffic = [(0, good + b"\x01" * 7), (0, good), (0, good[:12]), (0, good),
+               (0, good[:50]), (0, good), (1, v6[:41]), (1, v6), (0, bad_ihl), (0, good),
+               (1, v6 + b"\x02" * 20), (0, good[:17])]
+    reasons = _run(sa_configs, traffic, stall=0.3)
+    assert reasons == ["ok", "ok", "malformed", "ok", "aborted", "ok", "aborted", "ok",
+                       "malformed", "ok", "ok", "aborted"]

@@ -19,6 +19,17 @@ table checks the SA (:class:`SaTable`) and the dispatcher sends the packet
 The two data paths' outputs are merged a packet at a time into ``o``;
 ``o_inbound`` (valid with each beat) says the packet is a decapsulated one.
 
+The encapsulator is given exactly the packet's IP length: bytes past it are
+discarded (as the model ignores them). A packet whose first beat shows a bad
+IP header, or which ends in its first beat before its IP length, is dropped
+as ``malformed`` before a sequence number is allocated. A longer packet whose
+stream ends before its IP length (the engine is cut-through: its sequence
+number is allocated and the packet accounted by then) is padded with zero
+bytes, encrypted and *aborted*: ``o_abort`` is high with its last output
+beat, the egress must discard it, and ``truncated`` counts it. Its sequence
+number is used up, never reused. The outbound IPv4 header checksum is not
+checked here (the model drops such packets as malformed).
+
 Host operations (``host``) go to the SA table; writing or deleting a slot also
 (re)loads its replay window: an inbound SA with ``seq = N > 0`` starts with
 every number up to N received (as ``SaConfig.to_record``'s full bitmap), any
@@ -37,6 +48,7 @@ data paths set the rate (``bench/engine.py``).
 
 from amaranth import *
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..gcm.layouts import BLOCK_BYTES
@@ -53,13 +65,24 @@ from .sa_table import Action, HostOp, Reason, SaTable
 __all__ = ["EspEngine", "engine_meta"]
 
 
+_FACTS = data.StructLayout({"ipv6": 1, "v6_ext": 1, "fragment": 1, "malformed": 1})
+
+
 def _first_beat_facts(beat):
-    """What the SA table needs to know of a packet from its first beat: IPv6, IPv6
-    with extension headers in front, a fragment (IPv4 MF or offset, IPv6 fragment
-    header first)."""
+    """What the SA table needs to know of a packet from its first beat (:data:`_FACTS`):
+    IPv6, IPv6 with extension headers in front, a fragment (IPv4 MF or offset, IPv6
+    fragment header first), a header the model calls malformed (neither IPv4 nor
+    IPv6, IPv4 IHL < 5 or total length < IHL, IPv6 payload length 0, or a packet
+    that ends in this beat before its IP length)."""
     octet = [beat.data[8 * k:8 * (k + 1)] for k in range(8)]
     ipv6 = octet[0][4:] == 6
+    ihl_bytes = Cat(C(0, 2), octet[0][:4])
+    length = ip_length(beat.data)
+    bad_v4 = (octet[0][:4] < 5) | (length < ihl_bytes)
+    malformed = (Mux(ipv6, length == 40, Mux(octet[0][4:] == 4, bad_v4, 1))
+                 | beat.last & (beat.count < length))
     return {
+        "malformed": malformed,
         "ipv6": ipv6,
         # A packet cut before byte 6 is the decapsulator's to call malformed.
         "v6_ext": ipv6 & (beat.count > 6)
@@ -96,12 +119,14 @@ class EspEngine(wiring.Component):
             "i":           In(stream.Signature(packet_beat(BLOCK_BYTES))),
             "o":           Out(stream.Signature(packet_beat(BLOCK_BYTES))),
             "o_inbound":   Out(1),
+            "o_abort":     Out(1),
             "host":        table["host"],
             "host_reply":  table["host_reply"],
             "events":      table["events"],
             "no_sa":       Out(32),     # packets for an empty slot
             "unknown_spi": Out(32),     # inbound packets whose SPI is not their SA's
             "unsupported": Out(32),     # packets the data path cannot handle yet (see above)
+            "truncated":   Out(32),     # outbound packets whose stream ended short (aborted)
         })
 
     @property
@@ -133,7 +158,7 @@ class EspEngine(wiring.Component):
         ]
 
         loading = self._host_path(m, table, inbound)
-        self._dispatch(m, table, encap, decap, inbound, loading)
+        self._dispatch(m, table, encap, decap, inbound, merger, loading)
         return m
 
     def _host_path(self, m, table, inbound):
@@ -178,11 +203,23 @@ class EspEngine(wiring.Component):
                 m.d.sync += loading.eq(0)
         return loading
 
-    def _dispatch(self, m, table, encap, decap, inbound, loading):
+    def _dispatch(self, m, table, encap, decap, inbound, merger, loading):
         beat = self.i.payload
         slot = Signal(range(self._slots))
         length = Signal(16)              # the cleartext length, from the first beat
-        facts = Signal(data.StructLayout({"ipv6": 1, "v6_ext": 1, "fragment": 1}))
+        facts = Signal(_FACTS)
+        sent = Signal(17)                # bytes of the packet handed to the encapsulator
+        aborted = Signal()               # its stream ended before its IP length
+        # One bit per packet through the encapsulator, in order: abort it at its end.
+        m.submodules.aborts = aborts = SyncFIFO(width=1, depth=4)
+        abort_bit = Signal()
+        m.d.comb += [
+            aborts.w_data.eq(abort_bit),
+            aborts.w_en.eq(encap.i.valid & encap.i.ready & encap.i.payload.last),
+            aborts.r_en.eq(encap.o.valid & encap.o.ready & encap.o.payload.last),
+            self.o_abort.eq(self.o.valid & self.o.payload.last & (merger.source == 0)
+                            & aborts.r_data),
+        ]
         request = table.request.payload
         reply = table.reply.payload
         start = inbound.start.payload
@@ -236,6 +273,7 @@ class EspEngine(wiring.Component):
                             m.d.comb += [encap.job.valid.eq(1),
                                          table.reply.ready.eq(encap.job.ready)]
                             with m.If(encap.job.ready):
+                                m.d.sync += [sent.eq(0), aborted.eq(0)]
                                 m.next = "ENCAP"
                         with m.Case(Action.INBOUND):
                             self._decide_inbound(m, table, decap, inbound)
@@ -246,9 +284,48 @@ class EspEngine(wiring.Component):
                             m.next = "DISCARD"
 
             with m.State("ENCAP"):
-                wiring.connect(m, wiring.flipped(self.i), encap.i)
-                with m.If(self.i.valid & self.i.ready & beat.last):
-                    m.next = "LOOKUP"
+                # The encapsulator gets exactly the IP length: bytes past it are
+                # discarded (the model ignores them too), a stream that ends short is
+                # padded with zero bytes and the ESP packet aborted (see `o_abort`).
+                left = length - sent
+                reaches = sent + beat.count >= length
+                count = Mux(reaches, left, Mux(beat.last & (left >= BLOCK_BYTES), BLOCK_BYTES,
+                                               Mux(beat.last, left, beat.count)))
+                m.d.comb += [
+                    encap.i.payload.data.eq(beat.data & Cat(Mux(count > k, 0xff, 0)
+                                                            for k in range(BLOCK_BYTES))),
+                    encap.i.payload.count.eq(count),
+                    encap.i.payload.first.eq(beat.first),
+                    encap.i.payload.last.eq(reaches | beat.last & (left <= BLOCK_BYTES)),
+                    encap.i.valid.eq(self.i.valid),
+                    self.i.ready.eq(encap.i.ready),
+                ]
+                with m.If(self.i.valid & self.i.ready):
+                    m.d.sync += sent.eq(sent + BLOCK_BYTES)
+                    with m.If(reaches):
+                        m.next = "LOOKUP"
+                        with m.If(~beat.last):
+                            m.next = "DISCARD"
+                    with m.Elif(beat.last):
+                        m.d.sync += self.truncated.eq(self.truncated + 1)
+                        with m.If(left > BLOCK_BYTES):
+                            m.d.sync += aborted.eq(1)
+                            m.next = "PAD"
+                        with m.Else():
+                            m.next = "LOOKUP"
+                m.d.comb += abort_bit.eq(~reaches & beat.last)
+            with m.State("PAD"):
+                left = length - sent
+                m.d.comb += [
+                    encap.i.payload.count.eq(Mux(left >= BLOCK_BYTES, BLOCK_BYTES, left)),
+                    encap.i.payload.last.eq(left <= BLOCK_BYTES),
+                    encap.i.valid.eq(1),
+                ]
+                m.d.comb += abort_bit.eq(1)
+                with m.If(encap.i.ready):
+                    m.d.sync += sent.eq(sent + BLOCK_BYTES)
+                    with m.If(left <= BLOCK_BYTES):
+                        m.next = "LOOKUP"
             with m.State("DECAP"):
                 wiring.connect(m, wiring.flipped(self.i), decap.i)
                 with m.If(self.i.valid & self.i.ready & beat.last):

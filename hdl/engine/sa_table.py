@@ -10,9 +10,11 @@ record, in block RAM. It answers three kinds of requests, one at a time:
   and counters zeroized), read the counters;
 * **outbound** (:data:`OUT_REQUEST`: a slot, and from the packet's first beat
   its cleartext length, whether it is IPv6, starts with IPv6 extension headers
-  (:data:`IPV6_EXT_WALKED`) or is a fragment): the checks of ``EspModel.process`` before encapsulation, in the
+  (:data:`IPV6_EXT_WALKED`), is a fragment, or has an IP header the model calls
+  malformed): the checks of ``EspModel.process`` before encapsulation, in the
   model's order -- empty slot (``no_sa``, an engine counter), hard lifetime
-  reached or SA draining (``hard_expired``), sequence number exhausted
+  reached or SA draining (``hard_expired``), a malformed IP header
+  (``malformed``), sequence number exhausted
   (``seq_overflow``, which also raises the ``hard_expired`` event), a fragment on
   a transport-mode SA (``malformed``: transport mode needs the whole
   datagram) -- then the
@@ -75,7 +77,7 @@ class Reason(enum.Enum, shape=3):
     NO_SA        = 1
     HARD_EXPIRED = 2
     SEQ_OVERFLOW = 3
-    MALFORMED    = 4   # a fragment on a transport-mode SA
+    MALFORMED    = 4   # a bad IP header, or a fragment on a transport-mode SA
     UNSUPPORTED  = 5   # a feature the data path does not have (see SaTable)
 
 
@@ -108,7 +110,7 @@ def _ops(slots, window):
         "HOST_OP": data.StructLayout({"op": HostOp, "slot": slot, "record": control}),
         "HOST_REPLY": data.StructLayout({"record": control, "counters": SA_COUNTERS}),
         "OUT_REQUEST": data.StructLayout({"slot": slot, "bytes": 16, "ipv6": 1, "v6_ext": 1,
-                                          "fragment": 1}),
+                                          "fragment": 1, "malformed": 1}),
         "OUT_REPLY": data.StructLayout({"action": Action, "reason": Reason, "job": ENCAP_JOB,
                                         "window": 16}),
         "ACCOUNT": data.StructLayout({"slot": slot, "tally": Tally, "bytes": 16,
@@ -182,6 +184,7 @@ class SaTable(wiring.Component):
         ipv6 = Signal()          # the packet being decided on is IPv6
         v6_ext = Signal()        # ... and starts with extension headers
         fragment = Signal()      # ... is a fragment
+        malformed = Signal()     # ... has an IP header the model calls malformed
         tally = Signal.like(self.account.payload)
         m.d.comb += [read_slot.eq(slot), rec_read.addr.eq(read_slot), cnt_read.addr.eq(read_slot),
                      rec_write.addr.eq(slot), cnt_write.addr.eq(slot)]
@@ -244,7 +247,8 @@ class SaTable(wiring.Component):
                                  length.eq(self.request.payload.bytes),
                                  ipv6.eq(self.request.payload.ipv6),
                                  v6_ext.eq(self.request.payload.v6_ext),
-                                 fragment.eq(self.request.payload.fragment)]
+                                 fragment.eq(self.request.payload.fragment),
+                                 malformed.eq(self.request.payload.malformed)]
                     m.next = "OUTBOUND"
 
             with m.State("HOST"):
@@ -324,6 +328,10 @@ class SaTable(wiring.Component):
                     m.d.comb += [reply.action.eq(Action.DROP),
                                  reply.reason.eq(Reason.HARD_EXPIRED),
                                  new_cnt.expired_drop.eq(_saturating_add(cnt.expired_drop, 1))]
+                with m.Elif(malformed):
+                    m.d.comb += [reply.action.eq(Action.DROP),
+                                 reply.reason.eq(Reason.MALFORMED),
+                                 new_cnt.malformed_drop.eq(_saturating_add(cnt.malformed_drop, 1))]
                 with m.Elif(rec.seq >= seq_max):
                     m.d.comb += [reply.action.eq(Action.DROP),
                                  reply.reason.eq(Reason.SEQ_OVERFLOW),

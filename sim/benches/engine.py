@@ -64,7 +64,7 @@ async def run_job(dut):
     events = StreamSink(dut, "events", rng=rng)
     # o_inbound is valid with each beat: sample it at every handshake on o, and
     # count the packets that have come out.
-    out_inbound, out_packets = [], 0
+    out_inbound, out_abort, out_packets = [], [], 0
     sample_out = out.sample
     last_bit = BEAT["last"].offset
 
@@ -74,6 +74,7 @@ async def run_job(dut):
         sample_out(cycle)
         if len(out.received) > taken:
             out_inbound.append(int(dut.o_inbound.value))
+            out_abort.append(int(dut.o_abort.value))
             out_packets += out.received[-1] >> last_bit & 1
     out.sample = sample_with_inbound
 
@@ -133,7 +134,7 @@ async def run_job(dut):
     cycles = await run_cycles(dut.clk, [host, meta, beats_in], [replies, out, events],
                               until=step, max_cycles=budget)
     engine_counters = {name: int(getattr(dut, name).value)
-                       for name in ("no_sa", "unknown_spi", "unsupported")}
+                       for name in ("no_sa", "unknown_spi", "unsupported", "truncated")}
 
     beats_out = [BEAT.from_bits(value) for value in out.received]
     assert not beats_out or beats_out[-1].last, "the last output packet is incomplete"
@@ -146,7 +147,7 @@ async def run_job(dut):
         flags = set(out_inbound[start:end + 1])
         assert len(flags) == 1, f"output packet {number}: o_inbound changes within it"
         outputs.append({"data": packet.hex(), "inbound": bool(flags.pop()),
-                        "done_cycle": out.cycles[end]})
+                        "aborted": bool(out_abort[end]), "done_cycle": out.cycles[end]})
 
     counters, seqs = {}, {}
     for slot, value in enumerate(replies.received):

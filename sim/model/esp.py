@@ -300,7 +300,9 @@ class EspModel:
             return None, drop.reason
         if output is None:
             return None, "dummy"
-        self.account(slot, len(output) if sa.direction == Direction.IN else len(packet))
+        # Cleartext IP bytes: the packet released, or the packet taken (to its IP length).
+        counted = output if sa.direction == Direction.IN else _Ip(packet, for_transport=False).packet
+        self.account(slot, len(counted))
         return output, "ok"
 
     def account(self, slot: int, length: int):
