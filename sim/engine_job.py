@@ -10,7 +10,7 @@ returns an :class:`~espnic.sim.esp_job.EngineRun` with the same fields, so
 tests assert on both simulators the same way.
 """
 
-from ..hdl.engine.sa_table import control_layout
+from ..hdl.engine.sa_table import control_layout, control_record
 from .esp_job import EngineRun, model_outcomes
 from .model import EspModel
 
@@ -53,10 +53,9 @@ def run_engine_cocotb(sa_configs: dict, traffic, *, profile="compact", slots: in
     writes = []
     for slot, config in sa_configs.items():
         model.install(slot, config)
-        full = config.to_record(model.layout)
         # The table keeps everything but the bitmap (the replay unit's); the host
         # writes exactly those fields.
-        record = control.const({name: getattr(full, name) for name, _ in control})
+        record = control.const(control_record(config.to_record(model.layout)))
         writes.append({"slot": slot, "record": record.as_bits()})
 
     reasons, expected = model_outcomes(model, sa_configs, traffic)

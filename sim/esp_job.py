@@ -21,11 +21,12 @@ from ..hdl.engine.encap import ENCAP_JOB, EspEncap
 from ..hdl.engine.engine import EspEngine
 from ..hdl.engine.protocol import IPV6_EXT_WALKED, PROTO_UDP
 from ..hdl.engine.sa import SA_COUNTERS, Direction, SaConfig
-from ..hdl.engine.sa_table import HostOp, control_layout
+from ..hdl.engine.sa_table import HostOp, control_record
 from ..hdl.gcm.layouts import BLOCK_BYTES
 from ..hdl.packet import beats_from_bytes, bytes_from_beats
 from .amaranth_sim import (run_sim, stream_get, stream_get_packets, stream_put, stream_put_all,
                            stream_record)
+from .interop import ip_packet_length
 from .model import EspModel, ReplayWindow
 
 __all__ = ["EncapRun", "encap_job", "run_encap", "DecapRun", "decap_job", "decap_seq_hi",
@@ -248,12 +249,6 @@ def _stand_in(packet: bytes, length: int) -> bytes:
     return bytes(IP(src="0.0.0.1", dst="0.0.0.2", proto=59) / Raw(bytes(length - 20)))
 
 
-def _ip_length(packet: bytes) -> int:
-    if len(packet) >= 6 and packet[0] >> 4 == 6:
-        return 40 + int.from_bytes(packet[4:6], "big")
-    return int.from_bytes(packet[2:4], "big") if len(packet) >= 4 else 0
-
-
 def model_outcomes(model: EspModel, sa_configs: dict, traffic) -> tuple[list, dict]:
     """Process `traffic` in `model` (holding `sa_configs`) as an engine would see it:
     ``(reasons, {inbound: [outputs]})``, packets the engine refuses as ``"unsupported"``
@@ -268,8 +263,8 @@ def model_outcomes(model: EspModel, sa_configs: dict, traffic) -> tuple[list, di
         if not engine_supports(sa_configs.get(slot), packet):
             reasons.append("unsupported")
             continue
-        length = _ip_length(packet)
-        if not inbound and BLOCK_BYTES < len(packet) < length:
+        length = ip_packet_length(packet)
+        if not inbound and length is not None and BLOCK_BYTES < len(packet) < length:
             # Cut-through: the engine pads a stream that ends short and aborts it, its
             # header already taken as it was; a well-formed stand-in of that length
             # has the same effect on the SA (a sequence number, the accounting).
@@ -293,7 +288,6 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
     reason ``"unsupported"``."""
     model = EspModel(slots=slots)
     dut = EspEngine(profile=profile, slots=slots)
-    control = control_layout(model.layout["replay_bitmap"].width)
     for slot, config in sa_configs.items():
         model.install(slot, config)
     reasons, expected = model_outcomes(model, sa_configs, traffic)
@@ -302,8 +296,7 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
 
     async def host_and_meta(ctx):
         for slot, config in sa_configs.items():
-            full = config.to_record(model.layout)
-            record = {name: getattr(full, name) for name, _ in control}
+            record = control_record(config.to_record(model.layout))
             await stream_put(ctx, dut.host, {"op": HostOp.WRITE, "slot": slot, "record": record},
                              timeout=_TIMEOUT)
         # Metadata and packets are two streams, driven independently.

@@ -51,7 +51,7 @@ from ..hdl.engine.sa import SaConfig
 
 __all__ = [
     "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "NATT_DECODE_PORT",
-    "write_pcap", "read_pcap", "scapy_sa", "esp_payload",
+    "write_pcap", "read_pcap", "ip_packet_length", "scapy_sa", "esp_payload",
     "tshark_path", "esp_sa_uat", "TsharkEsp", "TsharkError", "tshark_command", "tshark_decrypt",
 ]
 
@@ -104,7 +104,7 @@ def write_pcap(path, packets: Iterable[bytes], *, link: str = "raw") -> Path:
     return path
 
 
-def _ip_length(packet: bytes) -> int | None:
+def ip_packet_length(packet: bytes) -> int | None:
     """The IP packet's own length, or None when the header does not say."""
     if len(packet) >= 4 and packet[0] >> 4 == 4:
         return struct.unpack_from("!H", packet, 2)[0]
@@ -124,7 +124,7 @@ def _strip_ethernet(frame: bytes) -> bytes | None:
             return None
         packet = frame[offset + 2:]
         # Frames shorter than 60 bytes carry Ethernet padding that is no part of the packet.
-        length = _ip_length(packet)
+        length = ip_packet_length(packet)
         return packet[:length] if length is not None and length <= len(packet) else packet
     return None
 
@@ -190,7 +190,7 @@ def esp_payload(packet: bytes, mode: str) -> tuple[int, bytes]:
     if ip.version == 6 and ip.nh in (0, 43, 44, 60):
         raise ValueError("esp_payload: IPv6 extension headers are not supported in transport mode")
     header_len = ip.ihl * 4 if ip.version == 4 else 40
-    end = _ip_length(packet)
+    end = ip_packet_length(packet)
     return (ip.proto if ip.version == 4 else ip.nh), bytes(packet[header_len:end])
 
 

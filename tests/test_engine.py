@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from espnic.hdl.engine.engine import EspEngine
 from espnic.hdl.engine.protocol import PROTO_ESP, PROTO_IPV4
-from espnic.hdl.engine.sa_table import HostOp, control_layout
+from espnic.hdl.engine.sa_table import HostOp, control_record
 from espnic.sim.amaranth_sim import run_sim, stream_put
 from espnic.sim.esp_job import esp_offset, run_engine
 from espnic.sim.model import EspModel
@@ -277,15 +277,13 @@ def test_engine_host_write_and_delete_load_the_replay_window():
     pure-Python inverse of its layout."""
     dut = EspEngine(slots=SLOTS)
     model = EspModel(slots=SLOTS)
-    control = control_layout(model.layout["replay_bitmap"].width)
     cases = [config("in", seq=1000, window=64), config("in", esn=True, seq=2**32 + 5, window=1024),
              config("in", seq=0, window=100), config("out", seq=77)]
     seen = []
 
     def host_write(slot, cfg):
-        full = cfg.to_record(model.layout)
         return {"op": HostOp.WRITE, "slot": slot,
-                "record": {name: getattr(full, name) for name, _ in control}}
+                "record": control_record(cfg.to_record(model.layout))}
 
     async def bench(ctx):
         for slot, cfg in enumerate(cases):

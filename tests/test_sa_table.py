@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from amaranth.lib import data
 
 from espnic.hdl.engine.sa import SA_COUNTERS, SaState
-from espnic.hdl.engine.sa_table import Action, HostOp, SaTable, Tally, control_layout
+from espnic.hdl.engine.sa_table import (Action, HostOp, SaTable, Tally, control_layout,
+                                        control_record)
 from espnic.sim.amaranth_sim import run_sim, stream_get, stream_put, stream_record
 from espnic.sim.model import EspModel
 from tests.esp_cases import config, plain_packet
@@ -20,9 +21,7 @@ _TIMEOUT = 50
 
 def _record_without_bitmap(model, slot):
     """What the table keeps of the model's record (as the host reads it)."""
-    control = control_layout(model.layout["replay_bitmap"].width)
-    full = model.read_record(slot)
-    return {name: getattr(full, name) for name, _field in control}
+    return control_record(model.read_record(slot))
 
 
 def _as_dict(view, layout):
@@ -103,8 +102,7 @@ def _run_against_model(slot_specs, ops):
 
     async def bench(ctx):
         for slot, bits in installed.items():
-            full = data.Const(model.layout, bits)
-            value = {name: getattr(full, name) for name, _ in control}
+            value = control_record(data.Const(model.layout, bits))
             await stream_put(ctx, dut.host, {"op": HostOp.WRITE, "slot": slot, "record": value},
                              timeout=_TIMEOUT)
         for op, slot, size in ops:

@@ -65,12 +65,9 @@ from .sa_table import Action, HostOp, Reason, SaTable
 __all__ = ["EspEngine", "engine_meta"]
 
 
-_FACTS = data.StructLayout({"ipv6": 1, "v6_ext": 1, "fragment": 1, "malformed": 1})
-
-
 def _first_beat_facts(beat):
-    """What the SA table needs to know of a packet from its first beat (:data:`_FACTS`):
-    IPv6, IPv6 with extension headers in front, a fragment (IPv4 MF or offset, IPv6
+    """What the SA table needs to know of a packet from its first beat (fields of its
+    request): IPv6, IPv6 with extension headers in front, a fragment (IPv4 MF or offset, IPv6
     fragment header first), a header the model calls malformed (neither IPv4 nor
     IPv6, IPv4 IHL < 5 or total length < IHL, IPv6 payload length 0, or a packet
     that ends in this beat before its IP length)."""
@@ -205,11 +202,16 @@ class EspEngine(wiring.Component):
 
     def _dispatch(self, m, table, encap, decap, inbound, merger, loading):
         beat = self.i.payload
-        slot = Signal(range(self._slots))
-        length = Signal(16)              # the cleartext length, from the first beat
-        facts = Signal(_FACTS)
+        request = table.request.payload
+        looked_up = Signal.like(request)     # the packet's request, kept for RETRY
+        slot = looked_up.slot
+        length = looked_up.bytes             # the cleartext length, from the first beat
         sent = Signal(17)                # bytes of the packet handed to the encapsulator
-        aborted = Signal()               # its stream ended before its IP length
+        # What the encapsulator gets next: up to a beat of what is left of the IP length
+        # (a beat that reaches it is cut there; every other beat is full).
+        left = length - sent
+        to_encap = Mux(left < BLOCK_BYTES, left, BLOCK_BYTES)
+        ends_here = left <= BLOCK_BYTES
         # One bit per packet through the encapsulator, in order: abort it at its end.
         m.submodules.aborts = aborts = SyncFIFO(width=1, depth=4)
         abort_bit = Signal()
@@ -220,7 +222,6 @@ class EspEngine(wiring.Component):
             self.o_abort.eq(self.o.valid & self.o.payload.last & (merger.source == 0)
                             & aborts.r_data),
         ]
-        request = table.request.payload
         reply = table.reply.payload
         start = inbound.start.payload
         m.d.comb += [
@@ -249,17 +250,12 @@ class EspEngine(wiring.Component):
                     self.meta.ready.eq(take & table.request.ready),
                 ]
                 with m.If(take & table.request.ready):
-                    m.d.sync += [slot.eq(self.meta.payload.slot),
-                                 length.eq(ip_length(beat.data)),
-                                 *(facts[name].eq(value)
-                                   for name, value in _first_beat_facts(beat).items())]
+                    m.d.sync += looked_up.eq(request)
                     m.next = "DECIDE"
 
             with m.State("RETRY"):
                 # An inbound packet behind one still in flight: look it up again.
-                m.d.comb += [request.slot.eq(slot), request.bytes.eq(length),
-                             *(request[name].eq(facts[name]) for name, _ in facts.shape()),
-                             table.request.valid.eq(~inbound.busy)]
+                m.d.comb += [request.eq(looked_up), table.request.valid.eq(~inbound.busy)]
                 with m.If(~inbound.busy & table.request.ready):
                     m.next = "DECIDE"
 
@@ -273,7 +269,7 @@ class EspEngine(wiring.Component):
                             m.d.comb += [encap.job.valid.eq(1),
                                          table.reply.ready.eq(encap.job.ready)]
                             with m.If(encap.job.ready):
-                                m.d.sync += [sent.eq(0), aborted.eq(0)]
+                                m.d.sync += sent.eq(0)
                                 m.next = "ENCAP"
                         with m.Case(Action.INBOUND):
                             self._decide_inbound(m, table, decap, inbound)
@@ -287,16 +283,13 @@ class EspEngine(wiring.Component):
                 # The encapsulator gets exactly the IP length: bytes past it are
                 # discarded (the model ignores them too), a stream that ends short is
                 # padded with zero bytes and the ESP packet aborted (see `o_abort`).
-                left = length - sent
                 reaches = sent + beat.count >= length
-                count = Mux(reaches, left, Mux(beat.last & (left >= BLOCK_BYTES), BLOCK_BYTES,
-                                               Mux(beat.last, left, beat.count)))
                 m.d.comb += [
-                    encap.i.payload.data.eq(beat.data & Cat(Mux(count > k, 0xff, 0)
+                    encap.i.payload.data.eq(beat.data & Cat(Mux(to_encap > k, 0xff, 0)
                                                             for k in range(BLOCK_BYTES))),
-                    encap.i.payload.count.eq(count),
+                    encap.i.payload.count.eq(to_encap),
                     encap.i.payload.first.eq(beat.first),
-                    encap.i.payload.last.eq(reaches | beat.last & (left <= BLOCK_BYTES)),
+                    encap.i.payload.last.eq(ends_here),
                     encap.i.valid.eq(self.i.valid),
                     self.i.ready.eq(encap.i.ready),
                 ]
@@ -308,23 +301,21 @@ class EspEngine(wiring.Component):
                             m.next = "DISCARD"
                     with m.Elif(beat.last):
                         m.d.sync += self.truncated.eq(self.truncated + 1)
-                        with m.If(left > BLOCK_BYTES):
-                            m.d.sync += aborted.eq(1)
-                            m.next = "PAD"
-                        with m.Else():
+                        with m.If(ends_here):
                             m.next = "LOOKUP"
+                        with m.Else():
+                            m.next = "PAD"
                 m.d.comb += abort_bit.eq(~reaches & beat.last)
             with m.State("PAD"):
-                left = length - sent
                 m.d.comb += [
-                    encap.i.payload.count.eq(Mux(left >= BLOCK_BYTES, BLOCK_BYTES, left)),
-                    encap.i.payload.last.eq(left <= BLOCK_BYTES),
+                    encap.i.payload.count.eq(to_encap),
+                    encap.i.payload.last.eq(ends_here),
                     encap.i.valid.eq(1),
+                    abort_bit.eq(1),
                 ]
-                m.d.comb += abort_bit.eq(1)
                 with m.If(encap.i.ready):
                     m.d.sync += sent.eq(sent + BLOCK_BYTES)
-                    with m.If(left <= BLOCK_BYTES):
+                    with m.If(ends_here):
                         m.next = "LOOKUP"
             with m.State("DECAP"):
                 wiring.connect(m, wiring.flipped(self.i), decap.i)

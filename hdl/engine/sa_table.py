@@ -56,6 +56,7 @@ from .encap import ENCAP_JOB
 from .sa import REPLAY_WINDOW, SA_COUNTERS, Direction, Encap, IpVersion, Mode, SaState, sa_layout
 
 __all__ = ["SaTable", "Action", "Reason", "HostOp", "Event", "Tally", "control_layout",
+           "control_record",
            "HOST_OP", "HOST_REPLY", "OUT_REQUEST", "OUT_REPLY", "ACCOUNT", "EVENT"]
 
 
@@ -63,6 +64,13 @@ def control_layout(window: int = REPLAY_WINDOW) -> data.StructLayout:
     """The SA record as this table keeps it: everything but the replay bitmap."""
     return data.StructLayout({name: field.shape for name, field in sa_layout(window)
                               if name != "replay_bitmap"})
+
+
+def control_record(record: data.Const) -> dict:
+    """The fields of a full :func:`sa_layout` record that the table keeps (what the host
+    writes, as a ``{field: value}`` dict for ``control_layout(...).const``)."""
+    window = record.shape()["replay_bitmap"].width
+    return {name: getattr(record, name) for name, _field in control_layout(window)}
 
 
 class Action(enum.Enum, shape=2):
@@ -181,10 +189,7 @@ class SaTable(wiring.Component):
         read_slot = Signal.like(slot)
         host_op = Signal.like(self.host.payload)
         length = Signal(16)      # of the packet being accounted
-        ipv6 = Signal()          # the packet being decided on is IPv6
-        v6_ext = Signal()        # ... and starts with extension headers
-        fragment = Signal()      # ... is a fragment
-        malformed = Signal()     # ... has an IP header the model calls malformed
+        request = Signal.like(self.request.payload)   # the outbound request being decided
         tally = Signal.like(self.account.payload)
         m.d.comb += [read_slot.eq(slot), rec_read.addr.eq(read_slot), cnt_read.addr.eq(read_slot),
                      rec_write.addr.eq(slot), cnt_write.addr.eq(slot)]
@@ -245,10 +250,7 @@ class SaTable(wiring.Component):
                     m.d.comb += read_slot.eq(self.request.payload.slot)
                     m.d.sync += [slot.eq(self.request.payload.slot),
                                  length.eq(self.request.payload.bytes),
-                                 ipv6.eq(self.request.payload.ipv6),
-                                 v6_ext.eq(self.request.payload.v6_ext),
-                                 fragment.eq(self.request.payload.fragment),
-                                 malformed.eq(self.request.payload.malformed)]
+                                 request.eq(self.request.payload)]
                     m.next = "OUTBOUND"
 
             with m.State("HOST"):
@@ -311,11 +313,12 @@ class SaTable(wiring.Component):
             with m.State("OUTBOUND"):
                 m.d.comb += self.reply.valid.eq(1)
                 outer_v6 = Mux(rec.mode == Mode.TUNNEL, rec.tunnel.ip_version == IpVersion.IPV6,
-                               ipv6)
+                               request.ipv6)
                 transport = rec.mode == Mode.TRANSPORT
                 unsupported = Mux(rec.direction == Direction.OUT,
-                                  (rec.natt.encap == Encap.UDP) & outer_v6 | transport & v6_ext,
-                                  v6_ext)
+                                  ((rec.natt.encap == Encap.UDP) & outer_v6
+                                   | transport & request.v6_ext),
+                                  request.v6_ext)
                 with m.If(rec.state == SaState.INVALID):
                     m.d.comb += [reply.action.eq(Action.DROP), reply.reason.eq(Reason.NO_SA)]
                 with m.Elif(unsupported):
@@ -328,7 +331,7 @@ class SaTable(wiring.Component):
                     m.d.comb += [reply.action.eq(Action.DROP),
                                  reply.reason.eq(Reason.HARD_EXPIRED),
                                  new_cnt.expired_drop.eq(_saturating_add(cnt.expired_drop, 1))]
-                with m.Elif(malformed):
+                with m.Elif(request.malformed):
                     m.d.comb += [reply.action.eq(Action.DROP),
                                  reply.reason.eq(Reason.MALFORMED),
                                  new_cnt.malformed_drop.eq(_saturating_add(cnt.malformed_drop, 1))]
@@ -340,7 +343,7 @@ class SaTable(wiring.Component):
                     with m.If(~cnt.hard_expired):
                         m.d.comb += new_cnt.hard_expired.eq(1)
                         m.d.sync += raise_hard.eq(self.reply.ready)
-                with m.Elif(transport & fragment):
+                with m.Elif(transport & request.fragment):
                     m.d.comb += [reply.action.eq(Action.DROP),
                                  reply.reason.eq(Reason.MALFORMED),
                                  new_cnt.malformed_drop.eq(_saturating_add(cnt.malformed_drop, 1))]
