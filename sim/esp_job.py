@@ -16,6 +16,10 @@ import random
 import struct
 from dataclasses import dataclass
 
+from scapy.layers.inet import IP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Raw
+
 from ..hdl.engine.decap import DECAP_JOB, EspDecap
 from ..hdl.engine.encap import ENCAP_JOB, EspEncap
 from ..hdl.engine.engine import EspEngine
@@ -240,10 +244,6 @@ def engine_supports(config: SaConfig | None, packet: bytes) -> bool:
 
 def _stand_in(packet: bytes, length: int) -> bytes:
     """A well-formed packet of `packet`'s IP version and `length` bytes."""
-    from scapy.layers.inet import IP
-    from scapy.layers.inet6 import IPv6
-    from scapy.packet import Raw
-
     if packet[0] >> 4 == 6:
         return bytes(IPv6(src="::1", dst="::2", nh=59) / Raw(bytes(length - 40)))
     return bytes(IP(src="0.0.0.1", dst="0.0.0.2", proto=59) / Raw(bytes(length - 20)))
@@ -254,8 +254,8 @@ def model_outcomes(model: EspModel, sa_configs: dict, traffic) -> tuple[list, di
     ``(reasons, {inbound: [outputs]})``, packets the engine refuses as ``"unsupported"``
     and kept from the model (the engine refuses them with no side effect); an
     outbound packet whose stream ends after its first beat but before its IP length
-    is ``"aborted"``: the model processes it padded with zeros (a sequence number
-    used, the packet accounted), and no output is expected."""
+    is ``"aborted"``: the model processes a well-formed stand-in of that length (a
+    sequence number used, the packet accounted), and no output is expected."""
     expected = {False: [], True: []}
     reasons = []
     for slot, packet in traffic:
