@@ -10,7 +10,10 @@ every output and counter checked against the reference model. A packet's
 cycles are the steady-state distance between the last output beats of
 consecutive packets. ``bytes`` is the cleartext packet's length.
 ``block_rate`` is the text blocks per cycle as a fraction of the GCM core's
-sustained rate (1 block per cycle *fast*, 1 per 16 *compact*).
+sustained rate (1 block per cycle *fast*, 1 per 16 *compact*); ``vs_core`` is
+the cycles the core itself needs for such a message back to back (its fixed
+cycles per message plus the blocks at its sustained rate, plus the received
+tag when decrypting; ``bench/gcm.py``) over the engine's cycles per packet.
 
 Both directions use one SA in tunnel mode, IPv4 in IPv4, no ESN.
 """
@@ -28,8 +31,11 @@ from espnic.sim.esp_job import run_engine
 from espnic.sim.model import EspModel
 
 SIZES = (64, 512, 1400)
-#: GCM core's sustained text blocks per cycle (performance.md, bench/gcm.py).
+#: GCM core's sustained text blocks per cycle, fixed cycles per message (AES-128, 8-byte
+#: AAD) and cycles for a decryption's received tag (performance.md, bench/gcm.py).
 CORE_BLOCK_RATE = {"compact": 1 / 16, "fast": 1.0}
+CORE_FIXED = {"compact": 65, "fast": 5}
+CORE_TAG = {"compact": 10, "fast": 1}
 
 _SA = dict(spi=0x1000, direction="out", mode="tunnel", key="00" * 16, salt="01020304",
            src="192.0.2.1", dst="192.0.2.2")
@@ -73,11 +79,14 @@ def measure(profile: str, *, packets: int = 6) -> list[dict]:
             done = run(profile, size, packets)
             cycles = (done[-1] - done[0]) / (packets - 1)
             text_blocks = -(-(size + 2 + (-(size + 2) % 4)) // 16)
+            core = (CORE_FIXED[profile] + text_blocks / CORE_BLOCK_RATE[profile]
+                    + (CORE_TAG[profile] if direction == "in" else 0))
             rows.append({
                 "direction": direction, "profile": profile, "bytes": size,
                 "cycles_per_packet": round(cycles, 1),
                 "bits_per_cycle": round(8 * size / cycles, 2),
                 "block_rate": round(text_blocks / cycles / CORE_BLOCK_RATE[profile], 3),
+                "vs_core": round(core / cycles, 3),
             })
     return rows
 

@@ -2,8 +2,9 @@
 """The ``espnic`` command line (DESIGN.md section 7).
 
 Only the command names are fixed so far; each one says plainly that it is not
-built yet instead of pretending. The AES-GCM core can be exercised today with
-``python -m espnic.sim.demo_gcm``.
+built yet instead of pretending. What is built can be exercised today: the
+AES-GCM core with ``python -m espnic.sim.demo_gcm``, the ESP engine (gateware
+against the reference model) with ``python -m espnic.bench.engine``.
 """
 
 import argparse
@@ -26,7 +27,9 @@ _PLANNED = {
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="espnic", description="IPsec ESP offload engine for FPGAs (AES-GCM).",
-        epilog="Today only the AES-GCM core is built: try `python -m espnic.sim.demo_gcm`.")
+        epilog="Built so far: the AES-GCM core and the ESP engine, not the forwarder, host link "
+               "or controller. Try `python -m espnic.sim.demo_gcm` or "
+               "`python -m espnic.bench.engine`.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, needs in _PLANNED.items():
         commands.add_parser(name, help=f"not supported yet (needs {needs})")

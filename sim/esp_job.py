@@ -26,12 +26,14 @@ from ..hdl.engine.engine import EspEngine
 from ..hdl.engine.protocol import IPV6_EXT_WALKED, PROTO_UDP
 from ..hdl.engine.sa import SA_COUNTERS, Direction, SaConfig
 from ..hdl.engine.sa_table import HostOp, control_record
+from ..hdl.engine.udp6 import udp6_fill_limit
 from ..hdl.gcm.layouts import BLOCK_BYTES
 from ..hdl.packet import beats_from_bytes, bytes_from_beats
 from .amaranth_sim import (run_sim, stream_get, stream_get_packets, stream_put, stream_put_all,
                            stream_record)
 from .interop import ip_packet_length
 from .model import EspModel, ReplayWindow
+from .model.esp import internet_checksum
 
 __all__ = ["EncapRun", "encap_job", "run_encap", "DecapRun", "decap_job", "decap_seq_hi",
            "esp_offset", "run_decap", "EngineRun", "engine_supports", "model_outcomes",
@@ -142,13 +144,13 @@ class DecapRun:
     done_cycles: list[int]   # cycle of each verdict
 
 
-def run_decap(config: SaConfig, packets, *, profile="compact", stall=0.0, gap=0.0,
+def run_decap(config: SaConfig, packets, *, profile="compact", banks=1, stall=0.0, gap=0.0,
               seed=0) -> DecapRun:
     """Decapsulate `packets` under `config` (an inbound SA) in gateware and in the model.
 
-    Every packet whose header reaches ``admit`` is let in (the SPI and replay
-    checks are the engine's), with the sequence number's high half the model
-    reconstructs."""
+    Every packet whose header reaches ``admit`` is let in, with the sequence
+    number's high half the model reconstructs, and every authentic one is
+    accepted at ``settle`` (the SPI and replay checks are the engine's)."""
     model = EspModel(slots=1)
     model.install(0, config)
     jobs, seq_his, expected = [], [], []
@@ -157,7 +159,7 @@ def run_decap(config: SaConfig, packets, *, profile="compact", stall=0.0, gap=0.
         seq_his.append(decap_seq_hi(config, model, packet))
         expected.append(model.process(0, packet))
 
-    dut = EspDecap(profile=profile)
+    dut = EspDecap(profile=profile, banks=banks)
     beats, verdicts, done_cycles = [], [], []
 
     async def feed_jobs(ctx):
@@ -199,14 +201,19 @@ def run_decap(config: SaConfig, packets, *, profile="compact", stall=0.0, gap=0.
         ctx.set(dut.verdict.ready, 1)
 
     async def admit(ctx):
+        # One header per packet, in order.
+        for seq_hi in seq_his:
+            header = await stream_get(ctx, dut.header)
+            if not header.malformed:
+                await stream_put(ctx, dut.admit, {"go": 1, "seq_hi": seq_hi}, timeout=_TIMEOUT)
+
+    async def settle(ctx):
         while True:
-            await stream_get(ctx, dut.header)
-            # Packets go through one at a time: this header is the next verdict's.
-            await stream_put(ctx, dut.admit, {"go": 1, "seq_hi": seq_his[len(verdicts)]},
-                             timeout=_TIMEOUT)
+            asked = await stream_get(ctx, dut.settle)
+            await stream_put(ctx, dut.settled, {"accept": asked.authentic}, timeout=_TIMEOUT)
 
     run_sim(dut, feed_jobs, feed_packets, collect_packets, collect_verdicts, accept_verdicts,
-            background=[admit])
+            background=[admit, settle])
     return DecapRun(expected, verdicts, beats, done_cycles)
 
 
@@ -222,13 +229,16 @@ class EngineRun:
     events: list                  # (slot, name) in the engine's order
     done_cycles: list[int]        # cycle of each output packet's last beat
     model: EspModel
+    inbound_overlap: int = 0      # most inbound packets in the decapsulator at once
+    late_replays: int = 0         # authentic packets admitted, then refused at their commit
 
 
 def engine_supports(config: SaConfig | None, packet: bytes) -> bool:
     """Whether the engine's data path handles `packet` on `config` (the SA table
     refuses the rest as ``UNSUPPORTED``, with no side effect): not outbound UDP
-    encapsulation with an IPv6 outer header, not IPv6 extension headers in front of
-    ESP (outbound transport mode, inbound)."""
+    encapsulation with an IPv6 outer header of a packet longer than
+    :func:`udp6_fill_limit`, not IPv6 extension headers in front of ESP (outbound
+    transport mode, inbound)."""
     if config is None:
         return True
     ipv6 = len(packet) > 6 and packet[0] >> 4 == 6
@@ -237,9 +247,19 @@ def engine_supports(config: SaConfig | None, packet: bytes) -> bool:
         return not v6_ext
     if config.mode == "transport" and v6_ext:
         return False
-    if config.encap != "udp":
+    outer_v6 = ":" in config.src if config.mode == "tunnel" else ipv6
+    if config.encap != "udp" or not outer_v6:
         return True
-    return ":" not in config.src if config.mode == "tunnel" else not ipv6
+    return (ip_packet_length(packet) or 0) <= udp6_fill_limit()
+
+
+def _header_checksum_right(packet: bytes) -> bool:
+    """Not IPv4, or an IPv4 header that is all there with a right checksum (the
+    engine's :class:`Ipv4HeaderCheck` drops the others before anything is allocated)."""
+    if packet[0] >> 4 != 4:
+        return True
+    ihl = (packet[0] & 15) * 4
+    return 20 <= ihl <= len(packet) and internet_checksum(packet[:ihl]) == 0
 
 
 def _stand_in(packet: bytes, length: int) -> bytes:
@@ -254,8 +274,9 @@ def model_outcomes(model: EspModel, sa_configs: dict, traffic) -> tuple[list, di
     ``(reasons, {inbound: [outputs]})``, packets the engine refuses as ``"unsupported"``
     and kept from the model (the engine refuses them with no side effect); an
     outbound packet whose stream ends after its first beat but before its IP length
-    is ``"aborted"``: the model processes a well-formed stand-in of that length (a
-    sequence number used, the packet accounted), and no output is expected."""
+    is ``"aborted"`` if its IPv4 header checksum is right: the model processes a
+    well-formed stand-in of that length (a sequence number used, the packet
+    accounted), and no output is expected."""
     expected = {False: [], True: []}
     reasons = []
     for slot, packet in traffic:
@@ -264,7 +285,8 @@ def model_outcomes(model: EspModel, sa_configs: dict, traffic) -> tuple[list, di
             reasons.append("unsupported")
             continue
         length = ip_packet_length(packet)
-        if not inbound and length is not None and BLOCK_BYTES < len(packet) < length:
+        if not inbound and length is not None and BLOCK_BYTES < len(packet) < length \
+                and _header_checksum_right(packet):
             # Cut-through: the engine pads a stream that ends short and aborts it, its
             # header already taken as it was; a well-formed stand-in of that length
             # has the same effect on the SA (a sequence number, the accounting).
@@ -339,8 +361,26 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
                 done_cycles.append(cycle)
                 aborts.append(bool(abort))
 
+    overlap = {"now": 0, "most": 0, "late": 0, "authentic": False}
+
+    async def watch_inbound(ctx):
+        decap = dut.decap
+        async for (_clk, _rst, job, verdict, settle, authentic, settled, accept) in \
+                ctx.tick().sample(decap.job.valid & decap.job.ready,
+                                  decap.verdict.valid & decap.verdict.ready,
+                                  decap.settle.valid & decap.settle.ready,
+                                  decap.settle.payload.authentic,
+                                  decap.settled.valid & decap.settled.ready,
+                                  decap.settled.payload.accept):
+            overlap["now"] += job - verdict
+            overlap["most"] = max(overlap["most"], overlap["now"])
+            if settle:
+                overlap["authentic"] = bool(authentic)
+            if settled and overlap["authentic"] and not accept:
+                overlap["late"] += 1
+
     run_sim(dut, host_and_meta, packets, collect,
-            processes=[stream_record(dut.events, events), watch_output])
+            processes=[stream_record(dut.events, events), watch_output, watch_inbound])
     outputs = {False: [], True: []}
     for packet, inbound, abort in zip(bytes_from_beats(received, BLOCK_BYTES), sources, aborts,
                                       strict=True):
@@ -348,4 +388,4 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
             outputs[inbound].append(packet)
     return EngineRun(reasons, outputs, expected, counters, seqs, engine_counters,
                      [(event.slot, event.event.name.lower()) for event in events],
-                     done_cycles, model)
+                     done_cycles, model, overlap["most"], overlap["late"])

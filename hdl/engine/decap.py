@@ -51,32 +51,46 @@ Not built here yet (the model does these; tests keep to the rest):
   destination options; here any next header but 50 / 17 is ``MALFORMED``);
 * inner IPv6 extension headers are not walked (the model drops an inner packet
   whose chain runs past its length; here it is released);
-* packets whose ciphertext is longer than the buffer (``16 * buffer_blocks``
+* packets whose ciphertext is longer than a buffer bank (``16 * buffer_blocks``
   bytes) are ``MALFORMED`` here; the model takes any length.
 
 Interface: one :data:`DECAP_JOB` per packet on ``job``; the outer packet on
-``i`` as 16-byte beats (full but the last); one :data:`DECAP_HEADER` on
-``header`` and one :data:`DECAP_ADMIT` on ``admit`` per packet whose outer
-header passed; the released packet on ``o`` (16-byte beats, full but the last)
-for accepted packets only; one :data:`DECAP_VERDICT` per packet on
+``i`` as 16-byte beats (full but the last); one :data:`DECAP_HEADER` per packet
+on ``header`` (``malformed`` set when the outer header failed: no ``admit``
+follows) and one :data:`DECAP_ADMIT` on ``admit`` for each well-formed one;
+one :data:`DECAP_SETTLE` on ``settle`` per admitted packet whose ICV has been
+computed (not truncated), answered on ``settled``: the engine commits the
+sequence number to the replay window there, and only an accepted packet goes on
+to its trailer checks and release; the released packet on ``o`` (16-byte
+beats, full but the last); one :data:`DECAP_VERDICT` per packet on
 ``verdict``, after the packet's last output beat and once its last input beat
-has been taken.
+has been taken. Every stream is in packet order.
+
+Overlap (``banks`` > 1): the input side takes packet N+1 while the output side
+waits for packet N's ICV, checks and releases it, each packet in its own
+buffer bank. An SA without ESN does not wait for ``admit`` before decrypting
+(its AAD is all on the wire): a packet refused there is decrypted into its
+bank all the same, and dropped unopened. With ESN the AAD needs the high half
+from ``admit``, so the input side waits for it.
 """
+
+from types import SimpleNamespace
 
 from amaranth import *
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..gcm.core import GcmCore
 from ..gcm.layouts import BLOCK_BYTES
-from ..packet.layouts import big_endian, packet_beat
+from ..packet.layouts import big_endian, octets, ones_fold, packet_beat, words16
 from .protocol import (ECN_CE, ESP_HEADER_BYTES, ESP_MIN_BYTES, ICV_BYTES, PROTO_ESP, PROTO_IPV4,
                        PROTO_IPV6, PROTO_NONE, PROTO_UDP, UDP_HEADER_BYTES)
 from .sa import Encap
 
-__all__ = ["DecapStatus", "DECAP_JOB", "DECAP_HEADER", "DECAP_ADMIT", "DECAP_VERDICT",
-           "EspDecap"]
+__all__ = ["DecapStatus", "DECAP_JOB", "DECAP_HEADER", "DECAP_ADMIT", "DECAP_SETTLE",
+           "DECAP_SETTLED", "DECAP_VERDICT", "EspDecap"]
 
 
 class DecapStatus(enum.Enum, shape=3):
@@ -84,7 +98,7 @@ class DecapStatus(enum.Enum, shape=3):
     AUTH_FAIL = 1   # ICV mismatch: nothing released, the window must not move
     MALFORMED = 2   # outer header, length, truncation, padding or inner header
     DUMMY     = 3   # authentic, next header 59 (RFC 4303 2.6): nothing released
-    REFUSED   = 4   # ``admit.go`` was 0 (SPI or replay check): drained, not decrypted
+    REFUSED   = 4   # ``admit.go`` or ``settled.accept`` was 0 (SPI or replay check): dropped
 
 
 #: What the SA table hands the decapsulator with each packet.
@@ -97,10 +111,11 @@ DECAP_JOB = data.StructLayout({
     "transport": 1,       # transport mode: the outer header is rebuilt around the payload
 })
 
-#: The ESP header of a packet whose outer header passed (offered on ``header``).
+#: The ESP header of a packet (offered on ``header``, one per packet).
 DECAP_HEADER = data.StructLayout({
-    "spi":    32,
-    "seq_lo": 32,       # the 32 bits on the wire
+    "spi":       32,
+    "seq_lo":    32,    # the 32 bits on the wire
+    "malformed": 1,     # the outer header failed: spi/seq_lo mean nothing, no admit
 })
 
 #: The answer to a ``header``: go on (``go``, with the reconstructed high half of
@@ -108,6 +123,17 @@ DECAP_HEADER = data.StructLayout({
 DECAP_ADMIT = data.StructLayout({
     "go":     1,
     "seq_hi": 32,
+})
+
+#: An admitted packet's ICV result, offered before anything of it is released.
+DECAP_SETTLE = data.StructLayout({
+    "authentic": 1,     # the ICV verified
+})
+
+#: The engine's answer to a ``settle``: ``accept`` = the packet is authentic and
+#: still new after every earlier packet's commit (the window took its number).
+DECAP_SETTLED = data.StructLayout({
+    "accept": 1,
 })
 
 #: One per packet. ``spi`` and ``seq`` (the 32 bits on the wire) come from the
@@ -127,87 +153,152 @@ _IPV6_HEADER = 40
 _HEADER_ROWS = 4          # buffer rows for an outer header of up to 60 bytes
 
 
-def _octets(value, count=BLOCK_BYTES):
-    return [value[8 * k:8 * (k + 1)] for k in range(count)]
+def _descriptor(banks):
+    """What the input side hands the output side about a packet (the input side's
+    registers belong to the next packet by the time the output side uses them)."""
+    return data.StructLayout({
+        "bank":       range(max(banks, 2)),
+        "gcm":        1,             # a GCM message was started: its result must be taken
+        "status":     DecapStatus,   # without one: MALFORMED or REFUSED
+        "go":         1,             # admitted
+        "truncated":  1,
+        "transport":  1,
+        "v6":         1,
+        "header_len": 7,             # the outer IP header's
+        "text_len":   16,
+        "ip_total":   16,            # IPv4 total length
+        "checksum":   16,            # IPv4 header checksum
+        "proto":      8,
+        "ttl":        8,
+        "ecn":        2,
+        "spi":        32,            # as on the wire (byte i at bits 8i)
+        "seq":        32,
+    })
 
 
-def _words16(block):
-    """The eight big-endian 16-bit words of a 16-byte block, as numbers."""
-    octets = _octets(block)
-    return [Cat(octets[2 * w + 1], octets[2 * w]) for w in range(BLOCK_BYTES // 2)]
-
-
-def _fold(total):
-    """RFC 1071 end-around-carry fold of a sum of 16-bit words (< 2**21) to 16 bits."""
-    once = total[:16] + total[16:]
-    return (once[:16] + once[16:])[:16]
+#: The inner header's fields, caught as its plaintext goes into a bank.
+_INNER = data.StructLayout({
+    "version":  4,
+    "ihl":      4,
+    "total":    16,
+    "plen":     16,
+    "word0":    16,
+    "checksum": 16,
+    "sum":      21,          # the IPv4 header's 16-bit words, summed
+})
 
 
 class EspDecap(wiring.Component):
-    """ESP decapsulation of one packet at a time (see the module docstring).
+    """ESP decapsulation (see the module docstring).
 
     Parameters
     ----------
     profile : the GCM core's datapath profile (``"compact"`` or ``"fast"``).
-    buffer_blocks : depth of the plaintext buffer in 16-byte blocks (block RAM);
-        the default 128 (2 KiB) holds any packet of a 1500-byte MTU.
+    buffer_blocks : plaintext capacity of a buffer bank in 16-byte blocks; the
+        default 124 (1,984 bytes of ciphertext) holds any packet of a 1500-byte
+        MTU, and with the four header rows makes a bank 128 rows.
+    banks : packets in flight, each in its own bank of the buffer (block RAM,
+        ``banks`` x a power of two >= ``buffer_blocks + 4`` rows of 128 bits).
 
-    Design: an input state machine reads the outer header from the beats that
-    hold it (the fields at fixed offsets, the ESP header words at
-    ``E = header length (+ 8 with UDP)``, which is always a multiple of 4), and
-    feeds the core's ``data_in`` itself, no gearbox: the AAD block, then the
-    ciphertext ``[E + 16, length - 16)`` as blocks that each join the upper
-    part of one beat to the lower part of the next (a 4-way choice per packet:
-    ``(E + 16) mod 16`` is 0, 4, 8 or 12), then the ICV
-    ``[length - 16, length)``, merged lane-wise from the last two beats and
-    rotated into place; the core's command waits for ``admit``. The core's
-    ``data_out`` blocks go into the buffer (the first four also past the
-    inner-header checks). On a good tag the trailer and the padding are read
-    back from the buffer's end, then the packet is streamed out of it (in
-    transport mode the kept header first, the payload joined to it by the same
-    4-way choice: one cycle more when the header is not a multiple of 16 bytes).
+    Design: three parts around the GCM core, in packet order.
+
+    * *Input side*: reads the outer header from the beats that hold it (fixed
+      offsets; the ESP header words at ``E = header length (+ 8 with UDP)``,
+      always a multiple of 4), offers the ESP header, and feeds the core's
+      ``data_in`` itself, no gearbox: the AAD block, the ciphertext ``[E + 16,
+      length - 16)`` as blocks that each join the upper part of one beat to the
+      lower part of the next (a 4-way choice per packet), then the ICV, merged
+      lane-wise from the last two beats and rotated into place. In transport
+      mode it keeps the outer header's beats in its bank's four header rows.
+      Then it hands a descriptor to the output side and takes the next packet
+      as soon as a bank is free.
+    * *Writer*: the core's plaintext blocks into their message's bank (the
+      header rows have the write port first, the core waits), the inner
+      header's fields caught on the way.
+    * *Output side*: the core's verdict, the ``settle`` handshake, the trailer
+      and padding read back from the bank's end, the inner header checks, then
+      the packet streamed out of the bank (in transport mode the kept header
+      first, the payload joined to it by the same 4-way choice: one cycle more
+      when the header is not a multiple of 16 bytes).
 
     Latency and throughput (``sync`` cycles, Amaranth simulator, no stalls,
     AES-128): the input is taken at the GCM core's block rate (one 16-byte beat
-    per cycle *fast*, about one per 16 *compact*, its serial GHASH; the header
-    beats at one per cycle); the core's verdict comes 21 (*fast*) / 52
-    (*compact*) cycles after the last input beat; the first inner beat leaves 7
-    cycles after that verdict (one more per further block of padding: 22 for
-    255 bytes), the others follow at one beat per cycle, and the packet's
-    verdict one cycle after its last beat. Packets do not overlap (one buffer):
-    the next job is taken in the cycle after the verdict. Cycles per packet
-    inside an engine (with its lookup and checks): ``bench/engine.py``.
+    per cycle *fast*, about one per 16 *compact*, its serial GHASH), plus about
+    four cycles per packet (the header check, the command, the AAD block, the
+    ICV block); the core's verdict comes 21 (*fast*) / 52 (*compact*) cycles
+    after the last input beat; the first inner beat leaves 6 cycles after that
+    verdict (one more per further block of padding: 21 for 255 bytes), the others
+    follow at one beat per cycle, and the packet's verdict one cycle after its
+    last beat. With one bank the next packet is taken in the cycle after the
+    verdict; with ``banks`` banks ``banks`` packets are in flight. Cycles per
+    packet inside an engine: ``bench/engine.py``.
     """
 
-    def __init__(self, *, profile="compact", buffer_blocks=128):
-        if type(buffer_blocks) is not int or not 4 <= buffer_blocks <= 4096:
-            raise ValueError(f"buffer_blocks must be an integer from 4 to 4096 (16-byte blocks), "
+    def __init__(self, *, profile="compact", buffer_blocks=124, banks=1):
+        if type(buffer_blocks) is not int or not 4 <= buffer_blocks <= 4092:
+            raise ValueError(f"buffer_blocks must be an integer from 4 to 4092 (16-byte blocks), "
                              f"not {buffer_blocks!r}")
-        self._buffer_blocks = buffer_blocks
+        if type(banks) is not int or not 1 <= banks <= 4:
+            raise ValueError(f"banks must be an integer from 1 to 4, not {banks!r}")
+        self._buffer_blocks, self._banks = buffer_blocks, banks
         self._gcm = GcmCore(profile)
         super().__init__({
             "job":     In(stream.Signature(DECAP_JOB)),
             "header":  Out(stream.Signature(DECAP_HEADER)),
             "admit":   In(stream.Signature(DECAP_ADMIT)),
+            "settle":  Out(stream.Signature(DECAP_SETTLE)),
+            "settled": In(stream.Signature(DECAP_SETTLED)),
             "i":       In(stream.Signature(packet_beat(BLOCK_BYTES))),
             "o":       Out(stream.Signature(packet_beat(BLOCK_BYTES))),
             "verdict": Out(stream.Signature(DECAP_VERDICT)),
         })
 
+    @property
+    def banks(self) -> int:
+        return self._banks
+
     def elaborate(self, platform):
         m = Module()
-        depth = self._buffer_blocks
         m.submodules.gcm = gcm = self._gcm
-        # Rows [0, depth): the plaintext; rows depth + 0..3: the outer header (transport).
-        m.submodules.buffer = buffer = Memory(shape=unsigned(128), depth=depth + _HEADER_ROWS,
+        blocks, banks = self._buffer_blocks, self._banks
+        row_bits = (blocks + _HEADER_ROWS - 1).bit_length()
+        bank_bits = max(1, (banks - 1).bit_length())
+        # Bank b, row r at Cat(r, b): rows [0, blocks) the plaintext, blocks + 0..3
+        # the outer header (transport).
+        m.submodules.buffer = buffer = Memory(shape=unsigned(128), depth=banks << row_bits,
                                               init=[])
-        wr = buffer.write_port()
-        rd = buffer.read_port()
+        ports = SimpleNamespace(wr=buffer.write_port(), rd=buffer.read_port(),
+                                row=lambda bank, index: Cat(index[:row_bits], bank[:bank_bits]))
+        layout = _descriptor(banks)
+        # Descriptors from the input side, and the bank of each started GCM message.
+        m.submodules.descriptors = descriptors = SyncFIFO(width=layout.size, depth=banks)
+        m.submodules.messages = messages = SyncFIFO(width=bank_bits, depth=banks)
+        inner = [Signal(_INNER, name=f"inner_{bank}") for bank in range(banks)]
 
+        # A bank is taken with a job and given back with the packet's verdict.
+        in_flight = Signal(range(banks + 1))
+        taken = self.job.valid & self.job.ready
+        freed = self.verdict.valid & self.verdict.ready
+        m.d.sync += in_flight.eq(in_flight + taken - freed)
+
+        header_write = self._input_side(m, gcm, ports, descriptors, messages, layout,
+                                        room=in_flight < banks)
+        self._writer(m, gcm, ports, messages, inner, header_write)
+        self._output_side(m, gcm, ports, descriptors, layout, inner)
+        return m
+
+    def _input_side(self, m, gcm, ports, descriptors, messages, layout, *, room):
+        """Header, admission and the core's input of one packet after another;
+        returns whether the write port is taken for a header row this cycle."""
+        blocks, banks = self._buffer_blocks, self._banks
         job = Signal(DECAP_JOB)
+        bank = Signal(range(max(banks, 2)))
+        next_bank = Signal.like(bank)
         seq_hi = Signal(32)
-        status = Signal(DecapStatus)
-        authentic = Signal()
+        go = Signal()
+        awaiting = Signal()            # the header is out, its admit not in yet
+        gcm_started = Signal()
+        early = Signal(DecapStatus)    # the outcome when no GCM message is started
         beat = self.i.payload
         offset = Signal(17)            # byte offset of the current input beat in the packet
         prev = Signal(128)             # the previous beat: text blocks and the ICV straddle two
@@ -217,6 +308,12 @@ class EspDecap(wiring.Component):
             m.d.sync += [offset.eq(offset + BLOCK_BYTES), prev.eq(beat.data)]
             with m.If(beat.last):
                 m.d.sync += in_done.eq(1)
+
+        # The admission may come while the text goes in (no ESN): taken when it comes.
+        m.d.comb += self.admit.ready.eq(awaiting)
+        with m.If(self.admit.valid & awaiting):
+            m.d.sync += [awaiting.eq(0), go.eq(self.admit.payload.go),
+                         seq_hi.eq(self.admit.payload.seq_hi)]
 
         # ---- outer header fields ------------------------------------------------
         version = Signal(4)
@@ -244,13 +341,16 @@ class EspDecap(wiring.Component):
             text_start.eq(esp_start + ESP_HEADER_BYTES),
             total_len.eq(Mux(is_v6, v6_plen + _IPV6_HEADER, ip_total)),
         ]
+        # Both only meaningful once CHECK has passed the lengths.
         text_len = Signal(16)
-        text_end = Signal(17)          # = total_len - ICV_BYTES
-        blocks_sent = Signal(range(depth + 1))
+        text_end = Signal(17)
+        m.d.comb += [text_len.eq(total_len - esp_start - ESP_HEADER_BYTES - ICV_BYTES),
+                     text_end.eq(total_len - ICV_BYTES)]
+        blocks_sent = Signal(range(blocks + 1))
         truncated = Signal()
         icv = Signal(128)
 
-        octet = _octets(beat.data)
+        octet = octets(beat.data)
         word32 = Array(beat.data[32 * k:32 * (k + 1)] for k in range(4))
 
         def capture(target, at):
@@ -267,6 +367,8 @@ class EspDecap(wiring.Component):
             cmd.aad_len.eq(Mux(job.esn, 12, 8)),
             cmd.text_len.eq(text_len),
             cmd.decrypt.eq(1),
+            messages.w_data.eq(bank),
+            messages.w_en.eq(gcm.cmd.valid & gcm.cmd.ready),
         ]
 
         # ---- the text blocks: packet bytes [S + 16j, S + 16j + 16) ----------------------
@@ -276,7 +378,7 @@ class EspDecap(wiring.Component):
         # beat; a last block that ends in the previous beat is flushed on its own.
         shift = text_start[2:4]
         text_block = Array([beat.data] + [Cat(prev[32 * k:], beat.data[:32 * k])
-                                      for k in range(1, 4)])[shift]
+                                          for k in range(1, 4)])[shift]
         flushed = Array([C(0, 128)] + [prev[32 * k:] for k in range(1, 4)])[shift]
         text_here = (offset >= text_start) & (offset < text_end)
         flush_after = ((shift != 0) & (offset + text_start[:4] < text_end)
@@ -290,199 +392,89 @@ class EspDecap(wiring.Component):
         icv_here = offset + BLOCK_BYTES >= total_len
         icv_lane = total_len[:4]
         icv_from_pair = Cat(Mux((icv_lane != 0) & (icv_lane <= k), prev_byte, this_byte)
-                            for k, (prev_byte, this_byte) in enumerate(zip(_octets(prev), octet)))
+                            for k, (prev_byte, this_byte) in enumerate(zip(octets(prev), octet)))
         for bit in range(4):
             step = 8 << bit
             icv_from_pair = Mux(icv_lane[bit], Cat(icv_from_pair[step:], icv_from_pair[:step]),
                                 icv_from_pair)
         ends_short = beat.last & (offset + beat.count < total_len)
 
-        # ---- the buffer, and the inner header as the plaintext goes in ------------
-        wr_addr = Signal(range(depth + 1))
-        in_version = Signal(4)
-        in_ihl = Signal(4)
-        in_total = Signal(16)
-        in_plen = Signal(16)
-        in_word0 = Signal(16)
-        in_checksum = Signal(16)
-        in_sum = Signal(21)
-        plain = gcm.data_out.payload.data
-        plain_octet = _octets(plain)
+        # ---- the descriptor --------------------------------------------------------------
+        desc = layout(descriptors.w_data)
         m.d.comb += [
-            wr.addr.eq(wr_addr),
-            wr.data.eq(plain),
-            wr.en.eq(gcm.data_out.valid),
-            gcm.data_out.ready.eq(1),
+            desc.bank.eq(bank), desc.gcm.eq(gcm_started), desc.status.eq(early),
+            desc.go.eq(go), desc.truncated.eq(truncated), desc.transport.eq(job.transport),
+            desc.v6.eq(is_v6), desc.header_len.eq(header_len), desc.text_len.eq(text_len),
+            desc.ip_total.eq(ip_total), desc.checksum.eq(outer_checksum), desc.proto.eq(proto),
+            desc.ttl.eq(outer_ttl), desc.ecn.eq(outer_ecn), desc.spi.eq(spi_wire),
+            desc.seq.eq(seq_wire),
         ]
-        with m.If(gcm.data_out.valid):
-            m.d.sync += wr_addr.eq(wr_addr + 1)
-            with m.If(wr_addr == 0):
-                m.d.sync += [
-                    in_version.eq(plain_octet[0][4:]),
-                    in_ihl.eq(plain_octet[0][:4]),
-                    in_total.eq(Cat(plain_octet[3], plain_octet[2])),
-                    in_plen.eq(Cat(plain_octet[5], plain_octet[4])),
-                    in_word0.eq(Cat(plain_octet[1], plain_octet[0])),
-                    in_checksum.eq(Cat(plain_octet[11], plain_octet[10])),
-                    in_sum.eq(sum(_words16(plain))),
-                ]
-            with m.Elif(wr_addr < 4):
-                m.d.sync += in_sum.eq(in_sum + sum(
-                    Mux(Cat(C(2 * w, 4), wr_addr) < Cat(C(0, 2), in_ihl), word, 0)
-                    for w, word in enumerate(_words16(plain))))
-
-        # ---- trailer, padding, inner header checks -----------------------------------
-        next_header = Signal(8)
-        pad_len = Signal(8)
-        pad_blk = Signal(range(depth))
-        # Which padding byte (1-based) lane 0 of block `pad_blk` would be: -15..270 in
-        # the blocks visited, so each lane needs only a small adder and two compares.
-        pad_base = Signal(signed(10))
-        pad_bad = Signal()
-        payload_len = Signal(signed(18))
-        m.d.comb += payload_len.eq(text_len - 2 - pad_len)
-        rd_octet = Array(_octets(rd.data))
-        m.d.comb += rd.en.eq(1)
-
-        in_ecn = Mux(in_version == 6, in_word0[4:6], in_word0[:2])
-        in_ihl_bytes = Cat(C(0, 2), in_ihl)
-        inner_v4_ok = ((next_header == PROTO_IPV4) & (in_version == 4)
-                       & (in_ihl_bytes >= _IPV4_MIN_HEADER) & (in_ihl_bytes <= in_total)
-                       & (in_total <= payload_len) & (_fold(in_sum) == 0xffff))
-        inner_v6_ok = ((next_header == PROTO_IPV6) & (in_version == 6)
-                       & (in_plen != 0) & (in_plen + _IPV6_HEADER <= payload_len))
-        release_len = Signal(17)
-        mark_ce = Signal()
-        new_word0 = in_word0 | ECN_CE     # IPv4: TOS is the low byte of word 0
-        # RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
-        new_checksum = Signal(16)
-        m.d.comb += new_checksum.eq(~_fold(Cat(~in_checksum, C(0, 5)) + Cat(~in_word0, C(0, 5))
-                                           + new_word0))
-
-        # ---- release ---------------------------------------------------------------
-        # Tunnel: buffer rows 0.. are the inner packet's beats. Transport: the header
-        # rows first (H = 16a + 4r bytes), row 0 rewritten; with r != 0 row a only
-        # loads `carry` (its r words), then each beat is the r carried words and the
-        # first 4 - r words of the next buffer row, whose last r words are carried on
-        # (a 4-way choice per packet). Rows past the payload only fill masked lanes.
-        transport = job.transport
-        hdr_full = header_len[4:]                       # a
-        join = Mux(transport, header_len[2:4], 0)       # r, in 4-byte words
-        hdr_rows = Mux(transport, hdr_full + (join != 0), 0)
-        carry_at = Mux(transport & (join != 0), hdr_full, depth)   # the row that only loads
-        rel_blk = Signal(range(depth + _HEADER_ROWS + 2))   # next row to read, in release order
-        out_blk = Signal(range(depth + _HEADER_ROWS + 1))   # index of the beat on `o`
-        next_blk = Signal.like(out_blk)
-        out_valid = Signal()
-        loads_carry = Signal()                          # rd.data is the carry-only row
-        carry = Signal(96)
-        last_blk = (release_len - 1)[4:]
-        out_last = out_blk == last_blk
-        out_count = Mux(out_last, (release_len - 1)[:4] + 1, BLOCK_BYTES)
-        in_header = transport & (out_blk < hdr_full)
-        rd_word = [rd.data[32 * k:32 * (k + 1)] for k in range(4)]
-        out_joined = Array([rd.data] + [Cat(carry[:32 * k], rd.data[:128 - 32 * k])
-                                        for k in range(1, 4)])[join]
-        carried = Array([C(0, 96)] + [Cat(*rd_word[4 - k:]) for k in range(1, 4)])[join]
-        # Transport: the outer header with the next header, the length and (IPv4) a
-        # checksum updated by RFC 1624 eqn. 3 over the two words that change.
-        new_v4_checksum = ~_fold(Cat(~outer_checksum, C(0, 5)) + Cat(~ip_total, C(0, 5))
-                                 + release_len[:16] + Cat(~Cat(proto, outer_ttl), C(0, 5))
-                                 + Cat(next_header, outer_ttl))[:16]
-        rebuilt = Mux(is_v6,
-                      Cat(rd.data[:32], big_endian(release_len - _IPV6_HEADER, 2), next_header,
-                          rd.data[56:]),
-                      Cat(rd.data[:16], big_endian(release_len, 2), rd.data[32:72], next_header,
-                          big_endian(new_v4_checksum, 2), rd.data[96:]))
-        released = Signal(128)
-        with m.If(in_header):
-            m.d.comb += released.eq(Mux(out_blk == 0, rebuilt, rd.data))
-        with m.Elif(mark_ce & (out_blk == 0)):
-            with m.If(in_version == 6):
-                m.d.comb += released.eq(rd.data | (ECN_CE << 12))
-            with m.Else():
-                m.d.comb += released.eq(Cat(rd.data[:8], rd.data[8:16] | ECN_CE, rd.data[16:80],
-                                            big_endian(new_checksum, 2), rd.data[96:]))
-        with m.Else():
-            m.d.comb += released.eq(out_joined)
-        with m.If(loads_carry):
-            m.d.sync += carry.eq(Array([C(0, 96)] + [rd.data[:32 * k] for k in range(1, 4)])[join])
-        with m.If(self.o.valid & self.o.ready & ~in_header):
-            m.d.sync += carry.eq(carried)
         m.d.comb += [
-            self.o.valid.eq(out_valid),
-            self.o.payload.data.eq(released & Cat(
-                Mux(out_valid & (out_count > k), 0xff, 0) for k in range(BLOCK_BYTES))),
-            self.o.payload.count.eq(Mux(out_valid, out_count, 0)),
-            self.o.payload.first.eq(out_valid & (out_blk == 0)),
-            self.o.payload.last.eq(out_valid & out_last),
+            self.header.payload.spi.eq(big_endian(spi_wire, 4)),
+            self.header.payload.seq_lo.eq(big_endian(seq_wire, 4)),
         ]
+        header_write = Signal()
 
-        # ---- verdict -----------------------------------------------------------------
-        m.d.comb += [
-            self.verdict.payload.status.eq(status),
-            self.verdict.payload.authentic.eq(authentic),
-            self.verdict.payload.spi.eq(big_endian(spi_wire, 4)),
-            self.verdict.payload.seq.eq(big_endian(seq_wire, 4)),
-            self.verdict.payload.length.eq(Mux(status == DecapStatus.OK, release_len, 0)),
-        ]
+        def keep_header(into, transport, at):
+            # Transport mode keeps the IP header (beats 0..3) in the bank's header rows (a
+            # beat that also holds text is written too: the same beat at the same offset;
+            # not looking at `ready` keeps the core's ready out of this).
+            with m.If(self.i.valid & (at < _HEADER_ROWS) & transport):
+                m.d.comb += [header_write.eq(1),
+                             ports.wr.addr.eq(ports.row(into, blocks + at[:2])),
+                             ports.wr.data.eq(beat.data)]
 
-        def drain():
-            # Bytes past the IP length (and all of a dropped packet) are skipped.
-            m.d.comb += self.i.ready.eq(~in_done)
+        def drop(how):
+            # Dropped before a GCM message: drained, then handed on with its outcome.
+            m.d.sync += early.eq(how)
+            m.next = "DRAIN"
 
-        def finish(how):
-            m.d.sync += status.eq(how)
-            m.next = "VERDICT"
-
-        with m.FSM(name="decap"):
+        with m.FSM(name="decap_in"):
             with m.State("IDLE"):
-                with m.If(self.job.valid & self.i.valid):
-                    m.d.comb += self.job.ready.eq(1)
+                # The first beat is taken with the job.
+                with m.If(self.job.valid & self.i.valid & room):
+                    m.d.comb += [self.job.ready.eq(1), self.i.ready.eq(1)]
                     m.d.sync += [
                         job.eq(self.job.payload),
-                        offset.eq(0), in_done.eq(0), header_sum.eq(0), truncated.eq(0),
-                        blocks_sent.eq(0), icv_have.eq(0), wr_addr.eq(0), pad_bad.eq(0),
-                        mark_ce.eq(0), authentic.eq(0),
-                        release_len.eq(0), esp_header.eq(0), udp_len.eq(0),
+                        bank.eq(next_bank),
+                        next_bank.eq(Mux(next_bank == banks - 1, 0, next_bank + 1)),
+                        offset.eq(BLOCK_BYTES), in_done.eq(beat.last), truncated.eq(0),
+                        blocks_sent.eq(0), icv_have.eq(0), gcm_started.eq(0), go.eq(0),
+                        esp_header.eq(0), udp_len.eq(0),
                     ]
-                    m.next = "HEADER"
+                    keep_header(next_bank, self.job.payload.transport, C(0, 2))
+                    m.d.sync += [
+                        version.eq(octet[0][4:]),
+                        ihl.eq(octet[0][:4]),
+                        ip_total.eq(Cat(octet[3], octet[2])),
+                        v6_plen.eq(Cat(octet[5], octet[4])),
+                        proto.eq(Mux(octet[0][4:] == 6, octet[6], octet[9])),
+                        fragment.eq(Cat(octet[7], octet[6][:6]) != 0),
+                        outer_ecn.eq(Mux(octet[0][4:] == 6, octet[1][4:6], octet[1][:2])),
+                        outer_ttl.eq(octet[8]),
+                        outer_checksum.eq(Cat(octet[11], octet[10])),
+                        header_sum.eq(sum(words16(beat.data))),
+                    ]
+                    with m.If(beat.last):
+                        m.next = "BAD_HEADER"
+                    with m.Else():
+                        m.next = "HEADER"
 
             with m.State("HEADER"):
-                at_first = offset == 0
-                words = _words16(beat.data)
-                # Transport mode keeps the IP header: its beats go to the buffer's header
-                # rows (the core writes nothing before this packet's text).
-                with m.If(consumed & (offset < BLOCK_BYTES * _HEADER_ROWS)):
-                    m.d.comb += [wr.addr.eq(depth + offset[4:6]), wr.data.eq(beat.data),
-                                 wr.en.eq(1)]
-                header_end = ~at_first & (offset + BLOCK_BYTES >= text_start)
+                # The beats after the first up to the one where the text starts.
+                keep_header(bank, job.transport, offset[4:])
                 with m.If(self.i.valid):
-                    with m.If(at_first):
-                        m.d.sync += [
-                            version.eq(octet[0][4:]),
-                            ihl.eq(octet[0][:4]),
-                            ip_total.eq(Cat(octet[3], octet[2])),
-                            v6_plen.eq(Cat(octet[5], octet[4])),
-                            proto.eq(Mux(octet[0][4:] == 6, octet[6], octet[9])),
-                            fragment.eq(Cat(octet[7], octet[6][:6]) != 0),
-                            outer_ecn.eq(Mux(octet[0][4:] == 6, octet[1][4:6], octet[1][:2])),
-                            outer_ttl.eq(octet[8]),
-                            outer_checksum.eq(Cat(octet[11], octet[10])),
-                            header_sum.eq(sum(words)),
-                        ]
-                    with m.Else():
-                        m.d.sync += header_sum.eq(header_sum + sum(
-                            Mux(offset + 2 * w < Cat(C(0, 2), ihl), word, 0)
-                            for w, word in enumerate(words)))
-                        # UDP length and checksum: `udp_len` keeps the first half.
-                        capture(udp_len, header_len + 4)
-                        for w in range(4):
-                            capture(esp_header[32 * w:32 * (w + 1)], esp_start + 4 * w)
-                    with m.If(header_end):
+                    m.d.sync += header_sum.eq(header_sum + sum(
+                        Mux(offset + 2 * w < Cat(C(0, 2), ihl), word, 0)
+                        for w, word in enumerate(words16(beat.data))))
+                    # UDP length and checksum: `udp_len` keeps the first half.
+                    capture(udp_len, header_len + 4)
+                    for w in range(4):
+                        capture(esp_header[32 * w:32 * (w + 1)], esp_start + 4 * w)
+                    with m.If(offset + BLOCK_BYTES >= text_start):
                         with m.If(beat.last & (offset + beat.count < text_start)):
                             m.d.comb += self.i.ready.eq(1)
-                            finish(DecapStatus.MALFORMED)
+                            m.next = "BAD_HEADER"
                         with m.Elif(offset + BLOCK_BYTES == text_start):
                             m.d.comb += self.i.ready.eq(1)
                             m.next = "CHECK"
@@ -491,7 +483,7 @@ class EspDecap(wiring.Component):
                     with m.Else():
                         m.d.comb += self.i.ready.eq(1)
                         with m.If(beat.last):
-                            finish(DecapStatus.MALFORMED)
+                            m.next = "BAD_HEADER"
 
             with m.State("CHECK"):
                 after_ip = total_len - header_len
@@ -499,39 +491,41 @@ class EspDecap(wiring.Component):
                 outer_ok = Mux(is_v6,
                                v6_plen != 0,
                                (version == 4) & (ihl_bytes >= _IPV4_MIN_HEADER)
-                               & (ihl_bytes <= ip_total) & (_fold(header_sum) == 0xffff)
+                               & (ihl_bytes <= ip_total) & (ones_fold(header_sum) == 0xffff)
                                & ~fragment)
                 proto_ok = Mux(job.encap == Encap.UDP, is_udp, proto == PROTO_ESP)
                 # RFC 3948 2.2: a zero SPI is the non-ESP (IKE) marker.
                 udp_ok = ~is_udp | ((big_endian(udp_len[:16], 2) == after_ip) & (spi_wire != 0))
                 length = total_len - esp_start
                 long_enough = length >= ESP_MIN_BYTES
-                fits = length - ESP_HEADER_BYTES - ICV_BYTES <= BLOCK_BYTES * depth
-                with m.If(~(outer_ok & proto_ok & udp_ok & long_enough & fits) | in_done):
-                    # in_done: the stream ended with the ESP header, before the IP length.
-                    finish(DecapStatus.MALFORMED)
-                with m.Else():
-                    m.d.sync += [
-                        text_len.eq(length - ESP_HEADER_BYTES - ICV_BYTES),
-                        text_end.eq(total_len - ICV_BYTES),
-                    ]
-                    m.next = "HEADER_OUT"
-
-            with m.State("HEADER_OUT"):
-                # The SPI and replay checks are the engine's, between here and ADMIT.
-                m.d.comb += [
-                    self.header.payload.spi.eq(big_endian(spi_wire, 4)),
-                    self.header.payload.seq_lo.eq(big_endian(seq_wire, 4)),
-                    self.header.valid.eq(1),
-                ]
+                fits = length - ESP_HEADER_BYTES - ICV_BYTES <= BLOCK_BYTES * blocks
+                # in_done: the stream ended with the ESP header, before the IP length.
+                good = outer_ok & proto_ok & udp_ok & long_enough & fits & ~in_done
+                m.d.comb += [self.header.payload.malformed.eq(~good), self.header.valid.eq(1),
+                             gcm.cmd.valid.eq(good & ~job.esn & self.header.ready)]
                 with m.If(self.header.ready):
-                    m.next = "ADMIT"
+                    with m.If(~good):
+                        drop(DecapStatus.MALFORMED)
+                    with m.Else():
+                        m.d.sync += awaiting.eq(1)
+                        # The AAD of an ESN SA needs the high half from the admission;
+                        # without ESN the command goes with the header.
+                        with m.If(job.esn):
+                            m.next = "ADMIT"
+                        with m.Elif(gcm.cmd.ready):
+                            m.d.sync += gcm_started.eq(1)
+                            m.next = "AAD"
+                        with m.Else():
+                            m.next = "COMMAND"
+
+            with m.State("BAD_HEADER"):
+                m.d.comb += [self.header.payload.malformed.eq(1), self.header.valid.eq(1)]
+                with m.If(self.header.ready):
+                    drop(DecapStatus.MALFORMED)
 
             with m.State("ADMIT"):
-                m.d.comb += self.admit.ready.eq(1)
-                with m.If(self.admit.valid):
-                    m.d.sync += seq_hi.eq(self.admit.payload.seq_hi)
-                    with m.If(self.admit.payload.go):
+                with m.If(~awaiting):
+                    with m.If(go):
                         m.next = "COMMAND"
                     with m.Else():
                         m.next = "REFUSE"
@@ -541,14 +535,12 @@ class EspDecap(wiring.Component):
                 # MALFORMED, as the model finds that before the SPI and the window.
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid & beat.last):
-                    with m.If(ends_short):
-                        finish(DecapStatus.MALFORMED)
-                    with m.Else():
-                        finish(DecapStatus.REFUSED)
+                    drop(Mux(ends_short, DecapStatus.MALFORMED, DecapStatus.REFUSED))
 
             with m.State("COMMAND"):
                 m.d.comb += gcm.cmd.valid.eq(1)
                 with m.If(gcm.cmd.ready):
+                    m.d.sync += gcm_started.eq(1)
                     m.next = "AAD"
 
             with m.State("AAD"):
@@ -605,37 +597,223 @@ class EspDecap(wiring.Component):
                         m.d.sync += blocks_sent.eq(blocks_sent + 1)
 
             with m.State("ICV"):
-                drain()
                 m.d.comb += [gcm.data_in.payload.eq(icv), gcm.data_in.valid.eq(1)]
                 with m.If(gcm.data_in.ready):
-                    m.next = "TAG"
+                    # Usually the packet is in and admitted by now: hand it on at once.
+                    m.d.comb += descriptors.w_en.eq(in_done & ~awaiting)
+                    with m.If(in_done & ~awaiting):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "DRAIN"
+
+            with m.State("DRAIN"):
+                # Bytes past the IP length (and all of a dropped packet) are skipped; the
+                # descriptor goes once the packet is in and its admission (if any) came.
+                m.d.comb += [self.i.ready.eq(~in_done),
+                             descriptors.w_en.eq(in_done & ~awaiting)]
+                with m.If(in_done & ~awaiting):
+                    m.next = "IDLE"
+        return header_write
+
+    def _writer(self, m, gcm, ports, messages, inner, header_write):
+        """The core's plaintext into its message's bank; the inner header's fields."""
+        blocks = self._buffer_blocks
+        row = Signal(range(blocks + 1))
+        bank = messages.r_data
+        out = gcm.data_out
+        plain = out.payload.data
+        octet = octets(plain)
+        with m.If(~header_write):
+            m.d.comb += [ports.wr.addr.eq(ports.row(bank, row)), ports.wr.data.eq(plain),
+                         out.ready.eq(1)]
+        m.d.comb += ports.wr.en.eq(header_write | out.valid & out.ready)
+        with m.If(out.valid & out.ready):
+            m.d.sync += row.eq(row + 1)
+            with m.If(out.payload.last):
+                m.d.sync += row.eq(0)
+                m.d.comb += messages.r_en.eq(1)
+            for index, fields in enumerate(inner):
+                with m.If(bank == index):
+                    with m.If(row == 0):
+                        m.d.sync += [
+                            fields.version.eq(octet[0][4:]),
+                            fields.ihl.eq(octet[0][:4]),
+                            fields.total.eq(Cat(octet[3], octet[2])),
+                            fields.plen.eq(Cat(octet[5], octet[4])),
+                            fields.word0.eq(Cat(octet[1], octet[0])),
+                            fields.checksum.eq(Cat(octet[11], octet[10])),
+                            fields.sum.eq(sum(words16(plain))),
+                        ]
+                    with m.Elif(row < 4):
+                        m.d.sync += fields.sum.eq(fields.sum + sum(
+                            Mux(Cat(C(2 * w, 4), row) < Cat(C(0, 2), fields.ihl), word, 0)
+                            for w, word in enumerate(words16(plain))))
+
+    def _output_side(self, m, gcm, ports, descriptors, layout, inner):
+        """Verdict, settlement, trailer and inner checks and release, a packet at a time."""
+        blocks = self._buffer_blocks
+        rd = ports.rd
+        desc = Signal(layout)
+        found = Signal(_INNER)         # the inner header's fields of this packet's bank
+        m.d.comb += found.eq(Array(fields.as_value() for fields in inner)[desc.bank])
+        status = Signal(DecapStatus)
+        authentic = Signal()
+        tag_ok = Signal()
+        text_len = desc.text_len
+        header_len = desc.header_len
+        transport = desc.transport
+
+        def read(index):
+            m.d.comb += rd.addr.eq(ports.row(desc.bank, index))
+
+        # ---- trailer, padding, inner header checks -----------------------------------
+        next_header = Signal(8)
+        pad_len = Signal(8)
+        pad_blk = Signal(range(blocks))
+        # Which padding byte (1-based) lane 0 of block `pad_blk` would be: -15..270 in
+        # the blocks visited, so each lane needs only a small adder and two compares.
+        pad_base = Signal(signed(10))
+        pad_bad = Signal()
+        payload_len = Signal(signed(18))
+        m.d.comb += payload_len.eq(text_len - 2 - pad_len)
+        rd_octet = Array(octets(rd.data))
+        m.d.comb += rd.en.eq(1)
+
+        in_ecn = Mux(found.version == 6, found.word0[4:6], found.word0[:2])
+        in_ihl_bytes = Cat(C(0, 2), found.ihl)
+        inner_v4_ok = ((next_header == PROTO_IPV4) & (found.version == 4)
+                       & (in_ihl_bytes >= _IPV4_MIN_HEADER) & (in_ihl_bytes <= found.total)
+                       & (found.total <= payload_len) & (ones_fold(found.sum) == 0xffff))
+        inner_v6_ok = ((next_header == PROTO_IPV6) & (found.version == 6)
+                       & (found.plen != 0) & (found.plen + _IPV6_HEADER <= payload_len))
+        release_len = Signal(17)
+        mark_ce = Signal()
+        new_word0 = found.word0 | ECN_CE     # IPv4: TOS is the low byte of word 0
+        # RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
+        new_checksum = Signal(16)
+        m.d.comb += new_checksum.eq(~ones_fold(Cat(~found.checksum, C(0, 5))
+                                           + Cat(~found.word0, C(0, 5)) + new_word0))
+
+        # ---- release ---------------------------------------------------------------
+        # Tunnel: rows 0.. are the inner packet's beats. Transport: the header rows
+        # first (H = 16a + 4r bytes), row 0 rewritten; with r != 0 row a only loads
+        # `carry` (its r words), then each beat is the r carried words and the first
+        # 4 - r words of the next row, whose last r words are carried on (a 4-way
+        # choice per packet). Rows past the payload only fill masked lanes.
+        hdr_full = header_len[4:]                       # a
+        join = Mux(transport, header_len[2:4], 0)       # r, in 4-byte words
+        hdr_rows = Mux(transport, hdr_full + (join != 0), 0)
+        carry_at = Mux(transport & (join != 0), hdr_full, blocks + _HEADER_ROWS)
+        rel_blk = Signal(range(blocks + _HEADER_ROWS + 2))   # next row to read, in release order
+        out_blk = Signal(range(blocks + _HEADER_ROWS + 1))   # index of the beat on `o`
+        next_blk = Signal.like(out_blk)
+        out_valid = Signal()
+        loads_carry = Signal()                          # rd.data is the carry-only row
+        carry = Signal(96)
+        last_blk = (release_len - 1)[4:]
+        out_last = out_blk == last_blk
+        out_count = Mux(out_last, (release_len - 1)[:4] + 1, BLOCK_BYTES)
+        in_header = transport & (out_blk < hdr_full)
+        rd_word = [rd.data[32 * k:32 * (k + 1)] for k in range(4)]
+        out_joined = Array([rd.data] + [Cat(carry[:32 * k], rd.data[:128 - 32 * k])
+                                        for k in range(1, 4)])[join]
+        carried = Array([C(0, 96)] + [Cat(*rd_word[4 - k:]) for k in range(1, 4)])[join]
+        # Transport: the outer header with the next header, the length and (IPv4) a
+        # checksum updated by RFC 1624 eqn. 3 over the two words that change.
+        new_v4_checksum = ~ones_fold(Cat(~desc.checksum, C(0, 5)) + Cat(~desc.ip_total, C(0, 5))
+                                 + release_len[:16] + Cat(~Cat(desc.proto, desc.ttl), C(0, 5))
+                                 + Cat(next_header, desc.ttl))[:16]
+        rebuilt = Mux(desc.v6,
+                      Cat(rd.data[:32], big_endian(release_len - _IPV6_HEADER, 2), next_header,
+                          rd.data[56:]),
+                      Cat(rd.data[:16], big_endian(release_len, 2), rd.data[32:72], next_header,
+                          big_endian(new_v4_checksum, 2), rd.data[96:]))
+        released = Signal(128)
+        with m.If(in_header):
+            m.d.comb += released.eq(Mux(out_blk == 0, rebuilt, rd.data))
+        with m.Elif(mark_ce & (out_blk == 0)):
+            with m.If(found.version == 6):
+                m.d.comb += released.eq(rd.data | (ECN_CE << 12))
+            with m.Else():
+                m.d.comb += released.eq(Cat(rd.data[:8], rd.data[8:16] | ECN_CE, rd.data[16:80],
+                                            big_endian(new_checksum, 2), rd.data[96:]))
+        with m.Else():
+            m.d.comb += released.eq(out_joined)
+        with m.If(loads_carry):
+            m.d.sync += carry.eq(Array([C(0, 96)] + [rd.data[:32 * k] for k in range(1, 4)])[join])
+        with m.If(self.o.valid & self.o.ready & ~in_header):
+            m.d.sync += carry.eq(carried)
+        m.d.comb += [
+            self.o.valid.eq(out_valid),
+            self.o.payload.data.eq(released & Cat(
+                Mux(out_valid & (out_count > k), 0xff, 0) for k in range(BLOCK_BYTES))),
+            self.o.payload.count.eq(Mux(out_valid, out_count, 0)),
+            self.o.payload.first.eq(out_valid & (out_blk == 0)),
+            self.o.payload.last.eq(out_valid & out_last),
+        ]
+
+        # ---- verdict -----------------------------------------------------------------
+        m.d.comb += [
+            self.verdict.payload.status.eq(status),
+            self.verdict.payload.authentic.eq(authentic),
+            self.verdict.payload.spi.eq(big_endian(desc.spi, 4)),
+            self.verdict.payload.seq.eq(big_endian(desc.seq, 4)),
+            self.verdict.payload.length.eq(Mux(status == DecapStatus.OK, release_len, 0)),
+        ]
+
+        def finish(how):
+            m.d.sync += status.eq(how)
+            m.next = "VERDICT"
+
+        with m.FSM(name="decap_out"):
+            with m.State("IDLE"):
+                m.d.comb += descriptors.r_en.eq(1)
+                with m.If(descriptors.r_rdy):
+                    given = layout(descriptors.r_data)
+                    m.d.sync += [desc.eq(given), status.eq(given.status), authentic.eq(0),
+                                 pad_bad.eq(0), mark_ce.eq(0), release_len.eq(0)]
+                    with m.If(given.gcm):
+                        m.next = "TAG"
+                    with m.Else():
+                        m.next = "VERDICT"
 
             with m.State("TAG"):
-                drain()
-                m.d.comb += gcm.result.ready.eq(1)
-                with m.If(gcm.result.valid):
-                    with m.If(truncated):
+                # A packet admitted and whole is settled with the engine; the others
+                # only need the core's result out of the way.
+                settles = desc.go & ~desc.truncated
+                m.d.comb += [
+                    self.settle.payload.authentic.eq(gcm.result.payload.tag_ok),
+                    self.settle.valid.eq(gcm.result.valid & settles),
+                    gcm.result.ready.eq(~settles | self.settle.ready),
+                ]
+                with m.If(gcm.result.valid & gcm.result.ready):
+                    m.d.sync += tag_ok.eq(gcm.result.payload.tag_ok)
+                    with m.If(desc.truncated):
                         finish(DecapStatus.MALFORMED)
-                    with m.Elif(~gcm.result.payload.tag_ok):
+                    with m.Elif(~desc.go):
+                        finish(DecapStatus.REFUSED)
+                    with m.Else():
+                        m.next = "SETTLED"
+
+            with m.State("SETTLED"):
+                m.d.comb += self.settled.ready.eq(1)
+                with m.If(self.settled.valid):
+                    with m.If(~tag_ok):
                         finish(DecapStatus.AUTH_FAIL)
+                    with m.Elif(~self.settled.payload.accept):
+                        finish(DecapStatus.REFUSED)     # a replay after all
                     with m.Else():
                         m.d.sync += authentic.eq(1)
-                        m.next = "NEXT_HEADER"
+                        read((text_len - 1)[4:])
+                        m.next = "PAD_LENGTH"
 
             # Authentic from here on: the trailer and the padding are read back.
-            with m.State("NEXT_HEADER"):
-                drain()
-                m.d.comb += rd.addr.eq((text_len - 1)[4:])
-                m.next = "PAD_LENGTH"
-
             with m.State("PAD_LENGTH"):
-                drain()
                 m.d.sync += next_header.eq(rd_octet[(text_len - 1)[:4]])
-                m.d.comb += rd.addr.eq((text_len - 2)[4:])
+                read((text_len - 2)[4:])
                 m.next = "PAD_START"
 
             with m.State("PAD_START"):
-                drain()
                 length_now = rd_octet[(text_len - 2)[:4]]
                 first_blk = (text_len - 3)[4:]
                 m.d.sync += [
@@ -643,7 +821,7 @@ class EspDecap(wiring.Component):
                     pad_blk.eq(first_blk),
                     pad_base.eq(Cat(C(0, 4), first_blk) - (text_len - 2 - length_now) + 1),
                 ]
-                m.d.comb += rd.addr.eq((text_len - 3)[4:])
+                read((text_len - 3)[4:])
                 with m.If(length_now > text_len - 2):
                     m.d.sync += pad_bad.eq(1)
                     m.next = "INNER"
@@ -654,24 +832,23 @@ class EspDecap(wiring.Component):
 
             with m.State("PAD"):
                 # RFC 4303 2.4: padding bytes 1, 2, 3, ... pad_len.
-                drain()
                 for k in range(BLOCK_BYTES):
                     index = Signal(signed(11), name=f"pad_index_{k}")
                     m.d.comb += index.eq(pad_base + k)
                     with m.If((index >= 1) & (index <= pad_len) & (rd_octet[k] != index[:8])):
                         m.d.sync += pad_bad.eq(1)
-                m.d.comb += rd.addr.eq(pad_blk - 1)
+                read(pad_blk - 1)
                 m.d.sync += [pad_blk.eq(pad_blk - 1), pad_base.eq(pad_base - BLOCK_BYTES)]
                 with m.If(pad_base <= 1):     # this block holds the first padding byte
                     m.next = "INNER"
 
             with m.State("INNER"):
-                drain()
                 m.d.sync += [
                     release_len.eq(Mux(transport, header_len + payload_len,
-                                       Mux(in_version == 6, in_plen + _IPV6_HEADER, in_total))),
+                                       Mux(found.version == 6, found.plen + _IPV6_HEADER,
+                                           found.total))),
                     # RFC 6040 normal mode: CE on the outer header reaches an ECN-capable inner one.
-                    mark_ce.eq(~transport & (outer_ecn == ECN_CE) & ((in_ecn == 1) | (in_ecn == 2))),
+                    mark_ce.eq(~transport & (desc.ecn == ECN_CE) & ((in_ecn == 1) | (in_ecn == 2))),
                     rel_blk.eq(0),
                     next_blk.eq(0),
                     out_valid.eq(0),
@@ -688,11 +865,9 @@ class EspDecap(wiring.Component):
                     finish(DecapStatus.MALFORMED)
 
             with m.State("RELEASE"):
-                drain()
                 advance = ~out_valid | self.o.ready
-                m.d.comb += [rd.en.eq(advance),
-                             rd.addr.eq(Mux(rel_blk < hdr_rows, depth + rel_blk,
-                                            rel_blk - hdr_rows))]
+                m.d.comb += rd.en.eq(advance)
+                read(Mux(rel_blk < hdr_rows, blocks + rel_blk, rel_blk - hdr_rows))
                 with m.If(advance):
                     m.d.sync += loads_carry.eq(0)
                     with m.If(next_blk > last_blk):
@@ -706,8 +881,6 @@ class EspDecap(wiring.Component):
                     finish(DecapStatus.OK)
 
             with m.State("VERDICT"):
-                drain()
-                m.d.comb += self.verdict.valid.eq(in_done)
-                with m.If(self.verdict.valid & self.verdict.ready):
+                m.d.comb += self.verdict.valid.eq(1)
+                with m.If(self.verdict.ready):
                     m.next = "IDLE"
-        return m

@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..gcm.core import GcmCore
 from ..gcm.layouts import BLOCK_BYTES
-from ..packet.layouts import big_endian, ip_length, packet_beat
+from ..packet.layouts import big_endian, ip_length, octets, ones_fold, packet_beat, words16
 from ..packet.repack import Repacker
 from .protocol import (ESP_HEADER_BYTES, ICV_BYTES, OUTER_TTL, PROTO_ESP, PROTO_IPV4, PROTO_IPV6,
                        PROTO_UDP)
@@ -77,20 +77,6 @@ _DESC = data.StructLayout({
 })
 
 
-def _fold(total):
-    """One's-complement sum (RFC 1071) of a plain sum of 16-bit words, 16 bits."""
-    folded = total[:16] + total[16:]
-    return (folded[:16] + folded[16:])[:16]
-
-
-def _bytes_of(value):
-    return [value[8 * k:8 * (k + 1)] for k in range(len(value) // 8)]
-
-
-def _words_of(beat):
-    """The big-endian 16-bit words of a beat, in wire order."""
-    octets = _bytes_of(beat)
-    return [Cat(octets[2 * j + 1], octets[2 * j]) for j in range(len(octets) // 2)]
 
 
 class _TrailerMerge(wiring.Component):
@@ -211,7 +197,7 @@ class EspEncap(wiring.Component):
         inner_proto = Signal(8)  # transport: the protocol the header announced
 
         # ---- the inner header, from the first beat ---------------------------
-        first = _bytes_of(self.i.payload.data)
+        first = octets(self.i.payload.data)
         is_v6 = first[0][4:] == 6
         first_len = ip_length(self.i.payload.data)
         first_transport = self.job.payload.mode == Mode.TRANSPORT
@@ -248,7 +234,7 @@ class EspEncap(wiring.Component):
         m.d.comb += word_sum.eq(sum(
             Mux((position + 2 * j < cur.header_len) & ~(rewritten if j in (1, 4, 5) else C(0)),
                 word, 0)
-            for j, word in enumerate(_words_of(beat.data))))
+            for j, word in enumerate(words16(beat.data))))
 
         # The command and the AAD block wait beside the splitter, which fills the
         # text Repacker meanwhile: the first text block is there when the AAD is taken.
@@ -352,7 +338,7 @@ class EspEncap(wiring.Component):
                     Cat(Const(0, 8), v4_flags), Const(OUTER_TTL << 8, 16) | proto,
                     src[16:32], src[:16], dst[16:32], dst[:16]]
         v4_checksum = Signal(16)
-        m.d.comb += v4_checksum.eq(~_fold(sum(v4_words[1:], v4_words[0])))
+        m.d.comb += v4_checksum.eq(~ones_fold(sum(v4_words[1:], v4_words[0])))
         v4_header = Cat(Const(0x45, 8), desc.inner_tos, be(v4_total, 2), be(desc.seq[:16], 2),
                         v4_flags, Const(0, 8), Const(OUTER_TTL, 8), proto,
                         be(v4_checksum, 2), be(src[:32], 4), be(dst[:32], 4))
@@ -361,10 +347,10 @@ class EspEncap(wiring.Component):
         v6_header = Cat(tos[4:], Const(6, 4), Const(0, 4), tos[:4], Const(0, 16),
                         be(after_ip, 2), proto, Const(OUTER_TTL, 8), be(src, 16), be(dst, 16))
         # Transport mode: the kept header, its first beat rewritten.
-        kept = _bytes_of(desc.header[0])
+        kept = octets(desc.header[0])
         new_total = desc.header_len + after_ip
         kept_checksum = Signal(16)
-        m.d.comb += kept_checksum.eq(~_fold(desc.header_sum + new_total[:16]
+        m.d.comb += kept_checksum.eq(~ones_fold(desc.header_sum + new_total[:16]
                                             + Cat(proto, desc.inner_ttl)))
         kept_first = Mux(desc.inner_v6,
                          Cat(*kept[:4], be(after_ip, 2), proto, *kept[7:]),

@@ -11,24 +11,28 @@ table checks the SA (:class:`SaTable`) and the dispatcher sends the packet
   lifetime, draining, sequence exhausted in the SA's counters);
 * for an inbound SA: to the decapsulator (:class:`EspDecap`), with the
   SPI and replay checks and the accounting around it (:class:`InboundControl`).
-  Inbound packets go through one at a time; an inbound packet that finds the
-  previous one still in flight is looked up again once that one has been
-  accounted, so its hard-lifetime check counts every earlier packet (outbound
-  packets do not wait for inbound ones).
+  Up to ``banks`` inbound packets are in flight (3 *fast*, 1 *compact*). An
+  inbound packet joins those in flight only if its outcome cannot depend on
+  them: its SA has ``headroom`` to its hard lifetime and no ESN; otherwise
+  it is looked up again once they have been accounted, so its hard-lifetime
+  check counts every earlier packet (outbound packets never wait for inbound
+  ones).
 
 The two data paths' outputs are merged a packet at a time into ``o``;
 ``o_inbound`` (valid with each beat) says the packet is a decapsulated one.
 
-The encapsulator is given exactly the packet's IP length: bytes past it are
-discarded (as the model ignores them). A packet whose first beat shows a bad
-IP header, or which ends in its first beat before its IP length, is dropped
-as ``malformed`` before a sequence number is allocated. A longer packet whose
+Packets come in through an :class:`Ipv4HeaderCheck`, which lets a packet's
+first beat go only once its whole IPv4 header is in and says whether its
+header checksum is right. The encapsulator is given exactly the packet's IP
+length: bytes past it are discarded (as the model ignores them). A packet
+whose first beat shows a bad IP header (or whose IPv4 header checksum is
+wrong), or which ends in its first beat before its IP length, is dropped as
+``malformed`` before a sequence number is allocated. A longer packet whose
 stream ends before its IP length (the engine is cut-through: its sequence
 number is allocated and the packet accounted by then) is padded with zero
 bytes, encrypted and *aborted*: ``o_abort`` is high with its last output
 beat, the egress must discard it, and ``truncated`` counts it. Its sequence
-number is used up, never reused. The outbound IPv4 header checksum is not
-checked here (the model drops such packets as malformed).
+number is used up, never reused.
 
 Host operations (``host``) go to the SA table; writing or deleting a slot also
 (re)loads its replay window: an inbound SA with ``seq = N > 0`` starts with
@@ -36,10 +40,16 @@ every number up to N received (as ``SaConfig.to_record``'s full bitmap), any
 other slot with an empty window. That takes ``ring_words + 1`` cycles, during
 which no other host operation and no new packet is taken.
 
+Outbound UDP encapsulation over IPv6 needs a real UDP checksum over the whole
+ESP packet (RFC 8200): the encapsulator's output goes through a
+:class:`Udp6ChecksumFill`, which holds such a packet until it is all there and
+fills the checksum in (the others pass it cut-through, 2 cycles).
+
 Not built yet, refused by the SA table before anything is allocated or
-counted, and counted in ``unsupported``: outbound UDP encapsulation with an
-IPv6 outer header, and IPv6 extension headers in front of ESP (an outbound
-transport-mode packet's, an inbound packet's outer header).
+counted, and counted in ``unsupported``: outbound UDP encapsulation over IPv6
+of a cleartext packet longer than :func:`udp6_fill_limit` (1,963 bytes: its ESP
+packet would not fit the fill stage), and IPv6 extension headers in front of
+ESP (an outbound transport-mode packet's, an inbound packet's outer header).
 
 Throughput: the SA table needs 3 cycles per packet, and the dispatcher looks
 up the next packet once the current one has entered its data path, so the
@@ -53,14 +63,16 @@ from amaranth.lib.wiring import In, Out
 
 from ..gcm.layouts import BLOCK_BYTES
 from ..packet.layouts import ip_length, packet_beat
+from ..packet.ipv4 import Ipv4HeaderCheck
 from ..packet.merge import PacketMerger
 from .decap import EspDecap
 from .encap import EspEncap
 from .inbound import InboundControl
 from .protocol import IPV6_EXT_WALKED, PROTO_FRAGMENT
 from .replay import ring_words
-from .sa import REPLAY_WINDOW, Direction, Mode
+from .sa import REPLAY_WINDOW, Direction, Encap, IpVersion, Mode
 from .sa_table import Action, HostOp, Reason, SaTable
+from .udp6 import Udp6ChecksumFill
 
 __all__ = ["EspEngine", "engine_meta"]
 
@@ -88,6 +100,10 @@ def _first_beat_facts(beat):
     }
 
 
+#: Inbound buffer banks (packets in flight in the decapsulator) per GCM profile.
+_INBOUND_BANKS = {"compact": 1, "fast": 3}
+
+
 def engine_meta(slots: int) -> data.StructLayout:
     """Per-packet metadata an engine takes with each packet."""
     return data.StructLayout({"slot": range(slots)})
@@ -107,8 +123,12 @@ class EspEngine(wiring.Component):
     def __init__(self, *, profile="compact", slots: int = 16, window: int = REPLAY_WINDOW):
         self._table = SaTable(slots=slots, window=window)
         self._encap = EspEncap(profile=profile)
-        self._decap = EspDecap(profile=profile)
-        self._inbound = InboundControl(slots=slots, window=window)
+        # Fast: three packets in flight inbound, so taking packet N+2 in overlaps
+        # packet N's ICV wait and release (docs/performance.md). Compact: the core's
+        # 16 cycles per block hide the rest, and a bank is 8 more RAMs on an iCE40.
+        banks = _INBOUND_BANKS[profile] if isinstance(profile, str) else 1
+        self._decap = EspDecap(profile=profile, banks=banks)
+        self._inbound = InboundControl(slots=slots, window=window, in_flight=banks + 1)
         self._slots, self._window = slots, window
         table = self._table.signature.members
         super().__init__({
@@ -131,6 +151,11 @@ class EspEngine(wiring.Component):
         """The inbound control (``busy``, the replay unit's storage), for testbenches."""
         return self._inbound
 
+    @property
+    def decap(self) -> EspDecap:
+        """The decapsulator (its ``job``, ``settle`` and ``verdict`` streams), for testbenches."""
+        return self._decap
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.table = table = self._table
@@ -144,8 +169,9 @@ class EspEngine(wiring.Component):
         wiring.connect(m, inbound.account, table.account)
         wiring.connect(m, decap.header, inbound.header)
         wiring.connect(m, inbound.admit, decap.admit)
+        wiring.connect(m, decap.settle, inbound.settle)
+        wiring.connect(m, inbound.settled, decap.settled)
         wiring.connect(m, decap.verdict, inbound.verdict)
-        wiring.connect(m, encap.o, merger.i[0])
         wiring.connect(m, decap.o, merger.i[1])
         wiring.connect(m, merger.o, wiring.flipped(self.o))
         m.d.comb += [
@@ -155,7 +181,9 @@ class EspEngine(wiring.Component):
         ]
 
         loading = self._host_path(m, table, inbound)
-        self._dispatch(m, table, encap, decap, inbound, merger, loading)
+        m.submodules.checked = checked = Ipv4HeaderCheck(width=BLOCK_BYTES)
+        wiring.connect(m, wiring.flipped(self.i), checked.i)
+        self._dispatch(m, table, encap, decap, inbound, merger, loading, checked)
         return m
 
     def _host_path(self, m, table, inbound):
@@ -200,10 +228,12 @@ class EspEngine(wiring.Component):
                 m.d.sync += loading.eq(0)
         return loading
 
-    def _dispatch(self, m, table, encap, decap, inbound, merger, loading):
-        beat = self.i.payload
+    def _dispatch(self, m, table, encap, decap, inbound, merger, loading, checked):
+        packets = checked.o             # the input, once its IPv4 header checksum is known
+        beat = packets.payload
         request = table.request.payload
         looked_up = Signal.like(request)     # the packet's request, kept for RETRY
+        wait_idle = Signal()                 # RETRY once no inbound packet is in flight
         slot = looked_up.slot
         length = looked_up.bytes             # the cleartext length, from the first beat
         sent = Signal(17)                # bytes of the packet handed to the encapsulator
@@ -212,15 +242,35 @@ class EspEngine(wiring.Component):
         left = length - sent
         to_encap = Mux(left < BLOCK_BYTES, left, BLOCK_BYTES)
         ends_here = left <= BLOCK_BYTES
-        # One bit per packet through the encapsulator, in order: abort it at its end.
+        # Two bits per packet through the encapsulator, in order (it holds at most two):
+        # fill in its IPv6 UDP checksum (from the job), abort it at its end (from its
+        # last input beat).
         m.submodules.aborts = aborts = SyncFIFO(width=1, depth=4)
+        m.submodules.fills = fills = SyncFIFO(width=1, depth=4)
+        m.submodules.udp6 = udp6 = Udp6ChecksumFill()
         abort_bit = Signal()
+        ended = encap.o.valid & encap.o.ready & encap.o.payload.last
         m.d.comb += [
             aborts.w_data.eq(abort_bit),
             aborts.w_en.eq(encap.i.valid & encap.i.ready & encap.i.payload.last),
-            aborts.r_en.eq(encap.o.valid & encap.o.ready & encap.o.payload.last),
+            aborts.r_en.eq(ended),
+            fills.r_en.eq(ended),
+            udp6.i.payload.data.eq(encap.o.payload.data),
+            udp6.i.payload.count.eq(encap.o.payload.count),
+            udp6.i.payload.first.eq(encap.o.payload.first),
+            udp6.i.payload.last.eq(encap.o.payload.last),
+            udp6.i.payload.fill.eq(fills.r_data),
+            udp6.i.payload.flag.eq(aborts.r_data),
+            udp6.i.valid.eq(encap.o.valid),
+            encap.o.ready.eq(udp6.i.ready),
+            merger.i[0].payload.data.eq(udp6.o.payload.data),
+            merger.i[0].payload.count.eq(udp6.o.payload.count),
+            merger.i[0].payload.first.eq(udp6.o.payload.first),
+            merger.i[0].payload.last.eq(udp6.o.payload.last),
+            merger.i[0].valid.eq(udp6.o.valid),
+            udp6.o.ready.eq(merger.i[0].ready),
             self.o_abort.eq(self.o.valid & self.o.payload.last & (merger.source == 0)
-                            & aborts.r_data),
+                            & udp6.o.payload.flag),
         ]
         reply = table.reply.payload
         start = inbound.start.payload
@@ -241,11 +291,12 @@ class EspEngine(wiring.Component):
 
         with m.FSM(name="dispatch"):
             with m.State("LOOKUP"):
-                take = self.meta.valid & self.i.valid & ~loading
+                take = self.meta.valid & packets.valid & ~loading
                 m.d.comb += [
                     request.slot.eq(self.meta.payload.slot),
                     request.bytes.eq(ip_length(beat.data)),
                     *(request[name].eq(value) for name, value in _first_beat_facts(beat).items()),
+                    request.malformed.eq(_first_beat_facts(beat)["malformed"] | checked.bad),
                     table.request.valid.eq(take),
                     self.meta.ready.eq(take & table.request.ready),
                 ]
@@ -254,9 +305,11 @@ class EspEngine(wiring.Component):
                     m.next = "DECIDE"
 
             with m.State("RETRY"):
-                # An inbound packet behind one still in flight: look it up again.
-                m.d.comb += [request.eq(looked_up), table.request.valid.eq(~inbound.busy)]
-                with m.If(~inbound.busy & table.request.ready):
+                # An inbound packet that could not go on: look it up again once the
+                # packets it must follow have been accounted (`wait_idle`), or at once.
+                go = ~loading & (~wait_idle | ~inbound.busy)
+                m.d.comb += [request.eq(looked_up), table.request.valid.eq(go)]
+                with m.If(go & table.request.ready):
                     m.next = "DECIDE"
 
             with m.State("DECIDE"):
@@ -265,14 +318,20 @@ class EspEngine(wiring.Component):
                         with m.Case(Action.PROTECT):
                             # The encapsulator takes a job together with a look at the
                             # packet's first beat.
-                            wiring.connect(m, wiring.flipped(self.i), encap.i)
+                            wiring.connect(m, packets, encap.i)
+                            outer_v6 = Mux(reply.job.mode == Mode.TUNNEL,
+                                           reply.job.tunnel.ip_version == IpVersion.IPV6,
+                                           looked_up.ipv6)
                             m.d.comb += [encap.job.valid.eq(1),
-                                         table.reply.ready.eq(encap.job.ready)]
+                                         table.reply.ready.eq(encap.job.ready),
+                                         fills.w_data.eq((reply.job.natt.encap == Encap.UDP)
+                                                         & outer_v6),
+                                         fills.w_en.eq(encap.job.ready)]
                             with m.If(encap.job.ready):
                                 m.d.sync += sent.eq(0)
                                 m.next = "ENCAP"
                         with m.Case(Action.INBOUND):
-                            self._decide_inbound(m, table, decap, inbound)
+                            self._decide_inbound(m, table, decap, inbound, wait_idle, packets)
                         with m.Default():
                             m.d.comb += table.reply.ready.eq(1)
                             with m.If(reply.reason == Reason.UNSUPPORTED):
@@ -290,10 +349,10 @@ class EspEngine(wiring.Component):
                     encap.i.payload.count.eq(to_encap),
                     encap.i.payload.first.eq(beat.first),
                     encap.i.payload.last.eq(ends_here),
-                    encap.i.valid.eq(self.i.valid),
-                    self.i.ready.eq(encap.i.ready),
+                    encap.i.valid.eq(packets.valid),
+                    packets.ready.eq(encap.i.ready),
                 ]
-                with m.If(self.i.valid & self.i.ready):
+                with m.If(packets.valid & packets.ready):
                     m.d.sync += sent.eq(sent + BLOCK_BYTES)
                     with m.If(reaches):
                         m.next = "LOOKUP"
@@ -318,29 +377,40 @@ class EspEngine(wiring.Component):
                     with m.If(ends_here):
                         m.next = "LOOKUP"
             with m.State("DECAP"):
-                wiring.connect(m, wiring.flipped(self.i), decap.i)
-                with m.If(self.i.valid & self.i.ready & beat.last):
+                wiring.connect(m, packets, decap.i)
+                with m.If(packets.valid & packets.ready & beat.last):
                     m.next = "LOOKUP"
             with m.State("DISCARD"):
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(self.i.valid & beat.last):
+                m.d.comb += packets.ready.eq(1)
+                with m.If(packets.valid & beat.last):
                     m.next = "LOOKUP"
 
-    def _decide_inbound(self, m, table, decap, inbound):
+    def _decide_inbound(self, m, table, decap, inbound, wait_idle, packets):
+        """An inbound packet goes to the decapsulator and the inbound control together,
+        behind the packets in flight if its verdict cannot depend on them: its SA is
+        far from its hard lifetime (``headroom``) and without ESN (its high half comes
+        from a check that must see every earlier commit). Otherwise it waits until
+        they have been accounted. An expired SA stays expired: its packet goes at once.
+        The reply is never held while the decapsulator or the control is full (their
+        accounting needs the table): the packet is looked up again instead."""
         reply = table.reply.payload
-        with m.If(inbound.busy):
-            m.d.comb += table.reply.ready.eq(1)     # no side effect: asked again
-            m.next = "RETRY"
-        with m.Elif(reply.reason == Reason.HARD_EXPIRED):
-            m.d.comb += [inbound.start.valid.eq(1), table.reply.ready.eq(inbound.start.ready)]
-            with m.If(inbound.start.ready):
+        expired = reply.reason == Reason.HARD_EXPIRED
+        allowed = expired | ~inbound.busy | (reply.headroom & ~reply.job.esn)
+        m.d.comb += decap.job.valid.eq(allowed & ~expired & inbound.start.ready)
+        with m.If(allowed & ~expired):
+            # The decapsulator takes the job with a look at the first beat (it consumes
+            # no beat before it has taken a job).
+            wiring.connect(m, packets, decap.i)
+        taken = Mux(expired, inbound.start.ready, decap.job.ready)
+        with m.If(allowed & taken):
+            m.d.comb += [inbound.start.valid.eq(1), table.reply.ready.eq(1)]
+            with m.If(expired):
                 m.next = "DISCARD"
-        with m.Else():
-            # Not busy: the decapsulator is idle and takes the job with a look at
-            # the first beat; the inbound control starts with it.
-            wiring.connect(m, wiring.flipped(self.i), decap.i)
-            m.d.comb += [decap.job.valid.eq(1),
-                         inbound.start.valid.eq(decap.job.ready),
-                         table.reply.ready.eq(decap.job.ready)]
-            with m.If(decap.job.ready):
+            with m.Elif(packets.payload.last):
+                m.next = "LOOKUP"        # a one-beat packet, taken with the job
+            with m.Else():
                 m.next = "DECAP"
+        with m.Else():
+            m.d.comb += table.reply.ready.eq(1)     # no side effect: asked again
+            m.d.sync += wait_idle.eq(~allowed)
+            m.next = "RETRY"

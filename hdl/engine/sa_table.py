@@ -35,14 +35,17 @@ record, in block RAM. It answers three kinds of requests, one at a time:
 Packets the data path cannot handle yet are refused with ``UNSUPPORTED``
 before anything is allocated or counted (the engine counts them): outbound
 UDP encapsulation with an IPv6 outer header (the tunnel's, or the packet's own
-in transport mode: its checksum covers the whole ciphertext), and IPv6
-extension headers in front of where ESP goes or is (an outbound transport-mode
-packet's, any inbound packet's outer header).
+in transport mode) of a cleartext packet longer than ``udp6_limit`` (its
+checksum covers the whole ciphertext, so the engine holds the ESP packet whole:
+:func:`udp6_fill_limit`), and IPv6 extension headers in front of where ESP goes
+or is (an outbound transport-mode packet's, any inbound packet's outer header).
 
 An outbound request for an inbound SA has no side effect: it answers
 ``INBOUND`` with the job (key, salt, SPI, ESN, encapsulation) and the window
 size, and reason ``HARD_EXPIRED`` when the hard lifetime has been reached (the
-engine then drops the packet and accounts it as ``EXPIRED``). Each request takes
+engine then drops the packet and accounts it as ``EXPIRED``); ``headroom`` says
+whether the lifetime is far enough from its hard limit for the answer to hold
+with up to :data:`INBOUND_OVERLAP` earlier packets still to be accounted. Each request takes
 3 cycles (read, decide, write); host requests have priority, then accounting,
 then outbound requests.
 """
@@ -53,9 +56,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .encap import ENCAP_JOB
+from .udp6 import udp6_fill_limit
 from .sa import REPLAY_WINDOW, SA_COUNTERS, Direction, Encap, IpVersion, Mode, SaState, sa_layout
 
-__all__ = ["SaTable", "Action", "Reason", "HostOp", "Event", "Tally", "control_layout",
+__all__ = ["SaTable", "INBOUND_OVERLAP", "Action", "Reason", "HostOp", "Event", "Tally", "control_layout",
            "control_record",
            "HOST_OP", "HOST_REPLY", "OUT_REQUEST", "OUT_REPLY", "ACCOUNT", "EVENT"]
 
@@ -120,7 +124,7 @@ def _ops(slots, window):
         "OUT_REQUEST": data.StructLayout({"slot": slot, "bytes": 16, "ipv6": 1, "v6_ext": 1,
                                           "fragment": 1, "malformed": 1}),
         "OUT_REPLY": data.StructLayout({"action": Action, "reason": Reason, "job": ENCAP_JOB,
-                                        "window": 16}),
+                                        "window": 16, "headroom": 1}),
         "ACCOUNT": data.StructLayout({"slot": slot, "tally": Tally, "bytes": 16,
                                       "advance": 1, "seq": 64}),
         "EVENT": data.StructLayout({"slot": slot, "event": Event}),
@@ -133,6 +137,13 @@ _DEFAULT = _ops(16, REPLAY_WINDOW)
 HOST_OP, HOST_REPLY = _DEFAULT["HOST_OP"], _DEFAULT["HOST_REPLY"]
 OUT_REQUEST, OUT_REPLY = _DEFAULT["OUT_REQUEST"], _DEFAULT["OUT_REPLY"]
 ACCOUNT, EVENT = _DEFAULT["ACCOUNT"], _DEFAULT["EVENT"]
+
+
+#: Inbound packets an engine may have in flight (looked up, not yet accounted) while it
+#: looks up one more of the same SA: ``headroom`` in the reply says that even with
+#: this many more packets of up to 64 KiB accounted the hard lifetime stays unreached,
+#: so the lookup's verdict is the one it would give after them.
+INBOUND_OVERLAP = 4
 
 
 def _saturating_add(value, increment):
@@ -154,10 +165,13 @@ class SaTable(wiring.Component):
     window : the largest replay window the engine supports (sets the record layout).
     """
 
-    def __init__(self, *, slots: int = 16, window: int = REPLAY_WINDOW):
+    def __init__(self, *, slots: int = 16, window: int = REPLAY_WINDOW,
+                 udp6_limit: int = udp6_fill_limit()):
         if type(slots) is not int or not 2 <= slots <= 4096 or slots & (slots - 1):
             raise ValueError(f"slots must be a power of two from 2 to 4096, not {slots!r}")
-        self._slots, self._window = slots, window
+        if type(udp6_limit) is not int or not 0 <= udp6_limit < 2**16:
+            raise ValueError(f"udp6_limit must be a byte count below 65536, not {udp6_limit!r}")
+        self._slots, self._window, self._udp6_limit = slots, window, udp6_limit
         self._control = control_layout(window)
         ops = self.layouts(slots, window)
         super().__init__({
@@ -208,6 +222,9 @@ class SaTable(wiring.Component):
             job.salt.eq(rec.salt), job.spi.eq(rec.spi), job.seq.eq(next_seq),
             job.esn.eq(rec.esn), job.tunnel.eq(rec.tunnel), job.natt.eq(rec.natt),
             self.reply.payload.window.eq(rec.window),
+            self.reply.payload.headroom.eq(
+                ~_reached(cnt.packets + INBOUND_OVERLAP, life.packets_hard)
+                & ~_reached(cnt.bytes + INBOUND_OVERLAP * (2**16 - 1), life.bytes_hard)),
         ]
         new_cnt = Signal(SA_COUNTERS)
         m.d.comb += [new_cnt.eq(cnt), cnt_write.data.eq(new_cnt), rec_write.data.eq(rec)]
@@ -317,6 +334,7 @@ class SaTable(wiring.Component):
                 transport = rec.mode == Mode.TRANSPORT
                 unsupported = Mux(rec.direction == Direction.OUT,
                                   ((rec.natt.encap == Encap.UDP) & outer_v6
+                                   & (request.bytes > self._udp6_limit)
                                    | transport & request.v6_ext),
                                   request.v6_ext)
                 with m.If(rec.state == SaState.INVALID):

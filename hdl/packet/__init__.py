@@ -2,9 +2,10 @@
 """Packet streams: the beat layout every packet-carrying stream uses, and the
 components that reshape such streams."""
 
+from .ipv4 import Ipv4HeaderCheck
 from .layouts import BEAT_WIDTHS, packet_beat, beats_from_bytes, bytes_from_beats
 from .merge import PacketMerger
 from .repack import Repacker
 
-__all__ = ["BEAT_WIDTHS", "packet_beat", "beats_from_bytes", "bytes_from_beats", "PacketMerger",
-           "Repacker"]
+__all__ = ["BEAT_WIDTHS", "packet_beat", "beats_from_bytes", "bytes_from_beats",
+           "Ipv4HeaderCheck", "PacketMerger", "Repacker"]

@@ -19,7 +19,7 @@ from amaranth.hdl import Cat, Const, Mux
 from amaranth.lib import data
 
 __all__ = ["BEAT_WIDTHS", "packet_beat", "check_width", "big_endian", "ip_length",
-           "beats_from_bytes", "bytes_from_beats"]
+           "octets", "words16", "ones_fold", "beats_from_bytes", "bytes_from_beats"]
 
 #: Beat widths the data path is built for, in bytes.
 BEAT_WIDTHS = (4, 8, 16)
@@ -48,6 +48,25 @@ def big_endian(value, nbytes):
     its most significant byte is byte 0. Narrow values are zero-extended."""
     value = Cat(value, Const(0, 8 * nbytes))
     return Cat(*(value[8 * (nbytes - 1 - i):8 * (nbytes - i)] for i in range(nbytes)))
+
+
+def octets(value):
+    """The bytes of a wide signal, in wire order (byte ``i`` at bits ``8i``)."""
+    return [value[8 * k:8 * (k + 1)] for k in range(len(value) // 8)]
+
+
+def words16(value):
+    """The big-endian 16-bit words of a wide signal, in wire order (what the Internet
+    checksum adds up)."""
+    parts = octets(value)
+    return [Cat(parts[2 * w + 1], parts[2 * w]) for w in range(len(parts) // 2)]
+
+
+def ones_fold(total):
+    """RFC 1071: a plain sum of 16-bit words (below 2**32) folded to 16 bits with
+    end-around carry. Two folds are enough: the first leaves at most 0x1fffe."""
+    once = total[:16] + total[16:32]
+    return (once[:16] + once[16:])[:16]
 
 
 def ip_length(data):

@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""The IPv4 header checksum of each packet, known when its first beat leaves."""
+
+from amaranth import *
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .layouts import check_width, ones_fold, packet_beat, words16
+
+__all__ = ["Ipv4HeaderCheck"]
+
+
+class Ipv4HeaderCheck(wiring.Component):
+    """Passes packets through a short FIFO and marks each one whose IPv4 header
+    checksum is wrong (``bad``, valid with every beat on ``o``).
+
+    A packet's first beat leaves only once its whole IPv4 header (IHL words, up
+    to 60 bytes) is in, so whoever looks at the first beat -- an engine's SA
+    lookup, before it allocates a sequence number -- knows the verdict. Not
+    IPv4 (the version nibble is not 4): never ``bad``. A packet that ends before
+    its header does is ``bad`` (it is malformed anyway).
+
+    Parameters
+    ----------
+    width : beat width in bytes (16: the header takes up to four beats).
+    depth : beats of FIFO; enough for the header of the next packet to be in
+        while the current one leaves (8 keeps back-to-back packets back to back).
+
+    Latency: a packet's first beat leaves 2 cycles after the beat that completes
+    its header came in (1 beat later for a 20-byte header in 16-byte beats); one
+    beat per cycle.
+    """
+
+    def __init__(self, *, width: int = 16, depth: int = 8):
+        check_width("width", width)
+        if width < 4:
+            raise ValueError(f"width must be at least 4 bytes, not {width!r}")
+        if type(depth) is not int or depth < 60 // width + 2:
+            raise ValueError(f"depth must be an integer of at least {60 // width + 2} "
+                             f"(beats: a 60-byte header and one more), not {depth!r}")
+        self._width, self._depth = width, depth
+        super().__init__({
+            "i":   In(stream.Signature(packet_beat(width))),
+            "o":   Out(stream.Signature(packet_beat(width))),
+            "bad": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        width = self._width
+        layout = packet_beat(width)
+        m.submodules.beats = beats = SyncFIFOBuffered(width=layout.size, depth=self._depth)
+        # One verdict per packet, in order; a packet has at least one beat in `beats`.
+        m.submodules.verdicts = verdicts = SyncFIFO(width=1, depth=self._depth)
+
+        beat = self.i.payload
+        offset = Signal(7)              # of the beat in its packet, bytes (saturates at 64)
+        decided = Signal()              # this packet's verdict is in `verdicts`
+        is_v4 = Signal()
+        ihl_bytes = Signal(6)
+        total = Signal(22)              # the header's 16-bit words so far
+        first_v4 = beat.data[4:8] == 4
+        first_ihl = Cat(C(0, 2), beat.data[0:4])
+        v4 = Mux(beat.first, first_v4, is_v4)
+        header_len = Mux(beat.first, first_ihl, ihl_bytes)
+        at = Mux(beat.first, 0, offset)
+        # Words of this beat inside the header (bytes past `count` are zero).
+        summed = Mux(beat.first, 0, total) + sum(
+            Mux(at + 2 * w < header_len, word, 0) for w, word in enumerate(words16(beat.data)))
+        complete = at + width >= header_len
+        wrong = ~complete | (ones_fold(summed) != 0xffff) | (header_len < 20)
+        taken = self.i.valid & self.i.ready
+        undecided = beat.first | ~decided
+        m.d.comb += [
+            beats.w_data.eq(beat),
+            beats.w_en.eq(taken),
+            self.i.ready.eq(beats.w_rdy & verdicts.w_rdy),
+            verdicts.w_data.eq(v4 & wrong),
+            verdicts.w_en.eq(taken & undecided & (~v4 | complete | beat.last)),
+        ]
+        with m.If(taken):
+            m.d.sync += [
+                offset.eq(Mux(beat.last, 0, Mux(at >= 64, at, at + width))),
+                total.eq(summed),
+                decided.eq(~beat.last & (decided & ~beat.first | verdicts.w_en)),
+            ]
+            with m.If(beat.first):
+                m.d.sync += [is_v4.eq(first_v4), ihl_bytes.eq(first_ihl)]
+
+        out = layout(beats.r_data)
+        m.d.comb += [
+            self.o.payload.eq(out),
+            self.o.valid.eq(beats.r_rdy & verdicts.r_rdy),
+            beats.r_en.eq(self.o.ready & verdicts.r_rdy),
+            verdicts.r_en.eq(self.o.valid & self.o.ready & out.last),
+            self.bad.eq(self.o.valid & verdicts.r_data),
+        ]
+        return m
