@@ -91,6 +91,16 @@ def test_ipv4_header_check(cases, gap, stall, seed):
     assert marks == [_expected_bad(packet) for packet in packets]
 
 
+def test_ipv4_header_check_cut_where_the_rest_is_zero():
+    """A header cut after byte 16 whose missing bytes are zero (destination 10.0.0.0):
+    its checksum would come out right over the bytes present, but it is cut short."""
+    whole = bytes(IP(src="10.0.0.1", dst="10.0.0.0") / UDP() / Raw(bytes(8)))
+    packets = [whole[:17], whole, whole[:19]]
+    released, marks = _run(packets, gap=0.0, stall=0.0, seed=0)
+    assert released == packets
+    assert marks == [True, False, True]
+
+
 def test_ipv4_header_check_parameters():
     with pytest.raises(ValueError, match="depth"):
         Ipv4HeaderCheck(width=16, depth=4)

@@ -68,7 +68,7 @@ class Ipv4HeaderCheck(wiring.Component):
         # Words of this beat inside the header (bytes past `count` are zero).
         summed = Mux(beat.first, 0, total) + sum(
             Mux(at + 2 * w < header_len, word, 0) for w, word in enumerate(words16(beat.data)))
-        complete = at + width >= header_len
+        complete = at + Mux(beat.last, beat.count, width) >= header_len   # the header is in
         wrong = ~complete | (ones_fold(summed) != 0xffff) | (header_len < 20)
         taken = self.i.valid & self.i.ready
         undecided = beat.first | ~decided

@@ -1,0 +1,72 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Reference forwarder, in Python: what the gateware's forwarder decides per packet.
+
+:func:`parse` is ``hdl/forwarder/parser.py: IpParser`` -- the record the
+classifier works from -- with the same rules (see that module's docstring).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ...hdl.engine.protocol import PROTO_ESP, PROTO_FRAGMENT, PROTO_UDP
+from ...hdl.forwarder.parser import NATT_PORT, PacketKind
+from .esp import internet_checksum
+
+__all__ = ["Parsed", "parse"]
+
+_PORTED = (6, PROTO_UDP, 132)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The fields of :data:`PARSED`, as numbers and bytes (addresses 4 or 16 bytes)."""
+    kind: PacketKind = PacketKind.IP
+    malformed: bool = False
+    ipv6: bool = False
+    fragment: bool = False
+    proto: int = 0
+    src: bytes = b""
+    dst: bytes = b""
+    sport: int = 0
+    dport: int = 0
+    spi: int = 0
+    length: int = 0
+
+
+def parse(packet: bytes) -> Parsed:
+    """The parser's record of a raw IP packet (only ``malformed`` counts when it is set)."""
+    if not packet:
+        return Parsed(malformed=True)
+    version = packet[0] >> 4
+    if version == 6:
+        if len(packet) < 40:
+            return Parsed(malformed=True, ipv6=True)
+        plen, proto = struct.unpack_from("!HB", packet, 4)
+        header_len, src, dst = 40, packet[8:24], packet[24:40]
+        fragment = proto == PROTO_FRAGMENT
+        malformed = plen == 0
+        length = 40 + plen
+    elif version == 4:
+        header_len = (packet[0] & 15) * 4
+        if len(packet) < max(header_len, 20) or header_len < 20:
+            return Parsed(malformed=True)
+        length, flags, proto = struct.unpack_from("!H2xHxB", packet, 2)
+        src, dst = packet[12:16], packet[16:20]
+        fragment = (flags & 0x3fff) != 0
+        malformed = length < header_len or internet_checksum(packet[:header_len]) != 0
+    else:
+        return Parsed(malformed=True)
+    after = packet[header_len:header_len + 12] + bytes(12)
+    sport, dport, _, _, spi_udp = struct.unpack_from("!HHHHI", after)
+    first_word, = struct.unpack_from("!I", after)
+    ported = proto in _PORTED and not fragment
+    esp = proto == PROTO_ESP and not fragment
+    udp_esp = (proto == PROTO_UDP and not fragment and NATT_PORT in (sport, dport)
+               and spi_udp != 0)
+    kind = PacketKind.ESP if esp else PacketKind.UDP_ESP if udp_esp else PacketKind.IP
+    return Parsed(kind=kind, malformed=malformed, ipv6=version == 6, fragment=fragment,
+                  proto=proto, src=src, dst=dst, sport=sport if ported else 0,
+                  dport=dport if ported else 0,
+                  spi=first_word if esp else spi_udp if udp_esp else 0, length=length)
