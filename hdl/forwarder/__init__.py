@@ -2,5 +2,6 @@
 """The IP forwarder: parser, classifier, dispatcher, egress (DESIGN.md section 3)."""
 
 from .parser import PARSED, IpParser, PacketKind
+from .spi_table import SPI_KEY, SpiOp, SpiStatus, SpiTable
 
-__all__ = ["PARSED", "IpParser", "PacketKind"]
+__all__ = ["PARSED", "IpParser", "PacketKind", "SPI_KEY", "SpiOp", "SpiStatus", "SpiTable"]

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from ...hdl.engine.protocol import PROTO_ESP, PROTO_FRAGMENT, PROTO_UDP
 from ...hdl.forwarder.parser import NATT_PORT, PacketKind
+from ...hdl.forwarder.spi_table import SpiStatus, bucket_of
 from .esp import internet_checksum
 
-__all__ = ["Parsed", "parse"]
+__all__ = ["Parsed", "parse", "SpiTableModel"]
 
 _PORTED = (6, PROTO_UDP, 132)
 
@@ -70,3 +71,53 @@ def parse(packet: bytes) -> Parsed:
                   proto=proto, src=src, dst=dst, sport=sport if ported else 0,
                   dport=dport if ported else 0,
                   spi=first_word if esp else spi_udp if udp_esp else 0, length=length)
+
+
+class SpiTableModel:
+    """``hdl/forwarder/spi_table.py: SpiTable`` in Python: the same buckets (by
+    :func:`bucket_of`), the same first-free-way placement, the same statuses.
+    Keys are :data:`SPI_KEY` values (ints), values anything."""
+
+    def __init__(self, *, entries: int, ways: int = 4):
+        self.buckets, self.ways = entries // ways, ways
+        self._rows = [[None] * ways for _ in range(self.buckets)]
+
+    def _row(self, key):
+        return self._rows[bucket_of(key, self.buckets)]
+
+    def _find(self, row, key):
+        return next((k for k, slot in enumerate(row) if slot and slot[0] == key), None)
+
+    def insert(self, key, value) -> SpiStatus:
+        row = self._row(key)
+        if self._find(row, key) is not None:
+            return SpiStatus.COLLISION
+        if None not in row:
+            return SpiStatus.FULL
+        row[row.index(None)] = (key, value)
+        return SpiStatus.OK
+
+    def remove(self, key) -> SpiStatus:
+        row = self._row(key)
+        way = self._find(row, key)
+        if way is None:
+            return SpiStatus.NOT_FOUND
+        row[way] = None
+        return SpiStatus.OK
+
+    def replace(self, key, value) -> SpiStatus:
+        row = self._row(key)
+        way = self._find(row, key)
+        if way is None:
+            return SpiStatus.NOT_FOUND
+        row[way] = (key, value)
+        return SpiStatus.OK
+
+    def lookup(self, key):
+        """The value, or None (a miss)."""
+        way = self._find(self._row(key), key)
+        return None if way is None else self._row(key)[way][1]
+
+    @property
+    def used(self) -> int:
+        return sum(slot is not None for row in self._rows for slot in row)
