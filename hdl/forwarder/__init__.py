@@ -2,6 +2,8 @@
 """The IP forwarder: parser, classifier, dispatcher, egress (DESIGN.md section 3)."""
 
 from .parser import PARSED, IpParser, PacketKind
+from .policy import SELECTOR, PolicyAction, PolicyTable
 from .spi_table import SPI_KEY, SpiOp, SpiStatus, SpiTable
 
-__all__ = ["PARSED", "IpParser", "PacketKind", "SPI_KEY", "SpiOp", "SpiStatus", "SpiTable"]
+__all__ = ["PARSED", "IpParser", "PacketKind", "SELECTOR", "PolicyAction", "PolicyTable",
+           "SPI_KEY", "SpiOp", "SpiStatus", "SpiTable"]

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from ...hdl.engine.protocol import PROTO_ESP, PROTO_FRAGMENT, PROTO_UDP
 from ...hdl.forwarder.parser import NATT_PORT, PacketKind
+from ...hdl.forwarder.policy import PolicyAction
 from ...hdl.forwarder.spi_table import SpiStatus, bucket_of
 from .esp import internet_checksum
 
-__all__ = ["Parsed", "parse", "SpiTableModel"]
+__all__ = ["Parsed", "parse", "SpiTableModel", "PolicyTableModel"]
 
 _PORTED = (6, PROTO_UDP, 132)
 
@@ -121,3 +122,47 @@ class SpiTableModel:
     @property
     def used(self) -> int:
         return sum(slot is not None for row in self._rows for slot in row)
+
+
+def _prefix_matches(address: bytes, prefix: bytes, length: int) -> bool:
+    whole, rest = divmod(length, 8)
+    if address[:whole] != prefix[:whole]:
+        return False
+    return rest == 0 or (address[whole] ^ prefix[whole]) >> (8 - rest) == 0
+
+
+class PolicyTableModel:
+    """``hdl/forwarder/policy.py: PolicyTable`` in Python. A rule is a dict with the
+    fields of its ``WRITE`` layout (addresses as 16 bytes, wire order); a selector a
+    dict with the fields of :data:`SELECTOR`."""
+
+    def __init__(self, *, rules: int):
+        self._rules = [None] * rules
+
+    def write(self, index: int, rule: dict) -> bool:
+        limit = 128 if rule["ipv6"] else 32
+        if rule["src_len"] > limit or rule["dst_len"] > limit:
+            return False
+        self._rules[index] = dict(rule)
+        return True
+
+    def _matches(self, rule, key) -> bool:
+        return (rule["valid"] and rule["ipv6"] == key["ipv6"]
+                and _prefix_matches(key["src"], rule["src"], rule["src_len"])
+                and _prefix_matches(key["dst"], rule["dst"], rule["dst_len"])
+                and (rule["any_proto"] or rule["proto"] == key["proto"])
+                and rule["sport_lo"] <= key["sport"] <= rule["sport_hi"]
+                and rule["dport_lo"] <= key["dport"] <= rule["dport_hi"])
+
+    def lookup(self, key: dict):
+        """``(index, action, value)`` of the best match (highest priority, then lowest
+        index), or None: a miss."""
+        best = None
+        for index, rule in enumerate(self._rules):
+            if rule and self._matches(rule, key) and (best is None
+                                                      or rule["priority"] > best[0]["priority"]):
+                best = (rule, index)
+        if best is None:
+            return None
+        rule, index = best
+        return index, PolicyAction(rule["action"]), rule["value"]
