@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from ...hdl.engine.protocol import PROTO_ESP, PROTO_FRAGMENT, PROTO_UDP
 from ...hdl.forwarder.parser import NATT_PORT, PacketKind
+from ...hdl.forwarder.classifier import Decision
 from ...hdl.forwarder.policy import PolicyAction
 from ...hdl.forwarder.spi_table import SpiStatus, bucket_of
 from .esp import internet_checksum
 
-__all__ = ["Parsed", "parse", "SpiTableModel", "PolicyTableModel"]
+__all__ = ["Parsed", "parse", "SpiTableModel", "PolicyTableModel", "spi_key", "classify"]
 
 _PORTED = (6, PROTO_UDP, 132)
 
@@ -166,3 +167,35 @@ class PolicyTableModel:
             return None
         rule, index = best
         return index, PolicyAction(rule["action"]), rule["value"]
+
+
+def spi_key(parsed: Parsed) -> int:
+    """The :data:`SPI_KEY` value an inbound packet is looked up by."""
+    dst = int.from_bytes(parsed.dst, "little")
+    return parsed.spi | dst << 32 | int(parsed.kind == PacketKind.UDP_ESP) << 160
+
+
+def classify(parsed: Parsed, spis: SpiTableModel, policy: PolicyTableModel, *,
+             miss_to_host: bool = False) -> tuple[Decision, bool, object, str | None]:
+    """``hdl/forwarder/classifier.py: Classifier``: ``(decision, inbound, target,
+    counter)``; `target` is the table's value for ``ENGINE``, `counter` the name of
+    the classifier counter the packet adds to, if any."""
+    miss = Decision.HOST if miss_to_host else Decision.DROP
+    if parsed.malformed:
+        return Decision.DROP, False, None, "malformed"
+    if parsed.kind in (PacketKind.ESP, PacketKind.UDP_ESP):
+        target = spis.lookup(spi_key(parsed))
+        if target is None:
+            return miss, True, None, "spi_miss"
+        return Decision.ENGINE, True, target, None
+    pad = bytes(16 - len(parsed.src))
+    found = policy.lookup({"ipv6": parsed.ipv6, "src": parsed.src + pad, "dst": parsed.dst + pad,
+                           "proto": parsed.proto, "sport": parsed.sport, "dport": parsed.dport})
+    if found is None:
+        return miss, False, None, "policy_miss"
+    _index, action, value = found
+    if action == PolicyAction.PROTECT:
+        return Decision.ENGINE, False, value, None
+    if action == PolicyAction.BYPASS:
+        return Decision.BYPASS, False, None, None
+    return Decision.DROP, False, None, "discarded"
