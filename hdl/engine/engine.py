@@ -292,11 +292,12 @@ class EspEngine(wiring.Component):
         with m.FSM(name="dispatch"):
             with m.State("LOOKUP"):
                 take = self.meta.valid & packets.valid & ~loading
+                facts = _first_beat_facts(beat)
+                facts["malformed"] = facts["malformed"] | checked.bad   # the IPv4 checksum too
                 m.d.comb += [
                     request.slot.eq(self.meta.payload.slot),
                     request.bytes.eq(ip_length(beat.data)),
-                    *(request[name].eq(value) for name, value in _first_beat_facts(beat).items()),
-                    request.malformed.eq(_first_beat_facts(beat)["malformed"] | checked.bad),
+                    *(request[name].eq(value) for name, value in facts.items()),
                     table.request.valid.eq(take),
                     self.meta.ready.eq(take & table.request.ready),
                 ]

@@ -16,7 +16,7 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..gcm.layouts import BLOCK_BYTES
-from ..packet.layouts import big_endian, ones_fold, words16
+from ..packet.layouts import big_endian, ones_fold, packet_beat, words16
 from .protocol import ESP_HEADER_BYTES, ESP_TRAILER_BYTES, ICV_BYTES, PROTO_UDP, UDP_HEADER_BYTES
 
 __all__ = ["UDP6_FILL_BEATS", "udp6_fill_limit", "FILL_IN", "FILL_OUT", "Udp6ChecksumFill"]
@@ -33,14 +33,9 @@ _GROWTH = _IPV6_HEADER + UDP_HEADER_BYTES + ESP_HEADER_BYTES + 3 + ESP_TRAILER_B
 
 #: One beat in: the packet beat, ``fill`` (this packet needs its checksum; the same on
 #: every beat of a packet) and ``flag`` (carried to the output beat, for the caller).
-FILL_IN = data.StructLayout({
-    "data": 8 * BLOCK_BYTES, "count": range(BLOCK_BYTES + 1), "first": 1, "last": 1,
-    "fill": 1, "flag": 1,
-})
-FILL_OUT = data.StructLayout({
-    "data": 8 * BLOCK_BYTES, "count": range(BLOCK_BYTES + 1), "first": 1, "last": 1,
-    "flag": 1,
-})
+_BEAT = {name: field.shape for name, field in packet_beat(BLOCK_BYTES)}
+FILL_IN = data.StructLayout({**_BEAT, "fill": 1, "flag": 1})
+FILL_OUT = data.StructLayout({**_BEAT, "flag": 1})
 
 
 def udp6_fill_limit(beats: int = UDP6_FILL_BEATS) -> int:
