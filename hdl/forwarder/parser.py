@@ -81,28 +81,43 @@ class IpParser(wiring.Component):
     ----------
     width : beat width in bytes (16).
     depth : beats of FIFO (at least the 5 beats of 72 bytes, plus one).
+    extra : fields (a dict of name to shape, or a struct layout) that ride on
+        every beat of ``i`` and ``o`` beside the :func:`packet_beat` ones and
+        leave as they came (the egress's ``abort``); none by default.
 
     Latency: the record and the first beat are offered 2 cycles after the beat
     that completes the record came in. One beat per cycle.
     """
 
-    def __init__(self, *, width: int = 16, depth: int = 8):
+    def __init__(self, *, width: int = 16, depth: int = 8, extra=None):
         check_width("width", width)
         if width != 16:
             raise ValueError(f"width must be 16 (bytes) for now, not {width!r}")
         if type(depth) is not int or depth < 6:
             raise ValueError(f"depth must be an integer of at least 6 (beats), not {depth!r}")
+        if extra is None:
+            extra = {}
+        elif isinstance(extra, data.StructLayout):
+            extra = {name: field.shape for name, field in extra}
+        elif not isinstance(extra, dict):
+            raise TypeError(f"extra must be a dict of field shapes or a struct layout, "
+                            f"not {extra!r}")
+        clash = set(extra) & set(packet_beat(width).members)
+        if clash:
+            raise ValueError(f"extra must not redefine the beat's own fields, "
+                             f"not {sorted(clash)!r}")
         self._width, self._depth = width, depth
+        self._layout = data.StructLayout({**packet_beat(width).members, **extra})
         super().__init__({
-            "i":      In(stream.Signature(packet_beat(width))),
-            "o":      Out(stream.Signature(packet_beat(width))),
+            "i":      In(stream.Signature(self._layout)),
+            "o":      Out(stream.Signature(self._layout)),
             "parsed": Out(stream.Signature(PARSED)),
         })
 
     def elaborate(self, platform):
         m = Module()
         width = self._width
-        layout = packet_beat(width)
+        layout = self._layout
         m.submodules.beats = beats = SyncFIFOBuffered(width=layout.size, depth=self._depth)
         m.submodules.records = records = SyncFIFO(width=PARSED.size, depth=self._depth)
 

@@ -3,10 +3,13 @@
 
 :func:`parse` is ``hdl/forwarder/parser.py: IpParser`` -- the record the
 classifier works from -- with the same rules (see that module's docstring).
+:class:`RouteTableModel` and :func:`egress` are ``hdl/forwarder/egress.py``'s
+route table and egress: the port a packet leaves by.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass
 
@@ -17,7 +20,8 @@ from ...hdl.forwarder.policy import PolicyAction
 from ...hdl.forwarder.spi_table import SpiStatus, bucket_of
 from .esp import internet_checksum
 
-__all__ = ["Parsed", "parse", "SpiTableModel", "PolicyTableModel", "spi_key", "classify"]
+__all__ = ["Parsed", "parse", "SpiTableModel", "PolicyTableModel", "spi_key", "classify",
+           "RouteTableModel", "egress"]
 
 _PORTED = (6, PROTO_UDP, 132)
 
@@ -199,3 +203,48 @@ def classify(parsed: Parsed, spis: SpiTableModel, policy: PolicyTableModel, *,
     if action == PolicyAction.BYPASS:
         return Decision.BYPASS, False, None, None
     return Decision.DROP, False, None, "discarded"
+
+
+class RouteTableModel:
+    """``hdl/forwarder/egress.py: RouteTable`` in Python, with :mod:`ipaddress`
+    networks rather than masks: the longest prefix that covers the destination
+    wins, the lowest index among equal lengths. Addresses are bytes in wire
+    order (4 or 16; only an IPv4 address's first 4 bytes count)."""
+
+    def __init__(self, *, routes: int, ports: int):
+        self.ports = ports
+        self._routes = [None] * routes
+
+    @staticmethod
+    def _address(ipv6: bool, dst: bytes):
+        return ipaddress.IPv6Address(dst[:16]) if ipv6 else ipaddress.IPv4Address(dst[:4])
+
+    def write(self, index: int, valid: bool, ipv6: bool, dst: bytes, length: int,
+              port: int) -> bool:
+        """The host's write: False (nothing written) for a prefix longer than the
+        address or a port that does not exist; ``valid = False`` clears the route."""
+        if length > (128 if ipv6 else 32) or port >= self.ports:
+            return False
+        network = ipaddress.ip_network((self._address(ipv6, dst), length), strict=False)
+        self._routes[index] = (network, port) if valid else None
+        return True
+
+    def lookup(self, ipv6: bool, dst: bytes):
+        """The port of the best route, or None (no route)."""
+        address = self._address(ipv6, dst)
+        best = None
+        for route in self._routes:
+            if (route and route[0].version == address.version and address in route[0]
+                    and (best is None or route[0].prefixlen > best[0].prefixlen)):
+                best = route
+        return None if best is None else best[1]
+
+
+def egress(routes: RouteTableModel, packet: bytes):
+    """``hdl/forwarder/egress.py: Egress``: the port `packet` leaves by, or None
+    (dropped: counted in ``malformed`` when ``parse(packet).malformed``, else in
+    ``no_route``)."""
+    parsed = parse(packet)
+    if parsed.malformed:
+        return None
+    return routes.lookup(parsed.ipv6, parsed.dst)
