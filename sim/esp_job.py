@@ -16,27 +16,21 @@ import random
 import struct
 from dataclasses import dataclass
 
-from scapy.layers.inet import IP
-from scapy.layers.inet6 import IPv6
-from scapy.packet import Raw
-
 from ..hdl.engine.decap import DECAP_JOB, EspDecap
 from ..hdl.engine.encap import ENCAP_JOB, EspEncap
 from ..hdl.engine.engine import EspEngine
-from ..hdl.engine.protocol import IPV6_EXT_WALKED, PROTO_UDP
+from ..hdl.engine.protocol import PROTO_UDP
 from ..hdl.engine.sa import SA_COUNTERS, Direction, SaConfig
 from ..hdl.engine.sa_table import HostOp, control_record
-from ..hdl.engine.udp6 import udp6_fill_limit
 from ..hdl.gcm.layouts import BLOCK_BYTES
 from ..hdl.packet import beats_from_bytes, bytes_from_beats
 from .amaranth_sim import (run_sim, stream_get, stream_get_packets, stream_put, stream_put_all,
                            stream_record)
-from .interop import ip_packet_length
 from .model import EspModel, ReplayWindow
-from .model.esp import internet_checksum
+from .model.engine import engine_outcome, engine_supports
 
 __all__ = ["EncapRun", "encap_job", "run_encap", "DecapRun", "decap_job", "decap_seq_hi",
-           "esp_offset", "run_decap", "EngineRun", "engine_supports", "model_outcomes",
+           "esp_offset", "run_decap", "EngineRun", "engine_supports", "engine_outcome", "model_outcomes",
            "run_engine"]
 
 _TIMEOUT = 50_000   # cycles without progress before a run is declared hung
@@ -233,67 +227,14 @@ class EngineRun:
     late_replays: int = 0         # authentic packets admitted, then refused at their commit
 
 
-def engine_supports(config: SaConfig | None, packet: bytes) -> bool:
-    """Whether the engine's data path handles `packet` on `config` (the SA table
-    refuses the rest as ``UNSUPPORTED``, with no side effect): not outbound UDP
-    encapsulation with an IPv6 outer header of a packet longer than
-    :func:`udp6_fill_limit`, not IPv6 extension headers in front of ESP (outbound
-    transport mode, inbound)."""
-    if config is None:
-        return True
-    ipv6 = len(packet) > 6 and packet[0] >> 4 == 6
-    v6_ext = ipv6 and packet[6] in IPV6_EXT_WALKED
-    if config.direction == "in":
-        return not v6_ext
-    if config.mode == "transport" and v6_ext:
-        return False
-    outer_v6 = ":" in config.src if config.mode == "tunnel" else ipv6
-    if config.encap != "udp" or not outer_v6:
-        return True
-    return (ip_packet_length(packet) or 0) <= udp6_fill_limit()
-
-
-def _header_checksum_right(packet: bytes) -> bool:
-    """Not IPv4, or an IPv4 header that is all there with a right checksum (the
-    engine's :class:`Ipv4HeaderCheck` drops the others before anything is allocated)."""
-    if packet[0] >> 4 != 4:
-        return True
-    ihl = (packet[0] & 15) * 4
-    return 20 <= ihl <= len(packet) and internet_checksum(packet[:ihl]) == 0
-
-
-def _stand_in(packet: bytes, length: int) -> bytes:
-    """A well-formed packet of `packet`'s IP version and `length` bytes."""
-    if packet[0] >> 4 == 6:
-        return bytes(IPv6(src="::1", dst="::2", nh=59) / Raw(bytes(length - 40)))
-    return bytes(IP(src="0.0.0.1", dst="0.0.0.2", proto=59) / Raw(bytes(length - 20)))
-
-
 def model_outcomes(model: EspModel, sa_configs: dict, traffic) -> tuple[list, dict]:
-    """Process `traffic` in `model` (holding `sa_configs`) as an engine would see it:
-    ``(reasons, {inbound: [outputs]})``, packets the engine refuses as ``"unsupported"``
-    and kept from the model (the engine refuses them with no side effect); an
-    outbound packet whose stream ends after its first beat but before its IP length
-    is ``"aborted"`` if its IPv4 header checksum is right: the model processes a
-    well-formed stand-in of that length (a sequence number used, the packet
-    accounted), and no output is expected."""
+    """Process `traffic` in `model` (holding `sa_configs`) as an engine would see it
+    (:func:`engine_outcome`): ``(reasons, {inbound: [outputs]})``."""
     expected = {False: [], True: []}
     reasons = []
     for slot, packet in traffic:
         inbound = model.read_record(slot).direction == Direction.IN
-        if not engine_supports(sa_configs.get(slot), packet):
-            reasons.append("unsupported")
-            continue
-        length = ip_packet_length(packet)
-        if not inbound and length is not None and BLOCK_BYTES < len(packet) < length \
-                and _header_checksum_right(packet):
-            # Cut-through: the engine pads a stream that ends short and aborts it, its
-            # header already taken as it was; a well-formed stand-in of that length
-            # has the same effect on the SA (a sequence number, the accounting).
-            _output, reason = model.process(slot, _stand_in(packet, length))
-            reasons.append("aborted" if reason == "ok" else reason)
-            continue
-        output, reason = model.process(slot, packet)
+        output, reason = engine_outcome(model, sa_configs.get(slot), slot, packet)
         reasons.append(reason)
         if output is not None:
             expected[inbound].append(output)

@@ -34,6 +34,12 @@ bytes, encrypted and *aborted*: ``o_abort`` is high with its last output
 beat, the egress must discard it, and ``truncated`` counts it. Its sequence
 number is used up, never reused.
 
+A ``meta`` item with ``fence`` set is a fence's marker, which comes with no
+packet (the forwarder's :class:`Classifier` and :class:`Dispatcher` make it):
+the engine takes it in order with the packets' slots, waits until every
+packet before it has left ``o`` or been dropped, and has been accounted, then
+offers its slot on ``fenced`` (and takes nothing more until that is taken).
+
 Host operations (``host``) go to the SA table; writing or deleting a slot also
 (re)loads its replay window: an inbound SA with ``seq = N > 0`` starts with
 every number up to N received (as ``SaConfig.to_record``'s full bitmap), any
@@ -105,8 +111,9 @@ _INBOUND_BANKS = {"compact": 1, "fast": 3}
 
 
 def engine_meta(slots: int) -> data.StructLayout:
-    """Per-packet metadata an engine takes with each packet."""
-    return data.StructLayout({"slot": range(slots)})
+    """Per-packet metadata an engine takes with each packet; with ``fence``, a fence's
+    marker for that slot, which comes with no packet (see :class:`EspEngine`)."""
+    return data.StructLayout({"slot": range(slots), "fence": 1})
 
 
 class EspEngine(wiring.Component):
@@ -144,6 +151,7 @@ class EspEngine(wiring.Component):
             "unknown_spi": Out(32),     # inbound packets whose SPI is not their SA's
             "unsupported": Out(32),     # packets the data path cannot handle yet (see above)
             "truncated":   Out(32),     # outbound packets whose stream ended short (aborted)
+            "fenced":      Out(stream.Signature(engine_meta(slots))),   # fences passed
         })
 
     @property
@@ -289,9 +297,18 @@ class EspEngine(wiring.Component):
             start.expired.eq(reply.reason == Reason.HARD_EXPIRED),
         ]
 
+        # Outbound packets between their job and their last output beat (an inbound
+        # one is `inbound.busy` until accounted, which is after its last output beat).
+        outbound = Signal(range(16))
+        job_out = encap.job.valid & encap.job.ready
+        left_out = self.o.valid & self.o.ready & self.o.payload.last & ~self.o_inbound
+        m.d.sync += outbound.eq(outbound + job_out - left_out)
+        fence = Signal.like(self.meta.payload.slot)
+
         with m.FSM(name="dispatch"):
             with m.State("LOOKUP"):
-                take = self.meta.valid & packets.valid & ~loading
+                marker = self.meta.payload.fence
+                take = self.meta.valid & ~marker & packets.valid & ~loading
                 facts = _first_beat_facts(beat)
                 facts["malformed"] = facts["malformed"] | checked.bad   # the IPv4 checksum too
                 m.d.comb += [
@@ -299,11 +316,24 @@ class EspEngine(wiring.Component):
                     request.bytes.eq(ip_length(beat.data)),
                     *(request[name].eq(value) for name, value in facts.items()),
                     table.request.valid.eq(take),
-                    self.meta.ready.eq(take & table.request.ready),
+                    # A fence's marker comes with no packet and asks the table nothing.
+                    self.meta.ready.eq(Mux(marker, 1, take & table.request.ready)),
                 ]
+                with m.If(self.meta.valid & marker):
+                    m.d.sync += fence.eq(self.meta.payload.slot)
+                    m.next = "FENCE"
                 with m.If(take & table.request.ready):
                     m.d.sync += looked_up.eq(request)
                     m.next = "DECIDE"
+
+            with m.State("FENCE"):
+                # Every packet that came before the fence has left or been dropped
+                # and been accounted; then the fence has passed.
+                drained = (outbound == 0) & ~inbound.busy
+                m.d.comb += [self.fenced.payload.slot.eq(fence),
+                             self.fenced.valid.eq(drained)]
+                with m.If(drained & self.fenced.ready):
+                    m.next = "LOOKUP"
 
             with m.State("RETRY"):
                 # An inbound packet that could not go on: look it up again once the

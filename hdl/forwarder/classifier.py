@@ -20,6 +20,14 @@ that says so.
 
 One :data:`decision` per packet on ``decision``, then the packet's beats on
 ``o`` (its first beat only once the decision has been taken).
+
+A *fence* (``fence``, an engine and a slot, from the host) takes a record's
+place in the same in-order pipeline and comes out as a decision with
+``fence`` set and no beats: every packet the classifier looked up before it
+was decided before it, every packet after it after. The dispatcher turns it
+into a marker in that engine's queue, so the engine knows when every packet
+classified before the fence has been through it (what a host needs before it
+deletes or moves an SA whose entries it has just changed).
 """
 
 from amaranth import *
@@ -52,7 +60,14 @@ def decision_layout(engines: int, slots: int) -> data.StructLayout:
         "decision": Decision,
         "inbound":  1,                      # ENGINE: an SPI-table hit
         "target":   engine_slot(engines, slots),
+        "fence":    1,                      # a fence (ENGINE, no beats), not a packet
     })
+
+
+def _pending(engines: int, slots: int) -> data.StructLayout:
+    """What waits for its lookups: a packet's record, or a fence and its target."""
+    return data.StructLayout({"record": PARSED, "fence": 1,
+                              "target": engine_slot(engines, slots)})
 
 
 class Classifier(wiring.Component):
@@ -79,8 +94,10 @@ class Classifier(wiring.Component):
         self._spi = SpiTable(entries=spi_entries, ways=spi_ways, value=target)
         self._policy = PolicyTable(rules=rules, stages=stages, value=target)
         self._layout = decision_layout(engines, slots)
+        self._pending = _pending(engines, slots)
         super().__init__({
             "i":            In(stream.Signature(packet_beat(16))),
+            "fence":        In(stream.Signature(target)),
             "decision":     Out(stream.Signature(self._layout)),
             "o":            Out(stream.Signature(packet_beat(16))),
             "spi_host":     self._spi.signature.members["host"],
@@ -99,7 +116,7 @@ class Classifier(wiring.Component):
         m.submodules.parser = parser = self._parser
         m.submodules.spi = spi = self._spi
         m.submodules.policy = policy = self._policy
-        m.submodules.records = records = SyncFIFO(width=PARSED.size, depth=8)
+        m.submodules.records = records = SyncFIFO(width=self._pending.size, depth=8)
         wiring.connect(m, wiring.flipped(self.i), parser.i)
         wiring.connect(m, wiring.flipped(self.spi_host), spi.host)
         wiring.connect(m, spi.host_reply, wiring.flipped(self.spi_reply))
@@ -107,8 +124,13 @@ class Classifier(wiring.Component):
         wiring.connect(m, policy.host_reply, wiring.flipped(self.policy_reply))
 
         # ---- fork: every record to both filters and to the record FIFO ----------------
+        # A fence goes first when there is one (the host's, rare); it is looked up too,
+        # with whatever record is there, so the results stay paired with the FIFO.
         record = parser.parsed.payload
+        fence = self.fence.valid
+        offered = parser.parsed.valid | fence
         takers = (spi.lookup.ready, policy.lookup.ready, records.w_rdy)
+        entry = self._pending(records.w_data)
         m.d.comb += [
             spi.lookup.payload.spi.eq(record.spi),
             spi.lookup.payload.dst.eq(record.dst),
@@ -119,20 +141,27 @@ class Classifier(wiring.Component):
             policy.lookup.payload.proto.eq(record.proto),
             policy.lookup.payload.sport.eq(record.sport),
             policy.lookup.payload.dport.eq(record.dport),
-            records.w_data.eq(record),
-            parser.parsed.ready.eq(Cat(takers).all()),
-            spi.lookup.valid.eq(parser.parsed.valid & takers[1] & takers[2]),
-            policy.lookup.valid.eq(parser.parsed.valid & takers[0] & takers[2]),
-            records.w_en.eq(parser.parsed.valid & takers[0] & takers[1]),
+            entry.record.eq(record),
+            entry.fence.eq(fence),
+            entry.target.eq(self.fence.payload),
+            parser.parsed.ready.eq(Cat(takers).all() & ~fence),
+            self.fence.ready.eq(Cat(takers).all()),
+            spi.lookup.valid.eq(offered & takers[1] & takers[2]),
+            policy.lookup.valid.eq(offered & takers[0] & takers[2]),
+            records.w_en.eq(offered & takers[0] & takers[1]),
         ]
 
         # ---- join: the record and both results, in packet order ------------------------
-        kept = PARSED(records.r_data)
+        pending = self._pending(records.r_data)
+        kept = pending.record
         inbound = (kept.kind == PacketKind.ESP) | (kept.kind == PacketKind.UDP_ESP)
         found, rule = spi.result.payload, policy.result.payload
         out = self.decision.payload
         miss = Mux(self.miss_to_host, Decision.HOST, Decision.DROP)
-        with m.If(kept.malformed):
+        with m.If(pending.fence):
+            m.d.comb += [out.decision.eq(Decision.ENGINE), out.fence.eq(1),
+                         out.target.eq(pending.target)]
+        with m.Elif(kept.malformed):
             m.d.comb += out.decision.eq(Decision.DROP)
         with m.Elif(inbound):
             m.d.comb += [out.decision.eq(Mux(found.hit, Decision.ENGINE, miss)),
@@ -157,7 +186,7 @@ class Classifier(wiring.Component):
             spi.result.ready.eq(decided),
             policy.result.ready.eq(decided),
         ]
-        with m.If(decided):
+        with m.If(decided & ~pending.fence):
             with m.If(kept.malformed):
                 m.d.sync += self.malformed.eq(self.malformed + 1)
             with m.Elif(inbound & ~found.hit):
@@ -175,7 +204,7 @@ class Classifier(wiring.Component):
             self.o.valid.eq(parser.o.valid & let_through),
             parser.o.ready.eq(self.o.ready & let_through),
         ]
-        with m.If(decided):
+        with m.If(decided & ~pending.fence):       # a fence has no beats
             m.d.sync += ahead.eq(1)
         with m.Elif(self.o.valid & self.o.ready & beat.first):
             m.d.sync += ahead.eq(0)

@@ -6,7 +6,8 @@ it) and hands on the IP packet inside: EtherType 0x0800 or 0x86DD, directly
 or behind one 802.1Q tag (0x8100), with the 14- or 18-byte header cut off and
 the packet realigned to the beat (a :class:`Repacker`). Bytes after the IP
 packet (Ethernet padding of short frames) stay: the IP length says where the
-packet ends, and the engine and egress go by it.
+packet ends and the engines go by it; a bypassed packet keeps them (the egress
+does not trim).
 
 Dropped and counted: other EtherTypes (``not_ip``; ARP and the like will go to
 the host's exception queue once there is one), and frames that end before the

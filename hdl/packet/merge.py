@@ -2,7 +2,7 @@
 """Several packet streams into one, a whole packet at a time."""
 
 from amaranth import *
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import check_width, packet_beat
@@ -17,16 +17,24 @@ class PacketMerger(wiring.Component):
     ``count - 1`` packets. ``source`` says which input the beat on ``o`` comes
     from (valid with ``o.valid``).
 
+    The beats are :func:`packet_beat` ``width`` bytes wide, or of ``layout``
+    (any layout with a ``last`` field: a beat with its packet's metadata).
+
     Latency 0 (``o`` is the chosen input, combinationally); one beat per
     cycle, with no idle cycle between packets.
     """
 
-    def __init__(self, *, width: int, count: int):
-        check_width("width", width)
+    def __init__(self, *, count: int, width: int | None = None, layout: data.Layout | None = None):
+        if (width is None) == (layout is None):
+            raise TypeError("give a beat width or a beat layout, not both nor neither")
+        if width is not None:
+            layout = packet_beat(check_width("width", width))
+        elif not isinstance(layout, data.StructLayout) or "last" not in layout.members:
+            raise TypeError(f"layout must be a data.StructLayout with a 'last' field, not {layout!r}")
         if type(count) is not int or count < 2:
             raise ValueError(f"count must be an integer of at least 2, not {count!r}")
         self._count = count
-        beat = stream.Signature(packet_beat(width))
+        beat = stream.Signature(layout)
         super().__init__({
             "i":      In(beat).array(count),
             "o":      Out(beat),

@@ -1,0 +1,306 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""``EspNic``: the data plane on one chip -- forwarders, engines, egress.
+
+::
+
+    i[p] -> [EthernetStrip] -> Classifier -> Dispatcher -+-> engine queues (one per engine) -> EspEngine[k] -+
+      (one forwarder per ingress port p)                 +-> bypass queue ------------------------------------+-> merge -> Egress -> o[port]
+                                                         +-> exception queue (to the host)                    |     (route table)
+
+Each ingress port has its own forwarder (classifier with its own SPI and
+policy tables, dispatcher), all programmed by the host and sharing the
+engines: in front of each engine the ports' packets for it are merged a
+packet at a time (round robin) into that engine's :class:`EngineQueue`, so
+one busy engine holds only its own queue. The engines' outputs and the ports'
+bypass traffic are merged a packet at a time into the :class:`Egress`, which
+picks each packet's port by its destination in the route table.
+
+Order: one SA lives on one engine and every path is first in, first out, so
+packets of an SA leave in the order they came in on a port. Fail closed:
+a packet reaches an engine or the bypass only through a table entry, and
+leaves only through a route; every other packet is counted where it dies.
+
+Throughput: each ingress port takes one 16-byte beat per cycle; the engines
+work in parallel; the egress carries one beat per cycle in all (the merge
+point), so the device's aggregate output is at most one port's line rate.
+
+Host access (until the register bus of issue 5 puts one address space in
+front of it) is per unit: ``engine_host[k]`` for engine k's SA table,
+``spi_host[p]`` / ``policy_host[p]`` for port p's filters, ``route_host``
+for the egress routes, each with its reply stream; ``fence_host[p]`` sends a
+fence (an engine and slot) through port p's forwarder, and
+``engine_fenced[k]`` says when one has passed engine k: every packet port p
+classified before it has left that engine (or died there).
+"""
+
+from collections.abc import Sequence
+
+from amaranth import *
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .engine.engine import EspEngine, engine_meta
+from .engine.sa import REPLAY_WINDOW
+from .engine.sa_table import SaTable
+from .forwarder.classifier import Classifier, engine_slot
+from .forwarder.dispatcher import Dispatcher, EngineQueue, dispatch_beat
+from .forwarder.egress import EGRESS_BEAT, Egress, route_layouts
+from .forwarder.policy import policy_layouts
+from .forwarder.spi_table import spi_table_layouts
+from .forwarder.ethernet import EthernetStrip
+from .packet.layouts import packet_beat
+from .packet.merge import PacketMerger
+
+__all__ = ["EspNic", "host_layouts", "PORT_COUNTERS", "ENGINE_COUNTERS", "EGRESS_COUNTERS"]
+
+_WIDTH = 16
+
+#: Counters of each ingress port: the classifier's drops, then the dispatcher's.
+PORT_COUNTERS = ("malformed", "spi_miss", "policy_miss", "discarded",
+                 "bypassed", "to_host", "no_engine", "not_ip", "runt")
+#: Counters of each engine (its SA table counts per SA besides).
+ENGINE_COUNTERS = ("no_sa", "unknown_spi", "unsupported", "truncated")
+#: Counters of the egress.
+EGRESS_COUNTERS = ("no_route", "egress_malformed")
+
+
+def host_layouts(*, engines: int, ports: int, slots: int, window: int = REPLAY_WINDOW,
+                 rules: int = 16, routes: int = 8) -> dict:
+    """The payload layout of each of :class:`EspNic`'s host streams, by member name:
+    what the host packs and unpacks (without building the design)."""
+    target = engine_slot(engines, slots)
+    table, spi = SaTable.layouts(slots, window), spi_table_layouts(target)
+    policy, route = policy_layouts(rules, target), route_layouts(routes, ports)
+    return {
+        "engine_host": table["HOST_OP"], "engine_reply": table["HOST_REPLY"],
+        "engine_events": table["EVENT"], "engine_fenced": engine_meta(slots),
+        "fence_host": target,
+        "spi_host": spi["OP"], "spi_reply": spi["REPLY"],
+        "policy_host": policy["WRITE"], "policy_reply": policy["REPLY"],
+        "route_host": route["WRITE"], "route_reply": route["REPLY"],
+    }
+
+
+class EspNic(wiring.Component):
+    """The whole data plane (see the module docstring).
+
+    Parameters
+    ----------
+    engines : ESP engines working in parallel (1 to 16).
+    ports : ingress/egress ports (1 to 8), each with its own forwarder.
+    data_width : beat width in bytes; 16 (the only one built).
+    profile : the engines' GCM datapath profile, ``"compact"`` or ``"fast"``.
+    slots : SA slots per engine.
+    window : the largest replay window.
+    ethernet : per port (a bool for all), whether it carries Ethernet frames
+        (stripped on the way in; egress sends IP packets: the L2 header on
+        the way out is not built yet).
+    queue_depth : beats of queue in front of each engine and in each port's
+        bypass (0 on one engine: no engine queue, the dispatcher feeds it).
+    spi_entries, spi_ways, rules, stages : each port's filter sizes.
+    routes : the egress route table's size.
+    """
+
+    def __init__(self, *, engines: int = 1, ports: int = 1, data_width: int = _WIDTH,
+                 profile: str = "compact", slots: int = 16, window: int = REPLAY_WINDOW,
+                 ethernet: bool | Sequence[bool] = False, queue_depth: int = 64,
+                 spi_entries: int = 64, spi_ways: int = 4, rules: int = 16, stages: int = 4,
+                 routes: int = 8):
+        if type(engines) is not int or not 1 <= engines <= 16:
+            raise ValueError(f"engines must be an integer from 1 to 16, not {engines!r}")
+        if type(ports) is not int or not 1 <= ports <= 8:
+            raise ValueError(f"ports must be an integer from 1 to 8, not {ports!r}")
+        if data_width != _WIDTH:
+            raise ValueError(f"not supported: data_width {data_width!r}; only 16-byte beats "
+                             f"are built (the 4- and 8-byte data paths are not)")
+        if isinstance(ethernet, bool):
+            ethernet = (ethernet,) * ports
+        ethernet = tuple(ethernet)
+        if len(ethernet) != ports or not all(isinstance(flag, bool) for flag in ethernet):
+            raise ValueError(f"ethernet must be a bool or {ports} bools (one per port), "
+                             f"not {ethernet!r}")
+        if type(queue_depth) is not int or queue_depth < 0 or (0 < queue_depth < 4):
+            raise ValueError(f"queue_depth must be 0 or an integer of at least 4, "
+                             f"not {queue_depth!r}")
+        if queue_depth == 0 and engines > 1:
+            raise ValueError("queue_depth 0 is for one engine: with more, a busy engine "
+                             "would hold the others")
+        self.engines, self.ports, self.slots = engines, ports, slots
+        self.profile, self.ethernet, self._queue_depth = profile, ethernet, queue_depth
+        self._engines = [EspEngine(profile=profile, slots=slots, window=window)
+                         for _ in range(engines)]
+        self._classifiers = [Classifier(engines=engines, slots=slots, spi_entries=spi_entries,
+                                        spi_ways=spi_ways, rules=rules, stages=stages)
+                             for _ in range(ports)]
+        self._egress = Egress(ports=ports, routes=routes)
+        beat = stream.Signature(packet_beat(_WIDTH))
+        # One host stream (or one per engine / per port) for each unit's table.
+        counts = {"engine": engines, "spi": ports, "policy": ports, "fence": ports}
+        host = {}
+        for name, layout in host_layouts(engines=engines, ports=ports, slots=slots,
+                                         window=window, rules=rules, routes=routes).items():
+            unit, kind = name.split("_")
+            member = (Out if kind in ("reply", "events", "fenced") else In)(
+                stream.Signature(layout))
+            host[name] = member.array(counts[unit]) if unit in counts else member
+        super().__init__({
+            "i":              In(beat).array(ports),
+            "o":              Out(stream.Signature(EGRESS_BEAT)).array(ports),
+            "exception":      Out(beat),
+            "exception_port": Out(range(max(ports, 2))),
+            **host,
+            "miss_to_host":   In(1).array(ports),
+            **{name: Out(32).array(ports) for name in PORT_COUNTERS},
+            **{name: Out(32).array(engines) for name in ENGINE_COUNTERS},
+            "no_route":         Out(32),
+            "egress_malformed": Out(32),
+            "sent":             Out(32).array(ports),
+        })
+
+    def engine(self, index: int) -> EspEngine:
+        """Engine `index` (its ``inbound`` and ``decap`` for testbenches)."""
+        return self._engines[index]
+
+    def classifier(self, port: int) -> Classifier:
+        """Port `port`'s classifier (its ``decision`` stream for testbenches)."""
+        return self._classifiers[port]
+
+    def elaborate(self, platform):
+        m = Module()
+        engines, ports, depth = self.engines, self.ports, self._queue_depth
+
+        # ---- one forwarder per ingress port -----------------------------------------------
+        dispatchers = []
+        for p, classifier in enumerate(self._classifiers):
+            m.submodules[f"classifier{p}"] = classifier
+            m.submodules[f"dispatcher{p}"] = dispatcher = Dispatcher(engines=engines,
+                                                                     slots=self.slots)
+            dispatchers.append(dispatcher)
+            if self.ethernet[p]:
+                m.submodules[f"ethernet{p}"] = strip = EthernetStrip()
+                wiring.connect(m, wiring.flipped(self.i[p]), strip.i)
+                wiring.connect(m, strip.o, classifier.i)
+                m.d.comb += [self.not_ip[p].eq(strip.not_ip), self.runt[p].eq(strip.runt)]
+            else:
+                wiring.connect(m, wiring.flipped(self.i[p]), classifier.i)
+            wiring.connect(m, classifier.decision, dispatcher.decision)
+            wiring.connect(m, classifier.o, dispatcher.i)
+            wiring.connect(m, wiring.flipped(self.spi_host[p]), classifier.spi_host)
+            wiring.connect(m, classifier.spi_reply, wiring.flipped(self.spi_reply[p]))
+            wiring.connect(m, wiring.flipped(self.fence_host[p]), classifier.fence)
+            wiring.connect(m, wiring.flipped(self.policy_host[p]), classifier.policy_host)
+            wiring.connect(m, classifier.policy_reply, wiring.flipped(self.policy_reply[p]))
+            m.d.comb += classifier.miss_to_host.eq(self.miss_to_host[p])
+            for name in ("malformed", "spi_miss", "policy_miss", "discarded"):
+                m.d.comb += getattr(self, name)[p].eq(getattr(classifier, name))
+            for name in ("bypassed", "to_host", "no_engine"):
+                m.d.comb += getattr(self, name)[p].eq(getattr(dispatcher, name))
+
+        # ---- the engines, each behind the merge of the ports' packets for it ---------------
+        egress_sources = []
+        for k, engine in enumerate(self._engines):
+            m.submodules[f"engine{k}"] = engine
+            wiring.connect(m, wiring.flipped(self.engine_host[k]), engine.host)
+            wiring.connect(m, engine.host_reply, wiring.flipped(self.engine_reply[k]))
+            wiring.connect(m, engine.events, wiring.flipped(self.engine_events[k]))
+            wiring.connect(m, engine.fenced, wiring.flipped(self.engine_fenced[k]))
+            for name in ENGINE_COUNTERS:
+                m.d.comb += getattr(self, name)[k].eq(getattr(engine, name))
+            feed = self._merged(m, f"engine{k}_merge", [d.engine[k] for d in dispatchers],
+                                dispatch_beat(self.slots))
+            if depth:
+                m.submodules[f"engine{k}_queue"] = queue = EngineQueue(slots=self.slots,
+                                                                       depth=depth)
+                wiring.connect(m, feed, queue.i)
+                wiring.connect(m, queue.o, engine.i)
+                wiring.connect(m, queue.meta, engine.meta)
+            else:
+                self._split(m, feed, engine)
+            egress_sources.append(self._with_abort(m, engine.o, engine.o_abort))
+
+        # ---- bypass traffic and exceptions ---------------------------------------------------
+        for p, dispatcher in enumerate(dispatchers):
+            bypass = dispatcher.bypass
+            if depth:
+                bypass = self._queued(m, f"bypass{p}_queue", bypass, depth)
+            egress_sources.append(self._with_abort(m, bypass, C(0)))
+        if ports > 1:
+            m.submodules.exceptions = merger = PacketMerger(width=_WIDTH, count=ports)
+            for p, dispatcher in enumerate(dispatchers):
+                wiring.connect(m, dispatcher.host, merger.i[p])
+            wiring.connect(m, merger.o, wiring.flipped(self.exception))
+            m.d.comb += self.exception_port.eq(merger.source)
+        else:
+            wiring.connect(m, dispatchers[0].host, wiring.flipped(self.exception))
+
+        # ---- egress --------------------------------------------------------------------------
+        m.submodules.egress = egress = self._egress
+        wiring.connect(m, self._merged(m, "egress_merge", egress_sources, EGRESS_BEAT), egress.i)
+        for p in range(ports):
+            wiring.connect(m, egress.o[p], wiring.flipped(self.o[p]))
+            m.d.comb += self.sent[p].eq(egress.sent[p])
+        wiring.connect(m, wiring.flipped(self.route_host), egress.host)
+        wiring.connect(m, egress.host_reply, wiring.flipped(self.route_reply))
+        m.d.comb += [self.no_route.eq(egress.no_route),
+                     self.egress_malformed.eq(egress.malformed)]
+        return m
+
+    @staticmethod
+    def _merged(m, name, sources, layout):
+        """One stream of whole packets from `sources` (round robin), or the one source."""
+        if len(sources) == 1:
+            return sources[0]
+        m.submodules[name] = merger = PacketMerger(layout=layout, count=len(sources))
+        for index, source in enumerate(sources):
+            wiring.connect(m, source, merger.i[index])
+        return merger.o
+
+    @staticmethod
+    def _queued(m, name, source, depth):
+        """`source` behind a FIFO of `depth` beats."""
+        layout = source.payload.shape()
+        m.submodules[name] = fifo = SyncFIFOBuffered(width=layout.size, depth=depth)
+        out = stream.Signature(layout).create()
+        m.d.comb += [
+            fifo.w_data.eq(source.payload), fifo.w_en.eq(source.valid), source.ready.eq(fifo.w_rdy),
+            out.payload.eq(fifo.r_data), out.valid.eq(fifo.r_rdy), fifo.r_en.eq(out.ready),
+        ]
+        return out
+
+    @staticmethod
+    def _with_abort(m, source, abort):
+        """`source`'s beats as :data:`EGRESS_BEAT`, ``abort`` (valid with the last beat) added."""
+        out = stream.Signature(EGRESS_BEAT).create()
+        for name in packet_beat(_WIDTH).members:
+            m.d.comb += out.payload[name].eq(source.payload[name])
+        m.d.comb += [out.payload.abort.eq(abort), out.valid.eq(source.valid),
+                     source.ready.eq(out.ready)]
+        return out
+
+    def _split(self, m, feed, engine):
+        """No queue (one engine): the slot of each packet's first beat to ``meta``, the
+        beats to ``i``; the first beat goes once both have taken it, in either order.
+        A fence's marker goes to ``meta`` only."""
+        meta_done, beat_done = Signal(), Signal()
+        beat = feed.payload
+        meta_fire = engine.meta.valid & engine.meta.ready
+        beat_fire = engine.i.valid & engine.i.ready
+        for name in packet_beat(_WIDTH).members:
+            m.d.comb += engine.i.payload[name].eq(beat[name])
+        m.d.comb += [
+            engine.meta.payload.slot.eq(beat.slot),
+            engine.meta.payload.fence.eq(beat.fence),
+            engine.meta.valid.eq(feed.valid & beat.first & ~meta_done),
+            engine.i.valid.eq(feed.valid & ~beat.fence & ~beat_done),
+        ]
+        both = (meta_done | meta_fire | ~beat.first) & (beat_done | beat_fire | beat.fence)
+        m.d.comb += feed.ready.eq(both)
+        with m.If(feed.valid & both):
+            m.d.sync += [meta_done.eq(0), beat_done.eq(0)]
+        with m.Else():
+            with m.If(meta_fire):
+                m.d.sync += meta_done.eq(1)
+            with m.If(beat_fire):
+                m.d.sync += beat_done.eq(1)
+        return m

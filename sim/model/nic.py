@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""The whole device in Python: ``hdl/top.py: EspNic``'s forwarders, engines and egress.
+
+:class:`NicModel` holds, per ingress port, the two filters of the classifier
+(:class:`SpiTableModel`, :class:`PolicyTableModel`) and the miss setting;
+per engine an :class:`EspModel` and the SAs' configurations; one route table.
+:meth:`NicModel.process` takes a packet as it arrives on a port and says what
+the device does with it: an :class:`Outcome` naming the port it leaves on and
+its bytes, or where it died and which counter says so.
+
+The device keeps order per SA (and per port's bypass traffic), not across
+them: :attr:`Outcome.flow` names the order a packet belongs to, so a test can
+compare each flow's packets in order and the rest as a set. Feed each SA's
+traffic through one port: the model processes packets in the order they are
+given, which the device keeps only within a port.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from ...hdl.engine.sa import SaConfig
+from ...hdl.forwarder.classifier import Decision
+from ...hdl.top import ENGINE_COUNTERS, PORT_COUNTERS
+from .engine import engine_outcome
+from .esp import EspModel
+from .forwarder import PolicyTableModel, RouteTableModel, SpiTableModel, classify, egress, parse
+
+__all__ = ["Outcome", "NicModel"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one packet. ``port`` and ``packet`` when it left the device
+    (``exception``: to the host's exception queue instead); otherwise ``reason``."""
+    flow: tuple | None = None          # ("sa", engine, slot) or ("bypass", ingress port)
+    port: int | None = None
+    packet: bytes | None = None
+    exception: bool = False
+    reason: str = "ok"
+
+
+class NicModel:
+    """The device (see the module docstring); parameters as :class:`EspNic`'s."""
+
+    def __init__(self, *, engines: int = 1, ports: int = 1, slots: int = 16,
+                 spi_entries: int = 64, spi_ways: int = 4, rules: int = 16, routes: int = 8):
+        self.engines, self.ports, self.slots = engines, ports, slots
+        self.spi = [SpiTableModel(entries=spi_entries, ways=spi_ways) for _ in range(ports)]
+        self.policy = [PolicyTableModel(rules=rules) for _ in range(ports)]
+        self.miss_to_host = [False] * ports
+        self.engine = [EspModel(slots=slots) for _ in range(engines)]
+        self.configs: list[dict[int, SaConfig]] = [{} for _ in range(engines)]
+        self._refused = [Counter() for _ in range(engines)]
+        self.routes = RouteTableModel(routes=routes, ports=ports)
+        self.port_counters = [Counter() for _ in range(ports)]
+        self.egress_counters = Counter()
+        self.sent = [0] * ports
+
+    def install(self, engine: int, slot: int, config: SaConfig):
+        self.engine[engine].install(slot, config)
+        self.configs[engine][slot] = config
+
+    def engine_counters(self, engine: int) -> dict[str, int]:
+        """The engine-wide counters (``ENGINE_COUNTERS``) the engine's model keeps."""
+        counts = {**self.engine[engine].engine_counters, **self._refused[engine]}
+        return {name: counts.get(name, 0) for name in ENGINE_COUNTERS}
+
+    def process(self, port: int, packet: bytes) -> Outcome:
+        counters = self.port_counters[port]
+        decision, _inbound, target, counter = classify(
+            parse(packet), self.spi[port], self.policy[port],
+            miss_to_host=self.miss_to_host[port])
+        if counter:
+            counters[counter] += 1
+        if decision == Decision.DROP:
+            return Outcome(reason=counter)
+        if decision == Decision.HOST:
+            counters["to_host"] += 1
+            return Outcome(exception=True, packet=packet, reason=counter)
+        if decision == Decision.BYPASS:
+            counters["bypassed"] += 1
+            return self._egress(("bypass", port), packet)
+        engine, slot = target["engine"], target["slot"]
+        if engine >= self.engines:
+            counters["no_engine"] += 1
+            return Outcome(reason="no_engine")
+        model = self.engine[engine]
+        output, reason = engine_outcome(model, self.configs[engine].get(slot), slot, packet)
+        # The model counts the SA's drops; these two are the engine's own.
+        if reason in ("unsupported", "aborted"):
+            self._refused[engine]["unsupported" if reason == "unsupported" else "truncated"] += 1
+        if output is None:
+            return Outcome(flow=("sa", engine, slot), reason=reason)
+        return self._egress(("sa", engine, slot), output)
+
+    def _egress(self, flow, packet: bytes) -> Outcome:
+        if parse(packet).malformed:
+            self.egress_counters["egress_malformed"] += 1
+            return Outcome(flow=flow, reason="egress_malformed")
+        port = egress(self.routes, packet)
+        if port is None:
+            self.egress_counters["no_route"] += 1
+            return Outcome(flow=flow, reason="no_route")
+        self.sent[port] += 1
+        return Outcome(flow=flow, port=port, packet=packet)
+
+    def counters(self) -> dict:
+        """Every device counter by name as :class:`EspNic` has them (per port, per engine)."""
+        return {
+            **{name: [c[name] for c in self.port_counters] for name in PORT_COUNTERS},
+            **{name: [self.engine_counters(k)[name] for k in range(self.engines)]
+               for name in ENGINE_COUNTERS},
+            "no_route": self.egress_counters["no_route"],
+            "egress_malformed": self.egress_counters["egress_malformed"],
+            "sent": list(self.sent),
+        }
