@@ -40,7 +40,9 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .engine.engine import EspEngine, engine_meta
+from .engine.engine import EspEngine
+from .fabric.link import FabricLink
+from .fabric.mover import HOLD, MIGRATE_ARM, slot_report
 from .engine.sa import REPLAY_WINDOW
 from .engine.sa_table import SaTable
 from .forwarder.classifier import Classifier, engine_slot
@@ -52,7 +54,8 @@ from .forwarder.ethernet import EthernetStrip
 from .packet.layouts import packet_beat
 from .packet.merge import PacketMerger
 
-__all__ = ["EspNic", "host_layouts", "PORT_COUNTERS", "ENGINE_COUNTERS", "EGRESS_COUNTERS"]
+__all__ = ["EspNic", "host_layouts", "PORT_COUNTERS", "ENGINE_COUNTERS", "EGRESS_COUNTERS",
+           "FABRIC_COUNTERS"]
 
 _WIDTH = 16
 
@@ -63,6 +66,8 @@ PORT_COUNTERS = ("malformed", "spi_miss", "policy_miss", "discarded",
 ENGINE_COUNTERS = ("no_sa", "unknown_spi", "unsupported", "truncated")
 #: Counters of the egress.
 EGRESS_COUNTERS = ("no_route", "egress_malformed")
+#: Counters of the fabric.
+FABRIC_COUNTERS = ("misrouted", "arm_refused")
 
 
 def host_layouts(*, engines: int, ports: int, slots: int, window: int = REPLAY_WINDOW,
@@ -74,7 +79,9 @@ def host_layouts(*, engines: int, ports: int, slots: int, window: int = REPLAY_W
     policy, route = policy_layouts(rules, target), route_layouts(routes, ports)
     return {
         "engine_host": table["HOST_OP"], "engine_reply": table["HOST_REPLY"],
-        "engine_events": table["EVENT"], "engine_fenced": engine_meta(slots),
+        "engine_events": table["EVENT"], "engine_fenced": slot_report(slots),
+        "engine_arm": MIGRATE_ARM(slots), "engine_hold": HOLD(slots),
+        "engine_migrated": slot_report(slots),
         "fence_host": target,
         "spi_host": spi["OP"], "spi_reply": spi["REPLY"],
         "policy_host": policy["WRITE"], "policy_reply": policy["REPLY"],
@@ -134,6 +141,7 @@ class EspNic(wiring.Component):
                                         spi_ways=spi_ways, rules=rules, stages=stages)
                              for _ in range(ports)]
         self._egress = Egress(ports=ports, routes=routes)
+        self._fabric = FabricLink(engines=engines, slots=slots, window=window)
         beat = stream.Signature(packet_beat(_WIDTH))
         # One host stream (or one per engine / per port) for each unit's table.
         counts = {"engine": engines, "spi": ports, "policy": ports, "fence": ports}
@@ -141,7 +149,7 @@ class EspNic(wiring.Component):
         for name, layout in host_layouts(engines=engines, ports=ports, slots=slots,
                                          window=window, rules=rules, routes=routes).items():
             unit, kind = name.split("_")
-            member = (Out if kind in ("reply", "events", "fenced") else In)(
+            member = (Out if kind in ("reply", "events", "fenced", "migrated") else In)(
                 stream.Signature(layout))
             host[name] = member.array(counts[unit]) if unit in counts else member
         super().__init__({
@@ -153,6 +161,8 @@ class EspNic(wiring.Component):
             "miss_to_host":   In(1).array(ports),
             **{name: Out(32).array(ports) for name in PORT_COUNTERS},
             **{name: Out(32).array(engines) for name in ENGINE_COUNTERS},
+            "misrouted":        Out(32),     # fabric messages for an engine there is not
+            "arm_refused":      Out(32),     # moves to the engine itself or to none
             "no_route":         Out(32),
             "egress_malformed": Out(32),
             "sent":             Out(32).array(ports),
@@ -198,13 +208,27 @@ class EspNic(wiring.Component):
                 m.d.comb += getattr(self, name)[p].eq(getattr(dispatcher, name))
 
         # ---- the engines, each behind the merge of the ports' packets for it ---------------
-        egress_sources = []
+        m.submodules.fabric = fabric = self._fabric
+        m.d.comb += self.misrouted.eq(fabric.misrouted)
+        egress_sources, refused_arms = [], []
         for k, engine in enumerate(self._engines):
             m.submodules[f"engine{k}"] = engine
             wiring.connect(m, wiring.flipped(self.engine_host[k]), engine.host)
             wiring.connect(m, engine.host_reply, wiring.flipped(self.engine_reply[k]))
             wiring.connect(m, engine.events, wiring.flipped(self.engine_events[k]))
             wiring.connect(m, engine.fenced, wiring.flipped(self.engine_fenced[k]))
+            # A move to the engine itself would hold its own queue behind the slot it
+            # waits for; one to an engine the device lacks would never arrive: refused.
+            arm = self.engine_arm[k]
+            bad = (arm.payload.engine == k) | (arm.payload.engine >= engines)
+            m.d.comb += [engine.arm.payload.eq(arm.payload),
+                         engine.arm.valid.eq(arm.valid & ~bad),
+                         arm.ready.eq(engine.arm.ready | bad)]
+            refused_arms.append(arm.valid & bad)
+            wiring.connect(m, wiring.flipped(self.engine_hold[k]), engine.hold)
+            wiring.connect(m, engine.migrated, wiring.flipped(self.engine_migrated[k]))
+            wiring.connect(m, engine.state_out, fabric.i[k])
+            wiring.connect(m, fabric.o[k], engine.state_in)
             for name in ENGINE_COUNTERS:
                 m.d.comb += getattr(self, name)[k].eq(getattr(engine, name))
             feed = self._merged(m, f"engine{k}_merge", [d.engine[k] for d in dispatchers],
@@ -218,6 +242,8 @@ class EspNic(wiring.Component):
             else:
                 self._split(m, feed, engine)
             egress_sources.append(self._with_abort(m, engine.o, engine.o_abort))
+
+        m.d.sync += self.arm_refused.eq(self.arm_refused + sum(refused_arms))
 
         # ---- bypass traffic and exceptions ---------------------------------------------------
         for p, dispatcher in enumerate(dispatchers):

@@ -26,7 +26,7 @@ from .amaranth_sim import run_sim, stream_get, stream_get_packets, stream_put, s
     stream_record
 from .model.nic import NicModel
 
-__all__ = ["NicSetup", "NicRun", "spi_op", "policy_op", "route_op", "run_nic", "run_nic_cocotb", "check_nic_run", "SETTLE_CYCLES"]
+__all__ = ["NicSetup", "Migration", "NicRun", "spi_op", "policy_op", "route_op", "run_nic", "run_nic_cocotb", "check_nic_run", "SETTLE_CYCLES"]
 
 _TIMEOUT = 50_000   # cycles without progress before a run is declared hung
 _QUIET = 400        # cycles with no packet entering an engine and none in flight: done
@@ -83,6 +83,19 @@ class NicSetup:
 
 
 @dataclass
+class Migration:
+    """A live move of the SA in engine/slot `source` to `dest`, started once port 0
+    has taken `after` packets in: `dest` put on hold, `repoint` (host operations
+    that point the SA's table entries at `dest`) written, `source` armed to move
+    after one fence per port, a fence sent through every port, then the move
+    awaited (`dest` reported on ``engine_migrated``)."""
+    after: int
+    source: tuple
+    dest: tuple
+    repoint: list
+
+
+@dataclass
 class NicRun:
     outputs: dict        # egress port -> [packet] as the device sent them (aborted ones left out)
     exceptions: list     # (ingress port, packet) to the host's exception queue
@@ -124,7 +137,7 @@ def _numbers(item: dict) -> dict:
 
 
 def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
-            seed=0, storm=(), pace=40, fences=()) -> NicRun:
+            seed=0, storm=(), pace=40, fences=(), migrations=()) -> NicRun:
     """`traffic` (``[(port, packet)]``) through an :class:`EspNic` programmed with
     `setup` and through its model (see the module docstring).
 
@@ -139,7 +152,11 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
     `engine`, sent once that port has taken `after` packets in. For each, the run
     records (:attr:`NicRun.fences`) how many packets the engine had sent out when
     it said the fence had passed, and how many of the packets classified before
-    the fence the model says it sends out: they must be equal."""
+    the fence the model says it sends out: they must be equal (one port).
+
+    `migrations`: :class:`Migration` s, one after the other while the traffic
+    flows. The model does not move anything: a move must change nothing a packet
+    can tell. Each SA's counters are read where its last move put it."""
     model = setup.model()
     outcomes = [model.process(port, packet) for port, packet in traffic]
     dut = setup.device(profile)
@@ -173,6 +190,38 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
                 await ctx.tick()
             await stream_put(ctx, dut.fence_host[port], {"engine": engine, "slot": slot},
                              timeout=_TIMEOUT)
+
+    moved = []                      # (engine, slot) of each move reported, in order
+    where = {}
+    for migration in migrations:    # where each SA of the setup ends up
+        origin = next((o for o, now in where.items() if now == migration.source),
+                      migration.source)
+        where[origin] = migration.dest
+
+    async def migrate(ctx):
+        for number, migration in enumerate(migrations):
+            while taken[0] < migration.after:
+                await ctx.tick()
+            (source, slot), (dest, dest_slot) = migration.source, migration.dest
+            await stream_put(ctx, dut.engine_hold[dest], {"slot": dest_slot, "hold": 1},
+                             timeout=_TIMEOUT)
+            for name, index, payload, reply in migration.repoint:
+                await stream_put(ctx, getattr(dut, name)[index], payload, timeout=_TIMEOUT)
+                assert _host_ok(await stream_get(ctx, getattr(dut, reply)[index],
+                                                 timeout=_TIMEOUT))
+            await stream_put(ctx, dut.engine_arm[source],
+                             {"slot": slot, "engine": dest, "dest_slot": dest_slot,
+                              "fences": setup.ports}, timeout=_TIMEOUT)
+            for port in range(setup.ports):
+                await stream_put(ctx, dut.fence_host[port], {"engine": source, "slot": slot},
+                                 timeout=_TIMEOUT)
+            waited = 0
+            while len(moved) <= number:
+                await ctx.tick()
+                waited += 1
+                assert waited < _TIMEOUT, f"move {number} ({migration.source} to " \
+                    f"{migration.dest}) not done after {_TIMEOUT} cycles"
+            assert moved[number] == tuple(migration.dest), f"move {number}: {moved[number]}"
 
     async def host_storm(ctx):
         while not sent:
@@ -220,23 +269,26 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
     async def read_back(ctx):
         # Quiet: every port's traffic in, and for a while no packet entering an
         # engine and none in flight inbound (drops happen without output).
-        quiet = 0
+        quiet, cycles = 0, 0
         while quiet < _QUIET:
             await ctx.tick()
+            cycles += 1
+            assert cycles < 20 * _TIMEOUT, "the device never went quiet"
             busy = any(ctx.get(dut.engine(k).inbound.busy) for k in range(setup.engines))
             moving = any(ctx.get(dut.engine(k).i.valid) for k in range(setup.engines))
-            done = len(sent) == setup.ports + 1 and \
+            done = len(sent) == setup.ports + 1 and len(moved) == len(migrations) and \
                 all(len([b for b in received[p] if b.last]) == want[p] for p in want)
             quiet = quiet + 1 if done and not busy and not moving else 0
         for engine, slot, _config in setup.sas:
-            await stream_put(ctx, dut.engine_host[engine],
-                             {"op": HostOp.READ_COUNTERS, "slot": slot}, timeout=_TIMEOUT)
-            answer = await stream_get(ctx, dut.engine_reply[engine], timeout=_TIMEOUT)
+            at_engine, at_slot = where.get((engine, slot), (engine, slot))
+            await stream_put(ctx, dut.engine_host[at_engine],
+                             {"op": HostOp.READ_COUNTERS, "slot": at_slot}, timeout=_TIMEOUT)
+            answer = await stream_get(ctx, dut.engine_reply[at_engine], timeout=_TIMEOUT)
             sa_counters[engine, slot] = {name: getattr(answer.counters, name)
                                          for name, _ in SA_COUNTERS}
         for name in (*PORT_COUNTERS, *ENGINE_COUNTERS, "sent"):
             counters[name] = [ctx.get(signal) for signal in getattr(dut, name)]
-        for name in ("no_route", "egress_malformed"):
+        for name in ("no_route", "egress_malformed", "misrouted", "arm_refused"):
             counters[name] = ctx.get(getattr(dut, name))
 
     in_cycles, out_cycles = [], []
@@ -278,8 +330,18 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
     fenced = []
     processes = [stream_record(dut.engine_events[k], events) for k in range(setup.engines)]
     processes += [stream_record(dut.engine_fenced[k], fenced) for k in range(setup.engines)]
+
+    def record_moves(engine):
+        async def process(ctx):
+            ctx.set(dut.engine_migrated[engine].ready, 1)
+            async for _clk, _rst, valid, payload in ctx.tick().sample(
+                    dut.engine_migrated[engine].valid, dut.engine_migrated[engine].payload):
+                if valid:
+                    moved.append((engine, payload.slot))
+        return process
+    processes += [record_moves(k) for k in range(setup.engines)]
     processes.append(watch)
-    run_sim(dut, host, host_storm, send_fences, *(feeder(p) for p in range(setup.ports)),
+    run_sim(dut, host, host_storm, send_fences, migrate, *(feeder(p) for p in range(setup.ports)),
             *(collector(p) for p in range(setup.ports)), collect_exceptions, read_back,
             processes=processes)
     outputs, aborted = {}, 0
@@ -360,7 +422,8 @@ def run_nic_cocotb(setup: NicSetup, traffic, *, profile="compact", stall=0.0, ga
         "expected_exceptions": sum(o.exception for o in outcomes),
         "counters": {**{name: setup.ports for name in PORT_COUNTERS},
                      **{name: setup.engines for name in ENGINE_COUNTERS},
-                     "sent": setup.ports, "no_route": None, "egress_malformed": None},
+                     "sent": setup.ports, "no_route": None, "egress_malformed": None,
+                     "misrouted": None, "arm_refused": None},
         "stall": stall, "gap": gap, "seed": seed, "settle_cycles": SETTLE_CYCLES,
     }
     params = {"engines": setup.engines, "ports": setup.ports, "profile": profile,

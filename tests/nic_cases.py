@@ -96,15 +96,19 @@ class NicScenario:
         assert reason == "ok"
         return output
 
-    def traffic(self, count: int, rng: random.Random, *, max_payload: int = 120) -> list:
-        """`count` packets ``(port, packet)`` of every kind, each payload unique."""
+    KINDS = ("protect", "protect", "inbound", "inbound", "bypass", "discard", "unknown_spi",
+             "no_policy", "no_route", "malformed", "replay", "forged")
+
+    def traffic(self, count: int, rng: random.Random, *, max_payload: int = 120,
+                kinds=KINDS, engines=None) -> list:
+        """`count` packets ``(port, packet)`` of `kinds` (every kind by default), for
+        the SAs of `engines` (all by default), each payload unique."""
         setup, out = self.setup, []
         sealed = []
-        kinds = ["protect", "protect", "inbound", "inbound", "bypass", "discard", "unknown_spi",
-                 "no_policy", "no_route", "malformed", "replay", "forged"]
+        engines = range(setup.engines) if engines is None else engines
         for number in range(count):
             kind = rng.choice(kinds)
-            engine = rng.randrange(setup.engines)
+            engine = rng.choice(engines)
             payload = number.to_bytes(2, "big") + bytes(rng.randrange(256) for _ in
                                                         range(rng.randrange(max_payload)))
             port = rng.randrange(setup.ports)

@@ -13,7 +13,8 @@ from espnic.hdl.forwarder.dispatcher import Dispatcher, EngineQueue
 from espnic.hdl.forwarder.policy import PolicyAction
 from espnic.hdl.forwarder.spi_table import SpiOp, bucket_of
 from espnic.hdl.top import EspNic
-from espnic.sim.nic_job import check_nic_run, policy_op, route_op, run_nic, spi_op
+from espnic.sim.model.forwarder import parse
+from espnic.sim.nic_job import Migration, check_nic_run, policy_op, route_op, run_nic, spi_op
 from tests.nic_cases import NicScenario, policy_rule, route_write
 
 
@@ -117,3 +118,66 @@ def test_nic_fences(engines):
     for seen, want in run.fences:
         assert seen == want
     assert any(want for _seen, want in run.fences)
+
+
+def _migrations(scenario, count, slot, spacing):
+    """`count` moves of engine 0's SA in `slot` between engine 0 and the last engine
+    (its slot `slot + 2`), back and forth, one every `spacing` packets."""
+    setup = scenario.setup
+    engine, port = setup.engines - 1, scenario.sa_ports[0, slot]
+    places = [(0, slot), (engine, slot + 2)]
+    config = next(c for e, s, c in setup.sas if (e, s) == (0, slot))
+    moves = []
+    for number in range(count):
+        source, dest = places[number % 2], places[(number + 1) % 2]
+        if config.direction == "out":
+            _port, index, rule = next(p for p in setup.policy if p[2]["value"] == {
+                "engine": 0, "slot": slot} and p[2]["action"] == PolicyAction.PROTECT.value)
+            repoint = [policy_op(port, index, {**rule, "value": {"engine": dest[0],
+                                                                 "slot": dest[1]}})]
+        else:
+            key = next(k for p, k, e, s in setup.spi_entries if (e, s) == (0, slot))
+            repoint = [spi_op(port, SpiOp.REPLACE, key, *dest)]
+        moves.append(Migration(after=3 + spacing * number, source=source, dest=dest,
+                               repoint=repoint))
+    return moves
+
+
+def _esp_sequence_numbers(packets, spi):
+    numbers = []
+    for packet in packets:
+        parsed = parse(packet)
+        if parsed.spi == spi:
+            offset = 20 if packet[0] >> 4 == 4 else 40
+            numbers.append(int.from_bytes(packet[offset + 4:offset + 8], "big"))
+    return numbers
+
+
+# Inbound moves are checked once with one port: with two ports and moves back and
+# forth an inbound run has been seen not to go quiet (under investigation; see
+# docs/architecture.md), so they are not claimed yet. The 100-move runs of the
+# acceptance take about 30 minutes each in Amaranth's simulator: not in the suite yet.
+@pytest.mark.parametrize("direction, count, engines, ports", [
+    ("out", 6, 2, 2), ("in", 1, 2, 1),
+])
+def test_nic_live_migration(direction, count, engines, ports):
+    """An SA moved between engines over the fabric while its traffic flows, `count`
+    times: every packet as if it had never moved (zero loss, its order, each
+    sequence number once, the replay window carried over: replays still caught),
+    and its counters where it ends up."""
+    rng = random.Random(count + engines)
+    scenario = NicScenario(engines=engines, ports=ports)
+    slot = 0 if direction == "out" else 1
+    kinds = ("protect",) * 4 if direction == "out" else ("inbound", "inbound", "inbound", "replay")
+    traffic = scenario.traffic(4 * count + 12, rng, max_payload=24, kinds=kinds, engines=[0])
+    moves = _migrations(scenario, count, slot, spacing=4)
+    run = run_nic(scenario.setup, traffic, gap=0.1, migrations=moves)
+    check_nic_run(run, traffic)
+    reasons = [outcome.reason for outcome in run.outcomes]
+    assert reasons.count("ok") >= 2 * count
+    if direction == "out":
+        spi = next(c.spi for e, s, c in scenario.setup.sas if (e, s) == (0, slot))
+        numbers = _esp_sequence_numbers([p for ps in run.outputs.values() for p in ps], spi)
+        assert sorted(numbers) == list(range(1, len(numbers) + 1))   # each once, none skipped
+    else:
+        assert "replay" in reasons

@@ -9,7 +9,13 @@ update N, check N+1, ...) and then run on the gateware in Amaranth's simulator:
 * as an engine that checks up to 4 packets ahead of their commits (the hazard
   contract in the module docstring): every packet's outcome equals the model's
   in program order, and re-runs happen only with ESN;
-* the latency and throughput the docstring states, cycle by cycle.
+* with reads of whole windows and of head rows between them, back to back with the
+  updates before them still in flight: every read gives the model's window at its
+  place in program order (all zeros for an empty slot);
+* live migration: a slot's rows read from one unit and loaded into a slot of another
+  (or of the same unit) carry its window: from then on both answer every check and
+  update as the model does, and their storage is the model's;
+* the latency, throughput and read priority the docstring states, cycle by cycle.
 """
 
 import random
@@ -17,13 +23,16 @@ from collections import deque
 from dataclasses import dataclass
 
 import pytest
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import data
 from hypothesis import HealthCheck, event as note_event, given, settings, strategies as st
 
 from espnic.hdl.engine.replay import (
-    ReplayVerdict, ReplayWindowUnit, clear_requests, load_requests, ring_bits, ring_words,
-    storage_from_window, window_from_storage,
+    ReplayVerdict, ReplayWindowUnit, clear_requests, load_requests, read_request_layout,
+    read_requests, read_result_layout, ring_bits, ring_words, storage_from_window,
+    window_from_storage,
 )
-from espnic.sim.amaranth_sim import run_sim, stream_get, stream_get_n, stream_put
+from espnic.sim.amaranth_sim import run_sim, stream_get, stream_get_n, stream_put, stream_put_all
 from espnic.sim.model.replay import ReplayWindow
 
 MASK32, MASK64 = 2**32 - 1, 2**64 - 1
@@ -98,39 +107,45 @@ def scenarios(draw, window, slots=3, max_events=60):
             events.append(Clear(slot))
             models[slot] = ReplayWindow(model.size, 0, 0, esn=model.esn)
             continue
-        top, size = model.top, model.size
-        kind = draw(st.sampled_from(["next", "ahead", "behind", "edge", "jump", "repeat",
-                                     "huge", "zero", "wrap"]))
-        if kind == "next":
-            seq = top + 1
-        elif kind == "ahead":
-            seq = top + draw(st.integers(1, 3 * size))
-        elif kind == "behind":
-            seq = top - draw(st.integers(0, size + 40))
-        elif kind == "edge":     # window-size and ring-size jumps, both ways
-            jump = draw(st.sampled_from([size, ring_bits(window)])) + draw(st.integers(-2, 2))
-            seq = top + jump * draw(st.sampled_from([1, -1]))
-        elif kind == "jump":
-            seq = top + draw(st.integers(1, 2**33))
-        elif kind == "repeat" and seen[slot]:
-            seq = draw(st.sampled_from(seen[slot]))
-        elif kind == "huge":
-            seq = draw(st.integers(0, MASK32))
-        elif kind == "wrap":
-            seq = draw(st.integers(-3, 3)) + 2**32 * draw(st.integers(0, 2))
-        else:
-            seq = 0
-        seq_lo = seq & MASK32
-        seen[slot].append(seq_lo)
-        full = model.reconstruct(seq_lo)
-        forged = draw(st.integers(0, 5)) == 0
-        intended = full if full is not None else seq_lo
-        if model.esn and draw(st.integers(0, 10)) == 0:   # a sender in another 2^32 block
-            intended = (intended + draw(st.sampled_from([2**32, -2**32]))) & MASK64
-        events.append(Packet(slot, seq_lo, forged, intended))
-        if model.check(full) and not forged and full == intended:
-            model.update(full)
+        events.append(draw_packet(draw, window, model, slot, seen[slot]))
     return configs, events
+
+
+def draw_packet(draw, window, model, slot, seen):
+    """A packet for `model`'s slot, numbered around its window; `model` takes it if
+    it is new and authentic."""
+    top, size = model.top, model.size
+    kind = draw(st.sampled_from(["next", "ahead", "behind", "edge", "jump", "repeat",
+                                 "huge", "zero", "wrap"]))
+    if kind == "next":
+        seq = top + 1
+    elif kind == "ahead":
+        seq = top + draw(st.integers(1, 3 * size))
+    elif kind == "behind":
+        seq = top - draw(st.integers(0, size + 40))
+    elif kind == "edge":     # window-size and ring-size jumps, both ways
+        jump = draw(st.sampled_from([size, ring_bits(window)])) + draw(st.integers(-2, 2))
+        seq = top + jump * draw(st.sampled_from([1, -1]))
+    elif kind == "jump":
+        seq = top + draw(st.integers(1, 2**33))
+    elif kind == "repeat" and seen:
+        seq = draw(st.sampled_from(seen))
+    elif kind == "huge":
+        seq = draw(st.integers(0, MASK32))
+    elif kind == "wrap":
+        seq = draw(st.integers(-3, 3)) + 2**32 * draw(st.integers(0, 2))
+    else:
+        seq = 0
+    seq_lo = seq & MASK32
+    seen.append(seq_lo)
+    full = model.reconstruct(seq_lo)
+    forged = draw(st.integers(0, 5)) == 0
+    intended = full if full is not None else seq_lo
+    if model.esn and draw(st.integers(0, 10)) == 0:   # a sender in another 2^32 block
+        intended = (intended + draw(st.sampled_from([2**32, -2**32]))) & MASK64
+    if model.check(full) and not forged and full == intended:
+        model.update(full)
+    return Packet(slot, seq_lo, forged, intended)
 
 
 def make_unit(window, slots=3, read_register=False):
@@ -150,31 +165,105 @@ async def read_storage(ctx, unit, slot, size):
     return window_from_storage(head, words, size, window=unit.window)
 
 
-def run_program_order(window, configs, events, seed, read_register=False):
-    """Operations in program order, back to back, with gaps and result stalls."""
-    unit = make_unit(window, len(configs), read_register)
-    models = [ReplayWindow(c.size, c.top, c.bitmap, esn=c.esn) for c in configs]
-    ops, checks, updates = [], [], []    # (stream name, payload); expected results
-    for req in load_all(configs, window):
-        ops.append(("load", req))
+@dataclass
+class WindowRead:
+    """Expected: the rows read (head, then ring words 0..N-1) hold the model's window."""
+    slot: int
+    size: int
+    top: int
+    bitmap: int
+
+
+@dataclass
+class HeadRead:
+    """Expected: a head row with the model's top."""
+    top: int
+
+
+def plan_program_order(models, events, window, *, reads=None):
+    """The operations of `events` in program order on `models` (advanced), and the
+    expected check and update results. With `reads` (a random.Random), reads of
+    whole windows and of head rows are placed among them: the ops and the expected
+    reads come as (ops, checks, updates, expected_reads, read_order)."""
+    ops, checks, updates, expected_reads = [], [], [], []
+    n = ring_words(window)
+
+    def read_window(slot):
+        order = read_requests(slot, window=window)
+        reads.shuffle(order)         # row order within a window does not matter
+        model = models[slot]
+        expected_reads.append((WindowRead(slot, model.size, model.top, model.bitmap),
+                               [req["index"] if not req["head"] else n for req in order]))
+        ops.extend(("read", req) for req in order)
+
     for event in events:
         model = models[event.slot]
         if isinstance(event, Clear):
             ops += [("load", req) for req in clear_requests(event.slot, window=window)]
             models[event.slot] = ReplayWindow(model.size, 0, 0, esn=model.esn)
+            if reads is not None and reads.random() < 0.5:
+                read_window(event.slot)
             continue
         common = {"slot": event.slot, "esn": int(model.esn), "size": model.size}
         full = model.reconstruct(event.seq_lo)
         verdict = model_verdict(model, full)
         ops.append(("check", {**common, "seq_lo": event.seq_lo}))
         checks.append((verdict, event.seq_lo if full is None else full))
-        if verdict != ReplayVerdict.OK:
+        if verdict == ReplayVerdict.OK:
+            auth = event.auth_ok(full)
+            ops.append(("update", {**common, "seq": full, "authenticated": int(auth)}))
+            updates.append((verdict, full, int(auth)))
+            if auth:
+                model.update(full)
+        if reads is None:
             continue
-        auth = event.auth_ok(full)
-        ops.append(("update", {**common, "seq": full, "authenticated": int(auth)}))
-        updates.append((verdict, full, int(auth)))
-        if auth:
-            model.update(full)
+        # Right behind the update, whose write is still in flight.
+        if reads.random() < 0.3:
+            read_window(event.slot)
+        if reads.random() < 0.2:
+            slot = event.slot if reads.random() < 0.5 else reads.randrange(len(models))
+            ops.append(("read", {"slot": slot, "head": 1, "index": reads.randrange(n)}))
+            expected_reads.append((HeadRead(models[slot].top), [n]))
+    if reads is None:
+        return ops, checks, updates
+    return ops, checks, updates, expected_reads
+
+
+def check_reads(expected_reads, results, window):
+    """Each expected read against its rows of `results` (in read order)."""
+    n = ring_words(window)
+    results = list(results)
+    for expected, order in expected_reads:
+        rows = dict(zip(order, results[:len(order)]))
+        del results[:len(order)]
+        for index, row in rows.items():
+            if index < n:        # a ring read leaves top and valid zero
+                assert (row.top, row.valid) == (0, 0)
+        if isinstance(expected, HeadRead):
+            assert rows[n].top == expected.top
+            continue
+        head = {"top": rows[n].top, "word": rows[n].word, "valid": rows[n].valid}
+        words = [rows[i].word for i in range(n)]
+        assert window_from_storage(head, words, expected.size, window=window) == \
+            (expected.top, expected.bitmap)
+        if expected.top == 0:    # an empty (cleared or new) slot reads as zeros
+            note_event("read of an empty slot")
+            assert head == {"top": 0, "word": 0, "valid": 0} and words == [0] * n
+    assert not results
+
+
+def run_program_order(window, configs, events, seed, read_register=False, reads=False):
+    """Operations in program order, back to back, with gaps and result stalls
+    (and, with `reads`, reads among them)."""
+    unit = make_unit(window, len(configs), read_register)
+    models = [ReplayWindow(c.size, c.top, c.bitmap, esn=c.esn) for c in configs]
+    ops = [("load", req) for req in load_all(configs, window)]
+    planned = plan_program_order(models, events, window,
+                                 reads=random.Random(seed + 3) if reads else None)
+    ops += planned[0]
+    checks, updates = planned[1:3]
+    expected_reads = planned[3] if reads else []
+    read_count = sum(len(order) for _, order in expected_reads)
 
     for verdict in sorted({v.name for v, _ in checks}):
         note_event(f"check verdict {verdict}")
@@ -189,26 +278,27 @@ def run_program_order(window, configs, events, seed, read_register=False):
             while rng.random() < 0.2:
                 await ctx.tick()
             await stream_put(ctx, getattr(unit, name), payload, timeout=TIMEOUT)
-        while "checks" not in got or "updates" not in got:
+        while not {"checks", "updates", "reads"} <= got.keys():
             await ctx.tick()
         for _ in range(3):      # the last load's write
             await ctx.tick()
         got["storage"] = [await read_storage(ctx, unit, slot, m.size)
                           for slot, m in enumerate(models)]
 
-    async def check_sink(ctx):
-        got["checks"] = await stream_get_n(ctx, unit.check_result, len(checks),
-                                           rng=random.Random(seed + 1), stall_prob=0.3,
-                                           timeout=TIMEOUT * 10)
+    def sink(name, stream, count, offset):
+        # Another stream's operations (clears, whole-window reads) may all come
+        # between two results of this one.
+        async def process(ctx):
+            got[name] = await stream_get_n(ctx, stream, count, rng=random.Random(seed + offset),
+                                           stall_prob=0.3, timeout=TIMEOUT * 10 + 4 * len(ops))
+        return process
 
-    async def update_sink(ctx):
-        got["updates"] = await stream_get_n(ctx, unit.update_result, len(updates),
-                                            rng=random.Random(seed + 2), stall_prob=0.3,
-                                            timeout=TIMEOUT * 10)
-
-    run_sim(unit, driver, check_sink, update_sink)
+    run_sim(unit, driver, sink("checks", unit.check_result, len(checks), 1),
+            sink("updates", unit.update_result, len(updates), 2),
+            sink("reads", unit.read_result, read_count, 4))
     assert [(r.verdict, r.seq) for r in got["checks"]] == checks
     assert [(r.verdict, r.seq, r.written) for r in got["updates"]] == updates
+    check_reads(expected_reads, got["reads"], window)
     assert got["storage"] == [(m.top, m.bitmap) for m in models]
 
 
@@ -301,6 +391,140 @@ def run_overlapped(window, configs, events, depth, read_register=False):
     return got["reruns"], expected
 
 
+class UnitPair(Elaboratable):
+    """The source and the target unit of a migration in one simulation."""
+
+    def __init__(self, source, target):
+        self.source, self.target = source, target
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.source = self.source
+        if self.target is not self.source:
+            m.submodules.target = self.target
+        return m
+
+
+async def unit_op(ctx, unit, name, payload):
+    """One operation, alone in the pipeline; its result (none for a load)."""
+    await stream_put(ctx, getattr(unit, name), payload, timeout=TIMEOUT)
+    if name != "load":
+        return await stream_get(ctx, getattr(unit, f"{name}_result"), timeout=TIMEOUT)
+
+
+async def play_in_order(ctx, unit, ops, checks, updates):
+    """`ops` one at a time, their results against the expected `checks` and `updates`."""
+    checks, updates = iter(checks), iter(updates)
+    for name, payload in ops:
+        result = await unit_op(ctx, unit, name, payload)
+        if name == "check":
+            assert (result.verdict, result.seq) == next(checks)
+        elif name == "update":
+            assert (result.verdict, result.seq, result.written) == next(updates)
+
+
+def copy_window(model):
+    return ReplayWindow(model.size, model.top, model.bitmap, esn=model.esn)
+
+
+@st.composite
+def migrations(draw, window):
+    """Histories of a source and a target unit (or one unit for both), the slots,
+    and packets for the migrated window."""
+    source = draw(scenarios(window, max_events=30))
+    same_unit = draw(st.booleans())
+    target = source if same_unit else draw(scenarios(window, max_events=30))
+    src = draw(st.integers(0, 2))
+    dst = draw(st.sampled_from([s for s in range(3) if s != src]) if same_unit
+               else st.integers(0, 2))
+    _, models = reference_outcomes(*source)
+    model, seen = copy_window(models[src]), []
+    post = [draw_packet(draw, window, model, 0, seen) for _ in range(draw(st.integers(1, 25)))]
+    return source, target, same_unit, src, dst, post
+
+
+def run_migration(window, source, target, same_unit, src, dst, post, seed, read_registers):
+    """Histories on both units, then slot `src` of the source read row by row (reads
+    pipelined, results stalled) and loaded into slot `dst` of the target; then the
+    same packets on both slots."""
+    unit_a = make_unit(window, 3, read_registers[0])
+    unit_b = unit_a if same_unit else make_unit(window, 3, read_registers[1])
+    histories = []
+    for unit, (configs, events) in [(unit_a, source)] + ([] if same_unit else [(unit_b, target)]):
+        models = [ReplayWindow(c.size, c.top, c.bitmap, esn=c.esn) for c in configs]
+        ops = [("load", req) for req in load_all(configs, window)]
+        ops_checks_updates = plan_program_order(models, events, window)
+        histories.append((unit, ops + ops_checks_updates[0], *ops_checks_updates[1:], models))
+    models_a, models_b = histories[0][-1], histories[-1][-1]
+    migrated = copy_window(models_a[src])
+
+    final = copy_window(migrated)
+    post_ops, post_checks, post_updates = plan_program_order([final], post, window)
+    models_a[src] = models_b[dst] = final
+    n = ring_words(window)
+    rng = random.Random(seed)
+    reads = read_requests(src, window=window)
+    rng.shuffle(reads)
+    note_event("same unit" if same_unit else "two units")
+    got = {}
+
+    async def bench(ctx):
+        for unit, ops, checks, updates, _ in histories:
+            await play_in_order(ctx, unit, ops, checks, updates)
+        got["reading"] = True
+        await stream_put_all(ctx, unit_a.read, reads, rng=rng, gap_prob=0.3, timeout=TIMEOUT)
+        while "rows" not in got:
+            await ctx.tick()
+        # Each row is the memory's, a ring word zero when its valid bit is clear.
+        head = ctx.get(unit_a.heads[src])
+        rows = {}
+        for req, row in zip(reads, got["rows"]):
+            if req["head"]:
+                assert (row.top, row.word, row.valid) == (head.top, head.word, head.valid)
+                rows["head"] = {"top": row.top, "word": row.word, "valid": row.valid}
+            else:
+                word = ctx.get(unit_a.ring[src * n + req["index"]])
+                assert (row.top, row.valid) == (0, 0)
+                assert row.word == (word if (head.valid >> req["index"]) & 1 else 0)
+                rows[req["index"]] = row.word
+        assert window_from_storage(rows["head"], [rows[i] for i in range(n)], migrated.size,
+                                   window=window) == (migrated.top, migrated.bitmap)
+        loads = [{**req, "slot": dst, "top": row.top, "word": row.word, "valid": row.valid}
+                 for req, row in zip(reads, got["rows"])]
+        rng.shuffle(loads)
+        await stream_put_all(ctx, unit_b.load, loads, rng=rng, gap_prob=0.3, timeout=TIMEOUT)
+        # The same packets on both slots, alternately: the model's answers on both.
+        for name, payload in post_ops:
+            got.setdefault("post", []).append(
+                [await unit_op(ctx, unit, name, {**payload, "slot": slot})
+                 for unit, slot in ((unit_a, src), (unit_b, dst))])
+        for _ in range(3):
+            await ctx.tick()
+        got["storage_a"] = [await read_storage(ctx, unit_a, slot, m.size)
+                            for slot, m in enumerate(models_a)]
+        got["storage_b"] = [await read_storage(ctx, unit_b, slot, m.size)
+                            for slot, m in enumerate(models_b)]
+
+    async def read_sink(ctx):
+        while "reading" not in got:
+            await ctx.tick()
+        got["rows"] = await stream_get_n(ctx, unit_a.read_result, len(reads),
+                                         rng=random.Random(seed + 1), stall_prob=0.5,
+                                         timeout=TIMEOUT * 10)
+
+    run_sim(UnitPair(unit_a, unit_b), bench, read_sink)
+    checks, updates = iter(post_checks), iter(post_updates)
+    for (name, _), results in zip(post_ops, got["post"]):
+        if name == "check":
+            expected = next(checks)
+            assert [(r.verdict, r.seq) for r in results] == [expected] * 2
+        else:
+            expected = next(updates)
+            assert [(r.verdict, r.seq, r.written) for r in results] == [expected] * 2
+    assert got["storage_a"] == [(m.top, m.bitmap) for m in models_a]
+    assert got["storage_b"] == [(m.top, m.bitmap) for m in models_b]
+
+
 def sim_settings(examples):
     # Each example builds a simulator: the counts keep the file under a minute.
     return settings(max_examples=examples, deadline=None,
@@ -332,6 +556,31 @@ def test_overlapped_engine_matches_program_order(scenario, depth, read_register)
     note_event(f"re-runs: {min(reruns, 3)}")
     for outcome in sorted(set(outcomes)):
         note_event(f"outcome {outcome}")
+
+
+@sim_settings(30)
+@given(scenario=scenarios(window=64), seed=st.integers(0, 2**16), read_register=st.booleans())
+def test_reads_among_operations_window_64(scenario, seed, read_register):
+    run_program_order(64, *scenario, seed, read_register, reads=True)
+
+
+@sim_settings(20)
+@given(scenario=scenarios(window=96), seed=st.integers(0, 2**16), read_register=st.booleans())
+def test_reads_among_operations_window_96(scenario, seed, read_register):
+    run_program_order(96, *scenario, seed, read_register, reads=True)
+
+
+@sim_settings(25)
+@given(window=st.sampled_from([64, 128]), data=st.data(), seed=st.integers(0, 2**16),
+       read_registers=st.tuples(st.booleans(), st.booleans()))
+def test_migration(window, data, seed, read_registers):
+    run_migration(window, *data.draw(migrations(window)), seed, read_registers)
+
+
+@sim_settings(3)
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_migration_window_1024(data, seed):
+    run_migration(1024, *data.draw(migrations(1024)), seed, (False, False))
 
 
 def test_overlapped_rerun_on_esn_reinterpretation():
@@ -434,3 +683,141 @@ def test_latency_and_throughput(read_register):
     wait = 3 + extra
     assert steps[8:] == [1, wait, 1, wait, 1]    # check, update, (2 or 3 waits) check, ...
     assert offered_results[0] - accepted[0] == unit.latency == 3 + extra
+
+
+def test_read_layouts():
+    assert read_request_layout(16, 96) == data.StructLayout(
+        {"slot": range(16), "head": 1, "index": range(4)})
+    assert read_result_layout(96) == data.StructLayout({"top": 64, "word": 32, "valid": 4})
+    unit = ReplayWindowUnit(slots=16, window=96)
+    assert unit.read.payload.shape() == read_request_layout(16, 96)
+    assert unit.read_result.payload.shape() == read_result_layout(96)
+    assert read_requests(3, window=96) == [{"slot": 3, "head": 1, "index": 0}] + \
+        [{"slot": 3, "head": 0, "index": i} for i in range(4)]
+
+
+def test_inbound_control_exposes_read():
+    from espnic.hdl.engine.inbound import InboundControl
+    inbound = InboundControl(slots=4, window=64)
+    for name in ("read", "read_result"):
+        assert inbound.signature.members[name] == inbound.replay.signature.members[name]
+
+
+async def offer_together(ctx, offers, cycle):
+    """Offer every (stream, payload) from the same cycle on; the cycle each is taken."""
+    for stream, payload in offers:
+        ctx.set(stream.payload, payload)
+        ctx.set(stream.valid, 1)
+    taken = {}
+    for _ in range(TIMEOUT):
+        readies = (await ctx.tick().sample(*(stream.ready for stream, _ in offers)))[2:]
+        for i, ((stream, _), ready) in enumerate(zip(offers, readies)):
+            if i not in taken and ready:
+                taken[i] = cycle[0]
+                ctx.set(stream.valid, 0)
+        if len(taken) == len(offers):
+            return [taken[i] for i in range(len(offers))]
+    raise TimeoutError("not every offer was taken")
+
+
+@pytest.mark.parametrize("read_register", [False, True])
+def test_read_priority_ordering_and_latency(read_register):
+    # An update and a read of one slot and a check offered in the same cycle: the
+    # update goes first, the read waits for its write and returns the row it wrote,
+    # the check comes after the read. A load and a read of one slot: the load first.
+    # A read has a check's latency; a slot never loaded reads as zeros.
+    unit = ReplayWindowUnit(slots=4, window=64, read_register=read_register)
+    wait = 3 + int(read_register)        # update -> next operation on its slot
+    cycle = [0]
+    results = {"check": [], "update": [], "read": []}
+    got = {}
+
+    async def clock(ctx):
+        async for _ in ctx.tick():
+            cycle[0] += 1
+
+    async def driver(ctx):
+        for slot, top in ((0, 100), (1, 50)):
+            await stream_put_all(ctx, unit.load, load_requests(slot, top, 1, 64, window=64))
+        for _ in range(4):
+            await ctx.tick()
+        common = {"esn": 0, "size": 64}
+        got["first"] = await offer_together(ctx, [
+            (unit.check, {**common, "slot": 1, "seq_lo": 51}),
+            (unit.read, {"slot": 0, "head": 1, "index": 0}),
+            (unit.update, {**common, "slot": 0, "seq": 200, "authenticated": 1}),
+        ], cycle)
+        got["second"] = await offer_together(ctx, [
+            (unit.read, {"slot": 2, "head": 1, "index": 0}),
+            (unit.load, {"slot": 2, "head": 1, "index": 0, "top": 7, "word": 0x80, "valid": 0}),
+        ], cycle)
+        got["third"] = []
+        for req in read_requests(3, window=64):
+            await stream_put(ctx, unit.read, req, timeout=TIMEOUT)
+            got["third"].append(cycle[0])
+
+    def sink(name):
+        async def process(ctx):
+            stream = getattr(unit, f"{name}_result")
+            ctx.set(stream.ready, 1)
+            for _ in range(80):
+                _, _, valid, payload = await ctx.tick().sample(stream.valid, stream.payload)
+                if valid:
+                    results[name].append((cycle[0], payload))
+        return process
+
+    run_sim(unit, driver, sink("check"), sink("update"), sink("read"), processes=[clock])
+    check_at, read_at, update_at = got["first"]
+    assert read_at - update_at == wait and check_at - read_at == 1
+    (at, head), (load_read_at, loaded), *empty = results["read"]
+    assert at - read_at == unit.latency
+    assert (head.top, head.word) == (200, 1 << (200 % 32))       # the update's row
+    [(at, checked)] = results["check"]
+    assert at - check_at == unit.latency and checked.seq == 51
+    read_at, load_at = got["second"]
+    assert read_at - load_at == wait and load_read_at - read_at == unit.latency
+    assert (loaded.top, loaded.word, loaded.valid) == (7, 0x80, 0)
+    assert [(row.top, row.word, row.valid) for _, row in empty] == [(0, 0, 0)] * 3
+    assert [at for at, _ in empty] == [at + unit.latency for at in got["third"]]
+    assert [a - b for a, b in zip(got["third"][1:], got["third"])] == [1, 1]   # back to back
+
+
+@pytest.mark.parametrize("read_register", [False, True])
+def test_read_result_back_pressure(read_register):
+    # With read_result not ready the pipeline fills and stops taking reads; the offered
+    # row stays put; then every row comes out once, in order, exactly as loaded.
+    window = 128
+    unit = ReplayWindowUnit(slots=2, window=window, read_register=read_register)
+    windows = [(2**32 + 77, 0xdead_beef_0123_4567 | 1), (33, (1 << 34) - 1)]
+    loads = [req for slot, (top, bitmap) in enumerate(windows)
+             for req in load_requests(slot, top, bitmap, window, window=window)]
+    reads = read_requests(0, window=window) + read_requests(1, window=window)
+    expected = []
+    for slot, (top, bitmap) in enumerate(windows):
+        head, words = storage_from_window(top, bitmap, window, window=window)
+        expected += [(head["top"], head["word"], head["valid"])] + [(0, w, 0) for w in words]
+    got = {}
+
+    async def driver(ctx):
+        await stream_put_all(ctx, unit.load, loads)
+        got["loaded"] = True
+        await stream_put_all(ctx, unit.read, reads, timeout=TIMEOUT)
+
+    async def sink(ctx):
+        while "loaded" not in got:
+            await ctx.tick()
+        offered, readies = set(), []
+        for _ in range(20):
+            _, _, valid, payload, ready = await ctx.tick().sample(
+                unit.read_result.valid, unit.read_result.payload, unit.read.ready)
+            readies.append(ready)
+            if valid:
+                offered.add((payload.top, payload.word, payload.valid))
+        assert len(offered) == 1 and not any(readies[-10:])
+        got["offered"] = offered.pop()
+        got["rows"] = await stream_get_n(ctx, unit.read_result, len(reads),
+                                         rng=random.Random(1), stall_prob=0.5, timeout=TIMEOUT)
+
+    run_sim(unit, driver, sink)
+    assert got["offered"] == expected[0]
+    assert [(r.top, r.word, r.valid) for r in got["rows"]] == expected

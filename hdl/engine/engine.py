@@ -40,11 +40,16 @@ the engine takes it in order with the packets' slots, waits until every
 packet before it has left ``o`` or been dropped, and has been accounted, then
 offers its slot on ``fenced`` (and takes nothing more until that is taken).
 
-Host operations (``host``) go to the SA table; writing or deleting a slot also
+Host operations (``host``) go to the SA table through the engine's
+:class:`SaMover` (``hdl/fabric/mover.py``); writing or deleting a slot also
 (re)loads its replay window: an inbound SA with ``seq = N > 0`` starts with
 every number up to N received (as ``SaConfig.to_record``'s full bitmap), any
 other slot with an empty window. That takes ``ring_words + 1`` cycles, during
-which no other host operation and no new packet is taken.
+which no other host operation and no new packet is taken. The mover is also
+the engine's end of the fabric: ``arm`` moves a slot out (its record with
+key, counters and replay window, on ``state_out``) once the fences named have
+passed, ``state_in`` moves one in (reported on ``migrated``), and ``hold``
+keeps packets for a slot waiting at dispatch until its state has arrived.
 
 Outbound UDP encapsulation over IPv6 needs a real UDP checksum over the whole
 ESP packet (RFC 8200): the encapsulator's output goes through a
@@ -75,10 +80,11 @@ from .decap import EspDecap
 from .encap import EspEncap
 from .inbound import InboundControl
 from .protocol import IPV6_EXT_WALKED, PROTO_FRAGMENT
-from .replay import ring_words
-from .sa import REPLAY_WINDOW, Direction, Encap, IpVersion, Mode
-from .sa_table import Action, HostOp, Reason, SaTable
+from .sa import REPLAY_WINDOW, Encap, IpVersion, Mode
+from .sa_table import Action, Reason, SaTable
 from .udp6 import Udp6ChecksumFill
+from ..fabric.link import fabric_beat
+from ..fabric.mover import HOLD, MIGRATE_ARM, SaMover, slot_report
 
 __all__ = ["EspEngine", "engine_meta"]
 
@@ -151,7 +157,14 @@ class EspEngine(wiring.Component):
             "unknown_spi": Out(32),     # inbound packets whose SPI is not their SA's
             "unsupported": Out(32),     # packets the data path cannot handle yet (see above)
             "truncated":   Out(32),     # outbound packets whose stream ended short (aborted)
-            "fenced":      Out(stream.Signature(engine_meta(slots))),   # fences passed
+            "fenced":      Out(stream.Signature(slot_report(slots))),   # fences passed
+            # The fabric (hdl/fabric/mover.py): SAs moving out and in.
+            "arm":         In(stream.Signature(MIGRATE_ARM(slots))),
+            "hold":        In(stream.Signature(HOLD(slots))),
+            "state_out":   Out(stream.Signature(fabric_beat(slots, window))),
+            "state_in":    In(stream.Signature(fabric_beat(slots, window))),
+            "migrated":    Out(stream.Signature(slot_report(slots))),
+            "refused":     Out(32),     # EXPORT/IMPORT from the host, dropped
         })
 
     @property
@@ -172,7 +185,6 @@ class EspEngine(wiring.Component):
         m.submodules.inbound = inbound = self._inbound
         m.submodules.merger = merger = PacketMerger(width=BLOCK_BYTES, count=2)
 
-        wiring.connect(m, table.host_reply, wiring.flipped(self.host_reply))
         wiring.connect(m, table.events, wiring.flipped(self.events))
         wiring.connect(m, inbound.account, table.account)
         wiring.connect(m, decap.header, inbound.header)
@@ -188,53 +200,29 @@ class EspEngine(wiring.Component):
             self.unknown_spi.eq(inbound.unknown_spi),
         ]
 
-        loading = self._host_path(m, table, inbound)
+        # The host path and the fabric's end: table operations, window loads, moves.
+        m.submodules.mover = mover = SaMover(slots=self._slots, window=self._window,
+                                             replay=inbound.signature.members)
+        wiring.connect(m, wiring.flipped(self.host), mover.host)
+        wiring.connect(m, mover.host_reply, wiring.flipped(self.host_reply))
+        wiring.connect(m, mover.table, table.host)
+        wiring.connect(m, table.host_reply, mover.table_reply)
+        wiring.connect(m, mover.load, inbound.load)
+        wiring.connect(m, mover.read, inbound.read)
+        wiring.connect(m, inbound.read_result, mover.read_result)
+        wiring.connect(m, wiring.flipped(self.arm), mover.arm)
+        wiring.connect(m, wiring.flipped(self.hold), mover.hold)
+        wiring.connect(m, mover.state_out, wiring.flipped(self.state_out))
+        wiring.connect(m, wiring.flipped(self.state_in), mover.state_in)
+        wiring.connect(m, mover.migrated, wiring.flipped(self.migrated))
+        wiring.connect(m, mover.fenced, wiring.flipped(self.fenced))
+        m.d.comb += self.refused.eq(mover.refused)
+        loading = mover.loading
+        self._mover = mover
         m.submodules.checked = checked = Ipv4HeaderCheck(width=BLOCK_BYTES)
         wiring.connect(m, wiring.flipped(self.i), checked.i)
         self._dispatch(m, table, encap, decap, inbound, merger, loading, checked)
         return m
-
-    def _host_path(self, m, table, inbound):
-        """Host operations to the table; a write or delete also loads the slot's
-        replay window (one ring word per cycle, then the head row)."""
-        words = ring_words(self._window)
-        loading = Signal()
-        index = Signal(range(words + 1))
-        slot = Signal(range(self._slots))
-        top = Signal(64)
-        fill = Signal()                # every number up to `top` received
-        op = self.host.payload
-        m.d.comb += [
-            table.host.payload.eq(op),
-            table.host.valid.eq(self.host.valid & ~loading),
-            self.host.ready.eq(table.host.ready & ~loading),
-        ]
-        record = op.record
-        with m.If(self.host.valid & self.host.ready
-                  & ((op.op == HostOp.WRITE) | (op.op == HostOp.DELETE))):
-            inbound_write = (op.op == HostOp.WRITE) & (record.direction == Direction.IN)
-            m.d.sync += [
-                loading.eq(1), index.eq(0), slot.eq(op.slot),
-                top.eq(Mux(inbound_write, record.seq, 0)),
-                fill.eq(inbound_write & (record.seq != 0)),
-            ]
-        load = inbound.load.payload
-        head = index == words
-        m.d.comb += [
-            load.slot.eq(slot),
-            load.head.eq(head),
-            load.index.eq(index),
-            load.top.eq(top),
-            # The head word holds top's own 32-number block up to top itself.
-            load.word.eq(Mux(fill, Mux(head, (C(1, 33) << (top[:5] + 1)) - 1, 2**32 - 1), 0)),
-            load.valid.eq(Mux(fill, (1 << words) - 1, 0)),
-            inbound.load.valid.eq(loading),
-        ]
-        with m.If(inbound.load.valid & inbound.load.ready):
-            m.d.sync += index.eq(index + 1)
-            with m.If(head):
-                m.d.sync += loading.eq(0)
-        return loading
 
     def _dispatch(self, m, table, encap, decap, inbound, merger, loading, checked):
         packets = checked.o             # the input, once its IPv4 header checksum is known
@@ -308,7 +296,9 @@ class EspEngine(wiring.Component):
         with m.FSM(name="dispatch"):
             with m.State("LOOKUP"):
                 marker = self.meta.payload.fence
-                take = self.meta.valid & ~marker & packets.valid & ~loading
+                # A slot on hold (its state on its way here) waits, and the packets behind it.
+                held = self._mover.held & (self._mover.held_slot == self.meta.payload.slot)
+                take = self.meta.valid & ~marker & packets.valid & ~loading & ~held
                 facts = _first_beat_facts(beat)
                 facts["malformed"] = facts["malformed"] | checked.bad   # the IPv4 checksum too
                 m.d.comb += [
@@ -330,9 +320,9 @@ class EspEngine(wiring.Component):
                 # Every packet that came before the fence has left or been dropped
                 # and been accounted; then the fence has passed.
                 drained = (outbound == 0) & ~inbound.busy
-                m.d.comb += [self.fenced.payload.slot.eq(fence),
-                             self.fenced.valid.eq(drained)]
-                with m.If(drained & self.fenced.ready):
+                passed = self._mover.passed
+                m.d.comb += [passed.payload.slot.eq(fence), passed.valid.eq(drained)]
+                with m.If(drained & passed.ready):
                     m.next = "LOOKUP"
 
             with m.State("RETRY"):

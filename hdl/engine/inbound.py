@@ -91,7 +91,9 @@ def _in_flight(slots: int) -> data.StructLayout:
 class InboundControl(wiring.Component):
     """SPI and replay checks of inbound packets, in order, and their accounting
     (see the module docstring). Owns the engine's :class:`ReplayWindowUnit`,
-    whose ``load`` port it exposes (the host path installs and clears windows).
+    whose ``load`` port it exposes (the host path installs and clears windows),
+    and its ``read`` / ``read_result`` ports (live SA migration reads a window
+    out, row by row, to ``load`` it into another engine).
 
     Parameters
     ----------
@@ -119,6 +121,8 @@ class InboundControl(wiring.Component):
             "verdict":     In(stream.Signature(DECAP_VERDICT)),
             "account":     Out(stream.Signature(table["ACCOUNT"])),
             "load":        self._replay.signature.members["load"],
+            "read":        self._replay.signature.members["read"],
+            "read_result": self._replay.signature.members["read_result"],
             "unknown_spi": Out(32),
         })
 
@@ -131,6 +135,8 @@ class InboundControl(wiring.Component):
         m = Module()
         m.submodules.replay = replay = self._replay
         wiring.connect(m, wiring.flipped(self.load), replay.load)
+        wiring.connect(m, wiring.flipped(self.read), replay.read)
+        wiring.connect(m, replay.read_result, wiring.flipped(self.read_result))
         layout = _in_flight(self._slots)
         m.submodules.flight = flight = SyncFIFO(width=layout.size, depth=self._in_flight)
         admitting = self._admission(m, replay, flight, layout)

@@ -36,8 +36,8 @@ synchronous read port and one write port, no forwarding between them.
 
 Operations
 ----------
-Three input streams are arbitrated into one pipeline, at most one operation per
-cycle, fixed priority ``load`` > ``update`` > ``check``:
+Four input streams are arbitrated into one pipeline, at most one operation per
+cycle, fixed priority ``load`` > ``update`` > ``read`` > ``check``:
 
 * ``check`` (``slot``, ``esn``, ``size``, ``seq_lo``): the model's
   ``reconstruct`` and ``check``, answered on ``check_result`` with the verdict
@@ -53,25 +53,40 @@ cycle, fixed priority ``load`` > ``update`` > ``check``:
   ``head`` 0: write ring word ``index`` with ``word``): one memory row each;
   :func:`load_requests` / :func:`clear_requests` give the rows that install an
   SA's window or zeroize a deleted slot. No result.
+* ``read`` (``slot``, ``head`` 1: the head row; ``head`` 0: ring word ``index``):
+  the source side of live SA migration, which moves an inbound SA's whole window
+  to another engine. ``read_result`` carries the row as the ``load`` of the same
+  ``slot``/``head``/``index`` takes it (:func:`read_result_layout`): a head read
+  gives ``top``, ``word`` and ``valid``; a ring read gives ``word`` (``top`` and
+  ``valid`` 0), zero when the word's valid bit is clear (it reads as zero anyway,
+  and stale bits of an earlier lap never leave the unit). Loading the head and the
+  ``N`` ring words read from slot ``s`` into slot ``t`` of any unit with the same
+  ``window`` gives ``t`` the window of ``s``: the same answers to every later check
+  and update (with the SA's same ``size`` and ``esn``). :func:`read_requests` gives
+  the ``N + 1`` requests; the reads use the memories' read ports, as checks do.
 
 Latency and throughput: three stages (0: arbitrate and read; 1: reconstruct and
 compare, every comparison one carry chain from the memory rows; 2: verdict, write,
-result register), so a result is offered 3 cycles after its request is accepted.
-One operation per cycle, except that an operation on a slot with an update or a
-load in stage 1 or 2 waits until that has written (at most 2 cycles; checks never
-make anything wait). So a single SA sustains a check and an update every 4 cycles
-(check N+1, update N, 2 waits), many SAs one operation per cycle. With
+result register), so a result (also a read's) is offered 3 cycles after its request
+is accepted. One operation per cycle, except that an operation on a slot with an
+update or a load in stage 1 or 2 waits until that has written (at most 2 cycles;
+checks and reads never make anything wait). So a single SA sustains a check and an
+update every 4 cycles (check N+1, update N, 2 waits), many SAs one operation per
+cycle; a slot's whole window is read in ``N + 1`` consecutive cycles. With
 ``read_register=True`` the rows are registered once more before stage 1 (the
 block RAM's output register, for a fast clock on ECP5): latency 4, a write's slot
 waits up to 3 cycles, a check and an update of one SA every 5 cycles. An unready
 result stream stalls the pipeline: the inputs' ``ready`` depends combinationally on
-``check_result.ready`` / ``update_result.ready`` (and on the offered ``slot``).
+``check_result.ready`` / ``update_result.ready`` / ``read_result.ready`` (and on the
+offered ``slot``).
 
 Ordering: every operation sees the effect of every operation accepted before it
 and none of those after it (fixed priority in one cycle: ``load`` > ``update`` >
-``check``); the result of each is the model's for the operations
+``read`` > ``check``); the result of each is the model's for the operations
 in acceptance order. So an engine that, per slot, sends ``check N``, ``update N``,
-``check N+1`` in that order gets the model's program-order answers exactly.
+``check N+1`` in that order gets the model's program-order answers exactly. A read
+is held off like a check by an update or load of its slot still in stage 1 or 2,
+so it returns the row that operation wrote, never the one before it.
 
 Hazard contract for an engine that overlaps
 -------------------------------------------
@@ -91,7 +106,11 @@ commit is the packet's final replay verdict. The engine must
    must be checked and authenticated again before any later packet of the slot is
    committed (*re-run*);
 3. keep a slot's ``size`` and ``esn`` constant between loads, and not load a slot
-   with packets of it in flight.
+   with packets of it in flight;
+4. to migrate a slot, stop admitting its packets and wait for the commits of
+   those in flight, then read its head and ring words: with no update of the slot
+   accepted between the first and the last read, the rows are one consistent
+   state (a read sees every update accepted before it, so no commit is lost).
 
 With this, every packet's outcome (accepted / authentication failure / replay
 drop) and the window are those of the model applied in program order (check N,
@@ -116,9 +135,11 @@ from .sa import MIN_REPLAY_WINDOW, REPLAY_WINDOW
 __all__ = [
     "ReplayVerdict", "ReplayOp", "ring_bits", "ring_words",
     "check_request_layout", "check_result_layout", "update_request_layout",
-    "update_result_layout", "load_request_layout", "head_layout",
+    "update_result_layout", "load_request_layout", "read_request_layout",
+    "read_result_layout", "head_layout",
     "ReplayWindowUnit",
     "storage_from_window", "window_from_storage", "load_requests", "clear_requests",
+    "read_requests",
 ]
 
 _MASK32 = 2**32 - 1
@@ -135,11 +156,12 @@ class ReplayVerdict(enum.Enum, shape=3):
     NO_FIT    = 4   # ESN: no 64-bit number in [0, 2^64) fits (RFC 4303 A2.2)
 
 
-class ReplayOp(enum.Enum, shape=2):
+class ReplayOp(enum.Enum, shape=3):
     NONE   = 0
     CHECK  = 1
     UPDATE = 2
     LOAD   = 3
+    READ   = 4
 
 
 def _check_window(window):
@@ -218,6 +240,19 @@ def load_request_layout(slots: int, window: int) -> data.StructLayout:
     })
 
 
+def read_request_layout(slots: int, window: int) -> data.StructLayout:
+    return data.StructLayout({
+        "slot":  _slot_shape(slots),
+        "head":  1,                # 1: head row; 0: ring word `index`
+        "index": range(ring_words(window)),
+    })
+
+
+def read_result_layout(window: int) -> data.StructLayout:
+    """A row as ``load`` takes it: the head row, or a ring word in ``word`` (top, valid 0)."""
+    return head_layout(window)
+
+
 def _one_hot(value, width):
     return Cat(value == k for k in range(width))
 
@@ -228,9 +263,17 @@ class ReplayWindowUnit(wiring.Component):
     Equivalent to ``sim/model/replay.py: ReplayWindow`` per slot (see the module
     docstring for the storage, the ordering guarantee and the hazard contract).
     Results ``latency`` = 3 cycles after the request (4 with ``read_register``); one
-    operation (check, update or load) per cycle, an operation on the slot of a write
-    in flight waiting up to 2 cycles (3); the inputs' ``ready`` depends
-    combinationally on the result streams'.
+    operation (check, update, load or read) per cycle, priority ``load`` > ``update``
+    > ``read`` > ``check``, an operation on the slot of a write in flight waiting up
+    to 2 cycles (3); the inputs' ``ready`` depends combinationally on the result
+    streams'.
+
+    ``read``/``read_result`` give a slot's rows one at a time (head or ring word
+    ``index``), exactly as ``load`` takes them: the source side of live SA
+    migration, which moves an inbound SA's window to another engine (reads of the
+    head and the ``N`` ring words, loaded into the other engine's slot, recreate
+    the window there). A read has a check's latency and sees every operation
+    accepted before it.
 
     ``heads`` (``slots`` rows of :func:`head_layout`) and ``ring`` (row
     ``slot * ring_words + index``) are the storage's ``MemoryData``.
@@ -255,6 +298,8 @@ class ReplayWindowUnit(wiring.Component):
             "update":        In(stream.Signature(update_request_layout(slots))),
             "update_result": Out(stream.Signature(update_result_layout())),
             "load":          In(stream.Signature(load_request_layout(slots, window))),
+            "read":          In(stream.Signature(read_request_layout(slots, window))),
+            "read_result":   Out(stream.Signature(read_result_layout(window))),
         })
 
     def elaborate(self, platform):
@@ -281,7 +326,7 @@ class ReplayWindowUnit(wiring.Component):
                 "seq":   Signal(64, name=f"{name}_seq"),   # check: seq_lo; update: full; load: top
                 "auth":  Signal(name=f"{name}_auth"),
                 "head":  Signal(name=f"{name}_head"),
-                "index": Signal(range(n), name=f"{name}_index"),
+                "index": Signal(range(n), name=f"{name}_index"),  # the ring row read / loaded
                 "word":  Signal(32, name=f"{name}_word"),
                 "valid": Signal(n, name=f"{name}_valid"),
             }
@@ -293,14 +338,17 @@ class ReplayWindowUnit(wiring.Component):
         # All stages move together; only a full result register stops them.
         check_room = ~self.check_result.valid | self.check_result.ready
         update_room = ~self.update_result.valid | self.update_result.ready
+        read_room = ~self.read_result.valid | self.read_result.ready
         advance = Signal()
         m.d.comb += advance.eq(((s2["op"] != ReplayOp.CHECK) | check_room) &
-                               ((s2["op"] != ReplayOp.UPDATE) | update_room))
+                               ((s2["op"] != ReplayOp.UPDATE) | update_room) &
+                               ((s2["op"] != ReplayOp.READ) | read_room))
 
-        # Stage 0: arbitration, load > update > check (an update offered with a
-        # check is ordered first: a check after an update sees it). An operation
-        # on the slot of an update or load in stage 1 or 2 waits until it has
-        # written (stage 2), so that it reads the rows written.
+        # Stage 0: arbitration, load > update > read > check (an update offered
+        # with a check or read is ordered first: they see it). An operation on the
+        # slot of an update or load in stage 1 or 2 waits until it has written
+        # (stage 2), so that it reads the rows written. `index` is the ring row
+        # each operation reads (check, update: the number's block mod N).
         s0 = {key: Signal.like(sig, name=f"s0_{key}") for key, sig in s1.items()}
         with m.If(self.load.valid):
             p = self.load.payload
@@ -310,11 +358,17 @@ class ReplayWindowUnit(wiring.Component):
         with m.Elif(self.update.valid):
             p = self.update.payload
             m.d.comb += [s0["op"].eq(ReplayOp.UPDATE), s0["slot"].eq(p.slot), s0["esn"].eq(p.esn),
-                         s0["size"].eq(p.size), s0["seq"].eq(p.seq), s0["auth"].eq(p.authenticated)]
+                         s0["size"].eq(p.size), s0["seq"].eq(p.seq), s0["auth"].eq(p.authenticated),
+                         s0["index"].eq(p.seq[5:5 + log_n])]
+        with m.Elif(self.read.valid):
+            p = self.read.payload
+            m.d.comb += [s0["op"].eq(ReplayOp.READ), s0["slot"].eq(p.slot),
+                         s0["head"].eq(p.head), s0["index"].eq(p.index)]
         with m.Elif(self.check.valid):
             p = self.check.payload
             m.d.comb += [s0["op"].eq(ReplayOp.CHECK), s0["slot"].eq(p.slot), s0["esn"].eq(p.esn),
-                         s0["size"].eq(p.size), s0["seq"].eq(p.seq_lo)]
+                         s0["size"].eq(p.size), s0["seq"].eq(p.seq_lo),
+                         s0["index"].eq(p.seq_lo[5:5 + log_n])]
         def writes_slot(s):
             return ((s["op"] == ReplayOp.UPDATE) | (s["op"] == ReplayOp.LOAD)) & (s["slot"] == s0["slot"])
         hazard = writes_slot(s1) | writes_slot(s2)
@@ -325,13 +379,14 @@ class ReplayWindowUnit(wiring.Component):
             accept.eq(advance & ~hazard),
             self.load.ready.eq(accept),
             self.update.ready.eq(accept & ~self.load.valid),
-            self.check.ready.eq(accept & ~self.load.valid & ~self.update.valid),
+            self.read.ready.eq(accept & ~self.load.valid & ~self.update.valid),
+            self.check.ready.eq(accept & ~self.load.valid & ~self.update.valid & ~self.read.valid),
             # While the pipeline stands still nothing is written, so stage 1's rows
             # are held by reading them again (cheaper than a read enable, which
             # the iCE40 mapping turns into a register and a multiplexer per bit).
             head_rd.addr.eq(Mux(advance, s0["slot"], s1["slot"])),
-            ring_rd.addr.eq(Mux(advance, Cat(s0["seq"][5:5 + log_n], s0["slot"]),
-                                Cat(s1["seq"][5:5 + log_n], s1["slot"]))),
+            ring_rd.addr.eq(Mux(advance, Cat(s0["index"], s0["slot"]),
+                                Cat(s1["index"], s1["slot"]))),
         ]
         # Stage 1 compares the memory rows with these, each in one carry chain:
         # seq_lo + size - 1 (seq_lo against top - size + 1), and the high half of an
@@ -403,8 +458,8 @@ class ReplayWindowUnit(wiring.Component):
         block_diff = Signal(28)
         m.d.comb += block_diff.eq(seq_lo[5:] - tl[5:])
         blocks = Cat(block_diff[:27], block_diff[27] ^ plus)
-        index = seq_lo[5:5 + log_n]
-        ring_stored = Signal(32)    # the ring word holding `full`'s bit, when in the window
+        index = c["index"]          # seq_lo's block mod N (a read's requested word)
+        ring_stored = Signal(32)    # the ring word holding `full`'s bit, zero when not valid
         m.d.comb += ring_stored.eq(Mux(head_row.valid.bit_select(index, 1), ring_word, 0))
 
         s2_flags = {name: Signal(name=f"s2_{name}") for name in
@@ -519,6 +574,15 @@ class ReplayWindowUnit(wiring.Component):
                 self.update_result.payload.seq.eq(full),
                 self.update_result.payload.written.eq(commit),
             ]
+        with m.If(self.read_result.ready):
+            m.d.sync += self.read_result.valid.eq(0)
+        with m.If(advance & (s2["op"] == ReplayOp.READ)):
+            m.d.sync += [
+                self.read_result.valid.eq(1),
+                self.read_result.payload.top.eq(Mux(s2["head"], s2_top, 0)),
+                self.read_result.payload.word.eq(Mux(s2["head"], s2_word, s2_stored)),
+                self.read_result.payload.valid.eq(Mux(s2["head"], s2_ring_valid, 0)),
+            ]
         return m
 
 
@@ -586,3 +650,10 @@ def load_requests(slot: int, top: int, bitmap: int, size: int, *, window: int = 
 def clear_requests(slot: int, *, window: int = REPLAY_WINDOW):
     """``load`` payloads zeroizing ``slot`` (SA deleted): an empty window with top 0."""
     return load_requests(slot, 0, 0, MIN_REPLAY_WINDOW, window=window)
+
+
+def read_requests(slot: int, *, window: int = REPLAY_WINDOW):
+    """``read`` payloads (dicts) of a slot's whole window: the head row, then every
+    ring word. ``{**request, "slot": target, **result}`` is the matching ``load``."""
+    return ([{"slot": slot, "head": 1, "index": 0}] +
+            [{"slot": slot, "head": 0, "index": i} for i in range(ring_words(window))])

@@ -7,7 +7,23 @@ record, in block RAM. It answers three kinds of requests, one at a time:
 
 * **host** (:data:`HOST_OP`): write a record (counters cleared), read it back
   with the key and salt as zero (they are write-only), delete a slot (record
-  and counters zeroized), read the counters;
+  and counters zeroized), read the counters; and the two halves of live SA
+  migration (moving an SA with its whole state to a slot of another engine),
+  engine-internal: they are for the engine-to-engine fabric, so the key never
+  leaves the chip, and the engine refuses them from the host link.
+  ``EXPORT`` replies with the record as stored (key and salt included) and the
+  counters and, in the cycle the reply is taken, zeroizes the slot as
+  ``DELETE`` does, so that an SA's (key, sequence number) state is never live
+  in two places (an empty slot replies with the empty record and stays
+  empty). ``IMPORT`` writes the record *and* the counters given (``counters``,
+  which no other op uses), event flags included: a lifetime the SA crossed
+  before it moved does not raise its event again, since events are raised
+  when accounting crosses a limit whose flag is clear (counters are meant to
+  come from ``EXPORT``, whose flags say which events were raised). The
+  replay bitmap moves through the replay unit. Accounting that arrives for a
+  slot after its ``EXPORT`` (or ``DELETE``) lands on the zeroized slot, so an
+  SA is exported once its packets in flight are accounted. Other values of
+  ``op`` do nothing and get no reply;
 * **outbound** (:data:`OUT_REQUEST`: a slot, and from the packet's first beat
   its cleartext length, whether it is IPv6, starts with IPv6 extension headers
   (:data:`IPV6_EXT_WALKED`), is a fragment, or has an IP header the model calls
@@ -93,11 +109,14 @@ class Reason(enum.Enum, shape=3):
     UNSUPPORTED  = 5   # a feature the data path does not have (see SaTable)
 
 
-class HostOp(enum.Enum, shape=2):
-    WRITE         = 0
-    READ          = 1
-    DELETE        = 2
-    READ_COUNTERS = 3
+class HostOp(enum.Enum, shape=3):
+    WRITE         = 0   # record; counters cleared
+    READ          = 1   # reply: record with key and salt as zero, counters
+    DELETE        = 2   # record and counters zeroized
+    READ_COUNTERS = 3   # reply: as READ
+    # Live migration, engine-internal (the engine refuses them from the host link):
+    EXPORT        = 4   # reply: record with key and salt, counters; then as DELETE
+    IMPORT        = 5   # record and `counters` as given
 
 
 class Tally(enum.Enum, shape=3):
@@ -119,7 +138,8 @@ def _ops(slots, window):
     slot = range(slots)
     control = control_layout(window)
     return {
-        "HOST_OP": data.StructLayout({"op": HostOp, "slot": slot, "record": control}),
+        "HOST_OP": data.StructLayout({"op": HostOp, "slot": slot, "record": control,
+                                      "counters": SA_COUNTERS}),   # IMPORT's
         "HOST_REPLY": data.StructLayout({"record": control, "counters": SA_COUNTERS}),
         "OUT_REQUEST": data.StructLayout({"slot": slot, "bytes": 16, "ipv6": 1, "v6_ext": 1,
                                           "fragment": 1, "malformed": 1}),
@@ -277,23 +297,35 @@ class SaTable(wiring.Component):
                         m.d.comb += [rec_write.data.eq(host_op.record), new_cnt.eq(0),
                                      rec_write.en.eq(1), cnt_write.en.eq(1)]
                         m.next = "IDLE"
+                    with m.Case(HostOp.IMPORT):
+                        m.d.comb += [rec_write.data.eq(host_op.record), new_cnt.eq(host_op.counters),
+                                     rec_write.en.eq(1), cnt_write.en.eq(1)]
+                        m.next = "IDLE"
                     with m.Case(HostOp.DELETE):
                         m.d.comb += [rec_write.data.eq(0), new_cnt.eq(0),
                                      rec_write.en.eq(1), cnt_write.en.eq(1)]
                         m.next = "IDLE"
-                    with m.Default():
+                    with m.Case(HostOp.READ, HostOp.READ_COUNTERS, HostOp.EXPORT):
                         m.next = "HOST_REPLY"
+                    with m.Default():
+                        m.next = "IDLE"
             with m.State("HOST_REPLY"):
                 out = self.host_reply.payload
+                export = host_op.op == HostOp.EXPORT
                 m.d.comb += [
                     out.record.eq(rec),
-                    # Write-only over the host link.
-                    out.record.key.eq(0),
-                    out.record.salt.eq(0),
                     out.counters.eq(cnt),
                     self.host_reply.valid.eq(1),
                 ]
+                with m.If(~export):
+                    # Write-only over the host link.
+                    m.d.comb += [out.record.key.eq(0), out.record.salt.eq(0)]
                 with m.If(self.host_reply.ready):
+                    # Zeroized as the reply is taken, not before: the read port
+                    # keeps showing the slot while the reply waits.
+                    with m.If(export):
+                        m.d.comb += [rec_write.data.eq(0), new_cnt.eq(0),
+                                     rec_write.en.eq(1), cnt_write.en.eq(1)]
                     m.next = "IDLE"
 
             with m.State("ACCOUNT"):

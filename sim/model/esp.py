@@ -249,6 +249,37 @@ class EspModel:
         self._records[slot] = 0
         self._counters[slot] = 0
 
+    def export(self, slot: int) -> tuple[int, int]:
+        """Move the SA out of ``slot`` (live migration, the table's ``EXPORT``):
+        ``(record bits, counters bits)``, the record with its key and salt, and
+        the slot zeroized as :meth:`delete` does, so the SA is live in one place only.
+
+        An inbound SA's whole state is in these two values: the replay window is
+        the record's ``seq`` (its top) and ``replay_bitmap`` (this model keeps no
+        window object between packets), so :meth:`import_` of them elsewhere
+        carries on with the same window. The gateware's table keeps the record
+        without the bitmap (``control_record``) and moves the bitmap through the
+        replay unit. An empty slot exports ``(0, 0)`` and stays empty."""
+        self._check_slot(slot)
+        state = self._records[slot], self._counters[slot]
+        self.delete(slot)
+        return state
+
+    def import_(self, slot: int, record, counters):
+        """Write a record and counters from :meth:`export` into ``slot`` (the table's
+        ``IMPORT``), replay window and event flags included: a lifetime the SA had
+        crossed before it moved does not raise its event again (events are raised
+        when a count reaches a limit whose flag is clear)."""
+        self._check_slot(slot)
+        record = record.as_bits() if isinstance(record, data.Const) else int(record)
+        counters = counters.as_bits() if isinstance(counters, data.Const) else int(counters)
+        if not 0 <= record < 1 << self.layout.size:
+            raise ValueError(f"record must fit in {self.layout.size} bits")
+        if not 0 <= counters < 1 << SA_COUNTERS.size:
+            raise ValueError(f"counters must fit in {SA_COUNTERS.size} bits")
+        self._records[slot] = record
+        self._counters[slot] = counters
+
     def set_state(self, slot: int, state: SaState):
         self._check_slot(slot)
         self._records[slot] = self._splice(self._records[slot], self.layout["state"], state.value)

@@ -112,6 +112,7 @@ class NicModel:
             **{name: [c[name] for c in self.port_counters] for name in PORT_COUNTERS},
             **{name: [self.engine_counters(k)[name] for k in range(self.engines)]
                for name in ENGINE_COUNTERS},
+            "misrouted": 0, "arm_refused": 0,
             "no_route": self.egress_counters["no_route"],
             "egress_malformed": self.egress_counters["egress_malformed"],
             "sent": list(self.sent),
