@@ -198,6 +198,7 @@ class SaMover(wiring.Component):
         passing = self.passed.payload
         record = Signal(ops["HOST_REPLY"])
         ring = Signal(range(words + 1))
+        row = Signal(self.read_result.payload.shape())
         out = self.state_out.payload
         m.d.comb += [out.engine.eq(armed.engine), out.slot.eq(armed.dest_slot)]
         own_export = Signal()
@@ -239,13 +240,19 @@ class SaMover(wiring.Component):
                 with m.If(self.read.ready):
                     m.next = "SEND"
             with m.State("SEND"):
-                row = self.read_result.payload
+                # The row is taken into a register first, so the replay unit's ready
+                # does not depend on the link's (which can lead back to this engine's
+                # own replay unit: a combinational cycle).
+                m.d.comb += self.read_result.ready.eq(1)
+                with m.If(self.read_result.valid):
+                    m.d.sync += row.eq(self.read_result.payload)
+                    m.next = "ROW"
+            with m.State("ROW"):
                 m.d.comb += [out.kind.eq(Mux(ring == words, BeatKind.HEAD, BeatKind.RING)),
                              out.index.eq(ring), out.top.eq(row.top), out.word.eq(row.word),
                              out.valid.eq(row.valid), out.last.eq(ring == words),
-                             self.state_out.valid.eq(self.read_result.valid),
-                             self.read_result.ready.eq(self.state_out.ready)]
-                with m.If(self.read_result.valid & self.state_out.ready):
+                             self.state_out.valid.eq(1)]
+                with m.If(self.state_out.ready):
                     m.d.sync += ring.eq(ring + 1)
                     m.next = "ASK"
                     with m.If(ring == words):
