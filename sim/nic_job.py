@@ -131,6 +131,22 @@ def _host_ok(reply) -> bool:
     return reply.status == SpiStatus.OK if hasattr(reply, "status") else bool(reply.ok)
 
 
+def _unit(dut, name: str, index):
+    """Member `name` of `dut`, or element `index` of it (a per-engine or per-port array)."""
+    member = getattr(dut, name)
+    return member if index is None else member[index]
+
+
+async def _host_op(ctx, dut, op: tuple, what: str = "host"):
+    """Write one host operation (as :meth:`NicSetup.host_ops` gives them) and, for a
+    table that answers, check the answer says it was done."""
+    name, index, payload, reply = op
+    await stream_put(ctx, _unit(dut, name, index), payload, timeout=_TIMEOUT)
+    if reply is not None:
+        answer = await stream_get(ctx, _unit(dut, reply, index), timeout=_TIMEOUT)
+        assert _host_ok(answer), f"{what} {name}: {payload}"
+
+
 def _numbers(item: dict) -> dict:
     return {name: int.from_bytes(value, "little") if isinstance(value, bytes) else value
             for name, value in item.items()}
@@ -170,13 +186,8 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
     counters, sa_counters = {}, {}
 
     async def host(ctx):
-        for name, index, payload, reply in setup.host_ops(model):
-            await stream_put(ctx, getattr(dut, name)[index] if index is not None
-                             else getattr(dut, name), payload, timeout=_TIMEOUT)
-            if reply is not None:
-                answer = await stream_get(ctx, getattr(dut, reply)[index] if index is not None
-                                          else getattr(dut, reply), timeout=_TIMEOUT)
-                assert _host_ok(answer), f"{name}: {payload}"
+        for op in setup.host_ops(model):
+            await _host_op(ctx, dut, op)
         for port, flag in enumerate(setup.miss_to_host):
             ctx.set(dut.miss_to_host[port], flag)
         sent.append("host")
@@ -205,10 +216,8 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
             (source, slot), (dest, dest_slot) = migration.source, migration.dest
             await stream_put(ctx, dut.engine_hold[dest], {"slot": dest_slot, "hold": 1},
                              timeout=_TIMEOUT)
-            for name, index, payload, reply in migration.repoint:
-                await stream_put(ctx, getattr(dut, name)[index], payload, timeout=_TIMEOUT)
-                assert _host_ok(await stream_get(ctx, getattr(dut, reply)[index],
-                                                 timeout=_TIMEOUT))
+            for op in migration.repoint:
+                await _host_op(ctx, dut, op, f"move {number}")
             await stream_put(ctx, dut.engine_arm[source],
                              {"slot": slot, "engine": dest, "dest_slot": dest_slot,
                               "fences": setup.ports}, timeout=_TIMEOUT)
@@ -226,14 +235,9 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
     async def host_storm(ctx):
         while not sent:
             await ctx.tick()
-        for name, index, payload, reply in storm:
+        for op in storm:
             await ctx.tick().repeat(pace)
-            await stream_put(ctx, getattr(dut, name)[index] if index is not None
-                             else getattr(dut, name), payload, timeout=_TIMEOUT)
-            if reply is not None:
-                answer = await stream_get(ctx, getattr(dut, reply)[index] if index is not None
-                                          else getattr(dut, reply), timeout=_TIMEOUT)
-                assert _host_ok(answer), f"storm {name}: {payload}"
+            await _host_op(ctx, dut, op, "storm")
         stormed.append(len(sent) < setup.ports + 1)     # all done while traffic flowed
 
     def feeder(port):
