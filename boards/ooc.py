@@ -336,12 +336,37 @@ class ToolError(RuntimeError):
     """yosys or nextpnr failed (other than by a design too large for the part)."""
 
 
+_NATIVE_STACK = 1 << 30          # bytes, the tool thread's
+_WASM_STACK = 768 << 20          # bytes wasmtime lets WebAssembly use of it
+
+
 def _run_tool(module, entry, argv, *, cwd, log, step, progress):
     """Run a YoWASP tool in `cwd` (the only directory its sandbox needs), log
     everything to `log`, pass the interesting lines to `progress`."""
     # A child process per tool: its output can be read line by line as it
     # comes, and a crash of the WebAssembly runtime stays contained.
-    code = f"import sys, {module}; sys.exit({module}.{entry}(sys.argv[1:]))"
+    # Yosys recurses deeply on big designs (TopoSort in synth_ecp5's techmap of a
+    # two-engine EspNic trapped with "call stack exhausted" at wasmtime's default
+    # stack): the tool runs on a thread with a 1 GiB native stack and wasmtime may
+    # use most of it.
+    code = "\n".join([
+        "import sys, threading, wasmtime, wasmtime._ffi as ffi",
+        "class _Config(wasmtime.Config):",
+        "    def __init__(self):",
+        "        super().__init__()",
+        # (wasmtime refuses a wasm stack larger than the async stack; the Python
+        # binding sets the first only)
+        f"        ffi.wasmtime_config_async_stack_size_set(self.ptr(), {_WASM_STACK})",
+        f"        self.max_wasm_stack = {_WASM_STACK}",
+        "wasmtime.Config = _Config",
+        f"import {module}",
+        f"threading.stack_size({_NATIVE_STACK})",
+        "result = []",
+        f"thread = threading.Thread(target=lambda: result.append({module}.{entry}(sys.argv[1:])))",
+        "thread.start()",
+        "thread.join()",
+        "sys.exit(result[0] if result else 1)",
+    ])
     start = time.monotonic()
     state = {"last": start, "line": ""}
     done = threading.Event()

@@ -6,6 +6,7 @@
     i[p] -> [EthernetStrip] -> Classifier -> Dispatcher -+-> engine queues (one per engine) -> EspEngine[k] -+
       (one forwarder per ingress port p)                 +-> bypass queue ------------------------------------+-> merge -> Egress -> o[port]
                                                          +-> exception queue (to the host)                    |     (route table)
+    (nested) PacketFifo -> Classifier -> Dispatcher -+  (the local forwarder: input from egress port `ports`) -+
 
 Each ingress port has its own forwarder (classifier with its own SPI and
 policy tables, dispatcher), all programmed by the host and sharing the
@@ -19,6 +20,16 @@ Order: one SA lives on one engine and every path is first in, first out, so
 packets of an SA leave in the order they came in on a port. Fail closed:
 a packet reaches an engine or the bypass only through a table entry, and
 leaves only through a route; every other packet is counted where it dies.
+
+Nested SAs (``nested=True``): the route table can send a packet to port
+``ports``, the device itself. Such packets go whole (a :class:`PacketFifo`
+drops aborted ones) into a *local forwarder*, forwarder ``ports``: a
+classifier with an SPI table the host programs (``spi_host[ports]``) and no
+policy, and a dispatcher like any port's. So the inner ESP packet an inbound
+SA has decapsulated goes straight to the inner SA's engine, whichever it is
+(the fabric's packet path). Anything else routed to the device is a policy
+miss (dropped or to the host, counted on the local forwarder); as every pass
+through the local forwarder ends in a decapsulation, no packet loops.
 
 Throughput: each ingress port takes one 16-byte beat per cycle; the engines
 work in parallel; the egress carries one beat per cycle in all (the merge
@@ -45,19 +56,23 @@ from .fabric.link import FabricLink
 from .fabric.mover import HOLD, MIGRATE_ARM, slot_report
 from .engine.sa import REPLAY_WINDOW
 from .engine.sa_table import SaTable
-from .forwarder.classifier import Classifier, engine_slot
+from .forwarder.classifier import Classifier, Decision, engine_slot
 from .forwarder.dispatcher import Dispatcher, EngineQueue, dispatch_beat
 from .forwarder.egress import EGRESS_BEAT, Egress, route_layouts
 from .forwarder.policy import policy_layouts
 from .forwarder.spi_table import spi_table_layouts
 from .forwarder.ethernet import EthernetStrip
 from .packet.layouts import packet_beat
+from .packet.fifo import PacketFifo
 from .packet.merge import PacketMerger
 
 __all__ = ["EspNic", "host_layouts", "PORT_COUNTERS", "ENGINE_COUNTERS", "EGRESS_COUNTERS",
-           "FABRIC_COUNTERS"]
+           "FABRIC_COUNTERS", "LOCAL_COUNTERS", "LOCAL_DEPTH"]
 
 _WIDTH = 16
+#: Beats of the local forwarder's packet FIFO: 2,048 bytes, the longest packet routed
+#: to the device itself (longer ones are counted in ``local_oversize``).
+LOCAL_DEPTH = 128
 
 #: Counters of each ingress port: the classifier's drops, then the dispatcher's.
 PORT_COUNTERS = ("malformed", "spi_miss", "policy_miss", "discarded",
@@ -68,15 +83,17 @@ ENGINE_COUNTERS = ("no_sa", "unknown_spi", "unsupported", "truncated")
 EGRESS_COUNTERS = ("no_route", "egress_malformed")
 #: Counters of the fabric.
 FABRIC_COUNTERS = ("misrouted", "arm_refused")
+#: Counters of the local path (``nested``; 0 without it).
+LOCAL_COUNTERS = ("local_aborted", "local_oversize")
 
 
 def host_layouts(*, engines: int, ports: int, slots: int, window: int = REPLAY_WINDOW,
-                 rules: int = 16, routes: int = 8) -> dict:
+                 rules: int = 16, routes: int = 8, nested: bool = False) -> dict:
     """The payload layout of each of :class:`EspNic`'s host streams, by member name:
     what the host packs and unpacks (without building the design)."""
     target = engine_slot(engines, slots)
     table, spi = SaTable.layouts(slots, window), spi_table_layouts(target)
-    policy, route = policy_layouts(rules, target), route_layouts(routes, ports)
+    policy, route = policy_layouts(rules, target), route_layouts(routes, ports + nested)
     return {
         "engine_host": table["HOST_OP"], "engine_reply": table["HOST_REPLY"],
         "engine_events": table["EVENT"], "engine_fenced": slot_report(slots),
@@ -104,16 +121,24 @@ class EspNic(wiring.Component):
         (stripped on the way in; egress sends IP packets: the L2 header on
         the way out is not built yet).
     queue_depth : beats of queue in front of each engine and in each port's
-        bypass (0 on one engine: no engine queue, the dispatcher feeds it).
+        bypass (0 on one engine: no engine queue, the dispatcher feeds it). The
+        default, 128, holds a whole 1,500-byte packet (94 beats): a port's
+        dispatcher that cannot finish a packet into a full queue serves no other
+        engine meanwhile, which cost 8 compact engines a quarter of their
+        throughput at 1,400 bytes with 64 (docs/performance.md).
     spi_entries, spi_ways, rules, stages : each port's filter sizes.
     routes : the egress route table's size.
+    nested : a local forwarder (see the module docstring): egress port ``ports``
+        is the device itself, forwarder ``ports`` its input; the per-forwarder
+        host streams, ``miss_to_host`` and the port counters have one more
+        element, ``sent`` too.
     """
 
     def __init__(self, *, engines: int = 1, ports: int = 1, data_width: int = _WIDTH,
                  profile: str = "compact", slots: int = 16, window: int = REPLAY_WINDOW,
-                 ethernet: bool | Sequence[bool] = False, queue_depth: int = 64,
+                 ethernet: bool | Sequence[bool] = False, queue_depth: int = 128,
                  spi_entries: int = 64, spi_ways: int = 4, rules: int = 16, stages: int = 4,
-                 routes: int = 8):
+                 routes: int = 8, nested: bool = False):
         if type(engines) is not int or not 1 <= engines <= 16:
             raise ValueError(f"engines must be an integer from 1 to 16, not {engines!r}")
         if type(ports) is not int or not 1 <= ports <= 8:
@@ -133,21 +158,32 @@ class EspNic(wiring.Component):
         if queue_depth == 0 and engines > 1:
             raise ValueError("queue_depth 0 is for one engine: with more, a busy engine "
                              "would hold the others")
+        if not isinstance(nested, bool):
+            raise TypeError(f"nested must be a bool, not {nested!r}")
         self.engines, self.ports, self.slots = engines, ports, slots
+        self.nested = nested
+        #: Forwarders: one per ingress port, then (nested) the local one, whose
+        #: input is egress port `ports` (the device itself).
+        self.forwarders = ports + nested
         self.profile, self.ethernet, self._queue_depth = profile, ethernet, queue_depth
         self._engines = [EspEngine(profile=profile, slots=slots, window=window)
                          for _ in range(engines)]
+        # The local forwarder's policy table is never written (no policy_host): every
+        # packet routed to the device that is not ESP for one of its SAs is a miss.
         self._classifiers = [Classifier(engines=engines, slots=slots, spi_entries=spi_entries,
-                                        spi_ways=spi_ways, rules=rules, stages=stages)
-                             for _ in range(ports)]
-        self._egress = Egress(ports=ports, routes=routes)
+                                        spi_ways=spi_ways, rules=rules if p < ports else stages,
+                                        stages=stages)
+                             for p in range(self.forwarders)]
+        self._egress = Egress(ports=ports + nested, routes=routes)
         self._fabric = FabricLink(engines=engines, slots=slots, window=window)
         beat = stream.Signature(packet_beat(_WIDTH))
         # One host stream (or one per engine / per port) for each unit's table.
-        counts = {"engine": engines, "spi": ports, "policy": ports, "fence": ports}
+        counts = {"engine": engines, "spi": self.forwarders, "policy": ports,
+                  "fence": self.forwarders}
         host = {}
         for name, layout in host_layouts(engines=engines, ports=ports, slots=slots,
-                                         window=window, rules=rules, routes=routes).items():
+                                         window=window, rules=rules, routes=routes,
+                                         nested=nested).items():
             unit, kind = name.split("_")
             member = (Out if kind in ("reply", "events", "fenced", "migrated") else In)(
                 stream.Signature(layout))
@@ -156,16 +192,20 @@ class EspNic(wiring.Component):
             "i":              In(beat).array(ports),
             "o":              Out(stream.Signature(EGRESS_BEAT)).array(ports),
             "exception":      Out(beat),
-            "exception_port": Out(range(max(ports, 2))),
+            "exception_port": Out(range(max(self.forwarders, 2))),
             **host,
-            "miss_to_host":   In(1).array(ports),
-            **{name: Out(32).array(ports) for name in PORT_COUNTERS},
+            "miss_to_host":   In(1).array(self.forwarders),
+            "pause":          In(1).array(self.forwarders),   # the classifier takes no record
+            "idle":           Out(1).array(self.forwarders),  # every record taken decided
+            **{name: Out(32).array(self.forwarders) for name in PORT_COUNTERS},
             **{name: Out(32).array(engines) for name in ENGINE_COUNTERS},
             "misrouted":        Out(32),     # fabric messages for an engine there is not
             "arm_refused":      Out(32),     # moves to the engine itself or to none
             "no_route":         Out(32),
             "egress_malformed": Out(32),
-            "sent":             Out(32).array(ports),
+            "sent":             Out(32).array(ports + nested),
+            "local_aborted":    Out(32),     # aborted packets routed to the device itself
+            "local_oversize":   Out(32),     # longer than its local packet FIFO
         })
 
     def engine(self, index: int) -> EspEngine:
@@ -182,26 +222,38 @@ class EspNic(wiring.Component):
 
         # ---- one forwarder per ingress port -----------------------------------------------
         dispatchers = []
+        inputs = [wiring.flipped(self.i[p]) for p in range(self.ports)]
+        if self.nested:
+            # Packets the egress routes to the device itself, whole and unaborted only
+            # (an aborted packet's head must not reach an engine).
+            m.submodules.local_fifo = local = PacketFifo(layout=EGRESS_BEAT, depth=LOCAL_DEPTH)
+            m.d.comb += [self.local_aborted.eq(local.dropped),
+                         self.local_oversize.eq(local.oversize)]
+            inputs.append(self._without_abort(m, local.o))
         for p, classifier in enumerate(self._classifiers):
             m.submodules[f"classifier{p}"] = classifier
             m.submodules[f"dispatcher{p}"] = dispatcher = Dispatcher(engines=engines,
                                                                      slots=self.slots)
             dispatchers.append(dispatcher)
-            if self.ethernet[p]:
+            if p < self.ports and self.ethernet[p]:
                 m.submodules[f"ethernet{p}"] = strip = EthernetStrip()
-                wiring.connect(m, wiring.flipped(self.i[p]), strip.i)
+                wiring.connect(m, inputs[p], strip.i)
                 wiring.connect(m, strip.o, classifier.i)
                 m.d.comb += [self.not_ip[p].eq(strip.not_ip), self.runt[p].eq(strip.runt)]
             else:
-                wiring.connect(m, wiring.flipped(self.i[p]), classifier.i)
-            wiring.connect(m, classifier.decision, dispatcher.decision)
+                wiring.connect(m, inputs[p], classifier.i)
+            self._hold_gate(m, classifier.decision, dispatcher.decision)
             wiring.connect(m, classifier.o, dispatcher.i)
             wiring.connect(m, wiring.flipped(self.spi_host[p]), classifier.spi_host)
             wiring.connect(m, classifier.spi_reply, wiring.flipped(self.spi_reply[p]))
             wiring.connect(m, wiring.flipped(self.fence_host[p]), classifier.fence)
-            wiring.connect(m, wiring.flipped(self.policy_host[p]), classifier.policy_host)
-            wiring.connect(m, classifier.policy_reply, wiring.flipped(self.policy_reply[p]))
-            m.d.comb += classifier.miss_to_host.eq(self.miss_to_host[p])
+            if p < self.ports:
+                wiring.connect(m, wiring.flipped(self.policy_host[p]), classifier.policy_host)
+                wiring.connect(m, classifier.policy_reply, wiring.flipped(self.policy_reply[p]))
+            else:
+                m.d.comb += classifier.policy_reply.ready.eq(1)
+            m.d.comb += [classifier.miss_to_host.eq(self.miss_to_host[p]),
+                         classifier.pause.eq(self.pause[p]), self.idle[p].eq(classifier.idle)]
             for name in ("malformed", "spi_miss", "policy_miss", "discarded"):
                 m.d.comb += getattr(self, name)[p].eq(getattr(classifier, name))
             for name in ("bypassed", "to_host", "no_engine"):
@@ -251,8 +303,8 @@ class EspNic(wiring.Component):
             if depth:
                 bypass = self._queued(m, f"bypass{p}_queue", bypass, depth)
             egress_sources.append(self._with_abort(m, bypass, C(0)))
-        if ports > 1:
-            m.submodules.exceptions = merger = PacketMerger(width=_WIDTH, count=ports)
+        if len(dispatchers) > 1:
+            m.submodules.exceptions = merger = PacketMerger(width=_WIDTH, count=len(dispatchers))
             for p, dispatcher in enumerate(dispatchers):
                 wiring.connect(m, dispatcher.host, merger.i[p])
             wiring.connect(m, merger.o, wiring.flipped(self.exception))
@@ -265,12 +317,27 @@ class EspNic(wiring.Component):
         wiring.connect(m, self._merged(m, "egress_merge", egress_sources, EGRESS_BEAT), egress.i)
         for p in range(ports):
             wiring.connect(m, egress.o[p], wiring.flipped(self.o[p]))
+        if self.nested:
+            wiring.connect(m, egress.o[ports], local.i)
+        for p in range(ports + self.nested):
             m.d.comb += self.sent[p].eq(egress.sent[p])
         wiring.connect(m, wiring.flipped(self.route_host), egress.host)
         wiring.connect(m, egress.host_reply, wiring.flipped(self.route_reply))
         m.d.comb += [self.no_route.eq(egress.no_route),
                      self.egress_malformed.eq(egress.malformed)]
         return m
+
+    def _hold_gate(self, m, decision, dispatcher):
+        """`decision` to `dispatcher`, except that a packet for a slot on hold (a live
+        migration's destination, until its state is in) waits here, and its port's
+        packets behind it: the hold stops one port, never an engine's queue, so the
+        engine that holds the SA's state now can always drain (no deadlock)."""
+        order, target = decision.payload, decision.payload.target
+        held = Cat(engine.held & (engine.held_slot == target.slot)
+                   & (target.engine == k) for k, engine in enumerate(self._engines)).any()
+        wait = (order.decision == Decision.ENGINE) & ~order.fence & held
+        m.d.comb += [dispatcher.payload.eq(order), dispatcher.valid.eq(decision.valid & ~wait),
+                     decision.ready.eq(dispatcher.ready & ~wait)]
 
     @staticmethod
     def _merged(m, name, sources, layout):
@@ -302,6 +369,16 @@ class EspNic(wiring.Component):
             m.d.comb += out.payload[name].eq(source.payload[name])
         m.d.comb += [out.payload.abort.eq(abort), out.valid.eq(source.valid),
                      source.ready.eq(out.ready)]
+        return out
+
+    @staticmethod
+    def _without_abort(m, source):
+        """`source`'s :data:`EGRESS_BEAT` s as packet beats (``abort`` dropped: a
+        :class:`PacketFifo` has passed whole packets only)."""
+        out = stream.Signature(packet_beat(_WIDTH)).create()
+        for name in packet_beat(_WIDTH).members:
+            m.d.comb += out.payload[name].eq(source.payload[name])
+        m.d.comb += [out.valid.eq(source.valid), source.ready.eq(out.ready)]
         return out
 
     def _split(self, m, feed, engine):

@@ -210,8 +210,15 @@ def _build(simulator: str, *, verilog: Path, name: str, build_dir: Path, waves: 
     Returns the seconds the build took, or None when the build was reused."""
     from cocotb_tools.runner import get_runner
 
-    stamp = {"format": 1, "simulator": simulator, "verilog": str(verilog), "waves": waves,
-             "build_args": list(build_args), "timescale": list(TIMESCALE)}
+    from cocotb_tools.config import libs_dir
+
+    # The executable loads cocotb's VPI library from where this cocotb is installed
+    # and was compiled against this simulator: a build made by another environment
+    # (another virtualenv, a CI checkout since deleted) is not reused.
+    stamp = {"format": 2, "simulator": simulator, "verilog": str(verilog), "waves": waves,
+             "build_args": list(build_args), "timescale": list(TIMESCALE),
+             "cocotb_libs": str(Path(libs_dir).resolve()),
+             "simulator_path": str(Path(shutil.which(simulator) or simulator).resolve())}
     stamp_path = build_dir / _STAMP
     # A sibling lock: two workers building the same design take turns, and the
     # second one finds the first one's build.

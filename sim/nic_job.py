@@ -21,7 +21,7 @@ from ..hdl.engine.sa import SA_COUNTERS
 from ..hdl.engine.sa_table import HostOp, control_record
 from ..hdl.forwarder.spi_table import SPI_KEY, SpiOp, SpiStatus
 from ..hdl.packet import beats_from_bytes, bytes_from_beats
-from ..hdl.top import ENGINE_COUNTERS, PORT_COUNTERS, EspNic, host_layouts
+from ..hdl.top import ENGINE_COUNTERS, LOCAL_COUNTERS, PORT_COUNTERS, EspNic, host_layouts
 from .amaranth_sim import run_sim, stream_get, stream_get_packets, stream_put, stream_put_all, \
     stream_record
 from .model.nic import NicModel
@@ -45,10 +45,16 @@ class NicSetup:
     spi_entries: list = field(default_factory=list)  # (port, key int, engine, slot)
     policy: list = field(default_factory=list)       # (port, index, rule dict)
     route_writes: list = field(default_factory=list)  # route write dicts
-    miss_to_host: tuple = ()
+    miss_to_host: tuple = ()     # per forwarder (the local one last)
+    nested: bool = False         # a local forwarder: egress port `ports` is the device
+
+    @property
+    def forwarders(self) -> int:
+        return self.ports + self.nested
 
     def model(self) -> NicModel:
         model = NicModel(engines=self.engines, ports=self.ports, slots=self.slots,
+                         nested=self.nested,
                          rules=self.rules, routes=self.routes)
         for engine, slot, config in self.sas:
             model.install(engine, slot, config)
@@ -79,20 +85,41 @@ class NicSetup:
 
     def device(self, profile: str) -> EspNic:
         return EspNic(engines=self.engines, ports=self.ports, profile=profile, slots=self.slots,
+                      nested=self.nested,
                       rules=self.rules, stages=2, routes=self.routes)
 
 
 @dataclass
 class Migration:
-    """A live move of the SA in engine/slot `source` to `dest`, started once port 0
-    has taken `after` packets in: `dest` put on hold, `repoint` (host operations
-    that point the SA's table entries at `dest`) written, `source` armed to move
-    after one fence per port, a fence sent through every port, then the move
-    awaited (`dest` reported on ``engine_migrated``)."""
+    """A live move of the SA in engine/slot `source` to `dest`, started once the
+    ports together have taken `after` packets in: `dest` put on hold, `repoint`
+    (host operations that point the SA's table entries at `dest`) written,
+    `source` armed to move after one fence per port, a fence sent through every
+    port (:meth:`host_ops`), then the move awaited (`dest` reported on
+    ``engine_migrated``)."""
     after: int
     source: tuple
     dest: tuple
     repoint: list
+
+    def host_ops(self, forwarders: int) -> list:
+        """The host operations of the move, in order, as :meth:`NicSetup.host_ops`,
+        with two more kinds: ``("pause", p, value, None)`` sets forwarder p's
+        ``pause``, ``("idle", p, 1, None)`` waits until its ``idle`` is 1. Every
+        forwarder is paused and drained before the entries change and the fence
+        goes in, so no packet is classified between the two: the fence comes after
+        every packet for `source`, and no packet for `dest` (held at its port's
+        dispatch until the import) is in front of it."""
+        (source, slot), (dest, dest_slot) = self.source, self.dest
+        ports = range(forwarders)
+        return [("engine_hold", dest, {"slot": dest_slot, "hold": 1}, None),
+                ("engine_arm", source, {"slot": slot, "engine": dest, "dest_slot": dest_slot,
+                                        "fences": forwarders}, None),
+                *(("pause", port, 1, None) for port in ports),
+                *(("idle", port, 1, None) for port in ports),
+                *self.repoint,
+                *(("fence_host", port, {"engine": source, "slot": slot}, None) for port in ports),
+                *(("pause", port, 0, None) for port in ports)]
 
 
 @dataclass
@@ -104,7 +131,7 @@ class NicRun:
     sa_counters: dict    # (engine, slot) -> SA counters read over the host port
     model: NicModel
     aborted: int = 0
-    stormed: bool = False     # every storm operation was done before the traffic ended
+    stormed: bool = False     # every storm operation was done before the last packet left
     in_cycles: list = field(default_factory=list)    # cycle of each packet's first beat taken
     out_cycles: list = field(default_factory=list)   # cycle of each packet's last beat sent
     fences: list = field(default_factory=list)  # (engine's packets out when it passed, model's)
@@ -141,10 +168,31 @@ async def _host_op(ctx, dut, op: tuple, what: str = "host"):
     """Write one host operation (as :meth:`NicSetup.host_ops` gives them) and, for a
     table that answers, check the answer says it was done."""
     name, index, payload, reply = op
+    if name == "pause":
+        ctx.set(dut.pause[index], payload)
+        return
+    if name == "idle":
+        waited = 0
+        while ctx.get(dut.idle[index]) != payload:
+            await ctx.tick()
+            waited += 1
+            assert waited < _TIMEOUT, f"{what}: forwarder {index} never idle"
+        return
     await stream_put(ctx, _unit(dut, name, index), payload, timeout=_TIMEOUT)
     if reply is not None:
         answer = await stream_get(ctx, _unit(dut, reply, index), timeout=_TIMEOUT)
         assert _host_ok(answer), f"{what} {name}: {payload}"
+
+
+def _where(migrations) -> dict:
+    """Where each SA moved by `migrations` ends up: ``{(engine, slot) of the setup:
+    (engine, slot)}``."""
+    where = {}
+    for migration in migrations:
+        origin = next((o for o, now in where.items() if now == migration.source),
+                      migration.source)
+        where[origin] = migration.dest
+    return where
 
 
 def _numbers(item: dict) -> dict:
@@ -182,7 +230,7 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
             want[outcome.port] += 1
     want_exceptions = sum(outcome.exception for outcome in outcomes)
     received = defaultdict(list)
-    exceptions, sent, events, stormed = [], [], [], []
+    exceptions, sent, events, stormed, collected = [], [], [], [], []
     counters, sa_counters = {}, {}
 
     async def host(ctx):
@@ -203,27 +251,14 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
                              timeout=_TIMEOUT)
 
     moved = []                      # (engine, slot) of each move reported, in order
-    where = {}
-    for migration in migrations:    # where each SA of the setup ends up
-        origin = next((o for o, now in where.items() if now == migration.source),
-                      migration.source)
-        where[origin] = migration.dest
+    where = _where(migrations)
 
     async def migrate(ctx):
         for number, migration in enumerate(migrations):
-            while taken[0] < migration.after:
+            while sum(taken.values()) < migration.after:
                 await ctx.tick()
-            (source, slot), (dest, dest_slot) = migration.source, migration.dest
-            await stream_put(ctx, dut.engine_hold[dest], {"slot": dest_slot, "hold": 1},
-                             timeout=_TIMEOUT)
-            for op in migration.repoint:
+            for op in migration.host_ops(setup.forwarders):
                 await _host_op(ctx, dut, op, f"move {number}")
-            await stream_put(ctx, dut.engine_arm[source],
-                             {"slot": slot, "engine": dest, "dest_slot": dest_slot,
-                              "fences": setup.ports}, timeout=_TIMEOUT)
-            for port in range(setup.ports):
-                await stream_put(ctx, dut.fence_host[port], {"engine": source, "slot": slot},
-                                 timeout=_TIMEOUT)
             waited = 0
             while len(moved) <= number:
                 await ctx.tick()
@@ -238,7 +273,8 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
         for op in storm:
             await ctx.tick().repeat(pace)
             await _host_op(ctx, dut, op, "storm")
-        stormed.append(len(sent) < setup.ports + 1)     # all done while traffic flowed
+        # All done while traffic flowed: some packet still to come out.
+        stormed.append(len(collected) < setup.ports)
 
     def feeder(port):
         async def feed(ctx):
@@ -256,6 +292,7 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
             received[port] = await stream_get_packets(
                 ctx, dut.o[port], want[port], rng=random.Random(seed * 17 + port),
                 stall_prob=stall, timeout=_TIMEOUT)
+            collected.append(port)
         return collect
 
     async def collect_exceptions(ctx):
@@ -277,7 +314,10 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
         while quiet < _QUIET:
             await ctx.tick()
             cycles += 1
-            assert cycles < 20 * _TIMEOUT, "the device never went quiet"
+            assert cycles < 20 * _TIMEOUT, "the device never went quiet: " + \
+                f"inputs done {sorted(sent, key=str)}, moves {len(moved)}/{len(migrations)}, " \
+                f"packets out {[len([b for b in received[p] if b.last]) for p in want]} " \
+                f"of {[want[p] for p in want]}"
             busy = any(ctx.get(dut.engine(k).inbound.busy) for k in range(setup.engines))
             moving = any(ctx.get(dut.engine(k).i.valid) for k in range(setup.engines))
             done = len(sent) == setup.ports + 1 and len(moved) == len(migrations) and \
@@ -292,7 +332,8 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
                                          for name, _ in SA_COUNTERS}
         for name in (*PORT_COUNTERS, *ENGINE_COUNTERS, "sent"):
             counters[name] = [ctx.get(signal) for signal in getattr(dut, name)]
-        for name in ("no_route", "egress_malformed", "misrouted", "arm_refused"):
+        for name in ("no_route", "egress_malformed", "misrouted", "arm_refused",
+                     *LOCAL_COUNTERS):
             counters[name] = ctx.get(getattr(dut, name))
 
     in_cycles, out_cycles = [], []
@@ -397,46 +438,67 @@ SETTLE_CYCLES = 3000
 
 
 def run_nic_cocotb(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
-                   seed=0, simulator="verilator", timeout=None) -> NicRun:
+                   seed=0, storm=(), pace=40, migrations=(), simulator="verilator",
+                   timeout=None) -> NicRun:
     """:func:`run_nic` on the device's Verilog, in Verilator (or Icarus) through the
-    cocotb bench :mod:`espnic.sim.benches.nic`. The build is cached by the device's
-    parameters and the content of ``hdl/``."""
+    cocotb bench :mod:`espnic.sim.benches.nic`, storms and migrations included
+    (fences on their own are not). The build is cached by the device's parameters
+    and the content of ``hdl/``."""
     from .cocotb_runner import run_job
 
     model = setup.model()
     outcomes = [model.process(port, packet) for port, packet in traffic]
     layouts = host_layouts(engines=setup.engines, ports=setup.ports, slots=setup.slots,
+                           nested=setup.nested,
                            window=model.engine[0].layout["replay_bitmap"].width,
                            rules=setup.rules, routes=setup.routes)
 
     def bits(name, payload):
+        if name in ("pause", "idle"):        # a signal to set or to wait for
+            return payload
         return layouts[name].const(payload).as_bits()
 
-    host_ops = [{"stream": name, "index": index, "bits": bits(name, payload), "reply": reply}
-                for name, index, payload, reply in setup.host_ops(model)]
-    reads = [{"stream": "engine_host", "index": engine, "reply": "engine_reply",
-              "bits": bits("engine_host", {"op": HostOp.READ_COUNTERS, "slot": slot})}
-             for engine, slot, _config in setup.sas]
+    def packed(ops):
+        return [{"stream": name, "index": index, "bits": bits(name, payload), "reply": reply}
+                for name, index, payload, reply in ops]
+
+    host_ops = packed(setup.host_ops(model))
+    where = _where(migrations)
+    reads = packed(("engine_host", where.get((engine, slot), (engine, slot))[0],
+                    {"op": HostOp.READ_COUNTERS, "slot": where.get((engine, slot), (engine, slot))[1]},
+                    "engine_reply")
+                   for engine, slot, _config in setup.sas)
+    moves = [{"after": move.after, "ops": packed(move.host_ops(setup.forwarders))}
+             for move in migrations]
     job = {
-        "engines": setup.engines, "ports": setup.ports, "host_ops": host_ops, "reads": reads,
+        "engines": setup.engines, "ports": setup.ports, "forwarders": setup.forwarders,
+        "host_ops": host_ops, "reads": reads,
         "miss_to_host": [bool(flag) for flag in setup.miss_to_host],
         "packets": [[packet.hex() for p, packet in traffic if p == port]
                     for port in range(setup.ports)],
         "expected": [sum(o.port == port for o in outcomes) for port in range(setup.ports)],
         "expected_exceptions": sum(o.exception for o in outcomes),
-        "counters": {**{name: setup.ports for name in PORT_COUNTERS},
+        "counters": {**{name: setup.forwarders for name in PORT_COUNTERS},
                      **{name: setup.engines for name in ENGINE_COUNTERS},
-                     "sent": setup.ports, "no_route": None, "egress_malformed": None,
+                     **{name: None for name in LOCAL_COUNTERS},
+                     "sent": setup.ports + setup.nested, "no_route": None,
+                     "egress_malformed": None,
                      "misrouted": None, "arm_refused": None},
         "stall": stall, "gap": gap, "seed": seed, "settle_cycles": SETTLE_CYCLES,
+        "moves": moves, "storm": packed(storm), "pace": pace,
     }
     params = {"engines": setup.engines, "ports": setup.ports, "profile": profile,
+              "nested": setup.nested,
               "slots": setup.slots, "rules": setup.rules, "stages": 2, "routes": setup.routes}
-    result = run_job(EspNic, name=f"nic_{profile}_{setup.engines}x{setup.ports}", params=params,
+    name = f"nic_{profile}_{setup.engines}x{setup.ports}{'_nested' if setup.nested else ''}"
+    result = run_job(EspNic, name=name, params=params,
                      test_module="espnic.sim.benches.nic", job=job, simulator=simulator,
                      timeout=timeout)
 
-    for op in host_ops:
+    moved = [(engine, layouts["engine_migrated"].from_bits(value).slot)
+             for _cycle, engine, value in result["moved"]]
+    assert moved == [tuple(move.dest) for move in migrations], f"moves reported: {moved}"
+    for op in host_ops + [op for move in moves for op in move["ops"]] + packed(storm):
         if op["reply"] is not None:
             path = f"{op['reply']}__{op['index']}" if op["index"] is not None else op["reply"]
             layout = layouts[op["reply"]]
@@ -444,16 +506,15 @@ def run_nic_cocotb(setup: NicSetup, traffic, *, profile="compact", stall=0.0, ga
                 assert _host_ok(layout.from_bits(reply)), f"{path}: refused"
     reply_layout = layouts["engine_reply"]
     sa_counters = {}
-    for engine in range(setup.engines):
-        answers = iter(result["replies"][f"engine_reply__{engine}"])
-        for engine_, slot, _config in setup.sas:
-            if engine_ == engine:
-                answer = reply_layout.from_bits(next(answers))
-                sa_counters[engine, slot] = {name: int(answer.counters[name])
-                                             for name, _ in SA_COUNTERS}
+    answers = {engine: iter(result["replies"][f"engine_reply__{engine}"])
+               for engine in range(setup.engines)}
+    for engine, slot, _config in setup.sas:     # the reads, in order per engine
+        answer = reply_layout.from_bits(next(answers[where.get((engine, slot), (engine, slot))[0]]))
+        sa_counters[engine, slot] = {name: int(answer.counters[name]) for name, _ in SA_COUNTERS}
     outputs, aborted = {}, 0
     for port, packets in enumerate(result["outputs"]):
         outputs[port] = [bytes.fromhex(p["data"]) for p in packets if not p["aborted"]]
         aborted += sum(p["aborted"] for p in packets)
     exceptions = [(port, bytes.fromhex(packet)) for port, packet in result["exceptions"]]
-    return NicRun(outputs, exceptions, outcomes, result["counters"], sa_counters, model, aborted)
+    return NicRun(outputs, exceptions, outcomes, result["counters"], sa_counters, model, aborted,
+                  result["stormed"])

@@ -49,7 +49,8 @@ which no other host operation and no new packet is taken. The mover is also
 the engine's end of the fabric: ``arm`` moves a slot out (its record with
 key, counters and replay window, on ``state_out``) once the fences named have
 passed, ``state_in`` moves one in (reported on ``migrated``), and ``hold``
-keeps packets for a slot waiting at dispatch until its state has arrived.
+marks a slot whose state is on its way (``held``, ``held_slot``: the device
+keeps packets for it waiting at their ports until the import).
 
 Outbound UDP encapsulation over IPv6 needs a real UDP checksum over the whole
 ESP packet (RFC 8200): the encapsulator's output goes through a
@@ -161,6 +162,8 @@ class EspEngine(wiring.Component):
             # The fabric (hdl/fabric/mover.py): SAs moving out and in.
             "arm":         In(stream.Signature(MIGRATE_ARM(slots))),
             "hold":        In(stream.Signature(HOLD(slots))),
+            "held":        Out(1),      # a slot is on hold: packets for it must wait
+            "held_slot":   Out(range(slots)),
             "state_out":   Out(stream.Signature(fabric_beat(slots, window))),
             "state_in":    In(stream.Signature(fabric_beat(slots, window))),
             "migrated":    Out(stream.Signature(slot_report(slots))),
@@ -216,7 +219,8 @@ class EspEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.state_in), mover.state_in)
         wiring.connect(m, mover.migrated, wiring.flipped(self.migrated))
         wiring.connect(m, mover.fenced, wiring.flipped(self.fenced))
-        m.d.comb += self.refused.eq(mover.refused)
+        m.d.comb += [self.refused.eq(mover.refused), self.held.eq(mover.held),
+                     self.held_slot.eq(mover.held_slot)]
         loading = mover.loading
         self._mover = mover
         m.submodules.checked = checked = Ipv4HeaderCheck(width=BLOCK_BYTES)
@@ -296,9 +300,9 @@ class EspEngine(wiring.Component):
         with m.FSM(name="dispatch"):
             with m.State("LOOKUP"):
                 marker = self.meta.payload.fence
-                # A slot on hold (its state on its way here) waits, and the packets behind it.
-                held = self._mover.held & (self._mover.held_slot == self.meta.payload.slot)
-                take = self.meta.valid & ~marker & packets.valid & ~loading & ~held
+                # (A slot on hold is held at the ports' hold gates, `EspNic`, not here:
+                # waiting in this engine's queue would hold the whole queue.)
+                take = self.meta.valid & ~marker & packets.valid & ~loading
                 facts = _first_beat_facts(beat)
                 facts["malformed"] = facts["malformed"] | checked.bad   # the IPv4 checksum too
                 m.d.comb += [

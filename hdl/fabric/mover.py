@@ -24,9 +24,9 @@ and replay unit (through :class:`InboundControl`'s ``load`` and ``read``):
 * **import**: a message on ``state_in`` is written into the slot it names: the
   record and counters (IMPORT: nothing is cleared, no lifetime event raised
   again), the ring words and head row (window loads); with its last beat the
-  slot's *hold* (``hold``: packets for it wait at the engine's dispatch, set by
-  the host before it points the filters here) is released and the slot is
-  reported on ``migrated``.
+  slot's *hold* (``hold``, shown on ``held`` / ``held_slot``: the device keeps
+  packets for it waiting at their ports' hold gates; set by the host before it
+  points the filters here) is released and the slot is reported on ``migrated``.
 
 So a slot's state is in one engine at a time, key and sequence number
 included: an SA moved is never encrypted under the same (key, IV) twice.

@@ -21,6 +21,11 @@ that says so.
 One :data:`decision` per packet on ``decision``, then the packet's beats on
 ``o`` (its first beat only once the decision has been taken).
 
+``pause`` stops the classifier taking records (fences still go in); ``idle``
+says every record taken has been decided. A host that pauses, waits for
+``idle``, changes entries and sends a fence knows no packet was classified
+between the change and the fence (how a live migration cuts an SA's traffic).
+
 A *fence* (``fence``, an engine and a slot, from the host) takes a record's
 place in the same in-order pipeline and comes out as a decision with
 ``fence`` set and no beats: every packet the classifier looked up before it
@@ -32,7 +37,7 @@ deletes or moves an SA whose entries it has just changed).
 
 from amaranth import *
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..packet.layouts import packet_beat
@@ -80,7 +85,11 @@ class Classifier(wiring.Component):
     rules, stages : the :class:`PolicyTable`'s size.
 
     Latency: the parser's (2 cycles after the beat that completes the record),
-    then ``max(2, stages)`` cycles of lookup. One packet per cycle.
+    then ``max(2, stages)`` cycles of lookup; a packet's first beat leaves the cycle
+    after its decision. The beats wait in a FIFO of ``max(2, stages) + 4`` so the
+    lookups of the packets behind overlap with this one's: a packet costs as many
+    cycles as it has beats, 2 at least (its decision and its first beat take
+    one cycle each), so one beat per cycle for packets of two beats or more.
     """
 
     def __init__(self, *, engines: int, slots: int, spi_entries: int = 64, spi_ways: int = 4,
@@ -94,6 +103,7 @@ class Classifier(wiring.Component):
         self._spi = SpiTable(entries=spi_entries, ways=spi_ways, value=target)
         self._policy = PolicyTable(rules=rules, stages=stages, value=target)
         self._layout = decision_layout(engines, slots)
+        self._stages = max(stages, 2)
         self._pending = _pending(engines, slots)
         super().__init__({
             "i":            In(stream.Signature(packet_beat(16))),
@@ -105,6 +115,8 @@ class Classifier(wiring.Component):
             "policy_host":  self._policy.signature.members["host"],
             "policy_reply": self._policy.signature.members["host_reply"],
             "miss_to_host": In(1),
+            "pause":        In(1),
+            "idle":         Out(1),
             "malformed":    Out(32),
             "spi_miss":     Out(32),
             "policy_miss":  Out(32),
@@ -117,6 +129,20 @@ class Classifier(wiring.Component):
         m.submodules.spi = spi = self._spi
         m.submodules.policy = policy = self._policy
         m.submodules.records = records = SyncFIFO(width=self._pending.size, depth=8)
+        # The parser hands on a packet's first beat only after its record, and the next
+        # record only after that beat: taking the beats into a FIFO at once lets the next
+        # packet's lookups start while this one's first beat waits for its decision.
+        beat_layout = packet_beat(16)
+        m.submodules.beats = beats = SyncFIFOBuffered(width=beat_layout.size,
+                                                      depth=self._stages + 4)
+        # Results wait here for their packet's decision rather than in the filters, whose
+        # whole pipelines stop while their last result waits.
+        spi_result, rule_result = spi.result.payload.shape(), policy.result.payload.shape()
+        m.submodules.spi_found = spi_found = SyncFIFO(width=spi_result.size, depth=4)
+        m.submodules.rule_found = rule_found = SyncFIFO(width=rule_result.size, depth=4)
+        for table, fifo in ((spi, spi_found), (policy, rule_found)):
+            m.d.comb += [fifo.w_data.eq(table.result.payload), fifo.w_en.eq(table.result.valid),
+                         table.result.ready.eq(fifo.w_rdy)]
         wiring.connect(m, wiring.flipped(self.i), parser.i)
         wiring.connect(m, wiring.flipped(self.spi_host), spi.host)
         wiring.connect(m, spi.host_reply, wiring.flipped(self.spi_reply))
@@ -128,7 +154,7 @@ class Classifier(wiring.Component):
         # with whatever record is there, so the results stay paired with the FIFO.
         record = parser.parsed.payload
         fence = self.fence.valid
-        offered = parser.parsed.valid | fence
+        offered = (parser.parsed.valid & ~self.pause) | fence
         takers = (spi.lookup.ready, policy.lookup.ready, records.w_rdy)
         entry = self._pending(records.w_data)
         m.d.comb += [
@@ -144,18 +170,22 @@ class Classifier(wiring.Component):
             entry.record.eq(record),
             entry.fence.eq(fence),
             entry.target.eq(self.fence.payload),
-            parser.parsed.ready.eq(Cat(takers).all() & ~fence),
+            parser.parsed.ready.eq(Cat(takers).all() & ~fence & ~self.pause),
             self.fence.ready.eq(Cat(takers).all()),
             spi.lookup.valid.eq(offered & takers[1] & takers[2]),
             policy.lookup.valid.eq(offered & takers[0] & takers[2]),
             records.w_en.eq(offered & takers[0] & takers[1]),
+            # Every record taken has been decided (a lookup in flight has its record
+            # in the FIFO): with `pause`, the point where the host may change an entry
+            # and send a fence with no decision between them.
+            self.idle.eq(~records.r_rdy),
         ]
 
         # ---- join: the record and both results, in packet order ------------------------
         pending = self._pending(records.r_data)
         kept = pending.record
         inbound = (kept.kind == PacketKind.ESP) | (kept.kind == PacketKind.UDP_ESP)
-        found, rule = spi.result.payload, policy.result.payload
+        found, rule = spi_result(spi_found.r_data), rule_result(rule_found.r_data)
         out = self.decision.payload
         miss = Mux(self.miss_to_host, Decision.HOST, Decision.DROP)
         with m.If(pending.fence):
@@ -176,15 +206,15 @@ class Classifier(wiring.Component):
                     m.d.comb += out.decision.eq(Decision.BYPASS)
                 with m.Default():
                     m.d.comb += out.decision.eq(Decision.DROP)
-        all_in = records.r_rdy & spi.result.valid & policy.result.valid
+        all_in = records.r_rdy & spi_found.r_rdy & rule_found.r_rdy
         decided = self.decision.valid & self.decision.ready
         # One decision ahead of the beats at most (`ahead`, below).
         ahead = Signal()
         m.d.comb += [
             self.decision.valid.eq(all_in & ~ahead),
             records.r_en.eq(decided),
-            spi.result.ready.eq(decided),
-            policy.result.ready.eq(decided),
+            spi_found.r_en.eq(decided),
+            rule_found.r_en.eq(decided),
         ]
         with m.If(decided & ~pending.fence):
             with m.If(kept.malformed):
@@ -197,12 +227,15 @@ class Classifier(wiring.Component):
                 m.d.sync += self.discarded.eq(self.discarded + 1)
 
         # ---- the beats: a packet's first beat once its decision has been taken ---------
-        beat = parser.o.payload
+        beat = beat_layout(beats.r_data)
         let_through = ahead | ~beat.first
         m.d.comb += [
+            beats.w_data.eq(parser.o.payload),
+            beats.w_en.eq(parser.o.valid),
+            parser.o.ready.eq(beats.w_rdy),
             self.o.payload.eq(beat),
-            self.o.valid.eq(parser.o.valid & let_through),
-            parser.o.ready.eq(self.o.ready & let_through),
+            self.o.valid.eq(beats.r_rdy & let_through),
+            beats.r_en.eq(self.o.ready & let_through),
         ]
         with m.If(decided & ~pending.fence):       # a fence has no beats
             m.d.sync += ahead.eq(1)

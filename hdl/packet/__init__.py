@@ -2,10 +2,11 @@
 """Packet streams: the beat layout every packet-carrying stream uses, and the
 components that reshape such streams."""
 
+from .fifo import PacketFifo
 from .ipv4 import Ipv4HeaderCheck
 from .layouts import BEAT_WIDTHS, packet_beat, beats_from_bytes, bytes_from_beats
 from .merge import PacketMerger
 from .repack import Repacker
 
 __all__ = ["BEAT_WIDTHS", "packet_beat", "beats_from_bytes", "bytes_from_beats",
-           "Ipv4HeaderCheck", "PacketMerger", "Repacker"]
+           "Ipv4HeaderCheck", "PacketFifo", "PacketMerger", "Repacker"]

@@ -15,6 +15,7 @@ its engine's host port and samples every device counter. Results go to
 exceptions with their ports, the host replies, the counters.
 """
 
+import bisect
 import json
 import os
 import random
@@ -35,20 +36,88 @@ def _path(name, index):
     return name if index is None else f"{name}__{index}"
 
 
+class _Levels:
+    """Signals the bench sets, written with the drivers at the falling edge (the
+    bench's steps run in the read-only phase, where nothing may be written)."""
+
+    queue = ()            # (read by run_cycles' report when a bench times out)
+    idle = True
+
+    def __init__(self):
+        self.values = {}
+
+    def drive(self):
+        for signal, value in self.values.items():
+            signal.value = value
+
+    def sample(self, cycle):
+        pass
+
+
+class _HostWriter:
+    """Writes host operations one at a time, each table's reply awaited before the
+    next operation goes out; ``pause`` sets a forwarder's pause signal, ``idle``
+    waits for its idle signal to have the value given."""
+
+    def __init__(self, dut, sources, sinks, levels):
+        self._dut, self._sources, self._sinks, self._levels = dut, sources, sinks, levels
+        self._pending = []
+        self._awaiting = None             # (reply sink, replies it had) of the last write
+
+    def push(self, ops):
+        self._pending.extend(ops)
+
+    def at(self) -> str:
+        """What the writer waits for (for the bench's progress lines)."""
+        if self._awaiting is not None:
+            return "a reply"
+        return _path(self._pending[0]["stream"], self._pending[0]["index"]) \
+            if self._pending else "nothing"
+
+    def step(self) -> bool:
+        """Go on; whether anything is still to write or to be answered."""
+        if self._awaiting is not None:
+            sink, before = self._awaiting
+            if len(sink.received) == before:
+                return True
+            self._awaiting = None
+        if not all(source.idle for source in self._sources.values()):
+            return True
+        if not self._pending:
+            return False
+        op = self._pending[0]
+        signal = getattr(self._dut, _path(op["stream"], op["index"]), None)
+        if op["stream"] == "idle":            # wait until the signal has this value
+            if int(signal.value) != op["bits"]:
+                return True
+        elif op["stream"] == "pause":         # set the signal
+            self._levels.values[signal] = op["bits"]
+        else:
+            self._sources[_path(op["stream"], op["index"])].extend([op["bits"]])
+        self._pending.pop(0)
+        if op["reply"] is not None:
+            sink = self._sinks[_path(op["reply"], op["index"])]
+            self._awaiting = (sink, len(sink.received))
+        return True
+
+
 @cocotb.test()
 async def run_job(dut):
     job = json.loads(Path(os.environ["ESPNIC_JOB"]).read_text())
     engines, ports = job["engines"], job["ports"]
-    rng = random.Random(job.get("seed", 0))
+    rng = random.Random(job["seed"])
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 1
 
     # One source per host stream the job writes to, one sink per reply stream.
+    moves, storm = job["moves"], list(job["storm"])
     host_sources, reply_sinks = {}, {}
-    for op in job["host_ops"] + job["reads"]:
+    for op in job["host_ops"] + job["reads"] + storm + [o for m in moves for o in m["ops"]]:
+        if op["stream"] in ("pause", "idle"):
+            continue
         path = _path(op["stream"], op["index"])
         host_sources.setdefault(path, StreamSource(dut, path, rng=rng))
-    for name, count in (("engine_reply", engines), ("spi_reply", ports),
+    for name, count in (("engine_reply", engines), ("spi_reply", job["forwarders"]),
                         ("policy_reply", ports)):
         for index in range(count):
             reply_sinks[f"{name}__{index}"] = StreamSink(dut, f"{name}__{index}", rng=rng)
@@ -59,6 +128,9 @@ async def run_job(dut):
                for port in range(ports)]
     exceptions = StreamSink(dut, "exception", rng=rng)
     events = [StreamSink(dut, f"engine_events__{k}", rng=rng) for k in range(engines)]
+    migrated = [StreamSink(dut, f"engine_migrated__{k}", rng=rng) for k in range(engines)]
+    # An engine waits until its fence report is taken: the host always takes them.
+    fenced = [StreamSink(dut, f"engine_fenced__{k}", rng=rng) for k in range(engines)]
     exception_ports = []
     sample_exception = exceptions.sample
 
@@ -76,37 +148,56 @@ async def run_job(dut):
     dut.rst.value = 0
 
     last = EGRESS_BEAT["last"].offset
-    pending = list(job["host_ops"])
-    awaiting = None                       # (reply sink, replies it had) of the last write
+    levels = _Levels()
+    writer = _HostWriter(dut, host_sources, reply_sinks, levels)
+    writer.push(job["host_ops"])
     phase, waited = "host", 0
     settle = job["settle_cycles"]
+    # Where each port's packets start (beat numbers): packets taken = starts passed.
+    starts = []
+    for port in job["packets"]:
+        lengths = [len(packet) // 2 for packet in port]
+        starts.append([sum((n + 15) // 16 for n in lengths[:k]) for k in range(len(lengths))])
+    next_move, storm_at, cycle, stormed = 0, 0, 0, None
 
     def delivered(sink):
         return sum(value >> last & 1 for value in sink.received)
 
+    def taken():
+        return sum(bisect.bisect_left(s, len(source.cycles)) for s, source in zip(starts, inputs))
+
+    def moved():
+        return sum(len(sink.received) for sink in migrated)
+
     def step():
-        nonlocal phase, waited, awaiting
+        nonlocal phase, waited, next_move, storm_at, cycle, stormed
+        cycle += 1
+        busy = writer.step()
+        if cycle % 20_000 == 0:       # a long run shows where it is
+            dut._log.info(f"cycle {cycle}: {phase}, packets in {taken()}, out "
+                          f"{[delivered(sink) for sink in outputs]} of {job['expected']}, "
+                          f"moves {moved()}/{len(moves)}, storm left {len(storm)}, "
+                          f"host writer at {writer.at()}")
         if phase == "host":
-            if awaiting is not None:
-                sink, before = awaiting
-                if len(sink.received) == before:
-                    return False
-                awaiting = None
-            if not all(source.idle for source in host_sources.values()):
-                return False
-            if pending:
-                op = pending.pop(0)
-                host_sources[_path(op["stream"], op["index"])].extend([op["bits"]])
-                if op["reply"] is not None:
-                    sink = reply_sinks[_path(op["reply"], op["index"])]
-                    awaiting = (sink, len(sink.received))
+            if busy:
                 return False
             for port, source in enumerate(inputs):
                 source.extend([BEAT.const(beat).as_bits() for packet in job["packets"][port]
                                for beat in beats_from_bytes(bytes.fromhex(packet), 16)])
-            phase = "traffic"
+            phase, storm_at = "traffic", cycle
         elif phase == "traffic":
-            done = all(source.idle for source in inputs) and \
+            if next_move < len(moves) and not busy and moved() == next_move and \
+                    taken() >= moves[next_move]["after"]:
+                writer.push(moves[next_move]["ops"])
+                next_move += 1
+            if storm and cycle >= storm_at + job["pace"]:
+                writer.push([storm.pop(0)])
+                storm_at = cycle
+            if job["storm"] and not storm and not busy and stormed is None:
+                stormed = not all(delivered(sink) >= want
+                                  for sink, want in zip(outputs, job["expected"]))
+            done = all(source.idle for source in inputs) and not busy and not storm and \
+                next_move == len(moves) and moved() == len(moves) and \
                 all(delivered(sink) >= want for sink, want in zip(outputs, job["expected"])) and \
                 sum(value >> BEAT["last"].offset & 1 for value in exceptions.received) >= \
                 job["expected_exceptions"]
@@ -115,21 +206,18 @@ async def run_job(dut):
         elif phase == "settle":
             waited += 1
             if waited >= settle:
-                for op in job["reads"]:
-                    host_sources[_path(op["stream"], op["index"])].extend([op["bits"]])
+                writer.push(job["reads"])
                 phase = "read"
         elif phase == "read":
-            return all(source.idle for source in host_sources.values()) and \
-                sum(len(reply_sinks[f"engine_reply__{k}"].received) for k in range(engines)) \
-                >= len(job["reads"])
+            return not busy
         return False
 
     beats = sum(len(packet) // 16 + 1 for port in job["packets"] for packet in port)
     slack = 1 / max(0.05, 1 - max(job["stall"], job["gap"]))
-    budget = 5000 * (1 + len(job["host_ops"]) + len(job["reads"])) + \
-        int(200 * beats * slack) + settle
-    sources = [*host_sources.values(), *inputs]
-    sinks = [*reply_sinks.values(), *outputs, exceptions, *events]
+    budget = 5000 * (1 + len(job["host_ops"]) + len(job["reads"]) + len(moves) + len(storm)) + \
+        int(200 * beats * slack) + settle + job["pace"] * len(storm)
+    sources = [*host_sources.values(), *inputs, levels]
+    sinks = [*reply_sinks.values(), *outputs, exceptions, *events, *migrated, *fenced]
     cycles = await run_cycles(dut.clk, sources, sinks, until=step, max_cycles=budget)
 
     result_ports = []
@@ -154,5 +242,7 @@ async def run_job(dut):
             "exceptions": list(zip(exception_ports, (p.hex() for p in exception_packets),
                                    strict=True)),
             "replies": {path: sink.received for path, sink in reply_sinks.items()},
-            "counters": counters, "cycles": cycles,
+            "counters": counters, "cycles": cycles, "stormed": bool(stormed),
+            "moved": sorted((cycle, engine, value) for engine, sink in enumerate(migrated)
+                            for cycle, value in zip(sink.cycles, sink.received)),
         }, file)

@@ -13,6 +13,10 @@ them: :attr:`Outcome.flow` names the order a packet belongs to, so a test can
 compare each flow's packets in order and the rest as a set. Feed each SA's
 traffic through one port: the model processes packets in the order they are
 given, which the device keeps only within a port.
+
+With ``nested``, a packet the route table sends to port ``ports`` (the device
+itself) goes through the local forwarder (index ``ports``: an SPI table, no
+policy) again: a nested SA's inner ESP packet on to the inner SA's engine.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 from ...hdl.engine.sa import SaConfig
 from ...hdl.forwarder.classifier import Decision
-from ...hdl.top import ENGINE_COUNTERS, PORT_COUNTERS
+from ...hdl.top import ENGINE_COUNTERS, LOCAL_COUNTERS, LOCAL_DEPTH, PORT_COUNTERS
 from .engine import engine_outcome
 from .esp import EspModel
 from .forwarder import PolicyTableModel, RouteTableModel, SpiTableModel, classify, egress, parse
@@ -45,18 +49,21 @@ class NicModel:
     """The device (see the module docstring); parameters as :class:`EspNic`'s."""
 
     def __init__(self, *, engines: int = 1, ports: int = 1, slots: int = 16,
-                 spi_entries: int = 64, spi_ways: int = 4, rules: int = 16, routes: int = 8):
-        self.engines, self.ports, self.slots = engines, ports, slots
-        self.spi = [SpiTableModel(entries=spi_entries, ways=spi_ways) for _ in range(ports)]
-        self.policy = [PolicyTableModel(rules=rules) for _ in range(ports)]
-        self.miss_to_host = [False] * ports
+                 spi_entries: int = 64, spi_ways: int = 4, rules: int = 16, routes: int = 8,
+                 nested: bool = False):
+        self.engines, self.ports, self.slots, self.nested = engines, ports, slots, nested
+        forwarders = ports + nested      # the local one last (input: egress port `ports`)
+        self.spi = [SpiTableModel(entries=spi_entries, ways=spi_ways) for _ in range(forwarders)]
+        # The local forwarder's policy table stays empty: everything but ESP is a miss.
+        self.policy = [PolicyTableModel(rules=rules) for _ in range(forwarders)]
+        self.miss_to_host = [False] * forwarders
         self.engine = [EspModel(slots=slots) for _ in range(engines)]
         self.configs: list[dict[int, SaConfig]] = [{} for _ in range(engines)]
         self._refused = [Counter() for _ in range(engines)]
-        self.routes = RouteTableModel(routes=routes, ports=ports)
-        self.port_counters = [Counter() for _ in range(ports)]
+        self.routes = RouteTableModel(routes=routes, ports=ports + nested)
+        self.port_counters = [Counter() for _ in range(forwarders)]
         self.egress_counters = Counter()
-        self.sent = [0] * ports
+        self.sent = [0] * (ports + nested)
 
     def install(self, engine: int, slot: int, config: SaConfig):
         self.engine[engine].install(slot, config)
@@ -104,6 +111,14 @@ class NicModel:
             self.egress_counters["no_route"] += 1
             return Outcome(flow=flow, reason="no_route")
         self.sent[port] += 1
+        if port == self.ports:
+            # Routed to the device itself: through the local forwarder (a nested SA's
+            # inner packet to the inner SA's engine). Every pass through an engine from
+            # here decapsulates (the local forwarder has no policy), so it ends.
+            if len(packet) > 16 * LOCAL_DEPTH:
+                self.egress_counters["local_oversize"] += 1
+                return Outcome(flow=flow, reason="local_oversize")
+            return self.process(self.ports, packet)
         return Outcome(flow=flow, port=port, packet=packet)
 
     def counters(self) -> dict:
@@ -116,4 +131,5 @@ class NicModel:
             "no_route": self.egress_counters["no_route"],
             "egress_malformed": self.egress_counters["egress_malformed"],
             "sent": list(self.sent),
+            **{name: self.egress_counters[name] for name in LOCAL_COUNTERS},
         }
