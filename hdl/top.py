@@ -41,7 +41,12 @@ front of it) is per unit: ``engine_host[k]`` for engine k's SA table,
 for the egress routes, each with its reply stream; ``fence_host[p]`` sends a
 fence (an engine and slot) through port p's forwarder, and
 ``engine_fenced[k]`` says when one has passed engine k: every packet port p
-classified before it has left that engine (or died there).
+classified before it has left that engine (or died there); the host must take
+these reports. ``pause[p]`` stops forwarder p's classifier taking packets,
+``idle[p]`` says all it has taken are decided. ``engine_hold[k]`` puts a slot
+of engine k on hold for a live migration into it: a decision for that slot
+waits at its port's hold gate (with the port's packets behind it) until the
+slot's state has been imported, so a hold never blocks an engine's queue.
 """
 
 from collections.abc import Sequence

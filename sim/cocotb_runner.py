@@ -59,7 +59,12 @@ VERILATOR_BUILD_ARGS = ("--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal
 # linker input file not found"). cocotb runs make itself, so the flag that
 # configure would have set goes in through MAKEFLAGS, where a variable
 # definition acts like one on make's command line.
-VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include"
+#
+# The C++ is compiled without optimization (OPT_*=-O0): a bench's speed is
+# cocotb's Python stepping every cycle, not the model's code, while gcc's -Os
+# on the C++ of a whole EspNic took minutes (the 1-engine device: about 4.7
+# minutes to build at -Os, about one at -O0, the simulation as fast).
+VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
 
 TIMESCALE = ("1ns", "1ps")
 
@@ -215,7 +220,8 @@ def _build(simulator: str, *, verilog: Path, name: str, build_dir: Path, waves: 
     # The executable loads cocotb's VPI library from where this cocotb is installed
     # and was compiled against this simulator: a build made by another environment
     # (another virtualenv, a CI checkout since deleted) is not reused.
-    stamp = {"format": 2, "simulator": simulator, "verilog": str(verilog), "waves": waves,
+    stamp = {"format": 2, "makeflags": VERILATOR_MAKEFLAGS, "simulator": simulator,
+             "verilog": str(verilog), "waves": waves,
              "build_args": list(build_args), "timescale": list(TIMESCALE),
              "cocotb_libs": str(Path(libs_dir).resolve()),
              "simulator_path": str(Path(shutil.which(simulator) or simulator).resolve())}
