@@ -234,7 +234,8 @@ class EspNic(wiring.Component):
             m.submodules.local_fifo = local = PacketFifo(layout=EGRESS_BEAT, depth=LOCAL_DEPTH)
             m.d.comb += [self.local_aborted.eq(local.dropped),
                          self.local_oversize.eq(local.oversize)]
-            inputs.append(self._without_abort(m, local.o))
+            # (a PacketFifo has passed whole packets only: no abort to carry on)
+            inputs.append(self._beats_as(m, local.o, packet_beat(_WIDTH)))
         for p, classifier in enumerate(self._classifiers):
             m.submodules[f"classifier{p}"] = classifier
             m.submodules[f"dispatcher{p}"] = dispatcher = Dispatcher(engines=engines,
@@ -298,7 +299,7 @@ class EspNic(wiring.Component):
                 wiring.connect(m, queue.meta, engine.meta)
             else:
                 self._split(m, feed, engine)
-            egress_sources.append(self._with_abort(m, engine.o, engine.o_abort))
+            egress_sources.append(self._beats_as(m, engine.o, EGRESS_BEAT, abort=engine.o_abort))
 
         m.d.sync += self.arm_refused.eq(self.arm_refused + sum(refused_arms))
 
@@ -307,7 +308,7 @@ class EspNic(wiring.Component):
             bypass = dispatcher.bypass
             if depth:
                 bypass = self._queued(m, f"bypass{p}_queue", bypass, depth)
-            egress_sources.append(self._with_abort(m, bypass, C(0)))
+            egress_sources.append(self._beats_as(m, bypass, EGRESS_BEAT, abort=C(0)))
         if len(dispatchers) > 1:
             m.submodules.exceptions = merger = PacketMerger(width=_WIDTH, count=len(dispatchers))
             for p, dispatcher in enumerate(dispatchers):
@@ -367,22 +368,14 @@ class EspNic(wiring.Component):
         return out
 
     @staticmethod
-    def _with_abort(m, source, abort):
-        """`source`'s beats as :data:`EGRESS_BEAT`, ``abort`` (valid with the last beat) added."""
-        out = stream.Signature(EGRESS_BEAT).create()
+    def _beats_as(m, source, layout, **extra):
+        """`source`'s packet beats as beats of `layout` (:data:`EGRESS_BEAT` or a plain
+        packet beat): the packet beat's fields copied, `extra` fields set (``abort``,
+        valid with the last beat), any other field of `source` left behind."""
+        out = stream.Signature(layout).create()
         for name in packet_beat(_WIDTH).members:
             m.d.comb += out.payload[name].eq(source.payload[name])
-        m.d.comb += [out.payload.abort.eq(abort), out.valid.eq(source.valid),
-                     source.ready.eq(out.ready)]
-        return out
-
-    @staticmethod
-    def _without_abort(m, source):
-        """`source`'s :data:`EGRESS_BEAT` s as packet beats (``abort`` dropped: a
-        :class:`PacketFifo` has passed whole packets only)."""
-        out = stream.Signature(packet_beat(_WIDTH)).create()
-        for name in packet_beat(_WIDTH).members:
-            m.d.comb += out.payload[name].eq(source.payload[name])
+        m.d.comb += [out.payload[name].eq(value) for name, value in extra.items()]
         m.d.comb += [out.valid.eq(source.valid), source.ready.eq(out.ready)]
         return out
 

@@ -184,15 +184,22 @@ async def _host_op(ctx, dut, op: tuple, what: str = "host"):
         assert _host_ok(answer), f"{what} {name}: {payload}"
 
 
-def _where(migrations) -> dict:
-    """Where each SA moved by `migrations` ends up: ``{(engine, slot) of the setup:
-    (engine, slot)}``."""
+def _counter_reads(setup: NicSetup, migrations) -> list:
+    """One READ_COUNTERS per SA of `setup`, at the engine and slot where the last of
+    `migrations` that moved it put it: ``[((engine, slot) of the setup, host op)]``,
+    the ops as :meth:`NicSetup.host_ops` gives them."""
     where = {}
     for migration in migrations:
         origin = next((o for o, now in where.items() if now == migration.source),
                       migration.source)
         where[origin] = migration.dest
-    return where
+    reads = []
+    for engine, slot, _config in setup.sas:
+        at_engine, at_slot = where.get((engine, slot), (engine, slot))
+        reads.append(((engine, slot), ("engine_host", at_engine,
+                                       {"op": HostOp.READ_COUNTERS, "slot": at_slot},
+                                       "engine_reply")))
+    return reads
 
 
 def _numbers(item: dict) -> dict:
@@ -251,7 +258,6 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
                              timeout=_TIMEOUT)
 
     moved = []                      # (engine, slot) of each move reported, in order
-    where = _where(migrations)
 
     async def migrate(ctx):
         for number, migration in enumerate(migrations):
@@ -323,13 +329,10 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
             done = len(sent) == setup.ports + 1 and len(moved) == len(migrations) and \
                 all(len([b for b in received[p] if b.last]) == want[p] for p in want)
             quiet = quiet + 1 if done and not busy and not moving else 0
-        for engine, slot, _config in setup.sas:
-            at_engine, at_slot = where.get((engine, slot), (engine, slot))
-            await stream_put(ctx, dut.engine_host[at_engine],
-                             {"op": HostOp.READ_COUNTERS, "slot": at_slot}, timeout=_TIMEOUT)
-            answer = await stream_get(ctx, dut.engine_reply[at_engine], timeout=_TIMEOUT)
-            sa_counters[engine, slot] = {name: getattr(answer.counters, name)
-                                         for name, _ in SA_COUNTERS}
+        for sa, (stream_name, index, payload, reply) in _counter_reads(setup, migrations):
+            await stream_put(ctx, _unit(dut, stream_name, index), payload, timeout=_TIMEOUT)
+            answer = await stream_get(ctx, _unit(dut, reply, index), timeout=_TIMEOUT)
+            sa_counters[sa] = {name: getattr(answer.counters, name) for name, _ in SA_COUNTERS}
         for name in (*PORT_COUNTERS, *ENGINE_COUNTERS, "sent"):
             counters[name] = [ctx.get(signal) for signal in getattr(dut, name)]
         for name in ("no_route", "egress_malformed", "misrouted", "arm_refused",
@@ -463,11 +466,8 @@ def run_nic_cocotb(setup: NicSetup, traffic, *, profile="compact", stall=0.0, ga
                 for name, index, payload, reply in ops]
 
     host_ops = packed(setup.host_ops(model))
-    where = _where(migrations)
-    reads = packed(("engine_host", where.get((engine, slot), (engine, slot))[0],
-                    {"op": HostOp.READ_COUNTERS, "slot": where.get((engine, slot), (engine, slot))[1]},
-                    "engine_reply")
-                   for engine, slot, _config in setup.sas)
+    counter_reads = _counter_reads(setup, migrations)
+    reads = packed(op for _sa, op in counter_reads)
     moves = [{"after": move.after, "ops": packed(move.host_ops(setup.forwarders))}
              for move in migrations]
     job = {
@@ -498,19 +498,21 @@ def run_nic_cocotb(setup: NicSetup, traffic, *, profile="compact", stall=0.0, ga
     moved = [(engine, layouts["engine_migrated"].from_bits(value).slot)
              for _cycle, engine, value in result["moved"]]
     assert moved == [tuple(move.dest) for move in migrations], f"moves reported: {moved}"
-    for op in host_ops + [op for move in moves for op in move["ops"]] + packed(storm):
-        if op["reply"] is not None:
-            path = f"{op['reply']}__{op['index']}" if op["index"] is not None else op["reply"]
-            layout = layouts[op["reply"]]
-            for reply in result["replies"][path]:
-                assert _host_ok(layout.from_bits(reply)), f"{path}: refused"
+    # Every reply of every table written to says done (each stream checked once).
+    answered = {(op["reply"], op["index"]) for op in
+                host_ops + [op for move in moves for op in move["ops"]] + packed(storm)
+                if op["reply"] is not None}
+    for reply, index in answered:
+        path = f"{reply}__{index}" if index is not None else reply
+        for answer in result["replies"][path]:
+            assert _host_ok(layouts[reply].from_bits(answer)), f"{path}: refused"
     reply_layout = layouts["engine_reply"]
     sa_counters = {}
     answers = {engine: iter(result["replies"][f"engine_reply__{engine}"])
                for engine in range(setup.engines)}
-    for engine, slot, _config in setup.sas:     # the reads, in order per engine
-        answer = reply_layout.from_bits(next(answers[where.get((engine, slot), (engine, slot))[0]]))
-        sa_counters[engine, slot] = {name: int(answer.counters[name]) for name, _ in SA_COUNTERS}
+    for sa, (_name, engine, _payload, _reply) in counter_reads:   # in order per engine
+        answer = reply_layout.from_bits(next(answers[engine]))
+        sa_counters[sa] = {name: int(answer.counters[name]) for name, _ in SA_COUNTERS}
     outputs, aborted = {}, 0
     for port, packets in enumerate(result["outputs"]):
         outputs[port] = [bytes.fromhex(p["data"]) for p in packets if not p["aborted"]]

@@ -4,6 +4,7 @@ them, and a random mix of the packets a device sees (protected, ESP for our SAs,
 bypass, discard, unknown SPIs, no policy, no route, malformed, replays and
 forgeries). Shared by the Amaranth-simulator and Verilator tests of ``EspNic``."""
 
+import dataclasses
 import ipaddress
 import random
 
@@ -86,30 +87,26 @@ class NicScenario:
                         5, PolicyAction.PROTECT, dst=f"10.{engine}.0.0", dst_len=16,
                         engine=engine, slot=slot)))
                 else:
-                    def peer():
-                        model = EspModel(slots=1)
-                        model.install(0, SaConfig(spi=spi, direction="out", mode="tunnel",
-                                                  key=key, salt="a1b2c3d4", src=PEER, dst=OUR))
-                        return model
-                    self.peers[engine, slot] = peer()
-                    # The SPI table's key, from a packet of the SA (sealed by a throwaway peer).
-                    probe = self._sealed(engine, b"\x00", peer())
-                    setup.spi_entries.append((port, spi_key(parse(probe)), engine, slot))
+                    self._inbound_entry(port, engine, slot, config)
         if nested:
-            engine, slot, spi = engines - 1, self.INNER_SLOT, 0x2000
-            setup.sas.append((engine, slot, SaConfig(spi=spi, direction="in", mode="tunnel",
-                                                     key=KEY, salt="0badcafe", src=PEER,
-                                                     dst=OUR)))
-
-            def inner_peer():
-                model = EspModel(slots=1)
-                model.install(0, SaConfig(spi=spi, direction="out", mode="tunnel", key=KEY,
-                                          salt="0badcafe", src=PEER, dst=OUR))
-                return model
-            self.inner_peer = inner_peer()
-            probe = self._sealed(engine, b"\x00", inner_peer())
-            setup.spi_entries.append((ports, spi_key(parse(probe)), engine, slot))
+            engine, slot = engines - 1, self.INNER_SLOT
+            config = SaConfig(spi=0x2000, direction="in", mode="tunnel", key=KEY,
+                              salt="0badcafe", src=PEER, dst=OUR)
+            setup.sas.append((engine, slot, config))
+            self._inbound_entry(ports, engine, slot, config)   # the local forwarder's
             setup.route_writes.append(route_write(3, OUR, 32, ports))
+
+    def _inbound_entry(self, port, engine, slot, config):
+        """A peer sealing inbound SA `config`'s traffic (in :attr:`peers`), and the SA's
+        entry in forwarder `port`'s SPI table."""
+        def peer():
+            model = EspModel(slots=1)
+            model.install(0, dataclasses.replace(config, direction="out"))
+            return model
+        self.peers[engine, slot] = peer()
+        # The SPI table's key, from a packet of the SA (sealed by a throwaway peer).
+        probe = self._sealed(engine, b"\x00", peer())
+        self.setup.spi_entries.append((port, spi_key(parse(probe)), engine, slot))
 
     @staticmethod
     def _sealed(engine, payload, peer):
@@ -137,7 +134,8 @@ class NicScenario:
         elif kind == "nested_plain":
             inner = bytes(IP(src=PEER, dst=OUR) / UDP(sport=7, dport=9) / Raw(payload))
         else:
-            inner = self._sealed(inner_engine, payload, self.inner_peer)
+            inner = self._sealed(inner_engine, payload,
+                                 self.peers[inner_engine, self.INNER_SLOT])
             if kind == "nested_forged":
                 inner = inner[:-1] + bytes([inner[-1] ^ 0x01])
         output, reason = self.peers[0, 1].process(0, inner)

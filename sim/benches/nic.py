@@ -19,6 +19,7 @@ import bisect
 import json
 import os
 import random
+from itertools import accumulate
 from pathlib import Path
 
 import cocotb
@@ -52,6 +53,21 @@ class _Levels:
 
     def sample(self, cycle):
         pass
+
+
+class _Ends:
+    """The packets a sink has taken, its last beats counted as they come (summing
+    every beat received, every cycle, grew with the run)."""
+
+    def __init__(self, sink, last_offset):
+        self._sink, self._offset = sink, last_offset
+        self._seen = self._count = 0
+
+    def __call__(self) -> int:
+        received = self._sink.received
+        self._count += sum(value >> self._offset & 1 for value in received[self._seen:])
+        self._seen = len(received)
+        return self._count
 
 
 class _HostWriter:
@@ -153,15 +169,14 @@ async def run_job(dut):
     writer.push(job["host_ops"])
     phase, waited = "host", 0
     settle = job["settle_cycles"]
+    packet_beats = [[beats_from_bytes(bytes.fromhex(packet), 16) for packet in port]
+                    for port in job["packets"]]
     # Where each port's packets start (beat numbers): packets taken = starts passed.
-    starts = []
-    for port in job["packets"]:
-        lengths = [len(packet) // 2 for packet in port]
-        starts.append([sum((n + 15) // 16 for n in lengths[:k]) for k in range(len(lengths))])
+    starts = [list(accumulate((len(beats) for beats in port), initial=0))[:-1]
+              for port in packet_beats]
     next_move, storm_at, cycle, stormed = 0, 0, 0, None
-
-    def delivered(sink):
-        return sum(value >> last & 1 for value in sink.received)
+    delivered = [_Ends(sink, last) for sink in outputs]
+    exception_ends = _Ends(exceptions, BEAT["last"].offset)
 
     def taken():
         return sum(bisect.bisect_left(s, len(source.cycles)) for s, source in zip(starts, inputs))
@@ -175,15 +190,15 @@ async def run_job(dut):
         busy = writer.step()
         if cycle % 20_000 == 0:       # a long run shows where it is
             dut._log.info(f"cycle {cycle}: {phase}, packets in {taken()}, out "
-                          f"{[delivered(sink) for sink in outputs]} of {job['expected']}, "
+                          f"{[ends() for ends in delivered]} of {job['expected']}, "
                           f"moves {moved()}/{len(moves)}, storm left {len(storm)}, "
                           f"host writer at {writer.at()}")
         if phase == "host":
             if busy:
                 return False
             for port, source in enumerate(inputs):
-                source.extend([BEAT.const(beat).as_bits() for packet in job["packets"][port]
-                               for beat in beats_from_bytes(bytes.fromhex(packet), 16)])
+                source.extend([BEAT.const(beat).as_bits() for beats in packet_beats[port]
+                               for beat in beats])
             phase, storm_at = "traffic", cycle
         elif phase == "traffic":
             if next_move < len(moves) and not busy and moved() == next_move and \
@@ -194,13 +209,11 @@ async def run_job(dut):
                 writer.push([storm.pop(0)])
                 storm_at = cycle
             if job["storm"] and not storm and not busy and stormed is None:
-                stormed = not all(delivered(sink) >= want
-                                  for sink, want in zip(outputs, job["expected"]))
+                stormed = not all(ends() >= want for ends, want in zip(delivered, job["expected"]))
             done = all(source.idle for source in inputs) and not busy and not storm and \
                 next_move == len(moves) and moved() == len(moves) and \
-                all(delivered(sink) >= want for sink, want in zip(outputs, job["expected"])) and \
-                sum(value >> BEAT["last"].offset & 1 for value in exceptions.received) >= \
-                job["expected_exceptions"]
+                all(ends() >= want for ends, want in zip(delivered, job["expected"])) and \
+                exception_ends() >= job["expected_exceptions"]
             if done:
                 phase, waited = "settle", 0
         elif phase == "settle":
