@@ -67,17 +67,21 @@ def test_sbox_fips_values():
     assert sorted(SBOX) == list(range(256))
 
 
+@pytest.mark.parametrize("latency", [1, 2])
 @pytest.mark.parametrize("sbox,ports", [("rom", 1), ("rom", 2), ("logic", 1)])
-def test_sub_bytes_latency_and_hold(sbox, ports):
-    dut = SubBytes(4, sbox=sbox, ports=ports)
+def test_sub_bytes_latency_and_hold(sbox, ports, latency):
+    dut = SubBytes(4, sbox=sbox, ports=ports, latency=latency)
     sub_word = lambda word: int.from_bytes(bytes(SBOX[b] for b in word.to_bytes(4, "little")),
                                            "little")
+    words = (0x00010253, 0xff9a1000, 0x12345678)
 
     async def testbench(ctx):
-        for word in (0x00010253, 0xff9a1000, 0x12345678):
+        # A new address every cycle: `data` follows it exactly `latency` cycles later.
+        for n, word in enumerate(words + (0x12345678,) * (latency - 1)):
             ctx.set(dut.addr, word)
             await ctx.tick()
-            assert ctx.get(dut.data) == sub_word(word)
+            if n + 1 >= latency:
+                assert ctx.get(dut.data) == sub_word(words[n + 1 - latency])
         ctx.set(dut.en, 0)
         ctx.set(dut.addr, 0)
         await ctx.tick().repeat(2)
@@ -172,19 +176,22 @@ def run_pipeline(dut, schedule):
     return outputs
 
 
+@pytest.mark.parametrize("sbox_latency", [1, 2])
 @pytest.mark.parametrize("sbox", ["rom", "logic"])
-def test_pipeline_fips(sbox):
-    dut = AesPipeline(sbox=sbox)
+def test_pipeline_fips(sbox, sbox_latency):
+    dut = AesPipeline(sbox=sbox, sbox_latency=sbox_latency)
+    assert dut.latency == 14 * sbox_latency + 1
     requests = fips_requests()
     outputs = run_pipeline(dut, [fields for fields, _ in requests])
     assert [as_bytes(r.block) for r in outputs[dut.latency:dut.latency + 2]] == \
         [ct for _, ct in requests]
 
 
+@pytest.mark.parametrize("sbox_latency", [1, 2])
 @pytest.mark.parametrize("sbox", ["rom", "logic"])
-def test_pipeline_random_stream(sbox):
+def test_pipeline_random_stream(sbox, sbox_latency):
     rng = random.Random(3)
-    dut = AesPipeline(sideband=SIDEBAND, sbox=sbox)
+    dut = AesPipeline(sideband=SIDEBAND, sbox=sbox, sbox_latency=sbox_latency)
     schedule, expected = [], []
     for n, (fields, ct) in enumerate(random_requests(rng, 30)):
         if rng.random() < 0.2:
@@ -213,6 +220,8 @@ def test_pipeline_int_sideband():
 @pytest.mark.parametrize("make,name", [
     (lambda: AesIterative(sbox="bram"), "sbox"),
     (lambda: AesPipeline(sbox=None), "sbox"),
+    (lambda: AesPipeline(sbox_latency=3), "sbox_latency"),
+    (lambda: SubBytes(16, latency=0), "latency"),
     (lambda: AesPipeline(sideband=-1), "sideband"),
     (lambda: AesPipeline(sideband="tag"), "sideband"),
     (lambda: SboxRom(ports=3), "ports"),

@@ -182,13 +182,15 @@ def test_serial_bad_digit(digit):
 SIDEBAND_TAG = data.StructLayout({"accumulator": 3, "last": 1})
 
 
-@pytest.mark.parametrize("stages,sideband", [
-    (1, 0), (2, 7), (4, SIDEBAND_TAG), (4, 0), (8, 1),
+@pytest.mark.parametrize("stages,sideband,input_register", [
+    (1, 0, False), (2, 7, False), (4, SIDEBAND_TAG, False), (4, 0, False), (8, 1, False),
+    (1, 0, True), (2, SIDEBAND_TAG, True),
 ])
-def test_pipeline_back_to_back(stages, sideband):
+def test_pipeline_back_to_back(stages, sideband, input_register):
     rng = random.Random(stages)
-    dut = GfMulPipeline(stages=stages, sideband=sideband)
-    assert dut.latency == stages
+    dut = GfMulPipeline(stages=stages, sideband=sideband, input_register=input_register)
+    assert dut.latency == stages + input_register
+    latency = dut.latency
     width = Value.cast(dut.i.payload.sideband).shape().width
     pairs = operand_pairs(rng, 20)
     # Valid every cycle, except a few bubbles to check valid travels with its data.
@@ -196,7 +198,7 @@ def test_pipeline_back_to_back(stages, sideband):
     outputs = []
 
     async def testbench(ctx):
-        for cycle in range(len(inputs) + stages):
+        for cycle in range(len(inputs) + latency):
             valid, a, b, tag = inputs[cycle] if cycle < len(inputs) else (0, ONE, ONE, 0)
             ctx.set(dut.i.valid, valid)
             ctx.set(dut.i.payload.a, packed(a))
@@ -207,8 +209,8 @@ def test_pipeline_back_to_back(stages, sideband):
             await ctx.tick()
 
     run_sim(dut, testbench)
-    assert [valid for valid, _, _ in outputs[:stages]] == [0] * stages
-    for (valid, a, b, tag), (o_valid, o_p, o_tag) in zip(inputs, outputs[stages:]):
+    assert [valid for valid, _, _ in outputs[:latency]] == [0] * latency
+    for (valid, a, b, tag), (o_valid, o_p, o_tag) in zip(inputs, outputs[latency:]):
         assert o_valid == valid
         if valid:
             assert (o_p, o_tag) == (packed(gf_mul_ref(a, b)), tag)
@@ -216,7 +218,7 @@ def test_pipeline_back_to_back(stages, sideband):
 
 @pytest.mark.parametrize("kwargs", [
     {"stages": 3}, {"stages": 0}, {"stages": 16}, {"stages": 4.0}, {"stages": True},
-    {"sideband": -1}, {"sideband": "8"}, {"sideband": 2.0},
+    {"sideband": -1}, {"sideband": "8"}, {"sideband": 2.0}, {"input_register": 1},
 ])
 def test_pipeline_bad_parameters(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):

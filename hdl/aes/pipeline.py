@@ -19,20 +19,26 @@ class AesPipeline(wiring.Component):
     sideband travel with the block, so every block may use a different key.
 
     14 round stages, each a registered S-box lookup (16 data + 4 key S-boxes)
-    followed by the round's logic, then an output register.
-    AES-128 blocks finish in stage 10 and a copy of the ciphertext is carried past
-    the remaining stages, so both key sizes take the same time.
+    followed by the round's logic, then an output register. With
+    ``sbox_latency=2`` the S-box data is registered once more (the block RAM's
+    output register), so a round takes two cycles and its logic starts from a
+    flip-flop: the path per cycle is ShiftRows, MixColumns and AddRoundKey (with
+    the key step beside it) into the next S-box address, nothing else.
+    AES-128 blocks finish in round 10 and a copy of the ciphertext is carried past
+    the remaining rounds, so both key sizes take the same time.
 
-    Latency: ``o.valid`` is ``i.valid`` delayed by exactly :attr:`latency` (15) cycles.
+    Latency: ``o.valid`` is ``i.valid`` delayed by exactly :attr:`latency` cycles:
+    ``14 * sbox_latency + 1`` (15 or 29).
     Throughput: one block per cycle; no back-pressure (both streams are always ready).
     With ``sbox="rom"`` each 256x8 ROM serves two lookups (ECP5 DP16KD: 140 of them).
     """
 
-    latency = ROUNDS_256 + 1
-
-    def __init__(self, *, sideband=0, sbox="rom"):
+    def __init__(self, *, sideband=0, sbox="rom", sbox_latency=1):
         check_sbox(sbox)
-        self._sbox = sbox
+        if type(sbox_latency) is not int or sbox_latency not in (1, 2):
+            raise ValueError(f"sbox_latency must be 1 or 2, not {sbox_latency!r}")
+        self._sbox, self._sbox_latency = sbox, sbox_latency
+        self.latency = ROUNDS_256 * sbox_latency + 1
         request, response = AES_PIPE_REQUEST(sideband), AES_PIPE_RESPONSE(sideband)
         self._sideband = "sideband" in request.members
         super().__init__({
@@ -45,10 +51,13 @@ class AesPipeline(wiring.Component):
         request = self.i.payload
 
         def stage(value, name):
-            # Pipeline registers carry no reset (no reset fanout); only `valid` does.
-            register = Signal.like(value, name=name, reset_less=True)
-            m.d.sync += register.eq(value)
-            return register
+            # As many registers as the round's S-box lookup takes. Pipeline
+            # registers carry no reset (no reset fanout); only `valid` does.
+            for n in range(self._sbox_latency):
+                register = Signal.like(value, name=f"{name}_{n}", reset_less=True)
+                m.d.sync += register.eq(value)
+                value = register
+            return value
 
         valid   = self.i.valid
         key_256 = request.key_256
@@ -57,17 +66,18 @@ class AesPipeline(wiring.Component):
         key_lo, key_hi, sub_addr = key_load(request.key)
 
         for rnd in range(1, ROUNDS_256 + 1):
-            sub_bytes = SubBytes(16, sbox=self._sbox, ports=2)
+            sub_bytes = SubBytes(16, sbox=self._sbox, ports=2, latency=self._sbox_latency)
             m.submodules[f"sub_bytes{rnd}"] = sub_bytes
             m.d.comb += sub_bytes.addr.eq(state)
 
-            valid_reg = Signal(name=f"valid{rnd}")
-            m.d.sync += valid_reg.eq(valid)
-            valid = valid_reg
+            for n in range(self._sbox_latency):
+                valid_reg = Signal(name=f"valid{rnd}_{n}")
+                m.d.sync += valid_reg.eq(valid)
+                valid = valid_reg
             key_256 = stage(key_256, f"key_256_{rnd}")
             if sideband is not None:
                 sideband = stage(sideband, f"sideband{rnd}")
-            sub_word = SubBytes(4, sbox=self._sbox, ports=2)
+            sub_word = SubBytes(4, sbox=self._sbox, ports=2, latency=self._sbox_latency)
             m.submodules[f"sub_word{rnd}"] = sub_word
             m.d.comb += sub_word.addr.eq(sub_addr)
             key_lo = stage(key_lo, f"key_lo{rnd}")

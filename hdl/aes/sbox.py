@@ -1,12 +1,16 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """The AES S-box (FIPS-197 section 5.1.1) as a table and as registered lookups.
 
-Both mappings have the same one-cycle latency, so a core's timing never depends
-on which one it uses:
+Both mappings have the same latency, so a core's timing never depends on which
+one it uses:
 
 * ``"rom"``: a 256x8 :class:`~amaranth.lib.memory.Memory` with synchronous read
   ports, mapped to block RAM (iCE40 SB_RAM40_4K, ECP5 DP16KD);
 * ``"logic"``: a LUT lookup followed by a register.
+
+``latency=2`` registers the data once more. On a block RAM that is its output
+register (ECP5 DP16KD): without it the RAM's clock-to-output delay, several
+nanoseconds, starts every path through the table.
 
 The ``rom_style`` attribute tells yosys which one is meant: left to itself it
 maps a 256x8 ROM to LUTs on ECP5 and to block RAM on iCE40, whichever way the
@@ -60,10 +64,26 @@ def _check_ports(ports):
         raise ValueError(f"ports must be 1 or 2, not {ports!r}")
 
 
+def _check_latency(latency):
+    if type(latency) is not int or latency not in (1, 2):
+        raise ValueError(f"latency must be 1 or 2, not {latency!r}")
+
+
+def _output_register(m, data, en, latency):
+    """`data`, registered again while `en` when `latency` is 2."""
+    if latency == 1:
+        return data
+    register = Signal.like(data, reset_less=True)
+    with m.If(en):
+        m.d.sync += register.eq(data)
+    return register
+
+
 class _Sbox(wiring.Component):
-    def __init__(self, *, ports=1):
+    def __init__(self, *, ports=1, latency=1):
         _check_ports(ports)
-        self._ports = ports
+        _check_latency(latency)
+        self._ports, self._latency = ports, latency
         super().__init__({
             "addr": In(8).array(ports),
             "data": Out(8).array(ports),
@@ -74,8 +94,8 @@ class _Sbox(wiring.Component):
 class SboxRom(_Sbox):
     """S-box in one 256x8 block RAM, `ports` independent lookups.
 
-    ``data[p]`` is ``SBOX[addr[p]]`` one cycle after ``addr[p]``; it holds while
-    ``en`` is low. On iCE40 only one read port per SB_RAM40_4K maps, so use
+    ``data[p]`` is ``SBOX[addr[p]]`` `latency` cycles after ``addr[p]``; it holds
+    while ``en`` is low. On iCE40 only one read port per SB_RAM40_4K maps, so use
     ``ports=1`` there; ECP5 DP16KD serves two.
     """
 
@@ -88,7 +108,7 @@ class SboxRom(_Sbox):
             m.d.comb += [
                 port.addr.eq(self.addr[p]),
                 port.en.eq(self.en),
-                self.data[p].eq(port.data),
+                self.data[p].eq(_output_register(m, port.data, self.en, self._latency)),
             ]
         return m
 
@@ -108,25 +128,26 @@ class SboxLogic(_Sbox):
                 m.d.sync += data.eq(lookup.data)
             m.d.comb += [
                 lookup.addr.eq(self.addr[p]),
-                self.data[p].eq(data),
+                self.data[p].eq(_output_register(m, data, self.en, self._latency)),
             ]
         return m
 
 
 class SubBytes(wiring.Component):
-    """S-box on every byte of ``addr``: ``data`` one cycle later, held while ``en`` is low.
+    """S-box on every byte of ``addr``: ``data`` `latency` cycles later, held while ``en`` is low.
 
     ``width`` bytes take ``width / ports`` :class:`SboxRom` (``sbox="rom"``) or
     ``width`` :class:`SboxLogic` (``sbox="logic"``). One lookup per byte per cycle.
     """
 
-    def __init__(self, width, *, sbox="rom", ports=1):
+    def __init__(self, width, *, sbox="rom", ports=1, latency=1):
         check_sbox(sbox)
         _check_ports(ports)
+        _check_latency(latency)
         if type(width) is not int or width <= 0 or width % ports:
             raise ValueError(f"width must be a positive multiple of ports ({ports}), "
                              f"not {width!r}")
-        self._width, self._sbox, self._ports = width, sbox, ports
+        self._width, self._sbox, self._ports, self._latency = width, sbox, ports, latency
         super().__init__({
             "addr": In(8 * width),
             "data": Out(8 * width),
@@ -137,7 +158,8 @@ class SubBytes(wiring.Component):
         m = Module()
         ports = self._ports if self._sbox == "rom" else 1
         for n in range(self._width // ports):
-            sbox = SboxRom(ports=ports) if self._sbox == "rom" else SboxLogic()
+            sbox = (SboxRom(ports=ports, latency=self._latency) if self._sbox == "rom"
+                    else SboxLogic(latency=self._latency))
             m.submodules[f"sbox{n}"] = sbox
             m.d.comb += sbox.en.eq(self.en)
             for p in range(ports):

@@ -9,7 +9,7 @@ profile   AES unit                              GHASH multiplier
 compact   `AesIterative`: one round per cycle   `GfMulSerial`: one digit per cycle,
           (10 cycles/block AES-128, 14 AES-256) one lane
 fast      `AesPipeline`: one block per cycle    `GfMulPipeline`: one product per cycle,
-                                                ``stages`` interleaved lanes
+                                                one interleaved lane per cycle of its latency
 ========= ===================================== ==========================================
 
 Data flow::
@@ -161,8 +161,8 @@ def _aes_unit(profile: GcmProfile, sideband):
     multiplexer and its register) than the ten cycles are worth there.
     """
     pipelined = profile.aes == "pipeline"
-    core = (AesPipeline(sideband=sideband, sbox=profile.sbox) if pipelined
-            else AesIterative(sbox=profile.sbox))
+    core = (AesPipeline(sideband=sideband, sbox=profile.sbox, sbox_latency=profile.sbox_latency)
+            if pipelined else AesIterative(sbox=profile.sbox))
     return _SidebandUnit(core, operands={"block": 128, "key": 256, "key_256": 1},
                          result="block", sideband=sideband, pipelined=pipelined)
 
@@ -170,7 +170,8 @@ def _aes_unit(profile: GcmProfile, sideband):
 def _mul_unit(profile: GcmProfile, sideband):
     """GF(2^128) multiplier with a sideband, for either profile."""
     pipelined = profile.ghash == "pipeline"
-    core = (GfMulPipeline(stages=profile.ghash_stages, sideband=sideband) if pipelined
+    core = (GfMulPipeline(stages=profile.ghash_stages, sideband=sideband,
+                          input_register=profile.ghash_input_register) if pipelined
             else GfMulSerial(digit=profile.ghash_digit))
     return _SidebandUnit(core, operands={"a": 128, "b": 128}, result="p", sideband=sideband,
                          pipelined=pipelined)

@@ -165,19 +165,23 @@ class GfMulPipeline(wiring.Component):
     per-stage reduction keeps every stage alike: per output bit, at most
     ~5·(128/stages) AND terms in a balanced XOR tree.
 
-    Latency: `latency` = `stages` cycles; `o.valid` is `i.valid` delayed by as much.
-    Throughput: one product per cycle, no back-pressure. `sideband` (a width or a
-    `data.Layout`) travels unchanged with its product. The first stage's logic is fed
-    straight from `i`.
+    Latency: `latency` = `stages` cycles, one more with `input_register`; `o.valid`
+    is `i.valid` delayed by as much. Throughput: one product per cycle, no
+    back-pressure. `sideband` (a width or a `data.Layout`) travels unchanged with its
+    product. Without `input_register` the first stage's logic is fed straight from
+    `i`, so whatever computes the operands shares its cycle with a Horner step.
     """
 
-    def __init__(self, *, stages: int = 4, sideband=0):
+    def __init__(self, *, stages: int = 4, sideband=0, input_register: bool = False):
         _check_int("stages", stages, (1, 2, 4, 8), "1, 2, 4 or 8")
+        if type(input_register) is not bool:
+            raise ValueError(f"input_register must be True or False, not {input_register!r}")
         if not (isinstance(sideband, data.Layout) or
                 (type(sideband) is int and sideband >= 0)):
             raise ValueError(f"sideband must be a width (int >= 0) or a data.Layout, "
                              f"not {sideband!r}")
-        self.stages = self.latency = stages
+        self.stages, self._input_register = stages, input_register
+        self.latency = stages + input_register
         super().__init__({
             "i": In(stream.Signature(
                 data.StructLayout({"a": 128, "b": 128, "sideband": sideband}),
@@ -198,8 +202,16 @@ class GfMulPipeline(wiring.Component):
 
         valid = self.i.valid
         sideband = Value.cast(self.i.payload.sideband)
-        a, b = Signal(128), Signal(128)
-        m.d.comb += [a.eq(block_to_poly(self.i.payload.a)), b.eq(block_to_poly(self.i.payload.b))]
+        a, b = block_to_poly(self.i.payload.a), block_to_poly(self.i.payload.b)
+        if self._input_register:
+            a, b = (stage_register(a, "a_in", reset_less=True),
+                    stage_register(b, "b_in", reset_less=True))
+            sideband = stage_register(sideband, "sideband_in", reset_less=True)
+            valid = stage_register(valid, "valid_in")
+        else:
+            a_comb, b_comb = Signal(128), Signal(128)
+            m.d.comb += [a_comb.eq(a), b_comb.eq(b)]
+            a, b = a_comb, b_comb
         z = C(0, 128)
         for s in range(self.stages):
             z = stage_register(horner_step(m, z, b, a[-d:]), f"z_{s}", reset_less=True)

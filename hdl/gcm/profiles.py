@@ -20,14 +20,19 @@ class GcmProfile:
     aes: str               # "iterative" (a round per cycle) | "pipeline" (a block per cycle)
     ghash: str             # "serial" (a digit per cycle) | "pipeline" (a product per cycle)
     sbox: str = "rom"      # "rom": block RAM; "logic": LUTs. Same timing either way.
+    sbox_latency: int = 1  # AES pipeline: 2 registers the S-box output (2 cycles a round)
     ghash_digit: int = 8   # serial multiplier: bits of the operand per cycle
-    ghash_stages: int = 2  # pipelined multiplier: stages = GHASH lanes
+    ghash_stages: int = 2  # pipelined multiplier: stages (+ input register = GHASH lanes)
+    ghash_input_register: bool = False  # pipelined multiplier: register its operands
     out_depth: int = 0     # output FIFO blocks; 0: none, the AES unit waits for the consumer
     result_depth: int = 1  # result FIFO; bounds the messages in flight
 
     @property
     def lanes(self) -> int:
-        return self.ghash_stages if self.ghash == "pipeline" else 1
+        # One lane per cycle of the multiplier's latency (see GcmCore).
+        if self.ghash != "pipeline":
+            return 1
+        return self.ghash_stages + self.ghash_input_register
 
 
 PROFILES = {
@@ -37,12 +42,17 @@ PROFILES = {
     # block until the consumer takes it) and a one-entry result FIFO: a block
     # takes 10+ cycles here, so deeper ones would only cost flip-flops.
     "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=8),
-    # ECP5: one block per cycle. The output FIFO covers the AES pipeline's latency
-    # plus the credit loop, so a consumer that is always ready sees no bubbles.
-    # Short messages: a message is in flight for ~25 cycles and can start every
-    # 5 + blocks cycles, so 8 results in flight keep 64-byte messages back to back.
+    # ECP5: one block per cycle at 100 MHz. Every S-box read has its block RAM's
+    # output register and the multiplier its input register, so neither the RAM's
+    # clock-to-output delay nor the GHASH input multiplexers share a cycle with
+    # round or Horner logic; that costs 14 cycles of AES latency and a third
+    # GHASH lane. The output FIFO covers the AES pipeline's latency (29) plus
+    # the credit loop, so a consumer that is always ready sees no bubbles.
+    # Short messages: a message is in flight for ~40 cycles and can start every
+    # 9 + blocks cycles, so 8 results in flight keep 64-byte messages back to back.
     "fast": GcmProfile("fast", aes="pipeline", ghash="pipeline", ghash_stages=2,
-                       out_depth=32, result_depth=8),
+                       sbox_latency=2, ghash_input_register=True,
+                       out_depth=48, result_depth=8),
 }
 
 
@@ -66,6 +76,17 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
         raise ValueError(f"ghash_digit must be one of {GHASH_DIGITS}, not {profile.ghash_digit!r}")
     if profile.ghash_stages not in GHASH_STAGES:
         raise ValueError(f"ghash_stages must be one of {GHASH_STAGES}, not {profile.ghash_stages!r}")
+    # The iterative unit's round loop and the serial multiplier have no such registers.
+    if (type(profile.sbox_latency) is not int
+            or profile.sbox_latency not in ((1, 2) if profile.aes == "pipeline" else (1,))):
+        raise ValueError(f"sbox_latency must be 1{' or 2' if profile.aes == 'pipeline' else ''} "
+                         f"with the {profile.aes} AES unit, not {profile.sbox_latency!r}")
+    if (type(profile.ghash_input_register) is not bool
+            or profile.ghash_input_register and profile.ghash != "pipeline"):
+        raise ValueError(f"ghash_input_register must be "
+                         f"{'True or False' if profile.ghash == 'pipeline' else 'False'} "
+                         f"with the {profile.ghash} multiplier, "
+                         f"not {profile.ghash_input_register!r}")
     # The pipelined AES unit cannot wait, so its blocks need a place reserved
     # in a FIFO; every profile needs one for results (see GcmCore).
     for name, least in (("out_depth", 1 if profile.aes == "pipeline" else 0),
