@@ -126,12 +126,13 @@ async def stream_get_packets(ctx, stream, packets: int, *, rng: random.Random | 
     time (``stall_prob``). ``timeout`` is per beat."""
     _check_prob("stall_prob", stall_prob)
     rng = _rng(rng)
-    beats = []
-    while sum(beat.last for beat in beats) < packets:
+    beats, ended = [], 0
+    while ended < packets:
         ctx.set(stream.ready, 0)
         while stall_prob and rng.random() < stall_prob:
             await ctx.tick(domain)
         beats.append(await stream_get(ctx, stream, domain=domain, timeout=timeout))
+        ended += beats[-1].last
     return beats
 
 

@@ -26,7 +26,9 @@ from .amaranth_sim import run_sim, stream_get, stream_get_packets, stream_put, s
     stream_record
 from .model.nic import NicModel
 
-__all__ = ["NicSetup", "Migration", "NicRun", "spi_op", "policy_op", "route_op", "run_nic", "run_nic_cocotb", "check_nic_run", "SETTLE_CYCLES"]
+__all__ = ["NicSetup", "Migration", "NicRun", "spi_op", "policy_op", "route_op", "run_nic",
+           "run_nic_cocotb", "check_nic_run", "exception_collector", "egress_packets", "host_ok",
+           "counter_reads", "SETTLE_CYCLES"]
 
 _TIMEOUT = 50_000   # cycles without progress before a run is declared hung
 _QUIET = 400        # cycles with no packet entering an engine and none in flight: done
@@ -83,10 +85,13 @@ class NicSetup:
         ops += [route_op(write) for write in self.route_writes]
         return ops
 
+    def params(self, profile: str) -> dict:
+        """The :class:`EspNic` parameters of the device this setup is for."""
+        return dict(engines=self.engines, ports=self.ports, profile=profile, slots=self.slots,
+                    nested=self.nested, rules=self.rules, stages=2, routes=self.routes)
+
     def device(self, profile: str) -> EspNic:
-        return EspNic(engines=self.engines, ports=self.ports, profile=profile, slots=self.slots,
-                      nested=self.nested,
-                      rules=self.rules, stages=2, routes=self.routes)
+        return EspNic(**self.params(profile))
 
 
 @dataclass
@@ -153,7 +158,7 @@ def route_op(write: dict) -> tuple:
     return ("route_host", None, _numbers(write), "route_reply")
 
 
-def _host_ok(reply) -> bool:
+def host_ok(reply) -> bool:
     """Whether a table's reply says the write was done."""
     return reply.status == SpiStatus.OK if hasattr(reply, "status") else bool(reply.ok)
 
@@ -181,10 +186,10 @@ async def _host_op(ctx, dut, op: tuple, what: str = "host"):
     await stream_put(ctx, _unit(dut, name, index), payload, timeout=_TIMEOUT)
     if reply is not None:
         answer = await stream_get(ctx, _unit(dut, reply, index), timeout=_TIMEOUT)
-        assert _host_ok(answer), f"{what} {name}: {payload}"
+        assert host_ok(answer), f"{what} {name}: {payload}"
 
 
-def _counter_reads(setup: NicSetup, migrations) -> list:
+def counter_reads(setup: NicSetup, migrations) -> list:
     """One READ_COUNTERS per SA of `setup`, at the engine and slot where the last of
     `migrations` that moved it put it: ``[((engine, slot) of the setup, host op)]``,
     the ops as :meth:`NicSetup.host_ops` gives them."""
@@ -200,6 +205,37 @@ def _counter_reads(setup: NicSetup, migrations) -> list:
                                        {"op": HostOp.READ_COUNTERS, "slot": at_slot},
                                        "engine_reply")))
     return reads
+
+
+def egress_packets(received: dict, ports: int) -> tuple[dict, int]:
+    """Each egress port's beats (``received[port]``) as packets, aborted ones left
+    out, and how many were aborted."""
+    outputs, aborted = {}, 0
+    for port in range(ports):
+        packets = bytes_from_beats(received[port], 16)
+        ends = [beat for beat in received[port] if beat.last]
+        outputs[port] = [packet for packet, end in zip(packets, ends, strict=True)
+                         if not end.abort]
+        aborted += sum(end.abort for end in ends)
+    return outputs, aborted
+
+
+def exception_collector(dut, packets: int, into: list):
+    """A testbench that takes `packets` packets from `dut`'s exception queue and
+    appends ``(ingress port, packet)`` for each to `into`."""
+    async def collect(ctx):
+        beats, ports, ended = [], [], 0
+        ctx.set(dut.exception.ready, 1)
+        while ended < packets:
+            _clk, _rst, valid, beat, port = await ctx.tick().sample(
+                dut.exception.valid, dut.exception.payload, dut.exception_port)
+            if valid:
+                beats.append(beat)
+                ended += beat.last
+                if beat.first:
+                    ports.append(port)
+        into.extend(zip(ports, bytes_from_beats(beats, 16), strict=True))
+    return collect
 
 
 def _numbers(item: dict) -> dict:
@@ -301,17 +337,6 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
             collected.append(port)
         return collect
 
-    async def collect_exceptions(ctx):
-        beats, ports = [], []
-        ctx.set(dut.exception.ready, 1)
-        while sum(beat.last for beat in beats) < want_exceptions:
-            _clk, _rst, valid, beat, port = await ctx.tick().sample(
-                dut.exception.valid, dut.exception.payload, dut.exception_port)
-            if valid:
-                beats.append(beat)
-                if beat.first:
-                    ports.append(port)
-        exceptions.extend(zip(ports, bytes_from_beats(beats, 16), strict=True))
 
     async def read_back(ctx):
         # Quiet: every port's traffic in, and for a while no packet entering an
@@ -329,7 +354,7 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
             done = len(sent) == setup.ports + 1 and len(moved) == len(migrations) and \
                 all(len([b for b in received[p] if b.last]) == want[p] for p in want)
             quiet = quiet + 1 if done and not busy and not moving else 0
-        for sa, (stream_name, index, payload, reply) in _counter_reads(setup, migrations):
+        for sa, (stream_name, index, payload, reply) in counter_reads(setup, migrations):
             await stream_put(ctx, _unit(dut, stream_name, index), payload, timeout=_TIMEOUT)
             answer = await stream_get(ctx, _unit(dut, reply, index), timeout=_TIMEOUT)
             sa_counters[sa] = {name: getattr(answer.counters, name) for name, _ in SA_COUNTERS}
@@ -390,15 +415,10 @@ def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
     processes += [record_moves(k) for k in range(setup.engines)]
     processes.append(watch)
     run_sim(dut, host, host_storm, send_fences, migrate, *(feeder(p) for p in range(setup.ports)),
-            *(collector(p) for p in range(setup.ports)), collect_exceptions, read_back,
+            *(collector(p) for p in range(setup.ports)),
+            exception_collector(dut, want_exceptions, exceptions), read_back,
             processes=processes)
-    outputs, aborted = {}, 0
-    for port in range(setup.ports):
-        packets = bytes_from_beats(received[port], 16)
-        ends = [beat for beat in received[port] if beat.last]
-        outputs[port] = [packet for packet, end in zip(packets, ends, strict=True)
-                         if not end.abort]
-        aborted += sum(end.abort for end in ends)
+    outputs, aborted = egress_packets(received, setup.ports)
     # What the model says each fence's engine had sent out by then: the outputs of the
     # packets classified before it (one port per fence here: their order is the port's).
     left_engine = ("ok", "aborted", "no_route", "egress_malformed")
@@ -466,8 +486,8 @@ def run_nic_cocotb(setup: NicSetup, traffic, *, profile="compact", stall=0.0, ga
                 for name, index, payload, reply in ops]
 
     host_ops = packed(setup.host_ops(model))
-    counter_reads = _counter_reads(setup, migrations)
-    reads = packed(op for _sa, op in counter_reads)
+    reads_by_sa = counter_reads(setup, migrations)
+    reads = packed(op for _sa, op in reads_by_sa)
     moves = [{"after": move.after, "ops": packed(move.host_ops(setup.forwarders))}
              for move in migrations]
     job = {
@@ -505,12 +525,12 @@ def run_nic_cocotb(setup: NicSetup, traffic, *, profile="compact", stall=0.0, ga
     for reply, index in answered:
         path = f"{reply}__{index}" if index is not None else reply
         for answer in result["replies"][path]:
-            assert _host_ok(layouts[reply].from_bits(answer)), f"{path}: refused"
+            assert host_ok(layouts[reply].from_bits(answer)), f"{path}: refused"
     reply_layout = layouts["engine_reply"]
     sa_counters = {}
     answers = {engine: iter(result["replies"][f"engine_reply__{engine}"])
                for engine in range(setup.engines)}
-    for sa, (_name, engine, _payload, _reply) in counter_reads:   # in order per engine
+    for sa, (_name, engine, _payload, _reply) in reads_by_sa:   # in order per engine
         answer = reply_layout.from_bits(next(answers[engine]))
         sa_counters[sa] = {name: int(answer.counters[name]) for name, _ in SA_COUNTERS}
     outputs, aborted = {}, 0

@@ -1,0 +1,290 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""``HostBridge``: executes host frames on the device's registers and host streams.
+
+Sits between a :class:`~.framing.FrameDecoder` and a :class:`~.framing.FrameEncoder`
+(the frame formats are in :mod:`.regmap`)::
+
+    rx (decoded frame bytes) --> receive: header, body --> execute --+--> in channel streams
+                                  (staging register)                 +--> control registers
+    tx (frame bytes) <-- transmit: ACK / DATA <------------ response -+
+                                   ITEM <----------------- out channel streams
+
+Nothing a frame asks for happens before its last byte has arrived with a good CRC:
+the body collects in a staging register, so a ``SEND`` offers its whole payload
+to its stream at once (an SA record is never half written) and a frame that turns
+out bad leaves no trace but a counter.
+"""
+
+from contextlib import contextmanager
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .framing import DECODED_BYTE, PAYLOAD_BYTE
+from .regmap import HEADER_BYTES, FrameKind, RegisterMap, Status
+
+__all__ = ["HostBridge", "MAX_READ_WORDS"]
+
+#: The most words one ``READ`` returns.
+MAX_READ_WORDS = 64
+
+
+class HostBridge(wiring.Component):
+    """Host frames in, answers and device items out, one byte per cycle each way.
+
+    Parameters
+    ----------
+    regmap : the :class:`RegisterMap` of the device this bridge fronts.
+
+    Interface
+    ---------
+    rx : decoded frame bytes (``abort`` on a bad frame's last byte).
+    tx : frame payload bytes for the encoder.
+    status[i] : the value of the i-th read-only register that has a signal
+        (:attr:`status_registers`), wired by the device.
+    control[i] : the i-th read/write register (:attr:`control_registers`).
+    <channel>[k] : one stream per in channel (out of the bridge) and per out
+        channel (into it), by the channel's name.
+    bad_command, duplicates : counters (bad frames the decoder counts itself).
+
+    Latency: a frame is executed the cycle after its last byte; an ``ACK`` starts
+    on ``tx`` a cycle later. A ``SEND`` waits for its stream to take the payload,
+    and ``rx`` waits meanwhile. Throughput: one byte per cycle on each side;
+    answers take precedence over items.
+    """
+
+    def __init__(self, regmap: RegisterMap):
+        if not isinstance(regmap, RegisterMap):
+            raise TypeError(f"regmap must be a RegisterMap, not {regmap!r}")
+        self.regmap = regmap
+        self.status_registers = tuple(r for r in regmap.registers
+                                      if r.access == "ro" and r.signal is not None)
+        self.control_registers = tuple(r for r in regmap.registers if r.access == "rw")
+        members = {
+            "rx": In(stream.Signature(DECODED_BYTE)),
+            "tx": Out(stream.Signature(PAYLOAD_BYTE)),
+            "status": In(32).array(len(self.status_registers)),
+            "control": Out(32).array(len(self.control_registers)),
+            "bad_command": Out(32),
+            "duplicates": Out(32),
+        }
+        for channel in regmap.channels:
+            direction = Out if channel.direction == "in" else In
+            members[channel.name] = direction(stream.Signature(channel.layout)).array(
+                channel.count)
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        regmap = self.regmap
+        channels_in = [c for c in regmap.channels if c.direction == "in"]
+        channels_out = [c for c in regmap.channels if c.direction == "out"]
+        staging_bytes = max([4, 1] + [c.payload_bytes for c in channels_in])
+
+        # ---- registers -----------------------------------------------------
+        words = Array(Signal(32, name=f"word{a}") for a in range(regmap.words))
+        status_index = {r.address: i for i, r in enumerate(self.status_registers)}
+        control_index = {r.address: i for i, r in enumerate(self.control_registers)}
+        for register in regmap.registers:
+            word = words[register.address]
+            if register.value is not None:
+                m.d.comb += word.eq(register.value)
+            elif register.address in status_index:
+                m.d.comb += word.eq(self.status[status_index[register.address]])
+            else:
+                m.d.comb += word.eq(self.control[control_index[register.address]])
+        writable = Signal(regmap.words)
+        m.d.comb += writable.eq(sum(1 << a for a in control_index))
+
+        # ---- receive -------------------------------------------------------
+        header = Signal(data.ArrayLayout(8, HEADER_BYTES))
+        staging = Signal(8 * staging_bytes)
+        position = Signal(range(HEADER_BYTES + staging_bytes + 2))   # bytes so far
+        overlong = Signal()
+        kind, tag = header[0], header[1]
+        address = Cat(header[2], header[3])
+        channel_number, stream_index = header[2], header[3]
+        body_length = Signal(range(staging_bytes + 1))
+
+        # ---- response (ACK or DATA) waiting for the transmitter -------------
+        response = Signal()               # pending
+        response_data = Signal()          # DATA rather than ACK
+        response_status = Signal(Status)
+        response_words = Signal(range(MAX_READ_WORDS + 1))
+        last_tag = Signal(8)
+        last_tag_valid = Signal()
+
+        sending = Signal()                # a SEND is offering its payload
+        send_stream = Signal(range(max(1, sum(c.count for c in channels_in))))
+        targets = [(c, k) for c in channels_in for k in range(c.count)]
+
+        def answer(status):
+            m.d.sync += [response.eq(1), response_data.eq(0), response_status.eq(status)]
+
+        def count(counter):
+            m.d.sync += counter.eq(counter + 1)
+
+        m.d.comb += self.rx.ready.eq(~response & ~sending)
+        with m.If(self.rx.valid & self.rx.ready):
+            byte = self.rx.payload.data
+            with m.If(position < HEADER_BYTES):
+                m.d.sync += header[position].eq(byte)
+            with m.Elif(position - HEADER_BYTES < staging_bytes):
+                with m.Switch(position - HEADER_BYTES):
+                    for n in range(staging_bytes):
+                        with m.Case(n):
+                            m.d.sync += staging[8 * n:8 * (n + 1)].eq(byte)
+            with m.Else():
+                m.d.sync += overlong.eq(1)
+            m.d.sync += position.eq(position + 1)
+            with m.If(self.rx.payload.last):
+                m.d.sync += [position.eq(0), overlong.eq(0)]
+
+        # The frame's last byte is in: decide in the next cycle from registers.
+        execute = Signal()
+        frame_length = Signal.like(position)
+        with m.If(self.rx.valid & self.rx.ready & self.rx.payload.last & ~self.rx.payload.abort):
+            m.d.sync += [execute.eq(1), frame_length.eq(position + 1)]
+        with m.Else():
+            m.d.sync += execute.eq(0)
+        m.d.comb += body_length.eq(frame_length - HEADER_BYTES)
+        short = frame_length < HEADER_BYTES
+        duplicate = last_tag_valid & (tag == last_tag)
+
+        @contextmanager
+        def unless_refused(*refusals):
+            # The first (condition, status) that holds answers; none: the body runs.
+            for n, (condition, status) in enumerate(refusals):
+                with (m.Elif if n else m.If)(condition):
+                    answer(status)
+                    count(self.duplicates if status is Status.DUPLICATE else self.bad_command)
+            with m.Else():
+                yield
+
+        with m.If(execute):
+            # Duplicates are told by the frame just before: a host resends only the
+            # frame it waits for, so a resent frame follows its first copy directly.
+            m.d.sync += [last_tag.eq(tag), last_tag_valid.eq(1)]
+            with m.If(short | overlong):
+                answer(Status.BAD_LENGTH)
+                count(self.bad_command)
+            with m.Elif(kind == FrameKind.READ):
+                n = staging[:8]
+                with unless_refused(
+                        (body_length != 1, Status.BAD_LENGTH),
+                        ((n == 0) | (n > MAX_READ_WORDS) | (address + n > regmap.words),
+                         Status.BAD_ADDRESS)):
+                    m.d.sync += [response.eq(1), response_data.eq(1), response_words.eq(n)]
+            with m.Elif(kind == FrameKind.WRITE):
+                with unless_refused(
+                        (body_length != 4, Status.BAD_LENGTH),
+                        ((address >= regmap.words) | ~writable.bit_select(address, 1),
+                         Status.BAD_ADDRESS),
+                        (duplicate, Status.DUPLICATE)):
+                    with m.Switch(address):
+                        for a, i in control_index.items():
+                            with m.Case(a):
+                                m.d.sync += self.control[i].eq(staging[:32])
+                    answer(Status.OK)
+            with m.Elif(kind == FrameKind.SEND):
+                known = Signal()
+                length_ok = Signal()
+                with m.Switch(Cat(stream_index, channel_number)):
+                    for t, (channel, k) in enumerate(targets):
+                        with m.Case(k | channel.number << 8):
+                            m.d.comb += [
+                                known.eq(1),
+                                length_ok.eq(body_length == channel.payload_bytes),
+                            ]
+                            m.d.sync += send_stream.eq(t)
+                with unless_refused((~known, Status.BAD_CHANNEL),
+                                    (~length_ok, Status.BAD_LENGTH),
+                                    (duplicate, Status.DUPLICATE)):
+                    m.d.sync += sending.eq(1)
+            with m.Else():
+                answer(Status.BAD_KIND)
+                count(self.bad_command)
+
+        for t, (channel, k) in enumerate(targets):
+            target = getattr(self, channel.name)[k]
+            m.d.comb += [
+                target.payload.eq(staging[:channel.layout.size]),
+                target.valid.eq(sending & (send_stream == t)),
+            ]
+            with m.If(target.valid & target.ready):
+                m.d.sync += sending.eq(0)
+                answer(Status.OK)
+
+        # ---- transmit --------------------------------------------------------
+        sources = [(c, k) for c in channels_out for k in range(c.count)]
+        source = Signal(range(max(1, len(sources))))
+        tx_byte = Signal(range(HEADER_BYTES + 4 * MAX_READ_WORDS + 1))
+        tx_length = Signal.like(tx_byte)
+        tx_body = Signal.like(tx_byte)           # body bytes sent before this one
+        m.d.comb += tx_body.eq(tx_byte - HEADER_BYTES)
+        source_bytes = Array(Value.cast(getattr(self, c.name)[k].payload)
+                             for c, k in sources)
+        with m.FSM(name="transmit"):
+            with m.State("IDLE"):
+                m.d.sync += tx_byte.eq(0)
+                with m.If(response):
+                    m.d.sync += tx_length.eq(Mux(response_data,
+                                                 HEADER_BYTES + 4 * response_words,
+                                                 HEADER_BYTES))
+                    m.next = "ANSWER"
+                with m.Else():
+                    # Lowest source first: replies before events, engines in order.
+                    for s, (channel, k) in reversed(list(enumerate(sources))):
+                        with m.If(getattr(self, channel.name)[k].valid):
+                            m.d.sync += [source.eq(s),
+                                         tx_length.eq(HEADER_BYTES + channel.payload_bytes)]
+                            m.next = "ITEM"
+            with m.State("ANSWER"):
+                read = words[address + (tx_body >> 2)]
+                with m.Switch(tx_byte):
+                    with m.Case(0):
+                        m.d.comb += self.tx.payload.data.eq(Mux(response_data, FrameKind.DATA,
+                                                                FrameKind.ACK))
+                    with m.Case(1):
+                        m.d.comb += self.tx.payload.data.eq(tag)
+                    with m.Case(2):
+                        m.d.comb += self.tx.payload.data.eq(Mux(response_data, header[2],
+                                                                response_status))
+                    with m.Case(3):
+                        m.d.comb += self.tx.payload.data.eq(Mux(response_data, header[3], 0))
+                    with m.Default():
+                        m.d.comb += self.tx.payload.data.eq(read.word_select(tx_byte[:2], 8))
+                m.d.comb += [self.tx.valid.eq(1),
+                             self.tx.payload.last.eq(tx_byte == tx_length - 1)]
+                with m.If(self.tx.ready):
+                    m.d.sync += tx_byte.eq(tx_byte + 1)
+                    with m.If(self.tx.payload.last):
+                        m.d.sync += response.eq(0)
+                        m.next = "IDLE"
+            with m.State("ITEM"):
+                numbers = Array(C(c.number, 8) for c, _ in sources)
+                indices = Array(C(k, 8) for _, k in sources)
+                payload = source_bytes[source]
+                with m.Switch(tx_byte):
+                    with m.Case(0):
+                        m.d.comb += self.tx.payload.data.eq(FrameKind.ITEM)
+                    with m.Case(1):
+                        m.d.comb += self.tx.payload.data.eq(0)
+                    with m.Case(2):
+                        m.d.comb += self.tx.payload.data.eq(numbers[source])
+                    with m.Case(3):
+                        m.d.comb += self.tx.payload.data.eq(indices[source])
+                    with m.Default():
+                        m.d.comb += self.tx.payload.data.eq(
+                            payload.word_select(tx_body, 8))
+                m.d.comb += [self.tx.valid.eq(1),
+                             self.tx.payload.last.eq(tx_byte == tx_length - 1)]
+                with m.If(self.tx.ready):
+                    m.d.sync += tx_byte.eq(tx_byte + 1)
+                    with m.If(self.tx.payload.last):
+                        m.next = "IDLE"
+                        for s, (channel, k) in enumerate(sources):
+                            with m.If(source == s):
+                                m.d.comb += getattr(self, channel.name)[k].ready.eq(1)
+        return m

@@ -1,0 +1,326 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""The host's view of an :class:`~espnic.hdl.top.EspNic`: registers, channels, frames.
+
+One definition serves the gateware (:class:`~.host.HostBridge` wires each entry to the
+device's signal of the same name), the host driver (which packs and unpacks with
+the same layouts) and ``docs/registers.md`` (:func:`registers_markdown`).
+
+**Registers** are 32-bit words at word addresses:
+
+* the *capability block* at 0: a magic word, the map's version and every
+  construction parameter of the device, so a host that has read it can rebuild
+  this whole map (:func:`RegisterMap.from_capabilities`);
+* *control and status*: ``pause``, ``miss_to_host`` (read/write bit masks, bit
+  p for forwarder p) and ``idle`` (read-only);
+* *counters*, read-only: the device's, then each forwarder's, then each
+  engine's, then the bridge's own.
+
+**Channels** carry the device's host streams, whose payloads are wide records
+(an SA record is 157 bytes): a host frame writes one whole payload into stream
+``index`` of an *in* channel (all or nothing: it is offered to the device only
+after the frame's CRC and length are checked), and each item an *out* channel's
+stream offers goes to the host as a frame of its own. A payload travels as
+``ceil(layout.size / 8)`` bytes, the layout's bits in little-endian order, the
+padding zero.
+
+**Frames** (the payload of one :mod:`.framing` frame) start with a header:
+``kind``, ``tag`` and two bytes whose meaning depends on the kind. See
+:class:`FrameKind` and :class:`Status`.
+"""
+
+import inspect
+from dataclasses import dataclass
+
+from amaranth.lib import data, enum
+
+__all__ = ["MAGIC", "VERSION", "CAPABILITIES", "FrameKind", "Status", "HEADER_BYTES",
+           "Register", "Channel", "RegisterMap", "nic_parameters", "payload_bytes",
+           "BRIDGE_COUNTERS", "registers_markdown"]
+
+#: Word 0 of the capability block: "ESPN" in ASCII, little-endian.
+MAGIC = int.from_bytes(b"ESPN", "little")
+#: Word 1: bumped whenever an address, a channel or a frame changes meaning.
+VERSION = 1
+
+#: Words 2.. of the capability block: the device's construction parameters, by the
+#: keyword of :class:`~espnic.hdl.top.EspNic`. Profiles and ``ethernet`` are encoded
+#: (see :meth:`RegisterMap.capability_values`).
+CAPABILITIES = ("engines", "ports", "slots", "window", "spi_entries", "spi_ways", "rules",
+                "stages", "routes", "nested", "profile", "data_width", "queue_depth",
+                "ethernet")
+_PROFILES = ("compact", "fast")
+_CAPABILITY_WORDS = 32          # room for more parameters without moving anything
+
+#: The bridge's own counters, in register order.
+BRIDGE_COUNTERS = ("bad_crc", "too_short", "too_long", "bad_command", "duplicates")
+
+HEADER_BYTES = 4
+
+
+class FrameKind(enum.Enum, shape=8):
+    """Byte 0 of a frame. Host to device: ``READ``, ``WRITE``, ``SEND``; device to
+    host: ``ACK`` (one per host frame that arrived whole), ``DATA`` (a ``READ``'s
+    words), ``ITEM`` (an item of an out channel)."""
+    READ  = 0x01   # bytes 2..3: word address; body: 1 byte, the number of words (1..64)
+    WRITE = 0x02   # bytes 2..3: word address; body: one 32-bit word
+    SEND  = 0x03   # byte 2: channel, byte 3: stream index; body: the payload
+    ACK   = 0x81   # byte 2: Status; byte 3: 0
+    DATA  = 0x82   # bytes 2..3: the address read; body: the words
+    ITEM  = 0x83   # byte 2: channel, byte 3: stream index; body: the payload
+
+
+class Status(enum.Enum, shape=8):
+    """Byte 2 of an ``ACK``: what became of the host frame with the same tag."""
+    OK          = 0x00   # executed (for SEND: the stream took the payload)
+    DUPLICATE   = 0x01   # same tag as the frame before: a resent WRITE/SEND, not executed again
+    BAD_KIND    = 0x02
+    BAD_ADDRESS = 0x03   # a READ/WRITE beyond the map, or a WRITE to a read-only word
+    BAD_CHANNEL = 0x04   # no such in channel or stream index
+    BAD_LENGTH  = 0x05   # body length not what the kind (or the channel's payload) needs
+
+
+@dataclass(frozen=True)
+class Register:
+    """A 32-bit word. ``signal``/``index`` name the :class:`EspNic` member it
+    reads or writes (``index`` None: not an array); ``value`` is a constant's."""
+    name: str
+    address: int
+    access: str                  # "ro" | "rw"
+    doc: str
+    signal: str | None = None
+    index: int | None = None
+    value: int | None = None
+
+
+@dataclass(frozen=True)
+class Channel:
+    """An array of ``count`` host streams of the device (its member ``name``)."""
+    name: str
+    number: int
+    direction: str               # "in": host to device; "out": device to host
+    count: int
+    layout: data.Layout
+    doc: str
+
+    @property
+    def payload_bytes(self) -> int:
+        return payload_bytes(self.layout)
+
+
+def payload_bytes(layout) -> int:
+    return (data.Layout.cast(layout).size + 7) // 8
+
+
+def nic_parameters(**params) -> dict:
+    """``params`` with :class:`EspNic`'s defaults filled in (its signature is the one
+    definition of them) and ``ethernet`` as a tuple of bools, one per port."""
+    from ..top import EspNic
+    signature = inspect.signature(EspNic.__init__)
+    known = [name for name in signature.parameters if name != "self"]
+    for name in params:
+        if name not in known:
+            raise TypeError(f"unknown EspNic parameter {name!r}; known: {known}")
+    full = {name: params.get(name, signature.parameters[name].default) for name in known}
+    if isinstance(full["ethernet"], bool):
+        full["ethernet"] = (full["ethernet"],) * full["ports"]
+    full["ethernet"] = tuple(full["ethernet"])
+    return full
+
+
+# What each host stream of EspNic is for; the order is the channel numbering.
+_CHANNEL_DOCS = {
+    "engine_host":     "engine k's SA table: write / read back / delete a slot, read its counters",
+    "spi_host":        "forwarder p's SPI table: add / change / remove an entry",
+    "policy_host":     "port p's outbound policy rules",
+    "route_host":      "the egress route table",
+    "fence_host":      "send a fence (engine, slot) through forwarder p",
+    "engine_arm":      "arm a live migration out of a slot of engine k",
+    "engine_hold":     "hold a slot of engine k for a migration into it",
+    "engine_reply":    "engine k's answers to engine_host",
+    "spi_reply":       "forwarder p's answers to spi_host",
+    "policy_reply":    "port p's answers to policy_host",
+    "route_reply":     "answers to route_host",
+    "engine_events":   "engine k's SA events (lifetimes, sequence exhaustion)",
+    "engine_fenced":   "a fence passed engine k",
+    "engine_migrated": "an SA moved into engine k",
+}
+
+
+class RegisterMap:
+    """Registers and channels of an :class:`EspNic` built with ``params`` (its
+    keyword arguments; omitted ones take its defaults)."""
+
+    def __init__(self, **params):
+        from ..top import (ENGINE_COUNTERS, EGRESS_COUNTERS, FABRIC_COUNTERS, LOCAL_COUNTERS,
+                           PORT_COUNTERS, host_layouts)
+        self.params = p = nic_parameters(**params)
+        if p["profile"] not in _PROFILES:
+            raise ValueError(f"profile must be one of {_PROFILES}, not {p['profile']!r}")
+        forwarders = p["ports"] + p["nested"]
+        registers = [Register("magic", 0, "ro", 'capability: "ESPN"', value=MAGIC),
+                     Register("version", 1, "ro", "capability: register map version",
+                              value=VERSION)]
+        for offset, (name, value) in enumerate(self.capability_values().items()):
+            registers.append(Register(name, 2 + offset, "ro", f"capability: {name}",
+                                      value=value))
+        address = _CAPABILITY_WORDS
+
+        def add(name, access, doc, signal=None, index=None):
+            nonlocal address
+            registers.append(Register(name, address, access, doc, signal, index))
+            address += 1
+
+        add("pause", "rw", "bit p: forwarder p's classifier takes no packet", "pause")
+        add("miss_to_host", "rw", "bit p: forwarder p's misses go to the exception queue "
+            "instead of being dropped", "miss_to_host")
+        add("idle", "ro", "bit p: every packet forwarder p took is decided", "idle")
+        address = 2 * _CAPABILITY_WORDS
+        local = LOCAL_COUNTERS if p["nested"] else ()
+        for name in FABRIC_COUNTERS + EGRESS_COUNTERS + local:
+            add(name, "ro", "device counter", name)
+        for port in range(p["ports"] + p["nested"]):
+            add(f"sent[{port}]", "ro", f"packets sent on egress port {port}", "sent", port)
+        for f in range(forwarders):
+            for name in PORT_COUNTERS:
+                add(f"{name}[{f}]", "ro", f"forwarder {f} counter", name, f)
+        for k in range(p["engines"]):
+            for name in ENGINE_COUNTERS:
+                add(f"{name}[{k}]", "ro", f"engine {k} counter", name, k)
+        for name in BRIDGE_COUNTERS:
+            add(name, "ro", "host link counter", f"bridge.{name}")
+        self.registers = tuple(registers)
+        self._by_name = {register.name: register for register in registers}
+
+        layouts = host_layouts(engines=p["engines"], ports=p["ports"], slots=p["slots"],
+                               window=p["window"], rules=p["rules"], routes=p["routes"],
+                               nested=p["nested"])
+        counts = {"engine": p["engines"], "spi": forwarders, "policy": p["ports"],
+                  "fence": forwarders, "route": 1}
+        channels = []
+        for number, (name, doc) in enumerate(_CHANNEL_DOCS.items()):
+            unit, kind = name.split("_")
+            direction = "out" if kind in ("reply", "events", "fenced", "migrated") else "in"
+            channels.append(Channel(name, number, direction, counts[unit], layouts[name], doc))
+        if set(layouts) != set(_CHANNEL_DOCS):
+            raise AssertionError(f"host streams without a channel: "
+                                 f"{sorted(set(layouts) ^ set(_CHANNEL_DOCS))}")
+        self.channels = tuple(channels)
+
+    def capability_values(self) -> dict:
+        p = self.params
+        encoded = {"nested": int(p["nested"]), "profile": _PROFILES.index(p["profile"]),
+                   "ethernet": sum(flag << port for port, flag in enumerate(p["ethernet"]))}
+        return {name: encoded.get(name, p[name]) for name in CAPABILITIES}
+
+    @classmethod
+    def from_capabilities(cls, words) -> "RegisterMap":
+        """The map of the device whose capability block (from address 0) is ``words``."""
+        words = list(words)
+        if len(words) < 2 + len(CAPABILITIES) or words[0] != MAGIC:
+            raise ValueError("not an espnic device: the capability block does not start "
+                             f"with the magic word {MAGIC:#010x}")
+        if words[1] != VERSION:
+            raise ValueError(f"register map version {words[1]} is not supported "
+                             f"(this host speaks version {VERSION})")
+        values = dict(zip(CAPABILITIES, words[2:]))
+        values["nested"] = bool(values["nested"])
+        values["profile"] = _PROFILES[values["profile"]]
+        values["ethernet"] = tuple(bool(values["ethernet"] >> port & 1)
+                                   for port in range(values["ports"]))
+        return cls(**values)
+
+    @property
+    def words(self) -> int:
+        """Size of the register space: addresses 0 .. words-1."""
+        return self.registers[-1].address + 1
+
+    def register(self, name: str) -> Register:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no register {name!r}") from None
+
+    def channel(self, name: str) -> Channel:
+        for channel in self.channels:
+            if channel.name == name:
+                return channel
+        raise KeyError(f"no channel {name!r}")
+
+
+def _layout_fields(layout, prefix=""):
+    for name, field in data.Layout.cast(layout):
+        shape = field.shape
+        if isinstance(shape, data.StructLayout):
+            yield from _layout_fields(shape, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field.offset, field.width
+
+
+def registers_markdown(regmap: RegisterMap) -> str:
+    """``docs/registers.md`` for ``regmap`` (generated; a test checks it is current)."""
+    params = ", ".join(f"{k}={v!r}" for k, v in regmap.params.items())
+    lines = [
+        "# espnic register map",
+        "",
+        "Generated by `python -m espnic.hdl.bridge.regmap` from `hdl/bridge/regmap.py`;",
+        "do not edit. Addresses are of 32-bit words. The map depends on the device's",
+        "parameters (read them from the capability block); this one is for",
+        f"`EspNic({params})`.",
+        "",
+        "## Frames",
+        "",
+        "Each frame payload starts with `kind`, `tag`, two header bytes, then the body.",
+        "The device answers every host frame that arrives whole with an `ACK` of the",
+        "same tag, a good `READ` with a `DATA` frame instead. A `WRITE` or `SEND` whose",
+        "tag equals that of the whole frame just before it (of any kind) is acknowledged",
+        "`DUPLICATE` and not executed again: a host waits for each answer and resends",
+        "only the frame it waits for, so it may resend one whose answer it did not get,",
+        "and it must give consecutive frames different tags. Device items come as `ITEM`",
+        "frames (tag 0) whenever the device has them.",
+        "",
+        "| kind | value | header bytes 2..3 | body |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for kind in FrameKind:
+        lines.append(f"| `{kind.name}` | {kind.value:#04x} | {_KIND_DOCS[kind][0]} | "
+                     f"{_KIND_DOCS[kind][1]} |")
+    lines += ["", "| ACK status | value |", "| --- | ---: |"]
+    lines += [f"| `{status.name}` | {status.value:#04x} |" for status in Status]
+    lines += ["", "## Registers", "", "| address | name | access | value / meaning |",
+              "| ---: | --- | --- | --- |"]
+    for register in regmap.registers:
+        meaning = register.doc if register.value is None else f"{register.doc} = {register.value:#x}"
+        lines.append(f"| {register.address:#05x} | `{register.name}` | {register.access} | "
+                     f"{meaning} |")
+    lines += ["", "## Channels", "",
+              "| channel | name | direction | streams | payload bytes | what for |",
+              "| ---: | --- | --- | ---: | ---: | --- |"]
+    for channel in regmap.channels:
+        lines.append(f"| {channel.number} | `{channel.name}` | {channel.direction} | "
+                     f"{channel.count} | {channel.payload_bytes} | {channel.doc} |")
+    lines += ["", "## Channel payloads", "",
+              "Bit offsets within the payload (little-endian bytes).", ""]
+    for channel in regmap.channels:
+        lines += [f"### {channel.number}: `{channel.name}`", "", "| field | bits | width |",
+                  "| --- | ---: | ---: |"]
+        lines += [f"| `{name}` | {offset} | {width} |"
+                  for name, offset, width in _layout_fields(channel.layout)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+_KIND_DOCS = {
+    FrameKind.READ:  ("word address (LE)", "1 byte: words to read, 1..64"),
+    FrameKind.WRITE: ("word address (LE)", "the word, 4 bytes LE"),
+    FrameKind.SEND:  ("channel, stream index", "the payload, exactly its bytes"),
+    FrameKind.ACK:   ("status, 0", "none"),
+    FrameKind.DATA:  ("word address (LE)", "the words, 4 bytes LE each"),
+    FrameKind.ITEM:  ("channel, stream index", "the payload"),
+}
+
+#: The parameter set ``docs/registers.md`` shows.
+DOC_PARAMETERS = {"engines": 2, "ports": 2, "nested": True}
+
+
+if __name__ == "__main__":
+    print(registers_markdown(RegisterMap(**DOC_PARAMETERS)))

@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""``EspNicDevice``: :class:`~.top.EspNic` with its host link, what a board or the
+simulated device server runs.
+
+::
+
+    link bytes (or UART pins) --> FrameDecoder --> HostBridge --> EspNic's host streams,
+    link bytes (or UART pins) <-- FrameEncoder <--     |          pause, miss_to_host;
+                                                       +--------- its counters, idle
+
+The register map (:class:`~.bridge.regmap.RegisterMap`) is built from the same
+parameters as the ``EspNic``, and every register and channel is wired here by
+the name the map gives it, so what the host reads in ``docs/registers.md`` is
+what the device has.
+"""
+
+from amaranth import *
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .bridge.framing import MAX_FRAME, FrameDecoder, FrameEncoder
+from .bridge.host import HostBridge
+from .bridge.regmap import RegisterMap
+from .bridge.uart import UartRx, UartTx
+from .forwarder.egress import EGRESS_BEAT
+from .packet.layouts import packet_beat
+from .top import EspNic
+
+__all__ = ["EspNicDevice", "LINKS"]
+
+LINKS = ("bytes", "uart")
+
+
+class EspNicDevice(wiring.Component):
+    """The data plane and its host link.
+
+    Parameters
+    ----------
+    link : ``"bytes"``: the link is a byte stream each way (``host_rx``,
+        ``host_tx``; the simulated device server feeds it a byte per cycle);
+        ``"uart"``: UART pins ``uart_rx``/``uart_tx``, 8N1, ``divisor`` clock
+        cycles per bit (:func:`~.bridge.uart.divisor_for`).
+    divisor : with ``link="uart"`` only.
+    **nic : the :class:`EspNic` parameters.
+
+    The packet ports (``i``, ``o``, ``exception``, ``exception_port``) are the
+    ``EspNic``'s.
+    """
+
+    def __init__(self, *, link: str = "bytes", divisor: int | None = None, **nic):
+        if link not in LINKS:
+            raise ValueError(f"link must be one of {LINKS}, not {link!r}")
+        if (divisor is None) != (link == "bytes"):
+            raise ValueError("divisor is needed with link='uart' and only then, "
+                             f"not {divisor!r} with link={link!r}")
+        self.link, self._divisor = link, divisor
+        self.nic = EspNic(**nic)
+        self.regmap = RegisterMap(**nic)
+        self.bridge = HostBridge(self.regmap)
+        members = {
+            "i": In(stream.Signature(packet_beat(16))).array(self.nic.ports),
+            "o": Out(stream.Signature(EGRESS_BEAT)).array(self.nic.ports),
+            "exception": Out(stream.Signature(packet_beat(16))),
+            "exception_port": Out(self.nic.exception_port.shape()),
+        }
+        if link == "bytes":
+            members.update(host_rx=In(stream.Signature(8)), host_tx=Out(stream.Signature(8)))
+        else:
+            members.update(uart_rx=In(1, init=1), uart_tx=Out(1, init=1))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.nic = nic = self.nic
+        m.submodules.bridge = bridge = self.bridge
+        m.submodules.decoder = decoder = FrameDecoder(max_frame=MAX_FRAME, counter_width=32)
+        m.submodules.encoder = encoder = FrameEncoder()
+        for p in range(nic.ports):
+            wiring.connect(m, wiring.flipped(self.i[p]), nic.i[p])
+            wiring.connect(m, nic.o[p], wiring.flipped(self.o[p]))
+        wiring.connect(m, nic.exception, wiring.flipped(self.exception))
+        m.d.comb += self.exception_port.eq(nic.exception_port)
+
+        if self.link == "bytes":
+            wiring.connect(m, wiring.flipped(self.host_rx), decoder.i)
+            wiring.connect(m, encoder.o, wiring.flipped(self.host_tx))
+        else:
+            m.submodules.uart_rx = uart_rx = UartRx(divisor=self._divisor)
+            m.submodules.uart_tx = uart_tx = UartTx(divisor=self._divisor)
+            m.d.comb += [uart_rx.rx.eq(self.uart_rx), self.uart_tx.eq(uart_tx.tx)]
+            wiring.connect(m, uart_rx.o, decoder.i)
+            wiring.connect(m, encoder.o, uart_tx.i)
+        wiring.connect(m, decoder.o, bridge.rx)
+        wiring.connect(m, bridge.tx, encoder.i)
+
+        own = {"bad_crc": decoder.bad_crc, "too_short": decoder.too_short,
+               "too_long": decoder.too_long, "bad_command": bridge.bad_command,
+               "duplicates": bridge.duplicates}
+        for n, register in enumerate(bridge.status_registers):
+            if register.signal.startswith("bridge."):
+                value = own[register.signal.removeprefix("bridge.")]
+            else:
+                value = getattr(nic, register.signal)
+                if register.index is not None:
+                    value = value[register.index]
+                elif isinstance(value, list | tuple) or not hasattr(value, "shape"):
+                    value = Cat(value)           # a bit per forwarder (idle)
+            m.d.comb += bridge.status[n].eq(value)
+        for n, register in enumerate(bridge.control_registers):
+            bits = getattr(nic, register.signal)      # a bit per forwarder
+            m.d.comb += [bit.eq(bridge.control[n][f]) for f, bit in enumerate(bits)]
+        for channel in self.regmap.channels:
+            for k in range(channel.count):
+                theirs = getattr(nic, channel.name)
+                if nic.signature.members[channel.name].dimensions:
+                    theirs = theirs[k]
+                ours = getattr(bridge, channel.name)[k]
+                if channel.direction == "in":
+                    wiring.connect(m, ours, theirs)
+                else:
+                    wiring.connect(m, theirs, ours)
+        return m

@@ -1,0 +1,132 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Host side of the frame protocol of ``hdl/bridge/regmap.py``, over a byte port.
+
+:class:`FrameLink` sends one frame at a time and waits for its answer (an ``ACK``,
+or ``DATA`` for a ``READ``); with no answer in ``timeout`` it resends the same
+frame with the same tag, which the device acknowledges ``DUPLICATE`` if it had
+executed it already, so a lost answer never executes a ``WRITE`` or ``SEND``
+twice. ``ITEM`` frames that arrive meanwhile are queued for :meth:`items`.
+Frame codec and CRC are the gateware module's own (:mod:`espnic.hdl.bridge.framing`).
+"""
+
+import collections
+import time
+
+from ..hdl.bridge.framing import FrameDecoderModel, encode_frame
+from ..hdl.bridge.regmap import HEADER_BYTES, FrameKind, Status
+
+__all__ = ["FrameLink", "LinkError", "DeviceError"]
+
+
+class LinkError(IOError):
+    """The device did not answer (after all retries)."""
+
+
+class DeviceError(RuntimeError):
+    """The device answered, refusing the frame."""
+
+    def __init__(self, status: Status, what: str):
+        self.status = status
+        super().__init__(f"device refused {what}: {status.name}")
+
+
+class FrameLink:
+    """Frames over ``port`` (pyserial's ``read``/``write`` with a short read timeout).
+
+    ``timeout``: seconds to wait for an answer before resending; ``retries``:
+    resends before :class:`LinkError`.
+    """
+
+    def __init__(self, port, *, timeout: float = 1.0, retries: int = 3):
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        if type(retries) is not int or retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+        self.port, self.timeout, self.retries = port, timeout, retries
+        self._decoder = FrameDecoderModel()
+        self._frames = collections.deque()     # decoded, not yet looked at
+        self._items = collections.deque()
+        self._tag = 0
+        self.resends = 0
+
+    def close(self):
+        self.port.close()
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _receive(self, deadline: float) -> bytes | None:
+        """The next whole frame from the device, or None at ``deadline``."""
+        while not self._frames:
+            if time.monotonic() >= deadline:
+                return None
+            chunk = self.port.read(4096)
+            if chunk:
+                self._frames.extend(self._decoder.feed(chunk))
+        return self._frames.popleft()
+
+    def _dispatch(self, frame: bytes) -> bytes | None:
+        """An answer frame is returned; items are queued; anything else is dropped."""
+        if len(frame) < HEADER_BYTES:
+            return None
+        if frame[0] == FrameKind.ITEM.value:
+            self._items.append((frame[2], frame[3], frame[HEADER_BYTES:]))
+            return None
+        return frame
+
+    def items(self, *, wait: float = 0.0) -> list:
+        """``(channel, index, payload)`` of every item that has arrived; waits up to
+        ``wait`` seconds for the first."""
+        deadline = time.monotonic() + wait
+        while not self._items:
+            frame = self._receive(deadline)
+            if frame is None:
+                break
+            self._dispatch(frame)
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    # -- requests -------------------------------------------------------------------------
+
+    def request(self, kind: FrameKind, b2: int, b3: int, body: bytes = b"") -> bytes:
+        """Send a frame and return its answer (header included)."""
+        self._tag = self._tag % 255 + 1           # 1..255; consecutive frames differ
+        frame = bytes([kind.value, self._tag, b2, b3]) + bytes(body)
+        wire = encode_frame(frame)
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.resends += 1
+            self.port.write(wire)
+            deadline = time.monotonic() + self.timeout
+            while (answer := self._receive(deadline)) is not None:
+                answer = self._dispatch(answer)
+                if answer is not None and answer[1] == self._tag:
+                    return answer
+        raise LinkError(f"no answer to a {kind.name} frame after {self.retries + 1} tries "
+                        f"of {self.timeout} s")
+
+    def _acked(self, answer: bytes, what: str) -> Status:
+        if answer[0] != FrameKind.ACK.value:
+            raise LinkError(f"unexpected answer kind {answer[0]:#04x} to {what}")
+        status = Status(answer[2])
+        if status not in (Status.OK, Status.DUPLICATE):
+            raise DeviceError(status, what)
+        return status
+
+    def read(self, address: int, words: int) -> list[int]:
+        answer = self.request(FrameKind.READ, address & 0xff, address >> 8, bytes([words]))
+        if answer[0] == FrameKind.ACK.value:
+            raise DeviceError(Status(answer[2]), f"READ of {words} words at {address:#x}")
+        body = answer[HEADER_BYTES:]
+        if answer[0] != FrameKind.DATA.value or len(body) != 4 * words:
+            raise LinkError(f"malformed DATA answer to a READ at {address:#x}")
+        return [int.from_bytes(body[4 * n:4 * n + 4], "little") for n in range(words)]
+
+    def write(self, address: int, word: int) -> Status:
+        answer = self.request(FrameKind.WRITE, address & 0xff, address >> 8,
+                              (word & 0xffffffff).to_bytes(4, "little"))
+        return self._acked(answer, f"WRITE at {address:#x}")
+
+    def send(self, channel: int, index: int, payload: bytes) -> Status:
+        answer = self.request(FrameKind.SEND, channel, index, payload)
+        return self._acked(answer, f"SEND to channel {channel}[{index}]")

@@ -1,0 +1,46 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""Byte ports to a device, by URL.
+
+``open_port(url)`` gives an object with pyserial's ``read(n)``, ``write(data)``,
+``timeout`` and ``close()``:
+
+* ``socket://HOST:PORT`` (the simulated device server), ``loop://`` and serial
+  device paths (``/dev/ttyUSB1``, ``COM3``; ``?baud=N``, default 115200) through
+  pyserial's ``serial_for_url``.
+
+Not built yet, and refused with a ``not supported`` error rather than pretending:
+``model://`` (the reference model in-process) and ``pcie://`` (a memory-mapped
+BAR).
+"""
+
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["open_port", "NotSupported", "DEFAULT_BAUD"]
+
+DEFAULT_BAUD = 115200
+
+
+class NotSupported(RuntimeError):
+    pass
+
+
+def open_port(url: str, *, timeout: float = 0.05):
+    """A pyserial port for ``url`` whose ``read`` returns after at most ``timeout`` s."""
+    import serial
+
+    scheme = urlsplit(url).scheme
+    if scheme in ("model", "pcie"):
+        raise NotSupported(f"not supported: {scheme}:// device URLs (issue 5: not built yet)")
+    if scheme in ("socket", "loop"):
+        return serial.serial_for_url(url, timeout=timeout)
+    path, _, query = url.partition("?")
+    options = parse_qs(query)
+    unknown = set(options) - {"baud"}
+    if unknown:
+        raise ValueError(f"unknown option {sorted(unknown)[0]!r} in device URL {url!r}; "
+                         f"known: baud")
+    try:
+        baud = int(options.get("baud", [DEFAULT_BAUD])[0])
+    except ValueError:
+        raise ValueError(f"baud must be an integer in device URL {url!r}") from None
+    return serial.serial_for_url(path, baudrate=baud, timeout=timeout)

@@ -1,0 +1,197 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""HostBridge (Amaranth simulator): frames in, answers and items out.
+
+The frames are built here from the register map's definitions (kinds, statuses,
+channel numbers, payload sizes); the oracle for what the bridge must do is the
+frame rules written in ``hdl/bridge/regmap.py``'s docstring and
+``docs/registers.md``, checked one rule per test.
+"""
+
+import random
+from pathlib import Path
+
+import pytest
+from amaranth.hdl import Value
+
+from espnic.hdl.bridge.host import MAX_READ_WORDS, HostBridge
+from espnic.hdl.bridge.regmap import (MAGIC, VERSION, FrameKind, RegisterMap, Status,
+                                      registers_markdown, DOC_PARAMETERS)
+from espnic.sim.amaranth_sim import run_sim
+
+REGMAP = RegisterMap(engines=2, ports=1)
+
+
+def frame(kind, tag, b2, b3, body=b""):
+    return bytes([kind.value if isinstance(kind, FrameKind) else kind, tag, b2, b3]) + body
+
+
+def read(tag, address, words):
+    return frame(FrameKind.READ, tag, address & 0xff, address >> 8, bytes([words]))
+
+
+def write(tag, address, word):
+    return frame(FrameKind.WRITE, tag, address & 0xff, address >> 8, word.to_bytes(4, "little"))
+
+
+def send(tag, channel, index, payload):
+    return frame(FrameKind.SEND, tag, REGMAP.channel(channel).number, index, payload)
+
+
+def ack(tag, status):
+    return frame(FrameKind.ACK, tag, Status(status).value, 0)
+
+
+def payload_of(channel, value):
+    return value.to_bytes(REGMAP.channel(channel).payload_bytes, "little")
+
+
+class BridgeBench:
+    """Drives ``rx`` with frames (``abort`` on chosen ones), records ``tx`` frames,
+    serves the in channels (ready with probability ``ready_prob``) and records what
+    they take."""
+
+    def __init__(self, *, ready_prob=1.0, seed=0):
+        self.dut = HostBridge(REGMAP)
+        self.ready_prob, self.rng = ready_prob, random.Random(seed)
+        self.sent = []        # (channel, index, payload int) taken from in channels
+        self.tx = []          # whole tx frames
+
+    def run(self, frames, *, status=None, items=(), settle=200):
+        dut = self.dut
+        tx_bytes = []
+
+        async def host(ctx):
+            for index, value in (status or {}).items():
+                ctx.set(dut.status[index], value)
+            for octets, abort in frames:
+                for n, byte in enumerate(octets):
+                    last = n == len(octets) - 1
+                    ctx.set(dut.rx.payload, {"data": byte, "last": last, "abort": abort and last})
+                    ctx.set(dut.rx.valid, 1)
+                    await ctx.tick().until(dut.rx.ready)
+                ctx.set(dut.rx.valid, 0)
+            for channel, index, value in items:
+                stream = getattr(dut, channel)[index]
+                ctx.set(Value.cast(stream.payload), value)
+                ctx.set(stream.valid, 1)
+                await ctx.tick().until(stream.ready)
+                ctx.set(stream.valid, 0)
+            await ctx.tick().repeat(settle)
+
+        async def tx(ctx):
+            ctx.set(dut.tx.ready, 1)
+            async for _clk, _rst, valid, payload in ctx.tick().sample(dut.tx.valid,
+                                                                      dut.tx.payload):
+                if valid:
+                    tx_bytes.append(payload.data)
+                    if payload.last:
+                        self.tx.append(bytes(tx_bytes))
+                        tx_bytes.clear()
+
+        def taker(channel, index):
+            stream = getattr(dut, channel.name)[index]
+
+            async def process(ctx):
+                bits = Value.cast(stream.payload)
+                async for _clk, _rst, valid, ready, payload in ctx.tick().sample(
+                        stream.valid, stream.ready, bits):
+                    if valid and ready:
+                        self.sent.append((channel.name, index, payload))
+                    ctx.set(stream.ready, self.rng.random() < self.ready_prob)
+            return process
+
+        processes = [tx] + [taker(c, k) for c in REGMAP.channels if c.direction == "in"
+                            for k in range(c.count)]
+        run_sim(dut, host, background=processes)
+        return self.tx
+
+
+def value_of(payload):
+    return int.from_bytes(payload, "little")
+
+
+def test_reads_the_capability_block():
+    bench = BridgeBench()
+    words = 2 + 14
+    answer, = bench.run([(read(7, 0, words), False)])
+    assert answer[:4] == frame(FrameKind.DATA, 7, 0, 0)
+    got = [int.from_bytes(answer[4 + 4 * n:8 + 4 * n], "little") for n in range(words)]
+    assert got[:5] == [MAGIC, VERSION, 2, 1, REGMAP.params["slots"]]
+    assert RegisterMap.from_capabilities(got).params == REGMAP.params
+
+
+def test_reads_status_and_writes_control():
+    bench = BridgeBench()
+    pause = REGMAP.register("pause")
+    sent0 = REGMAP.register("sent[0]")
+    status = {bench.dut.status_registers.index(sent0): 0xdeadbeef}
+    answers = bench.run([(write(1, pause.address, 1), False),
+                         (read(2, pause.address, 1), False),
+                         (read(3, sent0.address, 1), False)], status=status)
+    assert answers == [ack(1, Status.OK),
+                       frame(FrameKind.DATA, 2, pause.address, 0, (1).to_bytes(4, "little")),
+                       frame(FrameKind.DATA, 3, sent0.address, 0,
+                             (0xdeadbeef).to_bytes(4, "little"))]
+
+
+def test_send_offers_the_whole_payload_once_then_acks():
+    bench = BridgeBench(ready_prob=0.3, seed=1)
+    record = random.Random(2).getrandbits(REGMAP.channel("engine_host").layout.size)
+    fence = 0b10101
+    answers = bench.run([(send(5, "engine_host", 1, payload_of("engine_host", record)), False),
+                         (send(5, "engine_host", 1, payload_of("engine_host", record)), False),
+                         (send(6, "fence_host", 0, payload_of("fence_host", fence)), False)])
+    assert answers == [ack(5, Status.OK), ack(5, Status.DUPLICATE), ack(6, Status.OK)]
+    assert bench.sent == [("engine_host", 1, record), ("fence_host", 0, fence)]
+
+
+def test_bad_frames_are_refused_and_counted():
+    bench = BridgeBench()
+    idle = REGMAP.register("idle")
+    good = payload_of("fence_host", 3)
+    frames = [
+        (send(1, "engine_host", 0, payload_of("engine_host", 1)), True),   # aborted: nothing
+        (send(2, "engine_host", 2, payload_of("engine_host", 1)), False),  # no engine 2
+        (send(3, "engine_reply", 0, good), False),                         # an out channel
+        (send(4, "fence_host", 0, good + b"\0"), False),                   # too long
+        (write(5, idle.address, 1), False),                                # read-only
+        (write(6, REGMAP.words, 1), False),                                # beyond the map
+        (read(7, REGMAP.words - 1, 2), False),                             # runs off the end
+        (read(8, 0, MAX_READ_WORDS + 1), False),
+        (frame(0x44, 9, 0, 0), False),                                     # unknown kind
+        (bytes([FrameKind.READ.value, 10]), False),                        # no header
+        (send(11, "fence_host", 0, good), False),                          # and still works
+    ]
+    answers = bench.run(frames)
+    assert answers == [ack(2, Status.BAD_CHANNEL), ack(3, Status.BAD_CHANNEL),
+                       ack(4, Status.BAD_LENGTH), ack(5, Status.BAD_ADDRESS),
+                       ack(6, Status.BAD_ADDRESS), ack(7, Status.BAD_ADDRESS),
+                       ack(8, Status.BAD_ADDRESS), ack(9, Status.BAD_KIND),
+                       ack(10, Status.BAD_LENGTH), ack(11, Status.OK)]
+    assert bench.sent == [("fence_host", 0, 3)]
+
+
+def test_items_go_out_as_frames():
+    bench = BridgeBench()
+    reply = REGMAP.channel("engine_reply")
+    value = random.Random(3).getrandbits(reply.layout.size)
+    fenced = REGMAP.channel("engine_fenced")
+    answers = bench.run([], items=[("engine_reply", 1, value), ("engine_fenced", 0, 9)])
+    assert answers == [frame(FrameKind.ITEM, 0, reply.number, 1, payload_of("engine_reply", value)),
+                       frame(FrameKind.ITEM, 0, fenced.number, 0, payload_of("engine_fenced", 9))]
+
+
+def test_registers_doc_is_current():
+    path = Path(__file__).parent.parent / "docs" / "registers.md"
+    expected = registers_markdown(RegisterMap(**DOC_PARAMETERS)) + "\n"
+    assert path.read_text() == expected, \
+        "docs/registers.md is stale: python -m espnic.hdl.bridge.regmap > docs/registers.md"
+
+
+def test_register_map_checks():
+    with pytest.raises(TypeError, match="unknown EspNic parameter 'engine'"):
+        RegisterMap(engine=2)
+    with pytest.raises(ValueError, match="not an espnic device"):
+        RegisterMap.from_capabilities([0] * 16)
+    with pytest.raises(TypeError, match="regmap must be a RegisterMap"):
+        HostBridge({})
