@@ -23,12 +23,18 @@ from .bridge.host import HostBridge
 from .bridge.regmap import RegisterMap
 from .bridge.uart import UartRx, UartTx
 from .forwarder.egress import EGRESS_BEAT
+from .packet.fifo import PacketFifo
+from .packet.gather import BytesToBeats
 from .packet.layouts import packet_beat
+from .packet.merge import PacketMerger
 from .top import EspNic
 
-__all__ = ["EspNicDevice", "LINKS"]
+__all__ = ["EspNicDevice", "LINKS", "PACKET_PATHS", "INJECT_DEPTH"]
 
 LINKS = ("bytes", "uart")
+PACKET_PATHS = ("ports", "link")
+#: Beats of the injected-packet FIFO: one frame's longest packet (2,044 bytes).
+INJECT_DEPTH = 128
 
 
 class EspNicDevice(wiring.Component):
@@ -41,23 +47,32 @@ class EspNicDevice(wiring.Component):
         ``"uart"``: UART pins ``uart_rx``/``uart_tx``, 8N1, ``divisor`` clock
         cycles per bit (:func:`~.bridge.uart.divisor_for`).
     divisor : with ``link="uart"`` only.
+    packets : ``"ports"``: the packet ports (``i``, ``o``, ``exception``,
+        ``exception_port``) are the ``EspNic``'s, and packets the host injects are
+        merged into ``i`` a packet at a time; ``"link"``: there are no packet
+        ports (a board without Ethernet): packets come in only as ``INJECT``
+        frames and everything the device sends out goes to the host as
+        ``PACKET`` frames.
     **nic : the :class:`EspNic` parameters.
 
-    The packet ports (``i``, ``o``, ``exception``, ``exception_port``) are the
-    ``EspNic``'s.
+    Injected packets pass a :class:`PacketFifo` (``INJECT_DEPTH`` beats), so a
+    frame that turns out bad injects nothing (``inject_aborted`` counts it).
     """
 
-    def __init__(self, *, link: str = "bytes", divisor: int | None = None, **nic):
+    def __init__(self, *, link: str = "bytes", divisor: int | None = None,
+                 packets: str = "ports", **nic):
         if link not in LINKS:
             raise ValueError(f"link must be one of {LINKS}, not {link!r}")
+        if packets not in PACKET_PATHS:
+            raise ValueError(f"packets must be one of {PACKET_PATHS}, not {packets!r}")
         if (divisor is None) != (link == "bytes"):
             raise ValueError("divisor is needed with link='uart' and only then, "
                              f"not {divisor!r} with link={link!r}")
-        self.link, self._divisor = link, divisor
+        self.link, self._divisor, self.packets = link, divisor, packets
         self.nic = EspNic(**nic)
         self.regmap = RegisterMap(**nic)
         self.bridge = HostBridge(self.regmap)
-        members = {
+        members = {} if packets == "link" else {
             "i": In(stream.Signature(packet_beat(16))).array(self.nic.ports),
             "o": Out(stream.Signature(EGRESS_BEAT)).array(self.nic.ports),
             "exception": Out(stream.Signature(packet_beat(16))),
@@ -75,11 +90,7 @@ class EspNicDevice(wiring.Component):
         m.submodules.bridge = bridge = self.bridge
         m.submodules.decoder = decoder = FrameDecoder(max_frame=MAX_FRAME, counter_width=32)
         m.submodules.encoder = encoder = FrameEncoder()
-        for p in range(nic.ports):
-            wiring.connect(m, wiring.flipped(self.i[p]), nic.i[p])
-            wiring.connect(m, nic.o[p], wiring.flipped(self.o[p]))
-        wiring.connect(m, nic.exception, wiring.flipped(self.exception))
-        m.d.comb += self.exception_port.eq(nic.exception_port)
+        self._packet_paths(m, nic, bridge)
 
         if self.link == "bytes":
             wiring.connect(m, wiring.flipped(self.host_rx), decoder.i)
@@ -95,7 +106,7 @@ class EspNicDevice(wiring.Component):
 
         own = {"bad_crc": decoder.bad_crc, "too_short": decoder.too_short,
                "too_long": decoder.too_long, "bad_command": bridge.bad_command,
-               "duplicates": bridge.duplicates}
+               "duplicates": bridge.duplicates, "inject_aborted": self._inject_aborted}
         for n, register in enumerate(bridge.status_registers):
             if register.signal.startswith("bridge."):
                 value = own[register.signal.removeprefix("bridge.")]
@@ -120,3 +131,38 @@ class EspNicDevice(wiring.Component):
                 else:
                     wiring.connect(m, theirs, ours)
         return m
+
+    def _packet_paths(self, m, nic, bridge):
+        """Injected packets into the ports; the ports' output to the host or out."""
+        m.submodules.gather = gather = BytesToBeats(layout=bridge.inject.payload.shape())
+        injected = PacketFifo(layout=gather.o.payload.shape(), depth=INJECT_DEPTH)
+        m.submodules.injected = injected
+        self._inject_aborted = injected.dropped
+        wiring.connect(m, bridge.inject, gather.i)
+        wiring.connect(m, gather.o, injected.i)
+        port = injected.o.payload.port
+        for p in range(nic.ports):
+            if self.packets == "link":
+                into = nic.i[p]
+            else:
+                m.submodules[f"merge{p}"] = merge = PacketMerger(count=2, width=16)
+                wiring.connect(m, wiring.flipped(self.i[p]), merge.i[0])
+                wiring.connect(m, merge.o, nic.i[p])
+                into = merge.i[1]
+            m.d.comb += [
+                *(getattr(into.payload, name).eq(getattr(injected.o.payload, name))
+                  for name in packet_beat(16).members),
+                into.valid.eq(injected.o.valid & (port == p)),
+            ]
+            with m.If(port == p):
+                m.d.comb += injected.o.ready.eq(into.ready)
+            if self.packets == "link":
+                wiring.connect(m, nic.o[p], bridge.egress[p])
+            else:
+                wiring.connect(m, nic.o[p], wiring.flipped(self.o[p]))
+        if self.packets == "link":
+            wiring.connect(m, nic.exception, bridge.exception)
+            m.d.comb += bridge.exception_port.eq(nic.exception_port)
+        else:
+            wiring.connect(m, nic.exception, wiring.flipped(self.exception))
+            m.d.comb += self.exception_port.eq(nic.exception_port)

@@ -10,7 +10,7 @@ layouts.
 from amaranth.lib import data
 
 from ..hdl.bridge.host import MAX_READ_WORDS
-from ..hdl.bridge.regmap import CAPABILITIES, RegisterMap
+from ..hdl.bridge.regmap import CAPABILITIES, MAX_INJECT, RegisterMap
 from .link import FrameLink, LinkError
 from .transport import open_port
 
@@ -74,6 +74,22 @@ class Device:
         layout = data.Layout.cast(described.layout)
         bits = fields if isinstance(fields, int) else layout.const(fields).as_bits()
         self.link.send(described.number, index, bits.to_bytes(described.payload_bytes, "little"))
+
+    def inject(self, port: int, packet: bytes) -> None:
+        """Put ``packet`` (an IP packet, or a frame on an Ethernet port) into ingress
+        ``port`` as if it had arrived there."""
+        if not 0 <= port < self.regmap.params["ports"]:
+            raise ValueError(f"the device has ports 0..{self.regmap.params['ports'] - 1}, "
+                             f"not {port}")
+        if not 1 <= len(packet) <= MAX_INJECT:
+            raise ValueError(f"a packet to inject must be 1..{MAX_INJECT} bytes, "
+                             f"not {len(packet)}")
+        self.link.inject(port, bytes(packet))
+
+    def packets(self, *, wait: float = 0.0) -> list:
+        """``(PacketSource, port, packet, aborted)`` of every packet the device has sent
+        the host (from an egress port, or its exception queue) so far."""
+        return self.link.packets(wait=wait)
 
     def items(self, *, wait: float = 0.0) -> list:
         """``(channel name, index, payload)`` of the device's items so far, payloads

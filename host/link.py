@@ -4,8 +4,9 @@
 :class:`FrameLink` sends one frame at a time and waits for its answer (an ``ACK``,
 or ``DATA`` for a ``READ``); with no answer in ``timeout`` it resends the same
 frame with the same tag, which the device acknowledges ``DUPLICATE`` if it had
-executed it already, so a lost answer never executes a ``WRITE`` or ``SEND``
-twice. ``ITEM`` frames that arrive meanwhile are queued for :meth:`items`.
+executed it already, so a lost answer never executes a ``WRITE``, ``SEND`` or
+``INJECT`` twice. ``ITEM`` and ``PACKET`` frames that arrive meanwhile are queued
+for :meth:`items` and :meth:`packets`.
 Frame codec and CRC are the gateware module's own (:mod:`espnic.hdl.bridge.framing`).
 """
 
@@ -13,7 +14,7 @@ import collections
 import time
 
 from ..hdl.bridge.framing import FrameDecoderModel, encode_frame
-from ..hdl.bridge.regmap import HEADER_BYTES, FrameKind, Status
+from ..hdl.bridge.regmap import HEADER_BYTES, FrameKind, PacketSource, Status
 
 __all__ = ["FrameLink", "LinkError", "DeviceError"]
 
@@ -46,6 +47,7 @@ class FrameLink:
         self._decoder = FrameDecoderModel()
         self._frames = collections.deque()     # decoded, not yet looked at
         self._items = collections.deque()
+        self._packets = collections.deque()
         self._tag = 0
         self.resends = 0
 
@@ -71,20 +73,32 @@ class FrameLink:
         if frame[0] == FrameKind.ITEM.value:
             self._items.append((frame[2], frame[3], frame[HEADER_BYTES:]))
             return None
+        if frame[0] == FrameKind.PACKET.value and len(frame) > HEADER_BYTES:
+            self._packets.append((PacketSource(frame[3]), frame[2],
+                                  frame[HEADER_BYTES:-1], bool(frame[-1])))
+            return None
         return frame
 
-    def items(self, *, wait: float = 0.0) -> list:
-        """``(channel, index, payload)`` of every item that has arrived; waits up to
-        ``wait`` seconds for the first."""
+    def _drain(self, queue, wait: float) -> list:
         deadline = time.monotonic() + wait
-        while not self._items:
+        while not queue:
             frame = self._receive(deadline)
             if frame is None:
                 break
             self._dispatch(frame)
-        items = list(self._items)
-        self._items.clear()
-        return items
+        taken = list(queue)
+        queue.clear()
+        return taken
+
+    def items(self, *, wait: float = 0.0) -> list:
+        """``(channel, index, payload)`` of every item that has arrived; waits up to
+        ``wait`` seconds for the first."""
+        return self._drain(self._items, wait)
+
+    def packets(self, *, wait: float = 0.0) -> list:
+        """``(PacketSource, port, packet, aborted)`` of every packet that has
+        arrived; waits up to ``wait`` seconds for the first."""
+        return self._drain(self._packets, wait)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -130,3 +144,7 @@ class FrameLink:
     def send(self, channel: int, index: int, payload: bytes) -> Status:
         answer = self.request(FrameKind.SEND, channel, index, payload)
         return self._acked(answer, f"SEND to channel {channel}[{index}]")
+
+    def inject(self, port: int, packet: bytes) -> Status:
+        answer = self.request(FrameKind.INJECT, port, 0, packet)
+        return self._acked(answer, f"INJECT into port {port}")

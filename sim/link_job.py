@@ -20,6 +20,7 @@ import threading
 import time
 from collections import defaultdict
 
+from ..hdl.bridge.regmap import PacketSource
 from ..hdl.device import EspNicDevice
 from ..hdl.engine.sa import SA_COUNTERS
 from ..hdl.packet import beats_from_bytes
@@ -84,6 +85,44 @@ class SimPort:
         return pump
 
 
+def _run_all_over_link(setup: NicSetup, traffic, *, profile: str, timeout: float):
+    model = setup.model()
+    outcomes = [model.process(port, packet) for port, packet in traffic]
+    expected = model.counters()
+    want = sum(outcome.port is not None for outcome in outcomes) + \
+        sum(outcome.exception for outcome in outcomes)
+
+    def host(device: Device):
+        driver = _Host(device, setup, timeout=timeout)
+        driver.program(model)
+        for port, packet in traffic:
+            device.inject(port, packet)
+        got = []
+        deadline = time.monotonic() + timeout
+        while len(got) < want and time.monotonic() < deadline:
+            got += device.packets(wait=0.2)
+        # Drops leave nothing to wait for: wait until the counters say every packet
+        # is accounted for (or give up and let the comparison say what differs).
+        counters = driver.counters()
+        while counters != expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+            counters = driver.counters()
+        return got, counters, driver.sa_counters(), device.params
+
+    device = EspNicDevice(link="bytes", packets="link", **setup.params(profile))
+    got, counters, sa_counters, params = run_host(device, host, timeout=timeout)
+    outputs = {port: [] for port in range(setup.ports)}
+    exceptions, aborted = [], 0
+    for source, port, packet, was_aborted in got:
+        if source is PacketSource.EXCEPTION:
+            exceptions.append((port, packet))
+        elif was_aborted:
+            aborted += 1
+        else:
+            outputs[port].append(packet)
+    return NicRun(outputs, exceptions, outcomes, counters, sa_counters, model, aborted), params
+
+
 def run_host(device: EspNicDevice, host, *, port: SimPort | None = None,
              timeout: float = 30.0):
     """Simulate `device` while ``host(Device)`` runs in a thread on a driver opened
@@ -111,8 +150,55 @@ def run_host(device: EspNicDevice, host, *, port: SimPort | None = None,
     return outcome["value"]
 
 
+class _Host:
+    """What the host does in a run: program a :class:`NicSetup` and read counters
+    back, over a :class:`Device`, answering replies from its items."""
+
+    def __init__(self, device: Device, setup: NicSetup, *, timeout: float):
+        self.device, self.setup, self.timeout = device, setup, timeout
+        self.events = []                  # items that were not the answer waited for
+
+    def answer(self, channel: str, index: int):
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            for item in self.device.items(wait=0.05):
+                if item[:2] == (channel, index):
+                    return item[2]
+                self.events.append(item)
+        raise TimeoutError(f"no {channel}[{index}] item in {self.timeout} s")
+
+    def operate(self, op: tuple, what: str, *, check: bool = True):
+        """Send `op`; with a reply stream, return the answer (checked as a table's
+        "done" when `check`)."""
+        name, index, payload, reply = op
+        index = index or 0
+        self.device.send(name, index, payload)
+        if reply is not None:
+            answer = self.answer(reply, index)
+            if check and not host_ok(answer):
+                raise AssertionError(f"{what} {name}[{index}] refused: {payload}")
+            return answer
+
+    def program(self, model):
+        for op in self.setup.host_ops(model):
+            self.operate(op, "setup")
+        self.device.write("miss_to_host",
+                          sum(flag << p for p, flag in enumerate(self.setup.miss_to_host)))
+
+    def sa_counters(self) -> dict:
+        counters = {}
+        for sa, op in counter_reads(self.setup, ()):
+            answer = self.operate(op, "counters", check=False)
+            counters[sa] = {name: getattr(answer.counters, name) for name, _ in SA_COUNTERS}
+        return counters
+
+    def counters(self) -> dict:
+        return _device_counters(self.device.counters(), self.setup)
+
+
 class _Driver(threading.Thread):
-    """The host's side of a run: programs `setup`, then on `quiet` reads counters back."""
+    """The host's side of a run over the packet ports: programs `setup`, then on
+    `quiet` reads counters back."""
 
     def __init__(self, setup: NicSetup, port: SimPort, model, *, timeout: float):
         super().__init__(daemon=True)
@@ -120,44 +206,17 @@ class _Driver(threading.Thread):
         self.programmed, self.quiet, self.done = (threading.Event(), threading.Event(),
                                                   threading.Event())
         self.params = self.error = None
-        self.counters, self.sa_counters, self.events = {}, {}, []
-
-    def _answer(self, device: Device, channel: str, index: int):
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            for item in device.items(wait=0.05):
-                if item[:2] == (channel, index):
-                    return item[2]
-                self.events.append(item)
-        raise TimeoutError(f"no {channel}[{index}] item in {self.timeout} s")
-
-    def _operate(self, device: Device, op: tuple, what: str, *, check: bool = True):
-        """Send `op`; with a reply stream, return the answer (checked as a table's
-        "done" when `check`)."""
-        name, index, payload, reply = op
-        index = index or 0
-        device.send(name, index, payload)
-        if reply is not None:
-            answer = self._answer(device, reply, index)
-            if check and not host_ok(answer):
-                raise AssertionError(f"{what} {name}[{index}] refused: {payload}")
-            return answer
+        self.counters, self.sa_counters = {}, {}
 
     def run(self):
         try:
             device = Device(FrameLink(self.port, timeout=self.timeout))
             self.params = device.params
-            for op in self.setup.host_ops(self.model):
-                self._operate(device, op, "setup")
-            device.write("miss_to_host",
-                         sum(flag << p for p, flag in enumerate(self.setup.miss_to_host)))
+            host = _Host(device, self.setup, timeout=self.timeout)
+            host.program(self.model)
             self.programmed.set()
             self.quiet.wait()
-            for sa, op in counter_reads(self.setup, ()):
-                answer = self._operate(device, op, "counters", check=False)
-                self.sa_counters[sa] = {name: getattr(answer.counters, name)
-                                        for name, _ in SA_COUNTERS}
-            self.counters = device.counters()
+            self.sa_counters, self.counters = host.sa_counters(), host.counters()
         except BaseException as error:        # reported by the simulation's side
             self.error = error
             self.programmed.set()
@@ -178,10 +237,18 @@ def _device_counters(read: dict, setup: NicSetup) -> dict:
 
 
 def run_nic_over_link(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,
-                      seed=0, timeout: float = 120.0) -> tuple[NicRun, dict]:
+                      seed=0, timeout: float = 120.0,
+                      packets: str = "ports") -> tuple[NicRun, dict]:
     """`traffic` through an :class:`EspNicDevice` that the host driver programs over
     its link. Returns the run and the device parameters the driver read from the
-    capability block. `timeout`: wall-clock seconds the driver waits for an answer."""
+    capability block. `timeout`: wall-clock seconds the driver waits for an answer.
+
+    `packets`: ``"ports"``: the traffic goes through the device's packet ports
+    (with input gaps and output stalls); ``"link"``: the driver injects it and
+    takes every packet out as frames, and nothing but the link connects the
+    device to the outside."""
+    if packets == "link":
+        return _run_all_over_link(setup, traffic, profile=profile, timeout=timeout)
     model = setup.model()
     outcomes = [model.process(port, packet) for port, packet in traffic]
     device = EspNicDevice(link="bytes", **setup.params(profile))
@@ -235,6 +302,6 @@ def run_nic_over_link(setup: NicSetup, traffic, *, profile="compact", stall=0.0,
             exception_collector(device, want_exceptions, exceptions),
             background=[port.pump(device.host_rx, device.host_tx)])
     outputs, aborted = egress_packets(received, setup.ports)
-    run = NicRun(outputs, exceptions, outcomes, _device_counters(driver.counters, setup),
-                 driver.sa_counters, model, aborted)
+    run = NicRun(outputs, exceptions, outcomes, driver.counters, driver.sa_counters, model,
+                 aborted)
     return run, driver.params

@@ -14,9 +14,10 @@ import pytest
 from amaranth.hdl import Value
 
 from espnic.hdl.bridge.host import MAX_READ_WORDS, HostBridge
-from espnic.hdl.bridge.regmap import (MAGIC, VERSION, FrameKind, RegisterMap, Status,
-                                      registers_markdown, DOC_PARAMETERS)
-from espnic.sim.amaranth_sim import run_sim
+from espnic.hdl.bridge.regmap import (DOC_PARAMETERS, MAGIC, VERSION, FrameKind, PacketSource,
+                                      RegisterMap, Status, registers_markdown)
+from espnic.hdl.packet import beats_from_bytes
+from espnic.sim.amaranth_sim import run_sim, stream_put_all
 
 REGMAP = RegisterMap(engines=2, ports=1)
 
@@ -195,3 +196,40 @@ def test_register_map_checks():
         RegisterMap.from_capabilities([0] * 16)
     with pytest.raises(TypeError, match="regmap must be a RegisterMap"):
         HostBridge({})
+
+
+def test_packets_go_out_as_frames():
+    """Egress beats with gaps, the exception queue, an aborted packet, and tx stalls:
+    each packet a PACKET frame with its port, source and abort byte."""
+    dut = HostBridge(REGMAP)
+    rng = random.Random(4)
+    first, second = bytes(range(50)), bytes(rng.getrandbits(8) for _ in range(33))
+    tx, frames = [], []
+
+    async def egress(ctx):
+        beats = [dict(b, abort=0) for b in beats_from_bytes(first, 16)]
+        beats += [dict(b, abort=b["last"]) for b in beats_from_bytes(second, 16)]
+        await stream_put_all(ctx, dut.egress[0], beats, rng=rng, gap_prob=0.5)
+
+    async def exception(ctx):
+        ctx.set(dut.exception_port, 0)
+        await stream_put_all(ctx, dut.exception, beats_from_bytes(second, 16), rng=rng,
+                             gap_prob=0.3)
+        await ctx.tick().repeat(400)
+
+    async def take(ctx):
+        async for _c, _r, valid, ready, payload in ctx.tick().sample(dut.tx.valid, dut.tx.ready,
+                                                                     dut.tx.payload):
+            if valid and ready:
+                tx.append(payload.data)
+                if payload.last:
+                    frames.append(bytes(tx))
+                    tx.clear()
+            ctx.set(dut.tx.ready, rng.random() < 0.6)
+
+    run_sim(dut, egress, exception, background=[take])
+    egress_frames = [f for f in frames if f[3] == PacketSource.EGRESS.value]
+    assert egress_frames == [frame(FrameKind.PACKET, 0, 0, 0, first + b"\0"),
+                             frame(FrameKind.PACKET, 0, 0, 0, second + b"\1")]
+    assert [f for f in frames if f[3] == PacketSource.EXCEPTION.value] == \
+        [frame(FrameKind.PACKET, 0, 0, PacketSource.EXCEPTION.value, second + b"\0")]

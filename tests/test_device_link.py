@@ -30,11 +30,28 @@ def test_device_programmed_over_its_link(engines, ports, miss_to_host):
     assert run.sa_counters, "no SA counters were read back"
 
 
+@pytest.mark.parametrize("engines, ports", [(1, 1), (2, 2)])
+def test_packets_over_the_link_only(engines, ports):
+    """A device with no packet ports (a board without Ethernet): the host injects
+    the traffic as frames and takes every packet out as frames (the exception
+    queue's too); everything equals the model's."""
+    rng = random.Random(engines * 5 + ports)
+    scenario = NicScenario(engines=engines, ports=ports, miss_to_host=ports > 1)
+    traffic = scenario.traffic(20, rng)
+    run, _params = run_nic_over_link(scenario.setup, traffic, packets="link")
+    check_nic_run(run, traffic)
+    assert sum(len(packets) for packets in run.outputs.values()) >= 3
+    if ports > 1:
+        assert run.exceptions, "no packet reached the exception queue"
+
+
 def test_device_parameters():
     with pytest.raises(ValueError, match="link must be one of"):
         EspNicDevice(link="pcie")
     with pytest.raises(ValueError, match="divisor is needed with link='uart'"):
         EspNicDevice(link="uart")
+    with pytest.raises(ValueError, match="packets must be one of"):
+        EspNicDevice(packets="pcap")
 
 
 class SpoilingPort(SimPort):

@@ -21,13 +21,21 @@ from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..forwarder.egress import EGRESS_BEAT
+from ..packet.layouts import packet_beat
 from .framing import DECODED_BYTE, PAYLOAD_BYTE
-from .regmap import HEADER_BYTES, FrameKind, RegisterMap, Status
+from .regmap import HEADER_BYTES, MAX_INJECT, FrameKind, PacketSource, RegisterMap, Status
 
-__all__ = ["HostBridge", "MAX_READ_WORDS"]
+__all__ = ["HostBridge", "MAX_READ_WORDS", "inject_byte"]
 
 #: The most words one ``READ`` returns.
 MAX_READ_WORDS = 64
+
+
+def inject_byte(ports: int) -> data.StructLayout:
+    """A byte of an injected packet, for ingress port ``port``; ``abort`` on the last
+    byte of a packet whose frame turned out bad."""
+    return data.StructLayout({"data": 8, "last": 1, "abort": 1, "port": range(max(2, ports))})
 
 
 class HostBridge(wiring.Component):
@@ -41,6 +49,11 @@ class HostBridge(wiring.Component):
     ---------
     rx : decoded frame bytes (``abort`` on a bad frame's last byte).
     tx : frame payload bytes for the encoder.
+    inject : the bytes of ``INJECT`` frames, as they arrive (:func:`inject_byte`):
+        the consumer must keep a packet until its last byte and drop it if that
+        byte has ``abort`` (a :class:`~espnic.hdl.packet.fifo.PacketFifo`).
+    egress[p], exception, exception_port : packets the device sends out, each to
+        the host as a ``PACKET`` frame.
     status[i] : the value of the i-th read-only register that has a signal
         (:attr:`status_registers`), wired by the device.
     control[i] : the i-th read/write register (:attr:`control_registers`).
@@ -51,7 +64,8 @@ class HostBridge(wiring.Component):
     Latency: a frame is executed the cycle after its last byte; an ``ACK`` starts
     on ``tx`` a cycle later. A ``SEND`` waits for its stream to take the payload,
     and ``rx`` waits meanwhile. Throughput: one byte per cycle on each side;
-    answers take precedence over items.
+    answers go first, then items, then packets (egress ports in order, then the
+    exception queue), a whole frame at a time.
     """
 
     def __init__(self, regmap: RegisterMap):
@@ -68,6 +82,10 @@ class HostBridge(wiring.Component):
             "control": Out(32).array(len(self.control_registers)),
             "bad_command": Out(32),
             "duplicates": Out(32),
+            "inject": Out(stream.Signature(inject_byte(regmap.params["ports"]))),
+            "egress": In(stream.Signature(EGRESS_BEAT)).array(regmap.params["ports"]),
+            "exception": In(stream.Signature(packet_beat(16))),
+            "exception_port": In(range(max(2, regmap.params["ports"] + regmap.params["nested"]))),
         }
         for channel in regmap.channels:
             direction = Out if channel.direction == "in" else In
@@ -100,12 +118,13 @@ class HostBridge(wiring.Component):
         # ---- receive -------------------------------------------------------
         header = Signal(data.ArrayLayout(8, HEADER_BYTES))
         staging = Signal(8 * staging_bytes)
-        position = Signal(range(HEADER_BYTES + staging_bytes + 2))   # bytes so far
+        # Bytes of the frame so far (an INJECT frame is the longest).
+        position = Signal(range(HEADER_BYTES + max(staging_bytes, MAX_INJECT) + 2))
         overlong = Signal()
         kind, tag = header[0], header[1]
         address = Cat(header[2], header[3])
         channel_number, stream_index = header[2], header[3]
-        body_length = Signal(range(staging_bytes + 1))
+        body_length = Signal.like(position)
 
         # ---- response (ACK or DATA) waiting for the transmitter -------------
         response = Signal()               # pending
@@ -125,11 +144,26 @@ class HostBridge(wiring.Component):
         def count(counter):
             m.d.sync += counter.eq(counter + 1)
 
-        m.d.comb += self.rx.ready.eq(~response & ~sending)
+        ports = regmap.params["ports"]
+        in_body = position >= HEADER_BYTES
+        duplicate = last_tag_valid & (tag == last_tag)
+        # An INJECT's bytes go on as they arrive (a packet does not fit the staging
+        # register), unless its port is unknown or it is a resent copy.
+        injecting = in_body & (kind == FrameKind.INJECT) & (header[2] < ports) & ~duplicate
+        m.d.comb += [
+            self.inject.payload.data.eq(self.rx.payload.data),
+            self.inject.payload.last.eq(self.rx.payload.last),
+            self.inject.payload.abort.eq(self.rx.payload.abort),
+            self.inject.payload.port.eq(header[2]),
+            self.inject.valid.eq(self.rx.valid & injecting & ~response & ~sending),
+            self.rx.ready.eq(~response & ~sending & (~injecting | self.inject.ready)),
+        ]
         with m.If(self.rx.valid & self.rx.ready):
             byte = self.rx.payload.data
-            with m.If(position < HEADER_BYTES):
+            with m.If(~in_body):
                 m.d.sync += header[position].eq(byte)
+            with m.Elif(kind == FrameKind.INJECT):
+                pass
             with m.Elif(position - HEADER_BYTES < staging_bytes):
                 with m.Switch(position - HEADER_BYTES):
                     for n in range(staging_bytes):
@@ -150,7 +184,6 @@ class HostBridge(wiring.Component):
             m.d.sync += execute.eq(0)
         m.d.comb += body_length.eq(frame_length - HEADER_BYTES)
         short = frame_length < HEADER_BYTES
-        duplicate = last_tag_valid & (tag == last_tag)
 
         @contextmanager
         def unless_refused(*refusals):
@@ -202,6 +235,11 @@ class HostBridge(wiring.Component):
                                     (~length_ok, Status.BAD_LENGTH),
                                     (duplicate, Status.DUPLICATE)):
                     m.d.sync += sending.eq(1)
+            with m.Elif(kind == FrameKind.INJECT):
+                with unless_refused((header[2] >= ports, Status.BAD_PORT),
+                                    (body_length == 0, Status.BAD_LENGTH),
+                                    (duplicate, Status.DUPLICATE)):
+                    answer(Status.OK)
             with m.Else():
                 answer(Status.BAD_KIND)
                 count(self.bad_command)
@@ -225,6 +263,24 @@ class HostBridge(wiring.Component):
         m.d.comb += tx_body.eq(tx_byte - HEADER_BYTES)
         source_bytes = Array(Value.cast(getattr(self, c.name)[k].payload)
                              for c, k in sources)
+        # Packets: each egress port, then the exception queue.
+        packet_sources = [*self.egress, self.exception]
+        packet_source = Signal(range(len(packet_sources)))
+        beat_byte = Signal(range(16))
+        trailer = Signal()                      # the packet is out: its status byte next
+        beats = Array(packet_sources)
+        beat = beats[packet_source].payload
+        beat_valid = beats[packet_source].valid
+        aborted = Array([*(e.payload.abort for e in self.egress), C(0)])[packet_source]
+        def frame_byte(header, body):
+            # The byte at `tx_byte` of a frame: 4 header bytes, then the body.
+            with m.Switch(tx_byte):
+                for n, value in enumerate(header):
+                    with m.Case(n):
+                        m.d.comb += self.tx.payload.data.eq(value)
+                with m.Default():
+                    m.d.comb += self.tx.payload.data.eq(body)
+
         with m.FSM(name="transmit"):
             with m.State("IDLE"):
                 m.d.sync += tx_byte.eq(0)
@@ -234,7 +290,12 @@ class HostBridge(wiring.Component):
                                                  HEADER_BYTES))
                     m.next = "ANSWER"
                 with m.Else():
-                    # Lowest source first: replies before events, engines in order.
+                    # The last If that holds wins: packets lose to items, and the
+                    # lowest source first: replies before events, engines in order.
+                    for q, packets in reversed(list(enumerate(packet_sources))):
+                        with m.If(packets.valid):
+                            m.d.sync += [packet_source.eq(q), beat_byte.eq(0)]
+                            m.next = "PACKET"
                     for s, (channel, k) in reversed(list(enumerate(sources))):
                         with m.If(getattr(self, channel.name)[k].valid):
                             m.d.sync += [source.eq(s),
@@ -242,19 +303,10 @@ class HostBridge(wiring.Component):
                             m.next = "ITEM"
             with m.State("ANSWER"):
                 read = words[address + (tx_body >> 2)]
-                with m.Switch(tx_byte):
-                    with m.Case(0):
-                        m.d.comb += self.tx.payload.data.eq(Mux(response_data, FrameKind.DATA,
-                                                                FrameKind.ACK))
-                    with m.Case(1):
-                        m.d.comb += self.tx.payload.data.eq(tag)
-                    with m.Case(2):
-                        m.d.comb += self.tx.payload.data.eq(Mux(response_data, header[2],
-                                                                response_status))
-                    with m.Case(3):
-                        m.d.comb += self.tx.payload.data.eq(Mux(response_data, header[3], 0))
-                    with m.Default():
-                        m.d.comb += self.tx.payload.data.eq(read.word_select(tx_byte[:2], 8))
+                frame_byte((Mux(response_data, FrameKind.DATA, FrameKind.ACK), tag,
+                            Mux(response_data, header[2], response_status),
+                            Mux(response_data, header[3], 0)),
+                           read.word_select(tx_byte[:2], 8))
                 m.d.comb += [self.tx.valid.eq(1),
                              self.tx.payload.last.eq(tx_byte == tx_length - 1)]
                 with m.If(self.tx.ready):
@@ -266,18 +318,8 @@ class HostBridge(wiring.Component):
                 numbers = Array(C(c.number, 8) for c, _ in sources)
                 indices = Array(C(k, 8) for _, k in sources)
                 payload = source_bytes[source]
-                with m.Switch(tx_byte):
-                    with m.Case(0):
-                        m.d.comb += self.tx.payload.data.eq(FrameKind.ITEM)
-                    with m.Case(1):
-                        m.d.comb += self.tx.payload.data.eq(0)
-                    with m.Case(2):
-                        m.d.comb += self.tx.payload.data.eq(numbers[source])
-                    with m.Case(3):
-                        m.d.comb += self.tx.payload.data.eq(indices[source])
-                    with m.Default():
-                        m.d.comb += self.tx.payload.data.eq(
-                            payload.word_select(tx_body, 8))
+                frame_byte((FrameKind.ITEM, 0, numbers[source], indices[source]),
+                           payload.word_select(tx_body, 8))
                 m.d.comb += [self.tx.valid.eq(1),
                              self.tx.payload.last.eq(tx_byte == tx_length - 1)]
                 with m.If(self.tx.ready):
@@ -287,4 +329,30 @@ class HostBridge(wiring.Component):
                         for s, (channel, k) in enumerate(sources):
                             with m.If(source == s):
                                 m.d.comb += getattr(self, channel.name)[k].ready.eq(1)
+            with m.State("PACKET"):
+                from_exceptions = packet_source == len(self.egress)
+                frame_byte((FrameKind.PACKET, 0,
+                            Mux(from_exceptions, self.exception_port, packet_source),
+                            Mux(from_exceptions, PacketSource.EXCEPTION, PacketSource.EGRESS)),
+                           Mux(trailer, aborted, beat.data.word_select(beat_byte, 8)))
+                # A packet's beats may come with gaps: a body byte waits for its beat.
+                m.d.comb += [
+                    self.tx.valid.eq((tx_byte < HEADER_BYTES) | trailer | beat_valid),
+                    self.tx.payload.last.eq(trailer),
+                ]
+                with m.If(self.tx.valid & self.tx.ready):
+                    with m.If(tx_byte < HEADER_BYTES):
+                        m.d.sync += tx_byte.eq(tx_byte + 1)
+                    with m.Elif(trailer):
+                        m.d.sync += trailer.eq(0)
+                        m.next = "IDLE"
+                    with m.Elif(beat_byte == beat.count - 1):
+                        # The beat's last byte: take the beat; after a packet's last
+                        # beat comes its status byte (the abort flag seen only now).
+                        m.d.sync += [beat_byte.eq(0), trailer.eq(beat.last)]
+                        for q, packets in enumerate(packet_sources):
+                            with m.If(packet_source == q):
+                                m.d.comb += packets.ready.eq(1)
+                    with m.Else():
+                        m.d.sync += beat_byte.eq(beat_byte + 1)
         return m

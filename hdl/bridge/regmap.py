@@ -33,14 +33,15 @@ from dataclasses import dataclass
 
 from amaranth.lib import data, enum
 
-__all__ = ["MAGIC", "VERSION", "CAPABILITIES", "FrameKind", "Status", "HEADER_BYTES",
+__all__ = ["MAGIC", "VERSION", "CAPABILITIES", "FrameKind", "Status", "PacketSource",
+           "HEADER_BYTES", "MAX_INJECT",
            "Register", "Channel", "RegisterMap", "nic_parameters", "payload_bytes",
            "BRIDGE_COUNTERS", "registers_markdown"]
 
 #: Word 0 of the capability block: "ESPN" in ASCII, little-endian.
 MAGIC = int.from_bytes(b"ESPN", "little")
 #: Word 1: bumped whenever an address, a channel or a frame changes meaning.
-VERSION = 1
+VERSION = 2
 
 #: Words 2.. of the capability block: the device's construction parameters, by the
 #: keyword of :class:`~espnic.hdl.top.EspNic`. Profiles and ``ethernet`` are encoded
@@ -52,9 +53,13 @@ _PROFILES = ("compact", "fast")
 _CAPABILITY_WORDS = 32          # room for more parameters without moving anything
 
 #: The bridge's own counters, in register order.
-BRIDGE_COUNTERS = ("bad_crc", "too_short", "too_long", "bad_command", "duplicates")
+BRIDGE_COUNTERS = ("bad_crc", "too_short", "too_long", "bad_command", "duplicates",
+                   "inject_aborted")
 
 HEADER_BYTES = 4
+#: The longest packet an ``INJECT`` carries: what the frame decoder takes (2,048 bytes of
+#: payload) less the header.
+MAX_INJECT = 2048 - HEADER_BYTES
 
 
 class FrameKind(enum.Enum, shape=8):
@@ -64,9 +69,17 @@ class FrameKind(enum.Enum, shape=8):
     READ  = 0x01   # bytes 2..3: word address; body: 1 byte, the number of words (1..64)
     WRITE = 0x02   # bytes 2..3: word address; body: one 32-bit word
     SEND  = 0x03   # byte 2: channel, byte 3: stream index; body: the payload
+    INJECT = 0x04  # byte 2: ingress port, byte 3: 0; body: the packet (1..MAX_INJECT bytes)
     ACK   = 0x81   # byte 2: Status; byte 3: 0
     DATA  = 0x82   # bytes 2..3: the address read; body: the words
     ITEM  = 0x83   # byte 2: channel, byte 3: stream index; body: the payload
+    PACKET = 0x84  # byte 2: port, byte 3: PacketSource; body: the packet, then 1 if aborted else 0
+
+
+class PacketSource(enum.Enum, shape=8):
+    """Byte 3 of a ``PACKET`` frame: where the packet left the device."""
+    EGRESS    = 0x00   # byte 2 is the egress port
+    EXCEPTION = 0x01   # the exception queue (misses sent to the host); byte 2 is the ingress port
 
 
 class Status(enum.Enum, shape=8):
@@ -77,6 +90,7 @@ class Status(enum.Enum, shape=8):
     BAD_ADDRESS = 0x03   # a READ/WRITE beyond the map, or a WRITE to a read-only word
     BAD_CHANNEL = 0x04   # no such in channel or stream index
     BAD_LENGTH  = 0x05   # body length not what the kind (or the channel's payload) needs
+    BAD_PORT    = 0x06   # an INJECT to a port the device does not have
 
 
 @dataclass(frozen=True)
@@ -276,7 +290,10 @@ def registers_markdown(regmap: RegisterMap) -> str:
         "`DUPLICATE` and not executed again: a host waits for each answer and resends",
         "only the frame it waits for, so it may resend one whose answer it did not get,",
         "and it must give consecutive frames different tags. Device items come as `ITEM`",
-        "frames (tag 0) whenever the device has them.",
+        "frames (tag 0) whenever the device has them. `INJECT` puts a packet into an",
+        "ingress port as if it had arrived there (whole or not at all: a bad frame's",
+        "packet is dropped), and every packet the device sends out of an egress port or",
+        "to its exception queue comes to the host as a `PACKET` frame (tag 0).",
         "",
         "| kind | value | header bytes 2..3 | body |",
         "| --- | ---: | --- | --- |",
@@ -313,6 +330,9 @@ _KIND_DOCS = {
     FrameKind.READ:  ("word address (LE)", "1 byte: words to read, 1..64"),
     FrameKind.WRITE: ("word address (LE)", "the word, 4 bytes LE"),
     FrameKind.SEND:  ("channel, stream index", "the payload, exactly its bytes"),
+    FrameKind.INJECT: ("ingress port, 0", f"the packet, 1..{MAX_INJECT} bytes"),
+    FrameKind.PACKET: ("port, source (0 egress, 1 exception queue)",
+                       "the packet, then a byte: 1 if the device aborted it, else 0"),
     FrameKind.ACK:   ("status, 0", "none"),
     FrameKind.DATA:  ("word address (LE)", "the words, 4 bytes LE each"),
     FrameKind.ITEM:  ("channel, stream index", "the payload"),
