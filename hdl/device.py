@@ -68,7 +68,7 @@ class EspNicDevice(wiring.Component):
         if (divisor is None) != (link == "bytes"):
             raise ValueError("divisor is needed with link='uart' and only then, "
                              f"not {divisor!r} with link={link!r}")
-        self.link, self._divisor, self.packets = link, divisor, packets
+        self.link, self.divisor, self.packets = link, divisor, packets
         self.nic = EspNic(**nic)
         self.regmap = RegisterMap(**nic)
         self.bridge = HostBridge(self.regmap)
@@ -96,8 +96,8 @@ class EspNicDevice(wiring.Component):
             wiring.connect(m, wiring.flipped(self.host_rx), decoder.i)
             wiring.connect(m, encoder.o, wiring.flipped(self.host_tx))
         else:
-            m.submodules.uart_rx = uart_rx = UartRx(divisor=self._divisor)
-            m.submodules.uart_tx = uart_tx = UartTx(divisor=self._divisor)
+            m.submodules.uart_rx = uart_rx = UartRx(divisor=self.divisor)
+            m.submodules.uart_tx = uart_tx = UartTx(divisor=self.divisor)
             m.d.comb += [uart_rx.rx.eq(self.uart_rx), self.uart_tx.eq(uart_tx.tx)]
             wiring.connect(m, uart_rx.o, decoder.i)
             wiring.connect(m, encoder.o, uart_tx.i)

@@ -31,7 +31,7 @@ from .amaranth_sim import run_sim, stream_get_packets, stream_put_all
 from .nic_job import (SETTLE_CYCLES, NicRun, NicSetup, counter_reads, egress_packets,
                       exception_collector, host_ok)
 
-__all__ = ["SimPort", "run_nic_over_link", "run_host"]
+__all__ = ["SimPort", "run_nic_over_link", "run_host", "uart_pump"]
 
 _TIMEOUT = 50_000
 
@@ -144,10 +144,44 @@ def run_host(device: EspNicDevice, host, *, port: SimPort | None = None,
         while worker.is_alive():
             await ctx.tick().repeat(50)
 
-    run_sim(device, wait, background=[port.pump(device.host_rx, device.host_tx)])
+    if device.link == "uart":
+        pumps = uart_pump(port, device.uart_rx, device.uart_tx, device.divisor)
+    else:
+        pumps = [port.pump(device.host_rx, device.host_tx)]
+    run_sim(device, wait, background=pumps)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def uart_pump(port: SimPort, rx_pin, tx_pin, divisor: int):
+    """Testbenches that are the host's UART (8N1, `divisor` cycles per bit) between
+    `port` and a device's pins: bytes from the port go out on `rx_pin`, characters
+    on `tx_pin` (sampled mid-bit) come back to the port."""
+    async def send(ctx):
+        ctx.set(rx_pin, 1)
+        while True:
+            try:
+                byte = port.to_device.get_nowait()
+            except queue.Empty:
+                await ctx.tick().repeat(divisor)
+                continue
+            for bit in [0, *(byte >> n & 1 for n in range(8)), 1]:
+                ctx.set(rx_pin, bit)
+                await ctx.tick().repeat(divisor)
+
+    async def receive(ctx):
+        while True:
+            await ctx.tick().until(tx_pin == 0)
+            await ctx.tick().repeat(divisor // 2)          # the start bit's middle
+            byte = 0
+            for n in range(8):
+                await ctx.tick().repeat(divisor)
+                byte |= ctx.get(tx_pin) << n
+            await ctx.tick().repeat(divisor)               # the stop bit's middle
+            port.from_device.put(byte)
+
+    return [send, receive]
 
 
 class _Host:

@@ -119,3 +119,23 @@ def test_link_errors_are_retried_and_nothing_is_half_written():
     assert counters["bad_crc"] >= 2          # the flipped bit, the cut frame (and the noise)
     assert resends >= 3                      # bad CRC, cut frame, lost frame: no answer
     assert counters["bad_command"] == 0
+
+
+def test_uart_link():
+    """The same driver over the UART pins (8N1, 4 cycles a bit: 12 Mbaud at 48 MHz):
+    capabilities, an SA written and read back (key zero), the link counters clean."""
+    device = EspNicDevice(link="uart", divisor=4, slots=4, window=64)
+    config = esp_config("out", spi=0x4242, window=64)
+    layout = sa_layout(64)
+
+    def host(driver):
+        driver.send("engine_host", 0, {"op": HostOp.WRITE, "slot": 3,
+                                       "record": control_record(config.to_record(layout))})
+        driver.send("engine_host", 0, {"op": HostOp.READ, "slot": 3})
+        (channel, _index, reply), = driver.items(wait=10.0)
+        return driver.params, channel, reply.record, driver.counters()
+
+    params, channel, record, counters = run_host(device, host, timeout=10.0)
+    assert (params["slots"], params["window"], channel) == (4, 64, "engine_reply")
+    assert (record.spi, record.key, record.state) == (0x4242, 0, SaState.VALID)
+    assert counters["bad_crc"] == counters["too_short"] == counters["bad_command"] == 0
