@@ -27,9 +27,9 @@ _PLANNED = {
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="espnic", description="IPsec ESP offload engine for FPGAs (AES-GCM).",
-        epilog="Built so far: the AES-GCM core and the ESP engine, not the forwarder, host link "
-               "or controller. Try `python -m espnic.sim.demo_gcm` or "
-               "`python -m espnic.bench.engine`.")
+        epilog="Built so far: the data plane (GCM core, ESP engines, forwarders, fabric), its "
+               "host link and driver, and `espnic sim`; not the controller or the other "
+               "commands. Try `espnic sim` or `python -m espnic.sim.demo_gcm`.")
     # Subcommands report a bad option in one line (the unbuilt ones have none yet).
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
                                      parser_class=_CommandParser)

@@ -61,7 +61,9 @@ class FrameLink:
         while not self._frames:
             if time.monotonic() >= deadline:
                 return None
-            chunk = self.port.read(4096)
+            # What is there, or one byte: pyserial's read(n) waits for all n bytes
+            # (or its timeout), which would cost every answer the whole timeout.
+            chunk = self.port.read(max(1, getattr(self.port, "in_waiting", 0)))
             if chunk:
                 self._frames.extend(self._decoder.feed(chunk))
         return self._frames.popleft()
@@ -104,9 +106,16 @@ class FrameLink:
 
     def request(self, kind: FrameKind, b2: int, b3: int, body: bytes = b"") -> bytes:
         """Send a frame and return its answer (header included)."""
+        if self._tag == 0 and kind is not FrameKind.READ:
+            # A new session's first WRITE/SEND/INJECT could carry the tag of the last
+            # session's last frame and be taken for its resend: a READ with tag 0,
+            # which no other frame uses, comes first.
+            self._exchange(FrameKind.READ, 0, 0, 0, bytes([1]))
         self._tag = self._tag % 255 + 1           # 1..255; consecutive frames differ
-        frame = bytes([kind.value, self._tag, b2, b3]) + bytes(body)
-        wire = encode_frame(frame)
+        return self._exchange(kind, self._tag, b2, b3, body)
+
+    def _exchange(self, kind: FrameKind, tag: int, b2: int, b3: int, body: bytes) -> bytes:
+        wire = encode_frame(bytes([kind.value, tag, b2, b3]) + bytes(body))
         for attempt in range(self.retries + 1):
             if attempt:
                 self.resends += 1
@@ -114,7 +123,7 @@ class FrameLink:
             deadline = time.monotonic() + self.timeout
             while (answer := self._receive(deadline)) is not None:
                 answer = self._dispatch(answer)
-                if answer is not None and answer[1] == self._tag:
+                if answer is not None and answer[1] == tag:
                     return answer
         raise LinkError(f"no answer to a {kind.name} frame after {self.retries + 1} tries "
                         f"of {self.timeout} s")

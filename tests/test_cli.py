@@ -7,7 +7,7 @@ import pytest
 from espnic.host.cli import main
 
 
-@pytest.mark.parametrize("command", ["run", "sim", "sa", "policy", "load", "stats", "ike",
+@pytest.mark.parametrize("command", ["run", "sa", "policy", "load", "stats", "ike",
                                      "build", "flash"])
 def test_unbuilt_commands_say_so(command, capsys):
     assert main([command, "--anything"]) == 2

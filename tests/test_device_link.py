@@ -4,6 +4,7 @@
 outputs, the exception queue and every counter must equal ``NicModel``'s."""
 
 import random
+import time
 
 import pytest
 
@@ -54,6 +55,15 @@ def test_device_parameters():
         EspNicDevice(packets="pcap")
 
 
+def first_item(driver, *, patience: float = 300.0) -> list:
+    """The device's items once there is one. Simulation speed depends on the
+    machine's load, so this waits long; only a hang takes the whole `patience`."""
+    items, deadline = [], time.monotonic() + patience
+    while not items and time.monotonic() < deadline:
+        items = driver.items(wait=1.0)
+    return items
+
+
 class SpoilingPort(SimPort):
     """A link that spoils some of the frames the host writes: ``spoil(n, wire)``
     gives what reaches the device of the host's n-th write."""
@@ -100,7 +110,7 @@ def test_link_errors_are_retried_and_nothing_is_half_written():
         read_back = {}
         for slot in range(8):
             driver.send("engine_host", 0, {"op": HostOp.READ, "slot": slot})
-            (channel, index, reply), = driver.items(wait=5.0)
+            (channel, index, reply), = first_item(driver)
             assert (channel, index) == ("engine_reply", 0)
             read_back[slot] = reply.record
         return read_back, driver.counters(), driver.link.resends
@@ -132,10 +142,10 @@ def test_uart_link():
         driver.send("engine_host", 0, {"op": HostOp.WRITE, "slot": 3,
                                        "record": control_record(config.to_record(layout))})
         driver.send("engine_host", 0, {"op": HostOp.READ, "slot": 3})
-        (channel, _index, reply), = driver.items(wait=10.0)
+        (channel, _index, reply), = first_item(driver)
         return driver.params, channel, reply.record, driver.counters()
 
-    params, channel, record, counters = run_host(device, host, timeout=10.0)
+    params, channel, record, counters = run_host(device, host, timeout=60.0)
     assert (params["slots"], params["window"], channel) == (4, 64, "engine_reply")
     assert (record.spi, record.key, record.state) == (0x4242, 0, SaState.VALID)
     assert counters["bad_crc"] == counters["too_short"] == counters["bad_command"] == 0

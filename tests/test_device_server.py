@@ -1,0 +1,266 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""The simulated device server (``espnic sim``): the real host driver talks to an
+``EspNicDevice`` in Verilator over ``socket://``, as it would to a board over a
+serial port. The first run builds the device (minutes); later runs reuse the build."""
+
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from espnic.hdl.bridge.framing import FLAG, encode_frame
+from espnic.hdl.bridge.regmap import FrameKind, PacketSource, RegisterMap, Status
+from espnic.hdl.device import EspNicDevice
+from espnic.hdl.engine.sa import SaState, sa_layout
+from espnic.hdl.engine.sa_table import HostOp, control_record
+from espnic.host.cli import main
+from espnic.host.device import Device
+from espnic.host.link import FrameLink
+from espnic.host.transport import open_port
+from espnic.sim import device_server
+from espnic.sim.device_server import running_server
+from espnic.sim.link_job import run_host
+from espnic.sim.model.nic import NicModel
+from tests.esp_cases import KEY128, KEY256, plain_packet
+from tests.esp_cases import config as esp_config
+
+# What `espnic sim` serves by default: the test shares its build.
+PARAMS = {"engines": 1, "ports": 1, "profile": "compact"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server(**PARAMS) as url:
+        yield url
+
+
+def _sa_configs(window):
+    return {3: esp_config("out", spi=0x2003, key=KEY256, window=window),
+            5: esp_config("in", spi=0x2005, key=KEY128, window=window, mode="transport")}
+
+
+def _read_slot(device, slot):
+    device.send("engine_host", 0, {"op": HostOp.READ, "slot": slot})
+    (channel, index, reply), = device.items(wait=10.0)
+    assert (channel, index) == ("engine_reply", 0)
+    return reply.record
+
+
+def _bits(value):
+    return value.as_bits() if hasattr(value, "as_bits") else value
+
+
+def _check_read_back(device, configs, layout):
+    for slot, config in configs.items():
+        record = _read_slot(device, slot)
+        expected = control_record(config.to_record(layout))
+        assert (record.key, record.salt) == (0, 0), f"slot {slot}: key or salt readable"
+        assert record.state == SaState.VALID, f"slot {slot}"
+        for name, _field in record.shape():
+            if name not in ("key", "salt"):
+                assert _bits(getattr(record, name)) == _bits(expected[name]), \
+                    f"slot {slot}: {name}"
+    assert _read_slot(device, 0).state == SaState.INVALID      # never written
+
+
+def test_capabilities_are_the_servers_parameters(server):
+    device = Device.open(server, timeout=5.0)
+    try:
+        assert device.params == RegisterMap(**PARAMS).params
+    finally:
+        device.close()
+
+
+def test_sas_installed_over_the_socket_outlive_the_client(server):
+    device = Device.open(server, timeout=5.0)
+    window = device.params["window"]
+    layout = sa_layout(window)
+    configs = _sa_configs(window)
+    try:
+        for slot, config in configs.items():
+            device.send("engine_host", 0, {"op": HostOp.WRITE, "slot": slot,
+                                           "record": control_record(config.to_record(layout))})
+        _check_read_back(device, configs, layout)
+        counters = device.counters()
+        assert counters["bad_command"] == 0
+        assert counters["no_sa[0]"] == 0 and counters["sent[0]"] == 0      # no packets
+        assert device.link.resends == 0
+    finally:
+        device.close()
+    # A new client (a new connection, a new driver) sees the same device.
+    device = Device.open(server, timeout=5.0)
+    try:
+        _check_read_back(device, configs, layout)
+    finally:
+        device.close()
+
+
+def test_a_new_clients_first_frame_is_never_a_duplicate(server):
+    """Two clients whose only frame is a WRITE with tag 1: the second is executed
+    (the server puts a frame of its own between clients), not acknowledged as a
+    resend of the first."""
+    pause = RegisterMap(**PARAMS).register("pause").address
+    for value in (1, 0):
+        link = FrameLink(open_port(server), timeout=5.0)
+        try:
+            assert link.write(pause, value) == Status.OK
+        finally:
+            link.close()
+    device = Device.open(server, timeout=5.0)
+    try:
+        assert device.read("pause") == 0
+    finally:
+        device.close()
+
+
+def test_garbage_and_bad_frames_on_the_socket_are_counted(server):
+    device = Device.open(server, timeout=5.0)
+    try:
+        before = device.counters()
+        rng = random.Random(5)
+        # No FLAG in the noise: it lands in one bad frame, ended by the next FLAG
+        # (random frames could pass the CRC by chance and execute something).
+        noise = bytes(byte for byte in rng.randbytes(300) if byte != FLAG)
+        device.link.port.write(noise)
+        pause = device.regmap.register("pause").address
+        assert pause < 0x7d
+        wire = bytearray(encode_frame(bytes([FrameKind.WRITE.value, 9, pause, 0, 0, 0, 0, 0])))
+        wire[5] ^= 0x01                   # pause = 0 becomes pause = 1, and the CRC fails
+        device.link.port.write(bytes(wire))
+        after = device.counters()         # the device still answers
+        assert after["bad_crc"] >= before["bad_crc"] + 1
+        errors = ("bad_crc", "too_short", "too_long")
+        assert sum(after[n] for n in errors) >= sum(before[n] for n in errors) + 2
+        assert device.read("pause") == 0  # the spoilt WRITE (pause = 1) was not executed
+        assert after["bad_command"] == before["bad_command"]
+        assert device.link.resends == 0
+    finally:
+        device.close()
+
+
+def _program_and_read_back(device):
+    """Install the SAs, read every slot back and every counter: what a host sees."""
+    window = device.params["window"]
+    layout = sa_layout(window)
+    for slot, config in _sa_configs(window).items():
+        device.send("engine_host", 0, {"op": HostOp.WRITE, "slot": slot,
+                                       "record": control_record(config.to_record(layout))})
+    records = {slot: _read_slot(device, slot).as_bits() for slot in range(device.params["slots"])}
+    return records, device.counters()
+
+
+def test_the_server_answers_as_the_amaranth_simulation_does():
+    """The same host code against the server (Verilator, over a socket) and against
+    the same device in Amaranth's simulator (over an in-process port): the same SA
+    records read back, the same counters."""
+    with running_server(**PARAMS) as url:
+        device = Device.open(url, timeout=5.0)
+        try:
+            over_socket = _program_and_read_back(device)
+        finally:
+            device.close()
+    in_amaranth = run_host(EspNicDevice(link="bytes", **PARAMS), _program_and_read_back,
+                           timeout=10.0)
+    records, _counters = over_socket
+    assert records[3] != records[0] and records[5] != records[0]    # installed, not empty
+    assert over_socket == in_amaranth
+
+
+def test_packets_travel_over_the_socket_on_a_device_without_packet_ports():
+    """``packets="link"`` (a build of its own, about 3 minutes the first time): a
+    packet injected over the socket misses the empty policy table and comes back
+    from the exception queue over the socket, as the model says."""
+    packet = bytes(plain_packet(4, 100))
+    model = NicModel(engines=1, ports=1)
+    model.miss_to_host[0] = True
+    outcome = model.process(0, packet)
+    assert outcome.exception
+    with running_server(packets="link", **PARAMS) as url:
+        device = Device.open(url, timeout=10.0)
+        try:
+            device.write("miss_to_host", 1)
+            device.inject(0, packet)
+            got = device.packets(wait=20.0)
+            counters = device.counters()
+        finally:
+            device.close()
+    assert got == [(PacketSource.EXCEPTION, 0, outcome.packet, False)]
+    assert counters["to_host[0]"] == model.port_counters[0]["to_host"] == 1
+
+
+# -- the command -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--engines", "0"], "espnic sim: argument --engines: must be an integer from 1 to 16"),
+    (["--ports", "two"], "espnic sim: argument --ports: must be an integer from 1 to 8"),
+    (["--profile", "tiny"], "espnic sim: argument --profile: invalid choice: 'tiny'"),
+    (["--port", "65536"], "espnic sim: argument --port: must be an integer from 0 to 65535"),
+    (["--simulator", "questa"], "espnic sim: argument --simulator: invalid choice"),
+    (["--bogus"], "espnic sim: unrecognized arguments: --bogus"),
+])
+def test_sim_refuses_bad_options(argv, message, capsys):
+    assert main(["sim", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(message) and err.count("\n") == 1 and out == ""
+
+
+def test_sim_without_icarus_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(device_server.shutil, "which", lambda name: None)
+    assert main(["sim", "--simulator", "icarus"]) == 2
+    assert capsys.readouterr().err == "espnic: not supported: icarus is not installed\n"
+
+
+def test_espnic_sim_serves_until_interrupted():
+    """The command as a user runs it: it prints the URL, serves, and Ctrl-C ends it
+    and the simulator with it."""
+    process = subprocess.Popen([sys.executable, "-m", "espnic.host.cli", "sim", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()          # the build is cached by the tests above
+        found = re.fullmatch(r"espnic sim: serving (socket://127\.0\.0\.1:(\d+))\n", line)
+        assert found, f"first line {line!r}; stderr: {process.stderr.read() if not line else ''}"
+        device = Device.open(found[1], timeout=5.0)
+        assert device.params == RegisterMap(**PARAMS).params
+        device.close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+        assert "espnic sim: stopped" in process.stderr.read()
+        # Nothing serves the port any more (the simulator went with the command).
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                Device.open(found[1], timeout=0.5, retries=0).close()
+            except OSError:
+                break
+            assert time.monotonic() < deadline, "the simulator outlived `espnic sim`"
+            time.sleep(0.2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_a_server_that_cannot_start_says_why():
+    with pytest.raises(device_server.ServerError,
+                       match="failed to start: unknown EspNic parameter 'lanes'"):
+        with running_server(lanes=4):
+            pass
+
+
+def test_server_reports_a_port_in_use():
+    import socket
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        with pytest.raises(device_server.ServerError, match="cannot listen on 127.0.0.1:"):
+            device_server.serve(port=taken.getsockname()[1], **PARAMS)
+    finally:
+        taken.close()
