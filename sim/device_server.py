@@ -32,17 +32,18 @@ class ServerError(RuntimeError):
     """The server could not be started, or ended with an error."""
 
 
-def design(*, packets: str = "ports", **nic_params) -> tuple[str, dict]:
+def design(*, packets: str = "link", **nic_params) -> tuple[str, dict]:
     """The top-level module name and the ``EspNicDevice`` parameters of a server for
     an ``EspNic`` built with ``nic_params`` (omitted ones take its defaults, so
     ``engines=1`` and no argument share one build). ``packets``: the device's
-    packet paths (``"ports"``: the packet ports, which the server keeps idle;
-    ``"link"``: none, all traffic as frames over the socket)."""
+    packet paths (``"link"``, the default: none, all traffic as frames over the
+    socket, as ``espnic run`` needs; ``"ports"``: the packet ports, which the
+    server keeps idle)."""
     from ..hdl.bridge.regmap import nic_parameters
 
     params = nic_parameters(**nic_params)
     name = f"device_{params['profile']}_{params['engines']}x{params['ports']}"
-    if packets != "ports":
+    if packets != "link":
         name += f"_{packets}"
     return name, {"link": "bytes", "packets": packets, **params}
 

@@ -163,7 +163,8 @@ def test_the_server_answers_as_the_amaranth_simulation_does():
             over_socket = _program_and_read_back(device)
         finally:
             device.close()
-    in_amaranth = run_host(EspNicDevice(link="bytes", **PARAMS), _program_and_read_back,
+    in_amaranth = run_host(EspNicDevice(link="bytes", packets="link", **PARAMS),
+                           _program_and_read_back,
                            timeout=10.0)
     records, _counters = over_socket
     assert records[3] != records[0] and records[5] != records[0]    # installed, not empty
@@ -171,7 +172,7 @@ def test_the_server_answers_as_the_amaranth_simulation_does():
 
 
 def test_packets_travel_over_the_socket_on_a_device_without_packet_ports():
-    """``packets="link"`` (a build of its own, about 3 minutes the first time): a
+    """The server's device has no packet ports (``packets="link"``, the default): a
     packet injected over the socket misses the empty policy table and comes back
     from the exception queue over the socket, as the model says."""
     packet = bytes(plain_packet(4, 100))
@@ -179,7 +180,7 @@ def test_packets_travel_over_the_socket_on_a_device_without_packet_ports():
     model.miss_to_host[0] = True
     outcome = model.process(0, packet)
     assert outcome.exception
-    with running_server(packets="link", **PARAMS) as url:
+    with running_server(**PARAMS) as url:
         device = Device.open(url, timeout=10.0)
         try:
             device.write("miss_to_host", 1)
