@@ -9,6 +9,7 @@ reference model) with ``python -m espnic.bench.engine``.
 """
 
 import argparse
+import signal
 import sys
 
 # command -> what it needs before it can work
@@ -103,6 +104,10 @@ def _sim(args) -> int:
     if not simulator_available(args.simulator):
         print(f"espnic: not supported: {args.simulator} is not installed", file=sys.stderr)
         return 2
+    # A shell starts a background job with SIGINT ignored, and a process that
+    # inherits that never sees Ctrl-C; the server must stop on it (and on SIGTERM).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         print("espnic sim: Ctrl-C stops the server", file=sys.stderr, flush=True)
         serve(port=args.port, simulator=args.simulator, engines=args.engines, ports=args.ports,

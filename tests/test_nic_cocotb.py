@@ -16,7 +16,8 @@ from tests.nic_cases import NicScenario, check_migration, migration_case, table_
 @pytest.mark.parametrize("engines, ports, miss_to_host", [
     (1, 1, False),
     (2, 2, True),
-    pytest.param(4, 3, False, marks=pytest.mark.slow),
+    # Two ports, not three: a forwarder more costs CI about two minutes of build.
+    pytest.param(4, 2, False, marks=pytest.mark.slow),
 ])
 def test_nic_verilator(engines, ports, miss_to_host):
     rng = random.Random(1000 + engines)
