@@ -7,14 +7,20 @@ packs and unpacks every register and channel payload with the gateware's own
 layouts.
 """
 
+import collections
+import time
+
 from amaranth.lib import data
 
 from ..hdl.bridge.host import MAX_READ_WORDS
 from ..hdl.bridge.regmap import CAPABILITIES, MAX_INJECT, RegisterMap
+from ..hdl.engine.sa import SaConfig, sa_layout
+from ..hdl.engine.sa_table import HostOp, control_record
+from ..hdl.forwarder.spi_table import SpiOp, SpiStatus
 from .link import FrameLink, LinkError
 from .transport import open_port
 
-__all__ = ["Device", "LinkError"]
+__all__ = ["Device", "LinkError", "layout_values"]
 
 
 class Device:
@@ -23,6 +29,7 @@ class Device:
     def __init__(self, link: FrameLink):
         self.link = link
         self.regmap = RegisterMap.from_capabilities(link.read(0, 2 + len(CAPABILITIES)))
+        self._items = collections.deque()      # taken from the link while awaiting a reply
 
     @classmethod
     def open(cls, url: str, *, timeout: float = 1.0, retries: int = 3) -> "Device":
@@ -92,11 +99,20 @@ class Device:
         return self.link.packets(wait=wait)
 
     def items(self, *, wait: float = 0.0) -> list:
-        """``(channel name, index, payload)`` of the device's items so far, payloads
-        unpacked with the channel's layout."""
+        """``(channel name, index, payload)`` of the device's items so far that no
+        :meth:`request` took as its reply (events, fence and migration reports),
+        payloads unpacked with the channel's layout; waits up to ``wait`` seconds
+        for the first."""
+        if not self._items:
+            self._items.extend(self._unpack(self.link.items(wait=wait)))
+        taken = list(self._items)
+        self._items.clear()
+        return taken
+
+    def _unpack(self, items) -> list:
         by_number = {c.number: c for c in self.regmap.channels}
         unpacked = []
-        for number, index, payload in self.link.items(wait=wait):
+        for number, index, payload in items:
             channel = by_number.get(number)
             if channel is None or channel.direction != "out":
                 raise LinkError(f"item for unknown channel {number}")
@@ -104,3 +120,89 @@ class Device:
             unpacked.append((channel.name, index, data.Layout.cast(channel.layout)
                              .from_bits(bits)))
         return unpacked
+
+    def request(self, channel: str, index: int, fields, *, reply: str,
+                wait: float | None = None):
+        """:meth:`send`, then the item of out channel ``reply`` (stream ``index``) that
+        answers it; other items that come meanwhile stay for :meth:`items`. ``wait``:
+        seconds to wait for the reply (default: what the link waits for an answer
+        with all its retries)."""
+        self.send(channel, index, fields)
+        if wait is None:
+            wait = self.link.timeout * (self.link.retries + 1)
+        deadline = time.monotonic() + wait
+        while True:
+            for n, item in enumerate(self._items):
+                if item[:2] == (reply, index):
+                    del self._items[n]
+                    return item[2]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LinkError(f"no {reply}[{index}] item in answer to {channel}[{index}] "
+                                f"within {wait:g} s")
+            self._items.extend(self._unpack(self.link.items(wait=min(remaining, 0.05))))
+
+    # -- SAs and tables -------------------------------------------------------------------
+
+    def _check(self, what: str, value: int, count: int):
+        if type(value) is not int or not 0 <= value < count:
+            raise ValueError(f"{what} must be 0..{count - 1} on this device, not {value!r}")
+
+    def write_sa(self, engine: int, slot: int, sa) -> None:
+        """Write SA ``sa`` (an :class:`SaConfig`, a full SA record, or the fields the
+        table keeps as a dict) into ``slot`` of ``engine``, its counters cleared. The
+        SEND is whole or not at all; the key cannot be read back."""
+        self._check("engine", engine, self.params["engines"])
+        self._check("slot", slot, self.params["slots"])
+        if isinstance(sa, SaConfig):
+            sa = sa.to_record(sa_layout(self.params["window"]))
+        if isinstance(sa, data.Const):
+            sa = control_record(sa)
+        self.send("engine_host", engine, {"op": HostOp.WRITE, "slot": slot, "record": sa})
+
+    def read_sa(self, engine: int, slot: int):
+        """The SA in ``slot`` of ``engine`` as the table gives it back: ``record`` (key
+        and salt read as zero) and ``counters``."""
+        self._check("engine", engine, self.params["engines"])
+        self._check("slot", slot, self.params["slots"])
+        return self.request("engine_host", engine, {"op": HostOp.READ, "slot": slot},
+                            reply="engine_reply")
+
+    def delete_sa(self, engine: int, slot: int) -> None:
+        """Zeroize ``slot`` of ``engine``: record, key and counters."""
+        self._check("engine", engine, self.params["engines"])
+        self._check("slot", slot, self.params["slots"])
+        self.send("engine_host", engine, {"op": HostOp.DELETE, "slot": slot})
+
+    def spi_entry(self, forwarder: int, op: SpiOp, key: int, engine: int = 0,
+                  slot: int = 0) -> SpiStatus:
+        """Insert, replace or remove forwarder ``forwarder``'s SPI-table entry for
+        ``key`` (an :data:`SPI_KEY` value), pointing at ``slot`` of ``engine``."""
+        self._check("forwarder", forwarder, self.params["ports"] + self.params["nested"])
+        reply = self.request("spi_host", forwarder, {
+            "op": op, "key": key, "value": {"engine": engine, "slot": slot}},
+            reply="spi_reply")
+        return SpiStatus(reply.status)
+
+    def write_policy(self, port: int, index: int, rule: dict) -> bool:
+        """Write rule ``index`` of port ``port``'s policy table (the table's ``WRITE``
+        rule fields; addresses as ints or 16 bytes in wire order); False: refused."""
+        self._check("port", port, self.params["ports"])
+        self._check("rule index", index, self.params["rules"])
+        reply = self.request("policy_host", port,
+                             {"index": index, "rule": layout_values(rule)}, reply="policy_reply")
+        return bool(reply.ok)
+
+    def write_route(self, index: int, **route) -> bool:
+        """Write route ``index`` (``valid``, ``ipv6``, ``dst``, ``length``, ``port``);
+        False: refused."""
+        self._check("route index", index, self.params["routes"])
+        reply = self.request("route_host", 0, {"index": index, **layout_values(route)},
+                             reply="route_reply")
+        return bool(reply.ok)
+
+
+def layout_values(fields: dict) -> dict:
+    """Addresses given as bytes (wire order) as the ints the layouts take."""
+    return {name: int.from_bytes(value, "little") if isinstance(value, bytes) else value
+            for name, value in fields.items()}

@@ -31,7 +31,7 @@ from .amaranth_sim import run_sim, stream_get_packets, stream_put_all
 from .nic_job import (SETTLE_CYCLES, NicRun, NicSetup, counter_reads, egress_packets,
                       exception_collector, host_ok)
 
-__all__ = ["SimPort", "run_nic_over_link", "run_host", "uart_pump"]
+__all__ = ["SimPort", "run_nic_over_link", "run_host", "uart_pump", "traffic_over_link"]
 
 _TIMEOUT = 50_000
 
@@ -85,29 +85,48 @@ class SimPort:
         return pump
 
 
-def _run_all_over_link(setup: NicSetup, traffic, *, profile: str, timeout: float):
+def traffic_over_link(device: Device, setup: NicSetup, traffic, *, timeout: float):
+    """What a host sees when it programs `setup` into `device` over the link, injects
+    `traffic` and takes every packet out as frames: ``(packets, counters, SA
+    counters)``, the packets as :meth:`Device.packets` gives them, the counters as
+    :attr:`NicRun.counters` (what they counted from the call on). Waits (up to `timeout` s) for as many packets and the
+    counters :class:`NicModel` expects, so a slow simulation is not cut short."""
     model = setup.model()
     outcomes = [model.process(port, packet) for port, packet in traffic]
     expected = model.counters()
     want = sum(outcome.port is not None for outcome in outcomes) + \
         sum(outcome.exception for outcome in outcomes)
+    driver = _Host(device, setup, timeout=timeout)
+    before = driver.counters()
+    driver.program(setup.model())
+    for port, packet in traffic:
+        device.inject(port, packet)
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += device.packets(wait=0.2)
+    # Drops leave nothing to wait for: wait until the counters say every packet
+    # is accounted for (or give up and let the comparison say what differs).
+    counters = _added(driver.counters(), before)
+    while counters != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        counters = _added(driver.counters(), before)
+    return got, counters, driver.sa_counters()
+
+
+def _added(after: dict, before: dict) -> dict:
+    """What the counters ``after`` have counted since ``before`` (32-bit, wrapping)."""
+    def minus(a, b):
+        return [minus(x, y) for x, y in zip(a, b)] if isinstance(a, list) else (a - b) % 2**32
+    return {name: minus(value, before[name]) for name, value in after.items()}
+
+
+def _run_all_over_link(setup: NicSetup, traffic, *, profile: str, timeout: float):
+    model = setup.model()
+    outcomes = [model.process(port, packet) for port, packet in traffic]
 
     def host(device: Device):
-        driver = _Host(device, setup, timeout=timeout)
-        driver.program(model)
-        for port, packet in traffic:
-            device.inject(port, packet)
-        got = []
-        deadline = time.monotonic() + timeout
-        while len(got) < want and time.monotonic() < deadline:
-            got += device.packets(wait=0.2)
-        # Drops leave nothing to wait for: wait until the counters say every packet
-        # is accounted for (or give up and let the comparison say what differs).
-        counters = driver.counters()
-        while counters != expected and time.monotonic() < deadline:
-            time.sleep(0.2)
-            counters = driver.counters()
-        return got, counters, driver.sa_counters(), device.params
+        return (*traffic_over_link(device, setup, traffic, timeout=timeout), device.params)
 
     device = EspNicDevice(link="bytes", packets="link", **setup.params(profile))
     got, counters, sa_counters, params = run_host(device, host, timeout=timeout)
@@ -190,28 +209,18 @@ class _Host:
 
     def __init__(self, device: Device, setup: NicSetup, *, timeout: float):
         self.device, self.setup, self.timeout = device, setup, timeout
-        self.events = []                  # items that were not the answer waited for
-
-    def answer(self, channel: str, index: int):
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            for item in self.device.items(wait=0.05):
-                if item[:2] == (channel, index):
-                    return item[2]
-                self.events.append(item)
-        raise TimeoutError(f"no {channel}[{index}] item in {self.timeout} s")
 
     def operate(self, op: tuple, what: str, *, check: bool = True):
         """Send `op`; with a reply stream, return the answer (checked as a table's
         "done" when `check`)."""
         name, index, payload, reply = op
         index = index or 0
-        self.device.send(name, index, payload)
-        if reply is not None:
-            answer = self.answer(reply, index)
-            if check and not host_ok(answer):
-                raise AssertionError(f"{what} {name}[{index}] refused: {payload}")
-            return answer
+        if reply is None:
+            return self.device.send(name, index, payload)
+        answer = self.device.request(name, index, payload, reply=reply, wait=self.timeout)
+        if check and not host_ok(answer):
+            raise AssertionError(f"{what} {name}[{index}] refused: {payload}")
+        return answer
 
     def program(self, model):
         for op in self.setup.host_ops(model):

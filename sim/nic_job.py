@@ -24,6 +24,7 @@ from ..hdl.packet import beats_from_bytes, bytes_from_beats
 from ..hdl.top import ENGINE_COUNTERS, LOCAL_COUNTERS, PORT_COUNTERS, EspNic, host_layouts
 from .amaranth_sim import run_sim, stream_get, stream_get_packets, stream_put, stream_put_all, \
     stream_record
+from ..host.device import layout_values
 from .model.nic import NicModel
 
 __all__ = ["NicSetup", "Migration", "NicRun", "spi_op", "policy_op", "route_op", "run_nic",
@@ -150,12 +151,12 @@ def spi_op(port: int, op: SpiOp, key: int, engine: int = 0, slot: int = 0) -> tu
 
 def policy_op(port: int, index: int, rule: dict) -> tuple:
     """A write of rule `index` of port `port`'s policy table."""
-    return ("policy_host", port, {"index": index, "rule": _numbers(rule)}, "policy_reply")
+    return ("policy_host", port, {"index": index, "rule": layout_values(rule)}, "policy_reply")
 
 
 def route_op(write: dict) -> tuple:
     """A write of a route."""
-    return ("route_host", None, _numbers(write), "route_reply")
+    return ("route_host", None, layout_values(write), "route_reply")
 
 
 def host_ok(reply) -> bool:
@@ -236,11 +237,6 @@ def exception_collector(dut, packets: int, into: list):
                     ports.append(port)
         into.extend(zip(ports, bytes_from_beats(beats, 16), strict=True))
     return collect
-
-
-def _numbers(item: dict) -> dict:
-    return {name: int.from_bytes(value, "little") if isinstance(value, bytes) else value
-            for name, value in item.items()}
 
 
 def run_nic(setup: NicSetup, traffic, *, profile="compact", stall=0.0, gap=0.0,

@@ -94,12 +94,16 @@ class FrameDecoderModel:
     the payloads of the good frames they completed.
 
     ``bad_crc``, ``too_short`` and ``too_long`` count like :class:`FrameDecoder`'s
-    outputs but never saturate.
+    outputs but never saturate. ``on_abort``, if given, is called with the payload
+    bytes :class:`FrameDecoder` passes on of each bad frame before it marks the last
+    one ``abort`` (a model of its consumer needs them: a bad ``INJECT`` frame's bytes
+    reach the inject FIFO).
     """
 
-    def __init__(self, *, max_frame: int = MAX_FRAME):
+    def __init__(self, *, max_frame: int = MAX_FRAME, on_abort=None):
         _check_max_frame(max_frame)
         self.max_frame = max_frame
+        self.on_abort = on_abort
         self.bad_crc = self.too_short = self.too_long = 0
         self._body = bytearray()
         self._escaped = False
@@ -135,6 +139,8 @@ class FrameDecoderModel:
                     body.append(byte)
         if len(body) > self.max_frame + CRC_BYTES:
             self.too_long += 1
+            if self.on_abort is not None:
+                self.on_abort(bytes(body[:self.max_frame]))
             self._reset(hunting=True)
 
     def _close(self) -> bytes | None:
@@ -146,6 +152,8 @@ class FrameDecoderModel:
             self.too_short += 1
         elif escaped or crc16(body) != 0:
             self.bad_crc += 1
+            if self.on_abort is not None:
+                self.on_abort(bytes(body[:-CRC_BYTES]))
         else:
             return bytes(body[:-CRC_BYTES])
         return None

@@ -6,11 +6,12 @@
 
 * ``socket://HOST:PORT`` (the simulated device server), ``loop://`` and serial
   device paths (``/dev/ttyUSB1``, ``COM3``; ``?baud=N``, default 115200) through
-  pyserial's ``serial_for_url``.
+  pyserial's ``serial_for_url``;
+* ``model://`` (``?engines=2&...``): the reference model in-process
+  (:mod:`.model`).
 
 Not built yet, and refused with a ``not supported`` error rather than pretending:
-``model://`` (the reference model in-process) and ``pcie://`` (a memory-mapped
-BAR).
+``pcie://`` (a memory-mapped BAR: the gateware has no PCIe endpoint to map).
 """
 
 from urllib.parse import parse_qs, urlsplit
@@ -29,8 +30,12 @@ def open_port(url: str, *, timeout: float = 0.05):
     import serial
 
     scheme = urlsplit(url).scheme
-    if scheme in ("model", "pcie"):
-        raise NotSupported(f"not supported: {scheme}:// device URLs (issue 5: not built yet)")
+    if scheme == "pcie":
+        raise NotSupported("not supported: pcie:// device URLs (no PCIe endpoint in the "
+                           "gateware yet)")
+    if scheme == "model":
+        from .model import ModelPort
+        return ModelPort(url, timeout=timeout)
     if scheme in ("socket", "loop"):
         return serial.serial_for_url(url, timeout=timeout)
     path, _, query = url.partition("?")

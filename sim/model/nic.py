@@ -24,14 +24,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from ...hdl.engine.sa import SaConfig
+from ...hdl.engine.sa import REPLAY_WINDOW, SaConfig
 from ...hdl.forwarder.classifier import Decision
 from ...hdl.top import ENGINE_COUNTERS, LOCAL_COUNTERS, LOCAL_DEPTH, PORT_COUNTERS
 from .engine import engine_outcome
 from .esp import EspModel
 from .forwarder import PolicyTableModel, RouteTableModel, SpiTableModel, classify, egress, parse
 
-__all__ = ["Outcome", "NicModel"]
+__all__ = ["Outcome", "Forward", "NicModel"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,15 @@ class Outcome:
     packet: bytes | None = None
     exception: bool = False
     reason: str = "ok"
+    ingress: int | None = None         # the forwarder that sent it to the exception queue
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A forwarder's decision for a packet that goes on (:meth:`NicModel.decide`):
+    to engine ``target`` (``{"engine", "slot"}``), or the bypass (``target`` None)."""
+    port: int
+    target: dict | None
 
 
 class NicModel:
@@ -50,14 +59,14 @@ class NicModel:
 
     def __init__(self, *, engines: int = 1, ports: int = 1, slots: int = 16,
                  spi_entries: int = 64, spi_ways: int = 4, rules: int = 16, routes: int = 8,
-                 nested: bool = False):
+                 nested: bool = False, window: int = REPLAY_WINDOW):
         self.engines, self.ports, self.slots, self.nested = engines, ports, slots, nested
         forwarders = ports + nested      # the local one last (input: egress port `ports`)
         self.spi = [SpiTableModel(entries=spi_entries, ways=spi_ways) for _ in range(forwarders)]
         # The local forwarder's policy table stays empty: everything but ESP is a miss.
         self.policy = [PolicyTableModel(rules=rules) for _ in range(forwarders)]
         self.miss_to_host = [False] * forwarders
-        self.engine = [EspModel(slots=slots) for _ in range(engines)]
+        self.engine = [EspModel(slots=slots, window=window) for _ in range(engines)]
         self.configs: list[dict[int, SaConfig]] = [{} for _ in range(engines)]
         self._refused = [Counter() for _ in range(engines)]
         self.routes = RouteTableModel(routes=routes, ports=ports + nested)
@@ -75,6 +84,13 @@ class NicModel:
         return {name: counts.get(name, 0) for name in ENGINE_COUNTERS}
 
     def process(self, port: int, packet: bytes) -> Outcome:
+        decided = self.decide(port, packet)
+        return decided if isinstance(decided, Outcome) else self.finish(decided, packet)
+
+    def decide(self, port: int, packet: bytes) -> Outcome | Forward:
+        """Forwarder `port`'s classifier on `packet`: an :class:`Outcome` when the
+        packet ends here (dropped, to the exception queue), else where it goes on
+        (:meth:`finish` takes it there). The classifier's counters count now."""
         counters = self.port_counters[port]
         decision, _inbound, target, counter = classify(
             parse(packet), self.spi[port], self.policy[port],
@@ -85,8 +101,14 @@ class NicModel:
             return Outcome(reason=counter)
         if decision == Decision.HOST:
             counters["to_host"] += 1
-            return Outcome(exception=True, packet=packet, reason=counter)
-        if decision == Decision.BYPASS:
+            return Outcome(exception=True, packet=packet, reason=counter, ingress=port)
+        return Forward(port, None if decision == Decision.BYPASS else dict(target))
+
+    def finish(self, decided: Forward, packet: bytes) -> Outcome:
+        """The rest of a packet's way after :meth:`decide`: its engine (or the
+        bypass), the egress."""
+        port, target, counters = decided.port, decided.target, self.port_counters[decided.port]
+        if target is None:
             counters["bypassed"] += 1
             return self._egress(("bypass", port), packet)
         engine, slot = target["engine"], target["slot"]
