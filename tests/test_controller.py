@@ -27,6 +27,7 @@ from scapy.layers.inet import IP
 from espnic.hdl.engine import SaConfig
 from espnic.hdl.engine.sa import SaState
 from espnic.hdl.forwarder.spi_table import SPI_KEY, SpiOp, SpiStatus
+from espnic.host.config import load_config
 from espnic.host.controller import Controller, ControllerError, Placement, inbound_key
 from espnic.host.device import Device
 from espnic.sim.interop import scapy_sa
@@ -236,6 +237,25 @@ def test_two_devices_share_the_engines_and_keep_their_forwarders():
     assert controller.add_sa(sa("out", 0x400), engine=3) == Placement(1, 1, 1)
     with pytest.raises(ControllerError, match="not supported: moving .* to device 0"):
         controller.move_sa(0x302, 0)
+
+
+def test_the_example_config_through_the_controller():
+    """``examples/espnic.toml``'s SaSpecs and PolicySpecs (``host/config.py``) as they
+    are: the pinned SA where it is pinned, every policy written to every port, a
+    packet to peer B's network out under its SA."""
+    config = load_config(ROOT / "examples" / "espnic.toml")
+    device = model(engines=2, ports=2)
+    controller = Controller([device])
+    placed = {spec.config.spi: controller.add_sa(spec) for spec in config.sas}
+    assert placed[0x1000].engine == 0
+    ids = [controller.add_policy(spec) for spec in config.policies]
+    assert [p.index for p in controller.policies()] == list(range(len(ids)))
+    to_b = next(spec.config for spec in config.sas if spec.config.spi == 0x2000)
+    packet = inner(1)
+    packet = bytes(IP(src="10.1.0.1", dst="10.2.0.1") / IP(packet).payload)
+    device.inject(0, packet)
+    (out,) = out_packets(device)
+    assert esp_spi(out) == 0x2000 and opened(to_b, out) == packet
 
 
 # -- the install order ----------------------------------------------------------------------
@@ -544,8 +564,11 @@ def test_a_device_reset_puts_inbound_sas_back_from_stored_keys(tmp_path):
     controller.add_sa(inbound)
     controller.add_sa(outbound)
     controller.add_policy(protect(), sa=0x2000)
-    for engine in range(2):                     # the device loses its SA memories
+    bypass = controller.add_policy({"action": "bypass", "dst": "10.9.0.0", "dst_len": 16})
+    for engine in range(2):                     # the device loses its SA memories ...
         device.delete_sa(engine, 0)
+    index = next(p.index for p in controller.policies() if p.id == bypass)
+    assert device.write_policy(0, index, {"valid": False})     # ... and a rule
     report = controller.reconcile()
     assert len(report.reinstalled) == 1 and "0x1000" in report.reinstalled[0]
     assert len(report.lost) == 1 and "0x2000" in report.lost[0]
@@ -553,7 +576,8 @@ def test_a_device_reset_puts_inbound_sas_back_from_stored_keys(tmp_path):
     check_agree(controller)
     device.inject(0, sealed(inbound, 5, inner(1)))
     device.inject(0, inner(2))                  # discarded: its SA is gone
-    assert out_packets(device) == [inner(1)]
+    device.inject(0, inner(3, 9))               # bypassed again
+    assert out_packets(device) == [inner(1), inner(3, 9)]
 
 
 # -- crashes -----------------------------------------------------------------------------------

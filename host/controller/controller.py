@@ -31,6 +31,12 @@ hold, so none is lost and no sequence number is used twice.
 
 Every step is written to the SA database (:mod:`.database`) before it is taken,
 so :meth:`Controller.reconcile` can finish or undo what a crash cut short.
+
+With several devices, an inbound SA's SPI entry goes into every forwarder of the
+device that holds it (and no other), a PROTECT policy onto the ports of the
+device that holds its SA, BYPASS and DISCARD policies onto every device's ports;
+an SA moves only between engines of its device. A controller is driven from one
+thread and is the only writer of its devices' SA slots and tables.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from ...hdl.engine.sa import SPI_MIN, SaConfig, SaState, sa_layout
 from ...hdl.engine.sa_table import Event, control_layout, control_record
 from ...hdl.forwarder.policy import PolicyAction
 from ...hdl.forwarder.spi_table import SPI_KEY, SpiOp, SpiStatus
+from ..config import PolicySpec, SaSpec, policy_rule, spi_key
 from .database import SaDatabase, SaRow
 
 __all__ = ["Controller", "ControllerError", "Placement", "SaInfo", "LifetimeEvent",
@@ -122,10 +129,8 @@ class ReconcileReport:
 def inbound_key(config: SaConfig) -> int:
     """The SPI-table key (:data:`~espnic.hdl.forwarder.spi_table.SPI_KEY` value) of
     inbound SA ``config``: its SPI, its destination in wire order, whether it is
-    UDP-encapsulated. (Seam: ``host/config.py: spi_key`` computes the same.)"""
-    packed = ipaddress.ip_address(config.dst).packed
-    dst = int.from_bytes(packed + bytes(16 - len(packed)), "little")
-    return config.spi | dst << 32 | int(config.encap == "udp") << 160
+    UDP-encapsulated (``host/config.py: spi_key``)."""
+    return spi_key(config)
 
 
 def _describe(spi: int, dst: str | None, direction: str) -> str:
@@ -189,10 +194,11 @@ def normalize_rule(rule: dict) -> dict:
     return fields
 
 
-def _spec_rule(spec) -> tuple[dict, object]:
-    """A ``host/config.py: PolicySpec`` as ``(rule, sa)`` (the seam to the config layer)."""
-    from ..config import policy_rule      # noqa: F401 -- present once config.py lands
-    return policy_rule(spec, engine=0, slot=0), getattr(spec, "sa", None)
+def _spec_rule(spec: PolicySpec) -> tuple[dict, int | None]:
+    """A ``[[policy]]`` table's :class:`PolicySpec` as ``(rule, SPI of its SA)``."""
+    if not isinstance(spec, PolicySpec):
+        raise TypeError(f"a policy is a rule dict or a PolicySpec, not {type(spec).__name__}")
+    return policy_rule(spec), spec.sa
 
 
 # -- the controller -----------------------------------------------------------------------
@@ -278,7 +284,7 @@ class Controller:
                 self._fenced[d, index, int(item.slot)] += 1
             # Replies nobody waits for any more (a request that timed out) are dropped.
 
-    def _wait_for(self, d: int, done, what: str) -> bool:
+    def _wait_for(self, d: int, done) -> bool:
         deadline = time.monotonic() + self.timeout
         while not done():
             if time.monotonic() >= deadline:
@@ -462,7 +468,7 @@ class Controller:
         self._fenced[key] = 0
         for f in range(forwarders):
             device.send("fence_host", f, {"engine": e, "slot": slot})
-        if not self._wait_for(d, lambda: self._fenced[key] >= forwarders, "fences"):
+        if not self._wait_for(d, lambda: self._fenced[key] >= forwarders):
             raise ControllerError(f"{name}: the drain's fences did not pass engine {e} of "
                                   f"device {d} within {self.timeout:g} s")
         del self._fenced[key]
@@ -475,9 +481,8 @@ class Controller:
         ``(device, engine)`` pair; ``config.engine`` if it names one), written and
         verified, its filters pointing at it, recorded active. ``device``: allocate
         among that device's engines only. Nothing stays installed on an error."""
-        if not isinstance(config, SaConfig) and hasattr(config, "config"):
-            # A host/config.py SaSpec: the configuration and the engine it names.
-            engine = getattr(config, "engine", None) if engine is None else engine
+        if isinstance(config, SaSpec):
+            engine = config.engine if engine is None else engine
             config = config.config
         if not isinstance(config, SaConfig):
             raise TypeError(f"config must be an SaConfig, not {type(config).__name__}")
@@ -629,7 +634,7 @@ class Controller:
             device.send("fence_host", f, {"engine": e, "slot": slot})
         self._step("move_fenced")
         device.write("pause", before)
-        if not self._wait_for(d, lambda: (d, e2, s2) in self._migrated, "migration"):
+        if not self._wait_for(d, lambda: (d, e2, s2) in self._migrated):
             raise ControllerError(f"{_row_name(row)}: engine {e2} of device {d} did not "
                                   f"report the move within {self.timeout:g} s; it stays "
                                   f"'moving': run reconcile()")
@@ -751,7 +756,7 @@ class Controller:
 
         ``rule``: the policy table's rule fields as a dict (:func:`normalize_rule`;
         ``action`` ``"protect"``, ``"bypass"`` or ``"discard"``), or a
-        ``host/config.py`` ``PolicySpec``. ``sa``: for PROTECT, the outbound SA's SPI
+        :class:`~espnic.host.config.PolicySpec` (a ``[[policy]]`` table). ``sa``: for PROTECT, the outbound SA's SPI
         (or ``(spi, dst)``); the rule's value becomes its (engine, slot) and follows
         it when it moves. Written to ``port`` or, by default, every port: of the
         SA's device for PROTECT, of ``device`` or every device otherwise. ``index``:
@@ -855,7 +860,9 @@ class Controller:
         entries put back), re-installed from a stored key (inbound only) or
         reported lost (filters removed, :attr:`on_rekey` told) if not; *moving*:
         the move finished (or redone from the start); *deleting*: the delete
-        finished. Policies not *active* are written again or cleared. SAs the
+        finished. Every policy is written again as recorded (the tables cannot
+        be read back; an unchanged rule changes nothing a packet sees), those
+        cut while being deleted are cleared. SAs the
         engines hold that the database does not know (``orphans``) are removed
         (``"remove"``) or only reported (``"keep"``). Forwarders left paused are
         resumed."""
@@ -880,6 +887,10 @@ class Controller:
             handler(row, held, accounted, report)
         for policy in self.db.policies():
             if policy.state == "active":
+                # The tables cannot be read back: write what the database says (a rule
+                # written as it is changes nothing a packet sees; a device that lost
+                # its tables gets them back).
+                self._write_policy(policy, self._policy_value(policy))
                 continue
             if policy.state == "deleting":
                 self._write_policy(policy, (0, 0), valid=False)
