@@ -16,7 +16,7 @@ from ..hdl.bridge.host import MAX_READ_WORDS
 from ..hdl.bridge.regmap import CAPABILITIES, MAX_INJECT, RegisterMap
 from ..hdl.engine.sa import SaConfig, sa_layout
 from ..hdl.engine.sa_table import HostOp, control_record
-from ..hdl.forwarder.spi_table import SpiOp, SpiStatus
+from ..hdl.forwarder.spi_table import SPI_KEY, SpiOp, SpiStatus
 from .link import FrameLink, LinkError
 from .transport import open_port
 
@@ -179,6 +179,8 @@ class Device:
         """Insert, replace or remove forwarder ``forwarder``'s SPI-table entry for
         ``key`` (an :data:`SPI_KEY` value), pointing at ``slot`` of ``engine``."""
         self._check("forwarder", forwarder, self.params["ports"] + self.params["nested"])
+        if isinstance(key, int):
+            key = SPI_KEY.from_bits(key)
         reply = self.request("spi_host", forwarder, {
             "op": op, "key": key, "value": {"engine": engine, "slot": slot}},
             reply="spi_reply")

@@ -88,6 +88,14 @@ class FrameLink:
             if frame is None:
                 break
             self._dispatch(frame)
+        # Whatever has arrived goes too: frames decoded already, bytes in the port.
+        while True:
+            while self._frames:
+                self._dispatch(self._frames.popleft())
+            waiting = getattr(self.port, "in_waiting", 0)
+            if not waiting:
+                break
+            self._frames.extend(self._decoder.feed(self.port.read(waiting)))
         taken = list(queue)
         queue.clear()
         return taken

@@ -288,7 +288,7 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
                extra_env: Mapping[str, str] | None = None,
                extra_sources: Iterable[os.PathLike | str] = (),
                build_args: Sequence[str] = (), seed: int | None = None,
-               timeout: float | None = None) -> CocotbRun:
+               timeout: float | None = None, run_label: str | None = None) -> CocotbRun:
     """Build ``factory(**params)`` as Verilog module ``name`` and run the cocotb
     bench ``test_module`` (a module name such as ``"tests.benches.gcm"``) on it.
 
@@ -297,7 +297,9 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
     abnormally. ``timeout`` bounds the simulation's wall-clock seconds.
     ``extra_sources`` are files outside :mod:`espnic.hdl` that the design
     depends on (they join the cache key); ``build_args`` go to the simulator's
-    compiler (and get a build directory of their own).
+    compiler (and get a build directory of their own). ``run_label`` names the run
+    directory (default: the pytest test's name, else ``run``); runs of one label
+    wait for each other.
     """
     from cocotb_tools.runner import get_runner
 
@@ -351,7 +353,7 @@ def run_cocotb(factory: Callable[..., object], *, name: str, params: Mapping | N
     if root not in sys.path:
         sys.path.append(root)
 
-    run_dir = build_dir / "runs" / _run_label()
+    run_dir = build_dir / "runs" / (run_label or _run_label())
     results_xml = run_dir / "results.xml"
     plusargs = []
     if waves and simulator == "icarus":

@@ -122,9 +122,16 @@ def serve(*, port: int = DEFAULT_PORT, simulator: str = "verilator",
                "ESPNIC_SERVER_PARENT": str(os.getpid())}
         if stop_file is not None:
             env["ESPNIC_SERVER_STOP"] = str(stop_file)
+        # Servers of one build must not wait for each other's run directory (nor for a
+        # bench's): outside pytest each gets its own, removed when it ends.
+        label = None if os.environ.get("PYTEST_CURRENT_TEST") else f"serve-{os.getpid()}-{port}"
         try:
-            return run_cocotb(EspNicDevice, name=name, params=params, test_module=_BENCH,
-                              simulator=simulator, extra_env=env)
+            run = run_cocotb(EspNicDevice, name=name, params=params, test_module=_BENCH,
+                             simulator=simulator, extra_env=env, run_label=label)
+            if label is not None and not run.waves:
+                shutil.rmtree(run.run_dir, ignore_errors=True)
+                Path(str(run.run_dir) + ".lock").unlink(missing_ok=True)
+            return run
         finally:
             finished.set()
             watcher.join()

@@ -36,7 +36,6 @@ import functools
 import ipaddress
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -45,9 +44,10 @@ from typing import Iterable, Sequence
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP, SecurityAssociation
-from scapy.utils import PcapWriter, RawPcapReader
 
 from ..hdl.engine.sa import SaConfig
+from ..host.pcapio import (LINKTYPE_ETHERNET, LINKTYPE_RAW, ethernet_frame, ip_packet,
+                           ip_packet_length, read_capture, write_capture)
 
 __all__ = [
     "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "NATT_DECODE_PORT",
@@ -56,14 +56,9 @@ __all__ = [
 ]
 
 #: pcap link types (tcpdump.org/linktypes.html).
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
 _LINKTYPES = {"raw": LINKTYPE_RAW, "ethernet": LINKTYPE_ETHERNET}
 
-_ETHERTYPE = {4: 0x0800, 6: 0x86dd}
-_ETHERTYPE_VLAN = (0x8100, 0x88a8)
 # Locally administered unicast addresses: a capture needs some, none is real.
-_MAC_SRC, _MAC_DST = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 
 #: UDP port Wireshark decodes as UDP-encapsulated ESP without being told.
 NATT_DECODE_PORT = 4500
@@ -83,50 +78,17 @@ _DISSECTORS = frozenset({
 })
 
 
-# -- pcap -------------------------------------------------------------------------------------
-
-def _ethernet_frame(packet: bytes) -> bytes:
-    ethertype = _ETHERTYPE.get(packet[0] >> 4 if packet else 0, 0x0800)
-    return _MAC_DST + _MAC_SRC + struct.pack("!H", ethertype) + packet
-
+# -- pcap ----------------------------------------------------------------------------------
+# The files themselves are host/pcapio.py's (what `espnic run` reads and writes).
 
 def write_pcap(path, packets: Iterable[bytes], *, link: str = "raw") -> Path:
     """Write raw IP packets to a pcap file, as raw IP (``"raw"``) or Ethernet frames."""
     if link not in _LINKTYPES:
         raise ValueError(f"link must be one of {', '.join(map(repr, _LINKTYPES))}, not {link!r}")
     path = Path(path)
-    writer = PcapWriter(str(path), linktype=_LINKTYPES[link], sync=False)
-    try:
-        for packet in packets:
-            writer.write(_ethernet_frame(bytes(packet)) if link == "ethernet" else bytes(packet))
-    finally:
-        writer.close()
+    wrap = ethernet_frame if link == "ethernet" else bytes
+    write_capture(path, _LINKTYPES[link], [(0.0, wrap(bytes(packet))) for packet in packets])
     return path
-
-
-def ip_packet_length(packet: bytes) -> int | None:
-    """The IP packet's own length, or None when the header does not say."""
-    if len(packet) >= 4 and packet[0] >> 4 == 4:
-        return struct.unpack_from("!H", packet, 2)[0]
-    if len(packet) >= 6 and packet[0] >> 4 == 6:
-        return 40 + struct.unpack_from("!H", packet, 4)[0]
-    return None
-
-
-def _strip_ethernet(frame: bytes) -> bytes | None:
-    offset = 12
-    while len(frame) >= offset + 2:
-        ethertype, = struct.unpack_from("!H", frame, offset)
-        if ethertype in _ETHERTYPE_VLAN:
-            offset += 4
-            continue
-        if ethertype not in _ETHERTYPE.values():
-            return None
-        packet = frame[offset + 2:]
-        # Frames shorter than 60 bytes carry Ethernet padding that is no part of the packet.
-        length = ip_packet_length(packet)
-        return packet[:length] if length is not None and length <= len(packet) else packet
-    return None
 
 
 def read_pcap(path) -> list[bytes]:
@@ -136,19 +98,13 @@ def read_pcap(path) -> list[bytes]:
     frames that carry neither IPv4 nor IPv6 are an error, so a test never
     silently compares fewer packets than the file holds.
     """
+    capture = read_capture(path)
     packets = []
-    with RawPcapReader(str(path)) as reader:   # pcapng too: scapy picks the reader by magic
-        for number, (data, meta) in enumerate(reader, 1):
-            linktype = getattr(meta, "linktype", None) or reader.linktype
-            if linktype in (LINKTYPE_RAW, 12):   # 12: DLT_RAW, which some tools write as is
-                packets.append(bytes(data))
-            elif linktype == LINKTYPE_ETHERNET:
-                packet = _strip_ethernet(bytes(data))
-                if packet is None:
-                    raise ValueError(f"{path}: packet {number} is not IPv4 or IPv6 over Ethernet")
-                packets.append(packet)
-            else:
-                raise ValueError(f"{path}: link type {linktype} (only Ethernet and raw IP are read)")
+    for number, (_timestamp, frame) in enumerate(capture.packets, 1):
+        packet = ip_packet(frame, capture.linktype)
+        if packet is None:
+            raise ValueError(f"{path}: packet {number} is not IPv4 or IPv6 over Ethernet")
+        packets.append(packet)
     return packets
 
 

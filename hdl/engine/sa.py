@@ -217,8 +217,9 @@ class SaConfig:
 
     spi: int
     direction: str
-    key: str | bytes
-    salt: str | bytes
+    # Secrets: never in a repr (a log line, a traceback's locals).
+    key: str | bytes = dataclasses.field(repr=False)
+    salt: str | bytes = dataclasses.field(repr=False)
     mode: str = "tunnel"
     src: str | None = None
     dst: str | None = None
