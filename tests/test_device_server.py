@@ -41,6 +41,16 @@ def server():
         yield url
 
 
+def on_new_server(host, *, timeout: float = 10.0):
+    """``host(Device)`` on a server of its own (started for it, stopped after)."""
+    with running_server(**PARAMS) as url:
+        device = Device.open(url, timeout=timeout)
+        try:
+            return host(device)
+        finally:
+            device.close()
+
+
 def _sa_configs(window):
     return {3: esp_config("out", spi=0x2003, key=KEY256, window=window),
             5: esp_config("in", spi=0x2005, key=KEY128, window=window, mode="transport")}
@@ -191,12 +201,7 @@ def test_the_server_answers_as_the_amaranth_simulation_does():
     """The same host code against the server (Verilator, over a socket) and against
     the same device in Amaranth's simulator (over an in-process port): the same SA
     records read back, the same counters."""
-    with running_server(**PARAMS) as url:
-        device = Device.open(url, timeout=5.0)
-        try:
-            over_socket = _program_and_read_back(device)
-        finally:
-            device.close()
+    over_socket = on_new_server(_program_and_read_back)
     in_amaranth = run_host(EspNicDevice(link="bytes", packets="link", **PARAMS),
                            _program_and_read_back,
                            timeout=10.0)
@@ -214,15 +219,12 @@ def test_packets_travel_over_the_socket_on_a_device_without_packet_ports():
     model.miss_to_host[0] = True
     outcome = model.process(0, packet)
     assert outcome.exception
-    with running_server(**PARAMS) as url:
-        device = Device.open(url, timeout=10.0)
-        try:
-            device.write("miss_to_host", 1)
-            device.inject(0, packet)
-            got = device.packets(wait=20.0)
-            counters = device.counters()
-        finally:
-            device.close()
+    def host(device):
+        device.write("miss_to_host", 1)
+        device.inject(0, packet)
+        return device.packets(wait=20.0), device.counters()
+
+    got, counters = on_new_server(host)
     assert got == [(PacketSource.EXCEPTION, 0, outcome.packet, False)]
     assert counters["to_host[0]"] == model.port_counters[0]["to_host"] == 1
 
@@ -241,12 +243,7 @@ def test_the_server_answers_as_the_model_does():
         said = wire_session(device.link.port, regmap)
         return said, traffic_over_link(device, scenario.setup, traffic, timeout=120.0)
 
-    with running_server(**PARAMS) as url:
-        device = Device.open(url, timeout=10.0)
-        try:
-            over_socket = session(device)
-        finally:
-            device.close()
+    over_socket = on_new_server(session)
     in_model = session(Device.open(model_url(regmap.params)))
     assert over_socket[0] == in_model[0]
     (packets, counters, sa_counters), expected = over_socket[1], in_model[1]
