@@ -8,14 +8,11 @@ traffic, lifetimes, rekeying, the SA database and reconciliation after a crash."
 import dataclasses
 import ipaddress
 import os
-import select
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import types
 from pathlib import Path
@@ -31,9 +28,9 @@ from espnic.host.config import load_config
 from espnic.host.controller import Controller, ControllerError, Placement, inbound_key
 from espnic.host.device import Device
 from espnic.sim.interop import scapy_sa
-from espnic.sim.model.device import DeviceModel
 from espnic.sim.model.forwarder import parse
 from tests.esp_cases import KEY128, KEY256, SALT, plain_packet
+from tests.model_server import ModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 OUR, PEER = "192.0.2.1", "192.0.2.2"
@@ -684,50 +681,6 @@ def test_orphans_are_removed_or_kept():
 
 
 # -- a real crash: SIGKILL while loading 1,000 SAs -----------------------------------------------
-
-class ModelServer:
-    """A :class:`DeviceModel` serving its host link on a TCP port of 127.0.0.1, one
-    client at a time, its state kept from one client to the next (as a board's
-    across host restarts)."""
-
-    def __init__(self, **params):
-        self.model = DeviceModel(**params)
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(1)
-        self.url = f"socket://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while not self._stop:
-            if not select.select([self._listener], [], [], 0.05)[0]:
-                continue
-            client, _ = self._listener.accept()
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with client:
-                while not self._stop:
-                    if not select.select([client], [], [], 0.05)[0]:
-                        continue
-                    try:
-                        wire = client.recv(65536)
-                    except ConnectionError:
-                        break
-                    if not wire:
-                        break
-                    answer = self.model.feed(wire)
-                    if answer:
-                        try:
-                            client.sendall(answer)
-                        except ConnectionError:
-                            break
-
-    def close(self):
-        self._stop = True
-        self._thread.join()
-        self._listener.close()
-
 
 LOADER = textwrap.dedent("""
     import sys
