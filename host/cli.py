@@ -368,8 +368,9 @@ def _controller_command(args) -> int:
     def notify(line):
         print(f"{prog}: reconcile: {line}", file=sys.stderr, flush=True)
     try:
-        with commands.session(urls, commands.database_path(args.db),
-                              notify=notify) as controller:
+        allocates = prog in ("espnic load", "espnic sa add", "espnic sa move")
+        with commands.session(urls, commands.database_path(args.db), notify=notify,
+                              allocates=allocates) as controller:
             output = _ACTIONS[prog](controller, args, urls)
     except KeyboardInterrupt:
         if watching:

@@ -70,11 +70,15 @@ def _check_url(url: str):
 
 
 @contextlib.contextmanager
-def session(urls: list[str], db: Path, *, notify=None):
+def session(urls: list[str], db: Path, *, notify=None, allocates: bool = False):
     """A :class:`Controller` over the devices at ``urls`` with the SA database ``db``
     (created with its directory), reconciled with the devices (SAs the devices hold
     that the database does not know are kept); ``notify(line)`` is told each
-    difference reconcile found and repaired."""
+    difference reconcile found and repaired.
+
+    ``allocates``: the command will put SAs into free slots. It is refused while a
+    device holds SAs the database does not know: the controller takes a slot as
+    free by its database, and would write over them."""
     from .controller import Controller, DatabaseError
     from .device import Device
 
@@ -95,6 +99,12 @@ def session(urls: list[str], db: Path, *, notify=None):
             if notify is not None:
                 for line in report.differences:
                     notify(line)
+            if allocates and report.orphans:
+                raise CommandError(
+                    f"--db: the device(s) hold {len(report.orphans)} SA(s) that {db} does not "
+                    f"know (left by `espnic run` or a controller with another --db); a new SA "
+                    f"could be written over them: use the --db that installed them, or start "
+                    f"the device afresh")
             yield controller
         finally:
             controller.close()

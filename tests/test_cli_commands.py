@@ -164,6 +164,28 @@ def test_a_second_command_is_a_restart_that_sees_the_first(espnic, server, tmp_p
     assert espnic("sa", "list")[2] == ""             # repaired once
 
 
+def test_sas_the_database_does_not_know_are_kept_and_not_written_over(espnic, server):
+    """What `espnic run --device socket://...` leaves (its controller's database is in
+    memory): reported and kept, and no SA is allocated while it is there."""
+    device = Device.open(server.url)
+    controller = Controller([device])
+    controller.add_sa(parse_sa({"spi": 0x4444, "direction": "out", "key": KEY, "salt": SALT,
+                                "src": "192.0.2.1", "dst": "192.0.2.2"}))
+    controller.close()
+    device.close()
+    held = _slots(server.url)
+    status, out, err = espnic("sa", "list")
+    assert status == 0 and out.strip() == "no SAs"
+    assert err.splitlines() == ["espnic sa list: reconcile: SA 0x4444 to any (out) in device 0 "
+                                "engine 0 slot 0, not in the database: kept"]
+    for argv in (["sa", "add", *SA_IN], ["load", EXAMPLE]):
+        status, out, err = espnic(*argv)
+        assert status == 1 and out == ""
+        assert err.splitlines()[-1].endswith("a new SA could be written over them: use the --db "
+                                             "that installed them, or start the device afresh")
+    assert _slots(server.url) == held
+
+
 # -- sa -----------------------------------------------------------------------------------
 
 def test_sa_add_show_del(espnic, server):
