@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -84,7 +85,11 @@ def session(urls: list[str], db: Path, *, notify=None, allocates: bool = False):
 
     for url in urls:
         _check_url(url)
-    db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as error:
+        raise CommandError(f"--db {db}: cannot create {db.parent}: "
+                           f"{error.strerror or error}") from None
     devices = []
     try:
         for url in urls:
@@ -94,6 +99,9 @@ def session(urls: list[str], db: Path, *, notify=None, allocates: bool = False):
         except DatabaseError as error:
             raise CommandError(f"--db: {error} (a database belongs to one set of devices: "
                                f"give these their own --db)") from None
+        except (OSError, sqlite3.Error) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise CommandError(f"--db {db}: {reason}") from None
         try:
             report = controller.reconcile(orphans="keep")
             if notify is not None:

@@ -406,6 +406,15 @@ dst = "192.0.2.2"
         small.close()
 
 
+def test_a_bad_database_is_one_line(espnic, tmp_path):
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not SQLite" * 500)
+    for db, message in ((corrupt, f"--db {corrupt}: file is not a database"),
+                        (tmp_path, f"--db {tmp_path}: Is a directory")):
+        status, out, err = espnic("sa", "list", "--db", str(db))
+        assert (status, out) == (1, "") and err == f"espnic sa list: {message}\n"
+
+
 def test_the_key_is_not_echoed_by_a_usage_error(espnic):
     status, _, err = espnic("sa", "add", *SA_IN, f"--kee={KEY}", KEY)
     assert status == 2 and "--kee (1 value not shown)" in err
