@@ -220,7 +220,7 @@ def _build(simulator: str, *, verilog: Path, name: str, build_dir: Path, waves: 
     # The executable loads cocotb's VPI library from where this cocotb is installed
     # and was compiled against this simulator: a build made by another environment
     # (another virtualenv, a CI checkout since deleted) is not reused.
-    stamp = {"format": 2, "makeflags": VERILATOR_MAKEFLAGS, "simulator": simulator,
+    stamp = {"format": 5, "makeflags": VERILATOR_MAKEFLAGS, "simulator": simulator,
              "verilog": str(verilog), "waves": waves,
              "build_args": list(build_args), "timescale": list(TIMESCALE),
              "cocotb_libs": str(Path(libs_dir).resolve()),
@@ -247,9 +247,12 @@ def _build(simulator: str, *, verilog: Path, name: str, build_dir: Path, waves: 
             # the Verilator runtime (most of a small build) compiles once.
             if "OBJCACHE" not in os.environ and shutil.which("ccache"):
                 build_env["OBJCACHE"] = "ccache"
+        sources = [verilog]
+        if simulator == "icarus":
+            sources = [_icarus_verilog(verilog, build_dir)]
         try:
             with _environ(**build_env):
-                runner.build(sources=[verilog], hdl_toplevel=name, build_dir=build_dir,
+                runner.build(sources=sources, hdl_toplevel=name, build_dir=build_dir,
                              build_args=list(build_args), timescale=TIMESCALE, waves=waves,
                              always=True, log_file=log)
         except (RuntimeError, SystemExit, OSError) as error:
@@ -259,6 +262,29 @@ def _build(simulator: str, *, verilog: Path, name: str, build_dir: Path, waves: 
         print(f"built {name} with {simulator} in {elapsed:.1f} s", file=sys.stderr, flush=True)
         stamp_path.write_text(json.dumps({**stamp, "seconds": round(elapsed, 2)}, indent=1) + "\n")
         return elapsed
+
+
+def _icarus_verilog(verilog: Path, build_dir: Path) -> Path:
+    """``verilog`` for Icarus, its combinational blocks started at time 0.
+
+    Yosys makes each ``always @*`` block read a register declared ``= 0`` (and do
+    nothing with it) so that the block runs at time 0. Icarus 11 applies such a
+    declaration's value without an event, so a block whose inputs never change
+    never runs and its outputs stay X: every stream handshake of a design at rest.
+    An ``initial #0`` that sets the register afterwards is the event. And a memory
+    read port's data register, declared without a value, is X in Icarus until its
+    first read: X that reached control (an AES core's key size) and hung the engine.
+    (``always_comb`` would run at time 0 too, but Icarus 11 makes such a block
+    sensitive to all the bits of a vector it selects from, and loops.)"""
+    text = re.sub(r"^(\s*)reg (\\\$auto\$verilog_backend\S+) += 0;$",
+                  r"\g<0>\n\1initial #0 \2 = 1'b1;", verilog.read_text(), flags=re.M)
+    # The only registers without an initial value are memory read ports' data (and
+    # combinational ones, which their block sets at once): zero, as a block RAM's
+    # output register powers up on iCE40 and ECP5 and as Verilator starts them.
+    text = re.sub(r"^(\s*reg (?:\[[^\]]+\] )?\S+) ?;$", r"\1 = 0;", text, flags=re.M)
+    patched = build_dir / verilog.name.replace(".v", ".icarus.v")
+    patched.write_text(text)
+    return patched
 
 
 def _stamp_matches(stamp_path: Path, stamp: dict) -> bool:

@@ -93,14 +93,6 @@ def serve(*, port: int = DEFAULT_PORT, simulator: str = "verilator",
     if not quiet:
         print(f"espnic sim: preparing the simulated device ({described}, {simulator}); "
               f"a first build of these parameters takes minutes", file=sys.stderr, flush=True)
-        if simulator == "icarus":
-            # Seen with Icarus 11 (not with Verilator or Amaranth's simulator): READ and
-            # WRITE frames are answered, a SEND is not, and an injected packet never
-            # reaches a port. Icarus sees X on some of EspNic's stream handshakes; the
-            # nic bench (sim/benches/nic.py) stops on an X ready in Icarus too.
-            print("espnic sim: warning: in Icarus this device answers READ and WRITE frames "
-                  "but not SEND (SA and table writes), and loses injected packets; use "
-                  "Verilator", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="espnic-sim-") as tmp:
         ready_path = Path(tmp, "ready")
         finished = threading.Event()

@@ -3,6 +3,7 @@
 ``EspNicDevice`` in Verilator over ``socket://``, as it would to a board over a
 serial port. The first run builds the device (minutes); later runs reuse the build."""
 
+import os
 import random
 import re
 import signal
@@ -21,7 +22,8 @@ from espnic.host.cli import main
 from espnic.host.device import Device
 from espnic.host.link import FrameLink
 from espnic.host.transport import open_port
-from espnic.host.transport.model import model_url
+from espnic.host.run import run
+from espnic.host.transport.model import ModelPort, model_url
 from espnic.sim import device_server
 from espnic.sim.device_server import running_server
 from espnic.sim.link_job import run_host, traffic_over_link
@@ -31,6 +33,7 @@ from tests.esp_cases import config as esp_config
 from tests.link_cases import wire_session
 from tests.nic_cases import NicScenario
 
+EXAMPLE, EXAMPLE_PCAP = "examples/espnic.toml", "examples/example.pcap"
 # What `espnic sim` serves by default: the test shares its build.
 PARAMS = {"engines": 1, "ports": 1, "profile": "compact"}
 
@@ -254,6 +257,26 @@ def test_the_server_answers_as_the_model_does():
         return packet[0].value, *packet[1:]
     assert sorted(packets, key=key) == sorted(expected[0], key=key)
     assert sum(p[0] is PacketSource.EGRESS for p in packets) > 4
+
+
+@pytest.mark.skipif(not device_server.simulator_available("icarus") and not os.environ.get("CI"),
+                    reason="Icarus is not installed (CI installs it)")
+def test_the_server_in_icarus_answers_as_the_model_does(tmp_path):
+    """``espnic sim --simulator icarus``: the same frames as the model on a faulty link,
+    and ``espnic run`` through it writes the same file and summary."""
+    regmap = RegisterMap(**PARAMS)
+    with running_server(simulator="icarus", **PARAMS) as url:
+        device = Device.open(url, timeout=30.0)
+        try:
+            said = wire_session(device.link.port, regmap, patience=300.0)
+        finally:
+            device.close()
+    with running_server(simulator="icarus", **PARAMS) as url:      # a fresh device
+        in_icarus = run(EXAMPLE, EXAMPLE_PCAP, tmp_path / "icarus.pcap", device_url=url)
+    assert said == wire_session(ModelPort(model_url(regmap.params)), regmap)
+    in_model = run(EXAMPLE, EXAMPLE_PCAP, tmp_path / "model.pcap", device_url="model://")
+    assert (tmp_path / "icarus.pcap").read_bytes() == (tmp_path / "model.pcap").read_bytes()
+    assert in_icarus == in_model and in_model["packets"]["out"] >= 10
 
 
 # -- the command -------------------------------------------------------------------------
