@@ -680,6 +680,20 @@ def test_orphans_are_removed_or_kept():
     assert spi_probe(device, 0, inbound_key(stray)) is SpiStatus.NOT_FOUND
 
 
+def test_kept_orphans_are_never_written_over():
+    """An SA the database does not know, kept by reconcile: its slot is not allocated."""
+    device = model(engines=2)
+    stray = sa("out", 0x5000)
+    device.write_sa(1, 0, stray)
+    controller = Controller([device])
+    assert "kept" in controller.reconcile(orphans="keep").orphans[0]
+    placement = controller.add_sa(sa("out", 0x2000), engine=1)
+    assert (placement.engine, placement.slot) == (1, 1)
+    assert device.read_sa(1, 0).record.spi == 0x5000
+    controller.reconcile()                       # removed: the slot is free again
+    assert controller.add_sa(sa("out", 0x2001), engine=1).slot == 0
+
+
 # -- a real crash: SIGKILL while loading 1,000 SAs -----------------------------------------------
 
 LOADER = textwrap.dedent("""

@@ -242,6 +242,9 @@ class Controller:
         self._migrated: set[tuple] = set()     # (device, engine, slot) reported moved in
         self._fenced = Counter()               # (device, engine, slot) -> fences passed
         self._bytes_base: dict[int, int] = {}  # SA id -> bytes at the last reset_load()
+        #: Slots reconcile found holding SAs the database does not know, and kept:
+        #: never allocated, so nothing is written over them.
+        self._occupied: set[tuple] = set()
         #: Test seam: called with each step's name just after the step (a crash test
         #: raises from it to stop the controller where a SIGKILL could).
         self.step_hook = None
@@ -333,7 +336,8 @@ class Controller:
                               f"0..{len(self.engines) - 1} (or (device, engine) pairs)")
 
     def _free_slot(self, d: int, e: int) -> int | None:
-        used = self.db.used_slots(d, e)
+        kept = {s for dd, ee, s in self._occupied if (dd, ee) == (d, e)}
+        used = self.db.used_slots(d, e) | kept
         return next((s for s in range(self._params(d)["slots"]) if s not in used), None)
 
     def global_engine(self, d: int, e: int) -> int:
@@ -756,8 +760,8 @@ class Controller:
 
         ``rule``: the policy table's rule fields as a dict (:func:`normalize_rule`;
         ``action`` ``"protect"``, ``"bypass"`` or ``"discard"``), or a
-        :class:`~espnic.host.config.PolicySpec` (a ``[[policy]]`` table). ``sa``: for PROTECT, the outbound SA's SPI
-        (or ``(spi, dst)``); the rule's value becomes its (engine, slot) and follows
+        :class:`~espnic.host.config.PolicySpec` (a ``[[policy]]`` table). ``sa``: for
+        PROTECT, the outbound SA's SPI (or ``(spi, dst)``); the rule's value becomes its (engine, slot) and follows
         it when it moves. Written to ``port`` or, by default, every port: of the
         SA's device for PROTECT, of ``device`` or every device otherwise. ``index``:
         the rule's index in those ports' tables (default: the lowest free in all)."""
@@ -900,6 +904,7 @@ class Controller:
             self._write_policy(policy, self._policy_value(policy))
             self.db.set_policy(policy.id, state="active")
             report.policies.append(f"policy {policy.id}: {policy.state} finished")
+        self._occupied = set()
         for (d, e, slot), reply in sorted(held.items()):
             if (d, e, slot) in accounted:
                 continue
@@ -910,6 +915,7 @@ class Controller:
                     f"slot {slot}, not in the database")
             if orphans == "keep":
                 report.orphans.append(what + ": kept")
+                self._occupied.add((d, e, slot))
                 continue
             if direction == "in":
                 self._remove_orphan_entry(d, record)
