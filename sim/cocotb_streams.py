@@ -16,7 +16,7 @@ from collections import deque
 
 from cocotb.triggers import FallingEdge, ReadOnly
 
-__all__ = ["StreamSource", "StreamSink", "run_cycles"]
+__all__ = ["StreamSource", "StreamSink", "run_cycles", "reset_link_device"]
 
 
 class StreamSource:
@@ -107,3 +107,13 @@ async def run_cycles(clk, sources, sinks, *, until, max_cycles):
         cycle += 1
     await FallingEdge(clk)   # leave the read-only phase so the caller may write
     return cycle
+
+
+async def reset_link_device(dut, cycles: int = 2):
+    """Reset an ``EspNicDevice`` with its byte link idle (nothing offered, nothing taken)."""
+    dut.host_rx__valid.value = 0
+    dut.host_tx__ready.value = 0
+    dut.rst.value = 1
+    for _ in range(cycles):
+        await FallingEdge(dut.clk)
+    dut.rst.value = 0

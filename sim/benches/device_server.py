@@ -39,6 +39,7 @@ from cocotb.triggers import FallingEdge, ReadOnly, Timer
 from espnic.hdl.bridge.framing import encode_frame
 from espnic.hdl.bridge.regmap import FrameKind
 from espnic.sim.cocotb_runner import bench_ports
+from espnic.sim.cocotb_streams import reset_link_device
 
 #: Cycles with no byte moved (and none waiting to go in) before the bench idles.
 IDLE_CYCLES = 500
@@ -266,12 +267,7 @@ async def serve(dut):
             getattr(dut, name).value = 0
         elif name.endswith("__ready"):
             getattr(dut, name).value = 1
-    dut.host_rx__valid.value = 0
-    dut.host_tx__ready.value = 0
-    dut.rst.value = 1
-    for _ in range(2):
-        await FallingEdge(dut.clk)
-    dut.rst.value = 0
+    await reset_link_device(dut)
 
     listener = _listen(port)
     server = None

@@ -52,6 +52,7 @@ from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 from espnic.hdl.bridge.framing import FrameDecoderModel
 from espnic.host.device import Device
 from espnic.host.link import FrameLink, LinkError
+from espnic.sim.cocotb_streams import reset_link_device
 from espnic.sim.hostlink_job import ANSWER_TIMEOUT, host_session
 
 PERIOD_NS = 10
@@ -272,12 +273,7 @@ async def measure(dut):
     job = json.loads(Path(os.environ["ESPNIC_JOB"]).read_text())
     progress = open(job["progress"], "a", buffering=1) if job.get("progress") else None
     cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns", impl="gpi").start())
-    dut.host_rx__valid.value = 0
-    dut.host_tx__ready.value = 0
-    dut.rst.value = 1
-    for _ in range(2):
-        await FallingEdge(dut.clk)
-    dut.rst.value = 0
+    await reset_link_device(dut)
 
     port = PacedPort()
     outcome = {}
