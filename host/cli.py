@@ -170,14 +170,20 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print("espnic run: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:          # user mistakes and unreachable devices: one line
-        message = _user_error(error)
-        if message is None:
-            raise
-        print(f"espnic run: {message}", file=sys.stderr)
-        return 1
+    except Exception as error:
+        return _failed("espnic run", error)
     print(json.dumps(summary, sort_keys=True) if args.json else summary_text(summary))
     return 0
+
+
+def _failed(prog: str, error: Exception) -> int:
+    """A user mistake or an unreachable device as one line on stderr (status 1); anything
+    else is a bug, raised again for its traceback."""
+    message = _user_error(error)
+    if message is None:
+        raise error
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 1
 
 
 def _user_error(error) -> str | None:
@@ -378,12 +384,8 @@ def _controller_command(args) -> int:
         print(f"{prog}: interrupted (the next command's reconcile finishes or undoes what "
               f"was cut short)", file=sys.stderr)
         return 130
-    except Exception as error:          # user mistakes and unreachable devices: one line
-        message = _user_error(error)
-        if message is None:
-            raise
-        print(f"{prog}: {message}", file=sys.stderr)
-        return 1
+    except Exception as error:
+        return _failed(prog, error)
     if output is not None:
         print(output)
     return 0
