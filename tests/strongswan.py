@@ -217,9 +217,11 @@ class Charon:
     """strongSwan's charon in namespace ``side.ns`` for the ``with`` block, its files
     (``strongswan.conf``, ``swanctl.conf``, ``charon.log``, the vici socket) in
     ``workdir``. ``debug``: log levels 4 for ``chd`` and ``ike`` (charon then logs
-    keys: for debugging key derivation only)."""
+    keys: for debugging key derivation only); ``keys``: ``chd = 4`` alone, the CHILD_SA
+    keys for :func:`logged_sas`."""
 
-    def __init__(self, config: CharonConfig, workdir: Path, *, debug: bool = False):
+    def __init__(self, config: CharonConfig, workdir: Path, *, debug: bool = False,
+                 keys: bool = False):
         self.config = config
         self.ns = config.local.ns
         self.workdir = Path(workdir)
@@ -228,11 +230,13 @@ class Charon:
         self.socket = self.workdir / "charon.vici"
         self.uri = f"unix://{self.socket}"
         self.debug = debug
+        self.keys = keys
         self.process: subprocess.Popen | None = None
 
     def strongswan_conf(self) -> str:
-        levels = "ike = 4\n            chd = 4\n            knl = 2" if self.debug \
-            else "ike = 2\n            chd = 2\n            knl = 1"
+        levels = (f"ike = {4 if self.debug else 2}\n"
+                  f"            chd = {4 if self.debug or self.keys else 2}\n"
+                  f"            knl = {2 if self.debug else 1}")
         return f"""charon {{
     load = {PLUGINS}
     port = {self.config.port}
@@ -514,6 +518,133 @@ def finish_ping(process: subprocess.Popen, timeout: float = 60.0) -> dict:
     return json.loads(out)
 
 
+# -- capture --------------------------------------------------------------------------------
+
+def _capture(interface: str, path: str):
+    """Every frame on ``interface`` (both ways) until SIGTERM, then a pcap at ``path``
+    (link type Ethernet, or raw IP for a TUN device). Prints ``ready`` once bound."""
+    import socket
+    import sys
+
+    from scapy.utils import RawPcapWriter
+
+    ETH_P_ALL = 0x0003
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.bind((interface, ETH_P_ALL))
+    sock.settimeout(0.05)
+    arphrd = sock.getsockname()[3]
+    frames = []
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    print("ready", flush=True)
+    while not stop:
+        try:
+            frames.append((time.time(), sock.recv(65535)))
+        except (socket.timeout, InterruptedError):
+            continue
+    # ARPHRD_NONE (a TUN device): raw IP, link type 101; else Ethernet, 1.
+    with RawPcapWriter(path, linktype=101 if arphrd == 0xfffe else 1, sync=False) as writer:
+        writer.write_header(None)
+        for stamp, frame in frames:
+            writer.write_packet(frame, sec=int(stamp), usec=int((stamp % 1) * 1e6))
+    sys.stdout.flush()
+
+
+class Capture:
+    """Frames on ``interface`` in namespace ``ns`` for the ``with`` block, written to
+    ``path`` (pcap) when it ends; :attr:`frames` then holds them as
+    ``(linktype, [bytes])``."""
+
+    def __init__(self, ns: str, interface: str, path: Path):
+        self.ns, self.interface, self.path = ns, interface, Path(path)
+        self.process = None
+        self.frames: list[bytes] = []
+        self.linktype = None
+
+    def __enter__(self) -> "Capture":
+        import sys
+
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "tests.strongswan",
+             "capture", self.interface, str(self.path)], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "ready":
+            self.process.wait(timeout=10)
+            raise RuntimeError(f"capture on {self.interface} in {self.ns} did not start: "
+                               f"{self.process.stderr.read().strip()}")
+        return self
+
+    def __exit__(self, *exc):
+        from scapy.utils import RawPcapReader
+
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.returncode == 0 and self.path.exists():
+            with RawPcapReader(str(self.path)) as reader:
+                self.linktype = reader.linktype
+                self.frames = [frame for frame, _ in reader]
+
+
+# -- keys, from charon's log ----------------------------------------------------------------
+
+_KEY_LINE = re.compile(r"encryption (initiator|responder) key => (\d+) bytes")
+_DUMP_LINE = re.compile(r"^\s+\d+: ((?:[0-9A-F]{2} ?)+)")
+_SA_LINE = re.compile(r"SPI 0x([0-9a-f]+), src (\S+) dst (\S+)")
+_EXCHANGE = re.compile(r"(generating|parsed) (IKE_AUTH|CREATE_CHILD_SA) request")
+
+
+@dataclass
+class LoggedSa:
+    """An ESP SA charon installed, with the key and salt it logged (``chd = 4``)."""
+    spi: int
+    src: str
+    dst: str
+    key: bytes = field(repr=False)
+    salt: bytes = field(repr=False)
+
+
+def logged_sas(log: str) -> dict[int, LoggedSa]:
+    """Every ESP SA in charon's log (written with ``keys=True``), by SPI.
+
+    RFC 7296 section 2.17: the first key protects what the exchange's initiator
+    sends. The role comes from the last IKE_AUTH or CREATE_CHILD_SA request this
+    charon generated (initiator) or parsed (responder) before the keys; the SA's
+    direction from its src: the initiator's own outer address."""
+    sas = {}
+    initiator = None
+    keys: dict[str, bytes] = {}
+    lines = log.splitlines()
+    n = 0
+    while n < len(lines):
+        text = lines[n].split("> ", 1)[-1] if "> " in lines[n] else lines[n]
+        n += 1
+        if (exchange := _EXCHANGE.search(text)):
+            initiator = exchange.group(1) == "generating"
+            keys = {}
+        elif (key := _KEY_LINE.search(text)):
+            size = int(key.group(2))
+            octets = bytearray()
+            while len(octets) < size and n < len(lines):
+                dump = _DUMP_LINE.match(lines[n].split("> ", 1)[-1])
+                if not dump:
+                    break
+                octets += bytes.fromhex(dump.group(1).replace(" ", ""))
+                n += 1
+            keys[key.group(1)] = bytes(octets[:size])
+        elif (sa := _SA_LINE.search(text)) and len(keys) == 2 and initiator is not None:
+            spi, src, dst = int(sa.group(1), 16), sa.group(2), sa.group(3)
+            direction = "outbound" if "outbound" in lines[n - 2] else "inbound"
+            # This charon sends on its outbound SAs: initiator's key if it initiated.
+            sent_by_initiator = (direction == "outbound") == initiator
+            material = keys["initiator" if sent_by_initiator else "responder"]
+            sas[spi] = LoggedSa(spi, src, dst, material[:-4], material[-4:])
+    return sas
+
+
 if __name__ == "__main__":
     import json
     import sys
@@ -521,3 +652,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["ping"]:
         _src, _dst, _count, _interval, _wait = sys.argv[2:7]
         print(json.dumps(_ping(_src, _dst, int(_count), float(_interval), float(_wait))))
+    elif sys.argv[1:2] == ["capture"]:
+        _capture(sys.argv[2], sys.argv[3])

@@ -16,8 +16,16 @@ import os
 
 import pytest
 
-from .strongswan import (Charon, CharonConfig, Topology, finish_ping, log_tail, missing_tools,
-                         ping, start_ping)
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.l2 import Ether
+
+from espnic.hdl.engine.sa import SaConfig
+from espnic.host.controller import Controller
+from espnic.host.device import Device
+from espnic.host.run import default_routes, push
+
+from .strongswan import (Capture, Charon, CharonConfig, Topology, finish_ping, log_tail,
+                         logged_sas, missing_tools, ping, start_ping)
 
 pytestmark = pytest.mark.slow
 
@@ -104,3 +112,66 @@ def test_charon_rekey_under_ping(strongswan, logs, rekeyer, what):
             else:
                 assert [ike["uniqueid"] for ike in right.list_sas()] != ["1"]
             check_pair(left.children(), after, "aes128gcm16")
+
+
+def decrypt_on_device(captured_ip: list[bytes], sa) -> list[bytes]:
+    """``captured_ip`` (IPv4 packets as on the wire) pushed through a ``model://``
+    device holding ``sa`` (a :class:`LoggedSa`) as its inbound UDP-encapsulated
+    SA: what the device released."""
+    device = Device.open("model://")
+    controller = Controller([device])
+    try:
+        controller.add_sa(SaConfig(spi=sa.spi, direction="in", mode="tunnel", key=sa.key,
+                                   salt=sa.salt, src=sa.src, dst=sa.dst, encap="udp"))
+        default_routes(device)
+        pushed = push(device, [(0.0, packet) for packet in captured_ip])
+        assert pushed.exceptions == [] and pushed.aborted == 0
+        return [packet for _, _, packet in pushed.outputs]
+    finally:
+        controller.close()
+        device.close()
+
+
+def esp_from(frames: list[bytes], src: str, spi: int) -> list[bytes]:
+    """The IPv4 packets of Ethernet ``frames`` that carry ESP in UDP from ``src``
+    with ``spi``."""
+    found = []
+    for frame in frames:
+        packet = Ether(frame)
+        if IP in packet and UDP in packet and packet[IP].src == src:
+            payload = bytes(packet[UDP].payload)
+            if payload[:4] == spi.to_bytes(4, "big"):
+                found.append(bytes(packet[IP]))
+    return found
+
+
+def echo_requests(packets: list[bytes], src: str, dst: str) -> list[bytes]:
+    return [p for p in packets if p[:1] == b"\x45" and IP(p).src == src and IP(p).dst == dst
+            and ICMP in IP(p) and IP(p)[ICMP].type == 8]
+
+
+@pytest.mark.parametrize("esp", list(PROPOSALS))
+def test_strongswan_esp_through_espnic_device(strongswan, logs, esp):
+    """strongSwan's ESP, captured on the veth, goes through an espnic device (the
+    reference model) holding the SA charon logged, and comes out as the inner
+    packets charon's TUN device took in, byte for byte."""
+    with Topology() as net:
+        left = Charon(CharonConfig(net.left, net.right, psk=PSK, esp_proposals=esp),
+                      logs / "left", keys=True)
+        right = Charon(CharonConfig(net.right, net.left, psk=PSK, esp_proposals=esp),
+                       logs / "right")
+        with left, right:
+            left.initiate()
+            (child,) = left.children()
+            with Capture(net.left.ns, net.left.veth, logs / "veth.pcap") as wire, \
+                    Capture(net.left.ns, "ipsec0", logs / "ipsec0.pcap") as plain:
+                result = ping(net.left.ns, net.left.inner, net.right.inner, count=8,
+                              interval=0.02)
+            assert result["answered"] == list(range(8))
+            sa = logged_sas(left.log_text())[child.spi_out]
+            assert (sa.src, sa.dst, len(sa.key) * 8) == (net.left.outer, net.right.outer,
+                                                         PROPOSALS[esp][1])
+    inner = echo_requests(plain.frames, net.left.inner, net.right.inner)
+    encrypted = esp_from(wire.frames, net.left.outer, child.spi_out)
+    assert len(inner) == len(encrypted) == 8
+    assert decrypt_on_device(encrypted, sa) == inner
