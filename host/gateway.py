@@ -167,7 +167,8 @@ class Gateway:
     port : the device's ingress port packets go in by (and, with
         ``device_routes``, the egress port everything leaves by).
     local_address : the local IPv4 address ESP arrives at, when the daemon's socket
-        is bound to the wildcard address (``esp_in`` is then told ``0.0.0.0``).
+        is bound to the wildcard address (``esp_in`` is then told ``0.0.0.0``);
+        default: the address the kernel's route to the peer has as source.
     routes : prefixes routed into the TUN device by :meth:`start`.
     mtu : the TUN device's MTU: room for the ESP, UDP and outer IP headers the
         device adds under the veth's 1500 bytes.
@@ -219,6 +220,7 @@ class Gateway:
         self._thread = None
         self._stop = threading.Event()
         self._ident = 0
+        self._sources: dict[str, str] = {}     # remote host -> local address toward it
 
     # -- life ---------------------------------------------------------------------------
 
@@ -309,7 +311,7 @@ class Gateway:
             return
         local_host = local[0]
         if local_host in ("0.0.0.0", "", None):
-            local_host = self.local_address
+            local_host = self.local_address or self._source_for(remote[0])
         try:
             src = (str(ipaddress.IPv4Address(remote[0])), int(remote[1]))
             dst = (str(ipaddress.IPv4Address(local_host)), int(local[1]))
@@ -325,6 +327,19 @@ class Gateway:
             self._count("drop_esp_queue_full")
             return
         self._inbound.append(packet)
+
+    def _source_for(self, remote_host) -> str | None:
+        """The address this host sends to ``remote_host`` from (the kernel's route
+        lookup, through a UDP socket that is connected but sends nothing): where the
+        peer's ESP came to when the daemon's socket is bound to the wildcard."""
+        if remote_host not in self._sources:
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                    probe.connect((remote_host, 4500))
+                    self._sources[remote_host] = probe.getsockname()[0]
+            except (OSError, TypeError, UnicodeError):
+                return None
+        return self._sources[remote_host]
 
     # -- the pump -----------------------------------------------------------------------
 

@@ -267,3 +267,15 @@ def test_real_tun_in_a_namespace_answers_a_ping(tmp_path):
         assert "'tun_out': 1" in done.stdout and "'esp_out': 1" in done.stdout, done.stdout
     finally:
         subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_wildcard_local_address_is_the_route_source(gateway):
+    """A daemon bound to 0.0.0.0 tells esp_in so: the gateway takes the address it
+    would send to the peer from (here, toward 127.0.0.1, 127.0.0.1), or local_address."""
+    gw, *_ = gateway
+    assert gw._source_for("127.0.0.1") == "127.0.0.1"
+    gw.local_address = LOCAL
+    to_us, _ = peer_sas()
+    gw.esp_in(udp_payload(to_us.encrypt(IP(inner(seq=3)))), (PEER, 4500), ("0.0.0.0", 4500))
+    tun = gateway[2]
+    assert tun.recv(65535) == inner(seq=3)
