@@ -1,0 +1,162 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""A board's ``sync`` clock: the oscillator through a PLL to the design's frequency.
+
+:func:`ice40_pll` and :func:`ecp5_pll` choose the divider settings (what
+``icepll`` and ``ecppll`` print, computed here so no tool runs);
+:class:`PllDomain` instantiates the PLL for the board's family and holds
+``sync`` in reset until the PLL reports lock. Without a PLL (the oscillator
+already at the wanted frequency) the oscillator drives ``sync`` directly.
+"""
+
+from dataclasses import dataclass
+
+from amaranth import *
+from amaranth.lib import io
+from amaranth.lib.cdc import ResetSynchronizer
+
+__all__ = ["PllSettings", "ice40_pll", "ecp5_pll", "PllDomain"]
+
+#: How far the PLL's output may be from the asked frequency.
+TOLERANCE = 0.005
+
+
+@dataclass(frozen=True)
+class PllSettings:
+    """Divider settings and the frequency they give (MHz)."""
+    family: str
+    f_in: float
+    f_out: float          # what the dividers give
+    dividers: dict        # the primitive's parameters, by name
+
+
+def _check(f_in, f_out):
+    for name, value in (("f_in", f_in), ("f_out", f_out)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive frequency in MHz, not {value!r}")
+
+
+def _pick(candidates, f_in, f_out, family, part_limits):
+    best = min(candidates, default=None, key=lambda c: (abs(c[0] - f_out), c[1]))
+    if best is None or abs(best[0] - f_out) > TOLERANCE * f_out:
+        near = f"; nearest {best[0]:.3f} MHz" if best else ""
+        raise ValueError(f"no {family} PLL setting gives {f_out:g} MHz from {f_in:g} MHz "
+                         f"within {TOLERANCE:.1%} ({part_limits}{near})")
+    return best
+
+
+def ice40_pll(f_in: float, f_out: float) -> PllSettings:
+    """SB_PLL40 settings (``FEEDBACK_PATH="SIMPLE"``) for `f_out` MHz from `f_in`.
+
+    The iCE40 PLL's limits (iCE40 sysCLOCK PLL technical note): phase detector
+    10 to 133 MHz, VCO 533 to 1,066 MHz, output 16 to 275 MHz.
+    """
+    _check(f_in, f_out)
+    candidates = []
+    for divr in range(16):
+        f_pfd = f_in / (divr + 1)
+        if not 10 <= f_pfd <= 133:
+            continue
+        for divf in range(128):
+            f_vco = f_pfd * (divf + 1)
+            if not 533 <= f_vco <= 1066:
+                continue
+            for divq in range(1, 7):
+                out = f_vco / 2 ** divq
+                if 16 <= out <= 275:
+                    # The loop filter's range follows the phase detector's frequency.
+                    filter_range = next(n for n, top in enumerate((17, 26, 44, 66, 101), 1)
+                                        if f_pfd < top) if f_pfd < 101 else 6
+                    candidates.append((out, divr, dict(
+                        DIVR=divr, DIVF=divf, DIVQ=divq, FILTER_RANGE=filter_range)))
+    out, _, dividers = _pick(candidates, f_in, f_out, "iCE40",
+                             "output 16 to 275 MHz, VCO 533 to 1,066 MHz")
+    return PllSettings("ice40", f_in, out, dividers)
+
+
+def ecp5_pll(f_in: float, f_out: float) -> PllSettings:
+    """EHXPLLL settings (feedback from CLKOP) for `f_out` MHz from `f_in`.
+
+    The ECP5 PLL's limits (ECP5 sysCLOCK user guide): phase detector 3.125 to
+    400 MHz, VCO 400 to 800 MHz, output 3.125 to 400 MHz.
+    """
+    _check(f_in, f_out)
+    candidates = []
+    for clki in range(1, 129):
+        f_pfd = f_in / clki
+        if not 3.125 <= f_pfd <= 400:
+            continue
+        for clkfb in range(1, 81):
+            out = f_pfd * clkfb
+            if not 3.125 <= out <= 400:
+                continue
+            # The VCO nearest the middle of its range, as ecppll chooses.
+            clkops = [n for n in range(1, 129) if 400 <= out * n <= 800]
+            if clkops:
+                clkop = min(clkops, key=lambda n: abs(out * n - 600))
+                candidates.append((out, clki, dict(
+                    CLKI_DIV=clki, CLKFB_DIV=clkfb, CLKOP_DIV=clkop,
+                    CLKOP_CPHASE=clkop - 1, CLKOP_FPHASE=0)))
+    out, _, dividers = _pick(candidates, f_in, f_out, "ECP5",
+                             "output 3.125 to 400 MHz, VCO 400 to 800 MHz")
+    return PllSettings("ecp5", f_in, out, dividers)
+
+
+class PllDomain(Elaboratable):
+    """Drives ``sync`` (which the parent defines) at `f_out` MHz from the board's
+    oscillator resource `clock` (`f_in` MHz), held in reset until the PLL locks (and
+    for two cycles after, by a :class:`ResetSynchronizer`). ``settings`` is None
+    when no PLL is needed."""
+
+    def __init__(self, *, family: str, clock: str, f_in: float, f_out: float):
+        if family not in ("ice40", "ecp5"):
+            raise ValueError(f"family must be 'ice40' or 'ecp5', not {family!r}")
+        self.family, self.clock, self.f_in, self.f_out = family, clock, f_in, f_out
+        if abs(f_in - f_out) <= TOLERANCE * f_out:
+            self.settings = None
+        else:
+            self.settings = (ice40_pll if family == "ice40" else ecp5_pll)(f_in, f_out)
+
+    @property
+    def frequency(self) -> float:
+        """``sync``'s frequency in MHz."""
+        return self.f_in if self.settings is None else self.settings.f_out
+
+    def elaborate(self, platform):
+        m = Module()
+        clk = Signal()              # a Signal: a clock constraint names one
+        m.d.comb += ClockSignal("sync").eq(clk)
+        locked = Signal()
+        pin = platform.request(self.clock, 0, dir="-")
+        if self.settings is None or self.family == "ecp5":
+            m.submodules.osc = osc = io.Buffer("i", pin)
+        if self.settings is None:
+            m.d.comb += [clk.eq(osc.i), locked.eq(1)]
+        elif self.family == "ice40":
+            # The PAD variant: the PLL takes the oscillator straight from its pin.
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD",
+                p_FEEDBACK_PATH="SIMPLE",
+                **{f"p_{name}": value for name, value in self.settings.dividers.items()},
+                i_PACKAGEPIN=pin.io, i_RESETB=1, i_BYPASS=0,
+                o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+        else:
+            d = self.settings.dividers
+            m.submodules.pll = Instance(
+                "EHXPLLL",
+                a_FREQUENCY_PIN_CLKI=f"{self.f_in:g}",
+                a_FREQUENCY_PIN_CLKOP=f"{self.settings.f_out:g}",
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8",
+                a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
+                p_CLKOP_ENABLE="ENABLED", p_FEEDBK_PATH="CLKOP",
+                p_CLKI_DIV=d["CLKI_DIV"], p_CLKFB_DIV=d["CLKFB_DIV"],
+                p_CLKOP_DIV=d["CLKOP_DIV"], p_CLKOP_CPHASE=d["CLKOP_CPHASE"],
+                p_CLKOP_FPHASE=d["CLKOP_FPHASE"],
+                i_CLKI=osc.i, i_CLKFB=clk, i_RST=0, i_STDBY=0,
+                i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1,
+                i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+                o_CLKOP=clk, o_LOCK=locked)
+        platform.add_clock_constraint(clk, self.frequency * 1e6)
+        m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
+        return m
