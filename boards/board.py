@@ -69,7 +69,8 @@ def register(b: Board) -> Board:
 
 def board(name: str) -> Board:
     """The board called `name`; ValueError naming the known ones otherwise."""
-    from . import ecpix5, icebreaker, ulx3s          # noqa: F401  (they register)
+    from . import ecpix5, icebreaker, ulx3s          # they register themselves
+    del ecpix5, icebreaker, ulx3s
     if name not in BOARDS:
         raise ValueError(f"unknown board {name!r}; known boards: {', '.join(BOARDS)}")
     return BOARDS[name]

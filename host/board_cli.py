@@ -88,8 +88,6 @@ def add_parsers(commands, *, integer):
 
 
 def _build(args) -> int:
-    import json
-
     from ..boards.build import BuildError, build, build_max_engines, report_table
 
     def progress(line):

@@ -25,8 +25,8 @@ _PLANNED = {
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="espnic", description="IPsec ESP offload engine for FPGAs (AES-GCM).",
-        epilog="Built so far: run, sim, load, sa, policy, stats, build, flash, link-check. Try `espnic run --config "
-               "examples/espnic.toml --in examples/example.pcap --out out.pcap`.")
+        epilog="Built so far: run, sim, load, sa, policy, stats, build, flash, link-check. "
+               "Try `espnic run --config examples/espnic.toml --in examples/example.pcap --out out.pcap`.")
     # Subcommands report a bad option in one line (the unbuilt ones have none yet).
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
                                      parser_class=_CommandParser)
