@@ -10,12 +10,13 @@ Keys live in objects whose reprs leave them out.
 
 from __future__ import annotations
 
-import hmac
 import hashlib
+import hmac
 import struct
+import warnings
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.exceptions import InvalidTag
@@ -37,6 +38,14 @@ MODP2048_P = int(
     "1C55D39A69163FA8FD24CF5F83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804"
     "F1746C08CA18217C32905E462E36CE3BE39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6"
     "955817183995497CEA956AE515D2261898FA051015728E5A8AACAA68FFFFFFFFFFFFFFFF", 16)
+
+
+with warnings.catch_warnings():
+    # cryptography deprecates finite-field DH; group 14 is what strongSwan's
+    # aes256-sha256-modp2048 needs, so it stays, warned once here, not per key.
+    warnings.simplefilter("ignore")
+    from cryptography.hazmat.primitives.asymmetric import dh
+    _DHParameterNumbers, _DHPublicNumbers = dh.DHParameterNumbers, dh.DHPublicNumbers
 
 
 def prf(key: bytes, data: bytes) -> bytes:
@@ -69,7 +78,7 @@ class DhKey:
     def __init__(self, group: int):
         self.group = group
         if group == DH_MODP2048:
-            params = dh.DHParameterNumbers(MODP2048_P, 2).parameters()
+            params = _DHParameterNumbers(MODP2048_P, 2).parameters()
             self._private = params.generate_private_key()
             y = self._private.public_key().public_numbers().y
             self.public = y.to_bytes(256, "big")
@@ -94,7 +103,7 @@ class DhKey:
                 y = int.from_bytes(peer, "big")
                 if not 1 < y < MODP2048_P - 1:
                     raise DhError("group 14 public value out of range")
-                pn = dh.DHPublicNumbers(y, dh.DHParameterNumbers(MODP2048_P, 2))
+                pn = _DHPublicNumbers(y, _DHParameterNumbers(MODP2048_P, 2))
                 secret = self._private.exchange(pn.public_key())
                 return secret.rjust(256, b"\0")
             if self.group == DH_ECP256:
