@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: BSD-2-Clause
+# amaranth: UnusedElaboratable=no
 """The RGMII MAC (Amaranth simulator): GMII receiver and transmitter, and the whole
 ``RgmiiPort`` at its pins.
 
@@ -316,7 +317,7 @@ async def drive_rgmii(ctx, pins, symbols):
 
 
 def watch_rgmii(pins, wire: list, clock: list):
-    """A process: (txd, tx_en, tx_er) per transmit cycle from the pins, read in the
+    """A background testbench: (txd, tx_en, tx_er) per transmit cycle from the pins, read in the
     middle of each half of the clock, and the forwarded clock's two halves."""
     async def process(ctx):
         while True:
@@ -369,6 +370,38 @@ def test_port_receives_at_the_pins():
     assert counters == {"rx_frames": 4, "rx_fcs_error": 1, "rx_error": 1, "rx_runt": 1}
 
 
+def test_port_drops_and_counts_frames_its_full_buffer_cannot_take():
+    """With ``o`` not taken, the receive buffer (16 beats) and the crossing (8) fill
+    up: the frame that meets them full and every one while they stay full are
+    dropped whole, and later frames pass again."""
+    pins = make_pins()
+    port = RgmiiPort(pins, src_mac=SRC_MAC, dst_mac=DST_MAC, max_size=256, rx_buffer=16)
+    frames = [udp_frame(200, seed=n) for n in range(7)]
+    symbols = []
+    for frame in frames[:5]:
+        symbols += gmii(frame + fcs(frame)) + idle(12)
+    symbols += idle(400)
+    for frame in frames[5:]:
+        symbols += gmii(frame + fcs(frame)) + idle(12)
+    received, counters = [], {}
+
+    async def bench(ctx):
+        await drive_rgmii(ctx, pins, symbols + idle(40))
+
+    async def take(ctx):
+        for _ in range(1200):           # about when the fifth frame has gone in
+            await ctx.tick()
+        beats = await stream_get_packets(ctx, port.o, 3, timeout=5000)
+        received.extend(bytes_from_beats(beats, 16))
+        for _ in range(20):
+            await ctx.tick()
+        counters.update(port_counters(ctx, port))
+
+    run_sim(_OnModels(port), bench, take, clocks=CLOCKS)
+    assert received == [frames[0], frames[5], frames[6]]
+    assert counters == {"rx_frames": 7, "rx_overflow": 4}
+
+
 def test_port_sends_at_the_pins():
     pins = make_pins()
     port = RgmiiPort(pins, src_mac=SRC_MAC, dst_mac=DST_MAC)
@@ -391,7 +424,7 @@ def test_port_sends_at_the_pins():
             await ctx.tick()
         counters.update(port_counters(ctx, port))
 
-    run_sim(_OnModels(port), feed, processes=[watch_rgmii(pins, wire, clock)], clocks=CLOCKS)
+    run_sim(_OnModels(port), feed, background=[watch_rgmii(pins, wire, clock)], clocks=CLOCKS)
     frames, gaps = parse_wire(wire)
     assert len(frames) == len(packets)
     for raw, packet in zip(frames, packets):
@@ -413,9 +446,10 @@ def test_port_loops_received_frames_back_out():
     class Loopback(Elaboratable):
         def elaborate(self, platform):
             m = Module()
-            m.submodules.port, m.submodules.strip = port, strip = _OnModels(port), EthernetStrip()
-            wiring.connect(m, port._design.o, strip.i)
-            back = port._design.i
+            m.submodules.port = _OnModels(port)
+            m.submodules.strip = strip = EthernetStrip()
+            wiring.connect(m, port.o, strip.i)
+            back = port.i
             m.d.comb += [back.payload.data.eq(strip.o.payload.data),
                          back.payload.count.eq(strip.o.payload.count),
                          back.payload.first.eq(strip.o.payload.first),
@@ -431,7 +465,7 @@ def test_port_loops_received_frames_back_out():
     async def bench(ctx):
         await drive_rgmii(ctx, pins, symbols + idle(300))
 
-    run_sim(Loopback(), bench, processes=[watch_rgmii(pins, wire, clock)], clocks=CLOCKS)
+    run_sim(Loopback(), bench, background=[watch_rgmii(pins, wire, clock)], clocks=CLOCKS)
     sent, _gaps = parse_wire(wire)
     assert len(sent) == len(frames)
     for raw, frame in zip(sent, frames):

@@ -8,12 +8,20 @@ from amaranth.lib.wiring import In, Out
 from .crc32 import CRC32_INIT, CRC32_RESIDUE, crc32_step
 from .layouts import MAC_BYTE, MAX_FRAME, MIN_FRAME, RX_EVENTS
 
-__all__ = ["GmiiReceiver"]
+__all__ = ["GmiiReceiver", "check_max_size"]
 
 _PREAMBLE, _SFD = 0x55, 0xD5
 # Bytes held back: the FCS, and one more so the frame's last byte can be sent with
 # `last` (and the verdict) in the cycle after rx_dv falls.
 _HELD = 5
+
+
+def check_max_size(max_size) -> int:
+    """`max_size` if it is a valid longest frame, else a ValueError naming it."""
+    if type(max_size) is not int or not MIN_FRAME <= max_size <= 16383:
+        raise ValueError(f"max_size must be an integer from {MIN_FRAME} to 16383 "
+                         f"(bytes with the FCS), not {max_size!r}")
+    return max_size
 
 
 class GmiiReceiver(wiring.Component):
@@ -41,10 +49,7 @@ class GmiiReceiver(wiring.Component):
     """
 
     def __init__(self, *, max_size: int = MAX_FRAME):
-        if type(max_size) is not int or not MIN_FRAME <= max_size <= 16383:
-            raise ValueError(f"max_size must be an integer from {MIN_FRAME} to 16383 "
-                             f"(bytes with the FCS), not {max_size!r}")
-        self._max_size = max_size
+        self._max_size = check_max_size(max_size)
         super().__init__({
             "rxd":   In(8),
             "rx_dv": In(1),

@@ -75,9 +75,9 @@ from .counter import CrossedCounter
 from .header import EthernetHeader, check_mac
 from .layouts import IFG, MAC_BYTE, MAX_FRAME, RX_EVENTS
 from .overflow import OverflowGuard
-from .receiver import GmiiReceiver
+from .receiver import GmiiReceiver, check_max_size
 from .scatter import BeatsToBytes
-from .transmitter import GmiiTransmitter
+from .transmitter import GmiiTransmitter, check_ifg
 
 __all__ = ["RgmiiPort", "RX_COUNTERS", "TX_COUNTERS", "PINS"]
 
@@ -131,9 +131,7 @@ class RgmiiPort(wiring.Component):
                 raise ValueError(f"pins.{name} must be {want} bits wide, not {len(port)}")
         self._pins = pins
         self._src, self._dst = check_mac("src_mac", src_mac), check_mac("dst_mac", dst_mac)
-        # The parts check their own parameters; built now so errors come from here.
-        self._receiver = GmiiReceiver(max_size=max_size)
-        self._transmitter = GmiiTransmitter(ifg=ifg)
+        self._max_size, self._ifg = check_max_size(max_size), check_ifg(ifg)
         _check_buffer("rx_buffer", rx_buffer, max_size)
         _check_buffer("tx_buffer", tx_buffer, max_size)
         for name, domain in (("rx_domain", rx_domain), ("tx_domain", tx_domain),
@@ -161,7 +159,8 @@ class RgmiiPort(wiring.Component):
         # ---- receive: pins -> frames -> whole good frames -> sync ---------------------------
         m.submodules.rx_pins = rx_pins = io.DDRBuffer("i", pins.rx_dat + pins.rx_ctl,
                                                       i_domain=rx)
-        m.submodules.receiver = DomainRenamer(rx)(receiver := self._receiver)
+        receiver = GmiiReceiver(max_size=self._max_size)
+        m.submodules.receiver = DomainRenamer(rx)(receiver)
         rising, falling = rx_pins.i[0], rx_pins.i[1]
         m.d.comb += [
             receiver.rxd.eq(Cat(rising[:4], falling[:4])),
@@ -214,7 +213,8 @@ class RgmiiPort(wiring.Component):
             scatter := BeatsToBytes(layout=EGRESS_BEAT, width=_WIDTH))
         m.submodules.tx_header = DomainRenamer(tx)(
             header := EthernetHeader(dst=self._dst, src=self._src))
-        m.submodules.transmitter = DomainRenamer(tx)(transmitter := self._transmitter)
+        transmitter = GmiiTransmitter(ifg=self._ifg)
+        m.submodules.transmitter = DomainRenamer(tx)(transmitter)
         wiring.connect(m, tx_buffer.o, scatter.i)
         wiring.connect(m, scatter.o, header.i)
         wiring.connect(m, header.o, transmitter.i)

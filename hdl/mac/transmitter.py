@@ -8,11 +8,18 @@ from amaranth.lib.wiring import In, Out
 from .crc32 import CRC32_INIT, crc32_step
 from .layouts import IFG, MAC_BYTE, MIN_FRAME, TX_EVENTS
 
-__all__ = ["GmiiTransmitter"]
+__all__ = ["GmiiTransmitter", "check_ifg"]
 
 _PREAMBLE, _SFD = 0x55, 0xD5
 _PREAMBLE_BYTES = 7
 _PADDED = MIN_FRAME - 4          # a frame's bytes before the FCS, at least
+
+
+def check_ifg(ifg) -> int:
+    """`ifg` if it is a valid interframe gap, else a ValueError naming it."""
+    if type(ifg) is not int or not IFG <= ifg <= 255:
+        raise ValueError(f"ifg must be an integer from {IFG} to 255 (byte times), not {ifg!r}")
+    return ifg
 
 
 class GmiiTransmitter(wiring.Component):
@@ -36,10 +43,7 @@ class GmiiTransmitter(wiring.Component):
     """
 
     def __init__(self, *, ifg: int = IFG):
-        if type(ifg) is not int or not IFG <= ifg <= 255:
-            raise ValueError(f"ifg must be an integer from {IFG} to 255 (byte times), "
-                             f"not {ifg!r}")
-        self._ifg = ifg
+        self._ifg = check_ifg(ifg)
         super().__init__({
             "i":     In(stream.Signature(MAC_BYTE)),
             "txd":   Out(8),
