@@ -342,14 +342,9 @@ class IkeDaemon:
                 (not h.from_initiator and h.exchange != IKE_SA_INIT and session.spi_r != h.spi_r):
             log.info("dropped message for an unknown IKE SA from %s:%d", *remote)
             return
-        ok = session.handle(msg)
-        if ok:
-            local = (self._local_host(sock, remote[0]), sock.port)
-            if (local, remote) != (session.local, session.remote) and (marker or sock.natt):
-                # The peer floated to port 4500 or its NAT mapping changed (RFC 7296 2.23).
-                log.info("%s: path now %s:%d -> %s:%d", session.name, *local, *remote)
-                session.local, session.remote = local, remote
-                session.natt = session.marker = True
+        session.arrived = ((self._local_host(sock, remote[0]), sock.port), remote,
+                           marker or sock.natt)
+        session.handle(msg)
         self._flush(session)
 
     def _refuse_critical(self, sock, data, remote, marker, error):

@@ -149,6 +149,7 @@ class IkeSession:
         self.natt_port = natt_port
         self.nat_detected = False
         self.marker = natt                    # the daemon's: IKE messages carry the marker
+        self.arrived = None                   # the daemon's: (local, remote, marker) of a message
         self.rng, self.clock = rng, clock
         self._new_spi = new_spi or self._random_spi
         self.spi_i = self._random_ike_spi() if initiator else 0
@@ -401,6 +402,19 @@ class IkeSession:
         payloads, _, _ = parse_chain(msg.sk_first, plain, stop_at_sk=False)
         return payloads
 
+    def _follow_path(self):
+        """Take the path the authentic message just opened came by, when it came with
+        the marker and differs: the peer floated to port 4500 or its NAT mapping
+        changed (RFC 7296 section 2.23)."""
+        arrived, self.arrived = self.arrived, None
+        if arrived is None:
+            return
+        local, remote, marker = arrived
+        if marker and (local, remote) != (self.local, self.remote):
+            log.info("%s: path now %s:%d -> %s:%d", self.name, *local, *remote)
+            self.local, self.remote = local, remote
+            self.natt = self.marker = True
+
     def _on_response(self, msg: Message) -> bool:
         p = self._pending
         h = msg.header
@@ -414,6 +428,7 @@ class IkeSession:
             self._on_init_response(msg)
             return True
         inner = self._open(msg)
+        self._follow_path()
         self._pending = None
         p.on_reply(msg, inner)
         self._send_next()
@@ -443,6 +458,7 @@ class IkeSession:
             return False
         try:
             inner = self._open(msg)
+            self._follow_path()
         except UnsupportedCriticalPayload as error:
             self._respond(h, [notify(N_UNSUPPORTED_CRITICAL_PAYLOAD, bytes([error.payload_type]))])
             return True
