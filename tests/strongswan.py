@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["missing_tools", "Topology", "Charon", "CharonConfig", "Child", "parse_vici",
+           "Capture", "ModelServerProcess", "LoggedSa", "logged_sas", "ping", "start_ping",
+           "finish_ping",
            "log_tail", "CHARON"]
 
 CHARON = "/usr/lib/ipsec/charon"
@@ -583,10 +585,56 @@ class Capture:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        for pipe in (self.process.stdout, self.process.stderr):
+            pipe.close()
         if self.process.returncode == 0 and self.path.exists():
             with RawPcapReader(str(self.path)) as reader:
                 self.linktype = reader.linktype
                 self.frames = [frame for frame, _ in reader]
+
+
+# -- a device server in a namespace ----------------------------------------------------------
+
+class ModelServerProcess:
+    """``tests/model_server.ModelServer`` (the reference model behind a TCP port) in a
+    process of its own in namespace ``ns``: :attr:`url` is its ``socket://`` URL,
+    reachable from that namespace only."""
+
+    def __init__(self, ns: str):
+        self.ns = ns
+        self.process = None
+        self.url = None
+
+    def __enter__(self) -> "ModelServerProcess":
+        import sys
+
+        # SIGTERM blocked before the interpreter starts it: sigwait takes it.
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c",
+             "import signal, runpy, sys; "
+             "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT}); "
+             "sys.argv = ['strongswan', 'model-server']; "
+             "runpy.run_module('tests.strongswan', run_name='__main__')"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("socket://"):
+            self.process.kill()
+            self.process.wait()
+            error = self.process.stderr.read().strip()[-2000:]
+            self.process.stdout.close()
+            self.process.stderr.close()
+            raise RuntimeError(f"model server in {self.ns} did not start: {error}")
+        return self
+
+    def __exit__(self, *exc):
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        for pipe in (self.process.stdout, self.process.stderr):
+            pipe.close()
 
 
 # -- keys, from charon's log ----------------------------------------------------------------
@@ -654,3 +702,10 @@ if __name__ == "__main__":
         print(json.dumps(_ping(_src, _dst, int(_count), float(_interval), float(_wait))))
     elif sys.argv[1:2] == ["capture"]:
         _capture(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["model-server"]:
+        # A device that outlives its clients, inside the namespace that runs this.
+        from tests.model_server import ModelServer
+        _server = ModelServer()
+        print(_server.url, flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        _server.close()
