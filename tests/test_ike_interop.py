@@ -13,10 +13,15 @@ failure instead, as with tshark: ``.ci/run`` installs the packages.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.layers.l2 import Ether
 
 from espnic.hdl.engine.sa import SaConfig
@@ -24,8 +29,8 @@ from espnic.host.controller import Controller
 from espnic.host.device import Device
 from espnic.host.run import default_routes, push
 
-from .strongswan import (Capture, Charon, CharonConfig, Topology, finish_ping, log_tail,
-                         logged_sas, missing_tools, ping, start_ping)
+from .strongswan import (REPO, Capture, Charon, CharonConfig, ModelServerProcess, Topology,
+                         finish_ping, log_tail, logged_sas, missing_tools, ping, start_ping)
 
 pytestmark = pytest.mark.slow
 
@@ -175,3 +180,200 @@ def test_strongswan_esp_through_espnic_device(strongswan, logs, esp):
     encrypted = esp_from(wire.frames, net.left.outer, child.spi_out)
     assert len(inner) == len(encrypted) == 8
     assert decrypt_on_device(encrypted, sa) == inner
+
+
+# -- espnic ike against charon --------------------------------------------------------------
+
+TUN = "espnic0"
+#: How ``espnic`` is run (the console script's module, from this checkout).
+ESPNIC = [sys.executable, "-m", "espnic.host.cli"]
+
+
+class EspnicIke:
+    """``espnic ike --config C --device socket://... --tun espnic0`` in the right
+    namespace of ``net`` (its device a reference model served there), against the
+    charon in the left one; its output in ``workdir/espnic-ike.log``."""
+
+    def __init__(self, net, workdir, *, esp: str, start: str, child_rekey_time: float = 3600):
+        self.net, self.workdir = net, workdir
+        self.esp, self.start, self.child_rekey_time = esp, start, child_rekey_time
+        self.log = workdir / "espnic-ike.log"
+        self.server = ModelServerProcess(net.right.ns)
+        self.process = None
+
+    def config(self) -> str:
+        right, left = self.net.right, self.net.left
+        return f"""[ike]
+listen = ["{right.outer}"]
+port = 500
+port_natt = 4500
+
+[[peer]]
+name = "charon"
+address = "{left.outer}"
+local_id = "{right.outer}"
+remote_id = "{left.outer}"
+psk = "file:psk.txt"
+ike_proposals = ["aes128gcm16-prfsha256-x25519", "aes128gcm16-prfsha256-ecp256"]
+esp_proposals = ["{self.esp}"]
+local_ts = ["{right.inner}/32"]
+remote_ts = ["{left.inner}/32"]
+start = "{self.start}"
+dpd_delay = 0
+child_rekey_time = {self.child_rekey_time}
+child_life_time = {max(self.child_rekey_time * 4, 60)}
+"""
+
+    def __enter__(self) -> "EspnicIke":
+        (self.workdir / "psk.txt").write_text(PSK + "\n")
+        (self.workdir / "espnic-ike.toml").write_text(self.config())
+        self.server.__enter__()
+        try:
+            with open(self.log, "w") as out:
+                self.process = subprocess.Popen(
+                    ["ip", "netns", "exec", self.net.right.ns, *ESPNIC,
+                     "ike", "--config", self.workdir / "espnic-ike.toml",
+                     "--device", self.server.url, "--tun", TUN],
+                    cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.wait_tun()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def wait_tun(self, timeout: float = 20.0):
+        """The TUN device is there: route the peer's inner address into it."""
+        deadline = time.monotonic() + timeout
+        while subprocess.run(["ip", "-n", self.net.right.ns, "link", "show", TUN],
+                             capture_output=True).returncode:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"espnic ike exited ({self.process.returncode}): "
+                                   f"{log_tail(self.log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"espnic ike made no TUN device {TUN} in {timeout:g} s")
+            time.sleep(0.05)
+        subprocess.run(["ip", "-n", self.net.right.ns, "route", "replace",
+                        f"{self.net.left.inner}/32", "dev", TUN, "src", self.net.right.inner],
+                       check=True)
+
+    def __exit__(self, *exc):
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.server.__exit__(None, None, None)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def initiate_until_up(charon: Charon, timeout: float = 20.0):
+    """charon initiates until espnic ike answers (it may still be starting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            charon.initiate(timeout=3)
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def espnic_pair(net, logs, esp, start, **options):
+    charon = Charon(CharonConfig(net.left, net.right, psk=PSK, esp_proposals=esp),
+                    logs / "left", keys=True)
+    return charon, EspnicIke(net, logs, esp=esp, start=start, **options)
+
+
+def check_no_key_in(text: str, sas):
+    """No key or salt charon logged appears in espnic's output (as hex either case)."""
+    for sa in sas:
+        for secret in (sa.key, sa.key + sa.salt):
+            assert secret.hex() not in text.lower() and secret.hex(" ") not in text.lower()
+    assert PSK not in text
+
+
+@pytest.mark.parametrize("esp", list(PROPOSALS))
+@pytest.mark.parametrize("initiator", ["charon", "espnic"])
+def test_espnic_ike_with_strongswan(strongswan, logs, initiator, esp):
+    """The CHILD_SA is negotiated and installed both sides (charon lists it; pings go
+    through espnic's device both ways); charon's ESP captured on the veth goes
+    through an espnic device as the inner packets; espnic's ESP opens with the key
+    charon holds (scapy); espnic logs no key."""
+    with Topology(right_inner_on_lo=True) as net:
+        charon, espnic = espnic_pair(net, logs, esp,
+                                     "initiate" if initiator == "espnic" else "wait")
+        with charon, espnic:
+            if initiator == "charon":
+                initiate_until_up(charon)
+            children = charon.wait_children(timeout=20)
+            assert len(children) == 1, log_tail(espnic.log)
+            (child,) = children
+            assert (child.encryption, child.key_size) == PROPOSALS[esp]
+            assert child.encap and child.mode == "TUNNEL"
+            assert (child.local_ts, child.remote_ts) == ([f"{net.left.inner}/32"],
+                                                         [f"{net.right.inner}/32"])
+            with Capture(net.left.ns, net.left.veth, logs / "veth.pcap") as wire, \
+                    Capture(net.left.ns, "ipsec0", logs / "ipsec0.pcap") as plain:
+                there = ping(net.left.ns, net.left.inner, net.right.inner, count=8,
+                             interval=0.02)
+                back = ping(net.right.ns, net.right.inner, net.left.inner, count=4,
+                            interval=0.02)
+            assert there["answered"] == list(range(8)), log_tail(espnic.log)
+            assert back["answered"] == list(range(4)), log_tail(espnic.log)
+            sas = logged_sas(charon.log_text())
+            out_sa, in_sa = sas[child.spi_out], sas[child.spi_in]
+        check_no_key_in(espnic.log_text(), [out_sa, in_sa])
+    inner = echo_requests(plain.frames, net.left.inner, net.right.inner)
+    # charon -> espnic: 8 requests, and the replies to espnic's 4 pings.
+    encrypted = esp_from(wire.frames, net.left.outer, child.spi_out)
+    assert (len(inner), len(encrypted)) == (8, 12)
+    assert echo_requests(decrypt_on_device(encrypted, out_sa),
+                         net.left.inner, net.right.inner) == inner
+    # espnic -> charon: scapy opens it with charon's inbound key.
+    theirs = SecurityAssociation(ESP, spi=in_sa.spi, crypt_algo="AES-GCM",
+                                 crypt_key=in_sa.key + in_sa.salt,
+                                 tunnel_header=IP(src=in_sa.src, dst=in_sa.dst),
+                                 nat_t_header=UDP(sport=4500, dport=4500))
+    from_espnic = [theirs.decrypt(IP(p)) for p in esp_from(wire.frames, net.right.outer,
+                                                           child.spi_in)]
+    replies = [p for p in from_espnic if p[ICMP].type == 0]
+    requests = [p for p in from_espnic if p[ICMP].type == 8]
+    assert sorted(p[ICMP].seq for p in replies) == list(range(8))
+    assert len(requests) == 4
+
+
+@pytest.mark.parametrize("rekeyer,what", [("charon", "child"), ("espnic", "child"),
+                                          ("charon", "ike")])
+def test_espnic_rekey_under_ping(strongswan, logs, rekeyer, what):
+    """A rekey by either side while pings flow both ways through espnic: none lost,
+    new SPIs, the old CHILD_SA gone."""
+    with Topology() as net:
+        # espnic initiates: the CHILD_SA's ports then are right from the start (see
+        # test_espnic_ike_with_strongswan for charon initiating).
+        charon, espnic = espnic_pair(net, logs, "aes128gcm16", "initiate",
+                                     child_rekey_time=4 if rekeyer == "espnic" else 3600)
+        with charon, espnic:
+            (before,) = charon.wait_children(timeout=20)
+            count = 150 if rekeyer == "espnic" else 60
+            flow = start_ping(net.left.ns, net.left.inner, net.right.inner, count=count,
+                              interval=0.04)
+            try:
+                assert ping(net.right.ns, net.right.inner, net.left.inner,
+                            count=1)["answered"] == [0]
+                if rekeyer == "charon":
+                    charon.rekey_child() if what == "child" else charon.rekey_ike()
+            finally:
+                result = finish_ping(flow)
+            assert result["answered"] == list(range(count)), log_tail(espnic.log)
+            after = charon.wait_children()
+            assert len(after) == 1
+            if what == "child":
+                assert (after[0].spi_in, after[0].spi_out) != (before.spi_in, before.spi_out)
+            if rekeyer == "espnic":
+                assert "parsed CREATE_CHILD_SA request" in charon.log_text()
+            assert ping(net.left.ns, net.left.inner, net.right.inner,
+                        count=3)["answered"] == [0, 1, 2]

@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import queue
 import selectors
 import socket
 import threading
@@ -58,16 +59,26 @@ class IkeDaemon:
     every :class:`ChildUp`, :class:`ChildRekeyed`, :class:`ChildDown`.
     ``esp_handler(data, remote, local)``: every ESP-in-UDP datagram (RFC 3948) that
     reaches the NAT-T socket. ``clock``: seconds, for every timer.
+
+    ``controller`` may also be a function that makes one: it is then called in the
+    daemon's thread, which is where a controller with an SQLite database (usable
+    only in the thread that opened it) must live; the daemon closes it at the end.
+    Every command runs in the daemon's thread (:meth:`call`), so the controller
+    and the ``on_child`` hook are only ever used from there.
     """
 
     def __init__(self, config, *, controller=None, on_child=None, esp_handler=None,
                  clock=time.monotonic, rng=os.urandom):
         self.config = config
+        self._controller_factory = None
+        if controller is not None and not hasattr(controller, "add_sa") and callable(controller):
+            self._controller_factory, controller = controller, None
         self.controller = controller
+        self._calls: queue.Queue = queue.Queue()
         self.on_child = on_child
         self.esp_handler = esp_handler
         self.clock, self.rng = clock, rng
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()     # the sessions, for the inspection methods
         self._sessions: dict[int, IkeSession] = {}
         self._init_index: dict[tuple, IkeSession] = {}
         self._policies: dict[int, list] = {}        # child's spi_in -> policy ids
@@ -84,8 +95,11 @@ class IkeDaemon:
         except OSError:
             self.close()
             raise
-        if controller is not None and controller.on_rekey is None:
-            controller.on_rekey = self._on_controller_rekey
+        self._hook_controller()
+
+    def _hook_controller(self):
+        if self.controller is not None and self.controller.on_rekey is None:
+            self.controller.on_rekey = self._on_controller_rekey
 
     # -- life -------------------------------------------------------------------------------
 
@@ -102,25 +116,53 @@ class IkeDaemon:
         """Run the loop in a thread; peers with ``start = "initiate"`` are initiated."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="espnic-ike", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="espnic-ike", daemon=True)
+        self._loop_thread = self._thread
         self._thread.start()
-        for peer in self.config.peers:
-            if peer.start == "initiate":
-                self.initiate(peer.name)
+        self.call(lambda: None)          # the controller is made before start() returns
 
     def stop(self, *, delete: bool = True):
         """Stop the loop; with ``delete``, every IKE SA is deleted first (its
         CHILD_SAs leave the controller) and the peers are told (best effort)."""
         if delete:
-            with self._lock:
-                for session in list(self._unique_sessions()):
-                    session.delete("daemon stopping")
-                    self._flush(session)
+            try:
+                self.call(self._delete_all)
+            except RuntimeError:
+                pass
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
             self._thread = None
         self.close()
+
+    def _delete_all(self):
+        for session in list(self._unique_sessions()):
+            session.delete("daemon stopping")
+            self._flush(session)
+
+    def call(self, fn, timeout: float = 30.0):
+        """``fn()`` run in the daemon's thread (at once when called from there, or
+        when no loop runs); its result, or its exception raised here."""
+        if self._loop_thread in (None, threading.current_thread()):
+            with self._lock:
+                return fn()
+        if self._stop.is_set():
+            raise RuntimeError("the IKE daemon is stopped")
+        done = threading.Event()
+        box = {}
+
+        def job():
+            try:
+                box["value"] = fn()
+            except BaseException as error:
+                box["error"] = error
+            done.set()
+        self._calls.put(job)
+        if not done.wait(timeout):
+            raise RuntimeError("the IKE daemon did not answer")
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
 
     def close(self):
         for s in self._sockets:
@@ -133,39 +175,69 @@ class IkeDaemon:
     def __exit__(self, *exc):
         self.stop()
 
-    def _run(self):
+    _loop_thread = None
+
+    def run(self):
+        """The loop, in the calling thread, until :meth:`stop` (``espnic ike`` runs it
+        so; :meth:`start` runs it in a thread)."""
+        self._loop_thread = threading.current_thread()
+        made = None
+        if self._controller_factory is not None:
+            self.controller = made = self._controller_factory()
+            self._hook_controller()
         selector = selectors.DefaultSelector()
         for s in self._sockets:
             selector.register(s.sock, selectors.EVENT_READ, s)
+        for peer in self.config.peers:
+            if peer.start == "initiate":
+                try:
+                    self.initiate(peer.name)
+                except OSError as error:
+                    log.warning("%s: cannot initiate: %s", peer.name, error)
         try:
             while not self._stop.is_set():
+                self._run_calls()
                 timeout = max(0.0, min(self._next_deadline() - self.clock(), _POLL))
                 for key, _ in selector.select(timeout):
                     self._receive(key.data)
                 self.poll()
+            self._run_calls()
         finally:
             selector.close()
+            if made is not None:
+                made.close()
+
+    def _run_calls(self):
+        while True:
+            try:
+                job = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                job()
 
     # -- commands ---------------------------------------------------------------------------
 
     def initiate(self, peer_name: str) -> IkeSession:
         """Start an IKE SA (and its first CHILD_SA) with the peer named ``peer_name``."""
+        return self.call(lambda: self._initiate(peer_name))
+
+    def _initiate(self, peer_name: str) -> IkeSession:
         peer = self.config.peer(peer_name)
-        with self._lock:
-            # Either port not the standard one: the NAT-T socket with the marker from
-            # IKE_SA_INIT on, as strongSwan does (RFC 7296 section 2.23).
-            natt = peer.natt == "auto" and (peer.port != STANDARD_PORT or self.port != STANDARD_PORT)
-            sock = self._socket_for(peer.address, natt=natt)
-            local = (self._local_host(sock, peer.address), sock.port)
-            session = IkeSession(peer, self.config, initiator=True, local=local,
-                                 remote=(peer.address, peer.port), natt=natt,
-                                 natt_port=self._socket_for(peer.address, natt=True).port,
-                                 rng=self.rng, clock=self.clock, new_spi=self._new_spi)
-            session.marker = natt
-            self._sessions[session.spi_i] = session
-            session.initiate()
-            self._flush(session)
-            return session
+        # Either port not the standard one: the NAT-T socket with the marker from
+        # IKE_SA_INIT on, as strongSwan does (RFC 7296 section 2.23).
+        natt = peer.natt == "auto" and (peer.port != STANDARD_PORT or self.port != STANDARD_PORT)
+        sock = self._socket_for(peer.address, natt=natt)
+        local = (self._local_host(sock, peer.address), sock.port)
+        session = IkeSession(peer, self.config, initiator=True, local=local,
+                             remote=(peer.address, peer.port), natt=natt,
+                             natt_port=self._socket_for(peer.address, natt=True).port,
+                             rng=self.rng, clock=self.clock, new_spi=self._new_spi)
+        session.marker = natt
+        self._sessions[session.spi_i] = session
+        session.initiate()
+        self._flush(session)
+        return session
 
     def _established(self, peer_name: str) -> IkeSession:
         for session in self._unique_sessions():
@@ -181,37 +253,34 @@ class IkeDaemon:
                     return session, child
         raise KeyError(f"no CHILD_SA with SPI {spi:#x}")
 
+    def _command(self, find, act):
+        def job():
+            session, arg = find()
+            act(session, *arg)
+            self._flush(session)
+        self.call(job)
+
     def rekey_child(self, spi: int):
         """Rekey the CHILD_SA whose inbound or outbound SPI is ``spi``."""
-        with self._lock:
-            session, child = self._with_child(spi)
-            session.rekey_child(child.spi_in)
-            self._flush(session)
+        self._command(lambda: self._child_arg(spi), IkeSession.rekey_child)
 
     def delete_child(self, spi: int):
-        with self._lock:
-            session, child = self._with_child(spi)
-            session.delete_child(child.spi_in)
-            self._flush(session)
+        """Delete the CHILD_SA whose inbound or outbound SPI is ``spi``."""
+        self._command(lambda: self._child_arg(spi), IkeSession.delete_child)
 
     def rekey_ike(self, peer_name: str):
-        with self._lock:
-            session = self._established(peer_name)
-            session.rekey_ike()
-            self._flush(session)
+        self._command(lambda: (self._established(peer_name), ()), IkeSession.rekey_ike)
 
     def delete_ike(self, peer_name: str):
-        with self._lock:
-            session = self._established(peer_name)
-            session.delete()
-            self._flush(session)
+        self._command(lambda: (self._established(peer_name), ()), IkeSession.delete)
 
     def liveness(self, peer_name: str):
         """Send an empty INFORMATIONAL (dead peer detection) now."""
-        with self._lock:
-            session = self._established(peer_name)
-            session.liveness()
-            self._flush(session)
+        self._command(lambda: (self._established(peer_name), ()), IkeSession.liveness)
+
+    def _child_arg(self, spi: int):
+        session, child = self._with_child(spi)
+        return session, (child.spi_in,)
 
     # -- inspection --------------------------------------------------------------------------
 

@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""CHILD_SAs negotiated by two IKE daemons land in two devices through their
+security controllers, and traffic goes through them: a packet protected by side
+A's device (the outbound policy made from the negotiated traffic selectors) is
+decrypted by side B's device into the original inner packet, both ways, and again
+after a CHILD_SA rekey and after an IKE SA rekey; a deleted CHILD_SA leaves both
+devices and their packets are discarded, never sent in the clear."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.packet import Raw
+
+from espnic.host.controller import Controller
+from espnic.host.device import Device
+from espnic.host.ike import ChildRekeyed
+from espnic.sim.model.forwarder import parse
+from tests.test_ike_exchange import Pair, wait_for
+
+INSIDE, OUTSIDE = 0, 1
+
+
+def _addr(text: str) -> bytes:
+    packed = ipaddress.ip_address(text).packed
+    return packed + bytes(16 - len(packed))
+
+
+def model_device() -> Device:
+    device = Device.open("model://?engines=2&ports=2&slots=16")
+    # inner networks inside, the IKE peers (127.0.0.1) outside
+    assert device.write_route(0, valid=True, ipv6=False, dst=_addr("10.0.0.0"), length=8,
+                              port=INSIDE)
+    assert device.write_route(1, valid=True, ipv6=False, dst=_addr("127.0.0.0"), length=8,
+                              port=OUTSIDE)
+    return device
+
+
+def inner(src: str, dst: str, number: int) -> bytes:
+    return bytes(IP(src=src, dst=dst, ttl=64) / UDP(sport=1000 + number, dport=53)
+                 / Raw(number.to_bytes(4, "big") * 10))
+
+
+def through(daemon, device, port: int, packet: bytes) -> list:
+    """What ``device`` sends out after ``packet`` came in on ``port`` (in the daemon's
+    thread: the device is not thread-safe, and the daemon's controller uses it)."""
+    def job():
+        device.packets()
+        device.inject(port, packet)
+        out = device.packets(wait=0.5)
+        while more := device.packets(wait=0.05):
+            out += more
+        return out
+    return [(p, data) for _source, p, data, aborted in daemon.call(job) if not aborted]
+
+
+def tunnel(pair, devices, src_a="10.1.0.5", dst_b="10.2.0.9", number=1):
+    """A packet from A's inside to B's inside and one back: the ESP packets on the
+    wire (checked to be ESP of the expected SPIs) and what each side delivered."""
+    (child_a,) = pair.a.children()
+    dev_a, dev_b = devices
+    results = []
+    for (d_send, dev_send, d_recv, dev_recv, src, dst, spi) in (
+            (pair.a, dev_a, pair.b, dev_b, src_a, dst_b, child_a.spi_out),
+            (pair.b, dev_b, pair.a, dev_a, dst_b, src_a, child_a.spi_in)):
+        packet = inner(src, dst, number)
+        (sent,) = through(d_send, dev_send, INSIDE, packet)
+        assert sent[0] == OUTSIDE and sent[1][9] == 50, "not protected"
+        assert parse(sent[1]).spi == spi
+        assert packet[20:] not in sent[1]                 # the inner packet is not in clear
+        (delivered,) = through(d_recv, dev_recv, OUTSIDE, sent[1])
+        assert delivered == (INSIDE, packet)
+        results.append(sent[1])
+    return results
+
+
+@pytest.fixture
+def devices():
+    made = [model_device(), model_device()]
+    yield made
+    for device in made:
+        device.close()
+
+
+def test_negotiated_child_sas_carry_traffic_through_the_devices(devices):
+    # Each controller is made in its daemon's thread (its SQLite database lives there).
+    pair = Pair(natt="detect", esp=["aes256gcm16-esn"],
+                a_daemon={"controller": lambda: Controller([devices[0]])},
+                b_daemon={"controller": lambda: Controller([devices[1]])})
+    controllers = [pair.a.controller, pair.b.controller]
+    try:
+        pair.up()
+        (child,) = pair.a.children()
+        sas = pair.a.call(controllers[0].sas)
+        assert {(i.spi, i.direction) for i in sas} == {(child.spi_in, "in"), (child.spi_out, "out")}
+        assert sas[0].config["esn"] is True
+        assert len(pair.a.call(controllers[0].policies)) == 1
+        tunnel(pair, devices, number=1)
+
+        pair.b.rekey_child(child.spi_out)
+        wait_for(lambda: len(pair.of("a", ChildRekeyed)) == 1 and len(pair.of("b", ChildRekeyed)) == 1)
+        (new,) = pair.a.children()
+        assert {(i.spi, i.direction) for i in pair.a.call(controllers[0].sas)} == \
+            {(new.spi_in, "in"), (new.spi_out, "out")}
+        tunnel(pair, devices, number=2)
+
+        pair.a.rekey_ike("b")
+        wait_for(lambda: len(pair.a.ike_sas()) == 1 and pair.a.ike_sas()[0]["spi_i"] != 0
+                 and len(pair.b.ike_sas()) == 1)
+        tunnel(pair, devices, number=3)
+
+        pair.a.delete_child(new.spi_in)
+        wait_for(lambda: pair.b.children() == [])
+        for daemon, controller in zip((pair.a, pair.b), controllers):
+            assert daemon.call(controller.sas) == [] and daemon.call(controller.policies) == []
+        # no policy any more: the packet is not sent out protected, and not in the clear
+        out = through(pair.a, devices[0], INSIDE, inner("10.1.0.5", "10.2.0.9", 4))
+        assert not [data for port, data in out if port == OUTSIDE]
+    finally:
+        pair.close()
