@@ -15,17 +15,17 @@ import sys
 import time
 
 from . import board_cli
+from .ike import cli as ike_cli
 
 # command -> what it needs before it can work
 _PLANNED = {
-    "ike":    "the IKEv2 module",
 }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="espnic", description="IPsec ESP offload engine for FPGAs (AES-GCM).",
-        epilog="Built so far: run, sim, load, sa, policy, stats, build, flash, link-check. "
+        epilog="Built so far: run, sim, load, sa, policy, stats, build, flash, link-check, ike. "
                "Try `espnic run --config examples/espnic.toml --in examples/example.pcap --out out.pcap`.")
     # Subcommands report a bad option in one line (the unbuilt ones have none yet).
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
@@ -34,6 +34,7 @@ def main(argv=None):
     _add_run(commands)
     _add_controller_commands(commands)
     board_cli.add_parsers(commands, integer=_integer)
+    ike_cli.add_parser(commands)
     for name, needs in _PLANNED.items():
         commands.add_parser(name, help=f"not supported yet (needs {needs})")
     # The options of unbuilt commands are not defined yet: accept any.
@@ -510,7 +511,7 @@ _ACTIONS = {"espnic load": _load, "espnic sa add": _sa_add, "espnic sa del": _sa
 
 _BUILT = {"sim": _sim, "run": _run, "load": _controller_command, "sa": _controller_command,
           "policy": _controller_command, "stats": _controller_command,
-          **board_cli.COMMANDS}
+          **board_cli.COMMANDS, **ike_cli.COMMANDS}
 
 
 if __name__ == "__main__":

@@ -462,6 +462,6 @@ def test_two_devices_share_the_sas(espnic, server):
 
 
 def test_unbuilt_commands_still_say_so(capsys):
-    for command in ("ike", "build", "flash"):
+    for command in ("build", "flash"):
         assert main([command, "--anything"]) == 2
         assert capsys.readouterr().err.startswith(f"espnic: not supported: `espnic {command}`")
