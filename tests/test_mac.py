@@ -292,10 +292,10 @@ class _OnModels(Elaboratable):
 
 def make_pins() -> SimpleNamespace:
     return SimpleNamespace(
-        rx_ctl=io.SimulationPort("i", 1, name="rx_ctl"),
-        rx_dat=io.SimulationPort("i", 4, name="rx_dat"),
-        tx_ctl=io.SimulationPort("o", 1, name="tx_ctl"),
-        tx_dat=io.SimulationPort("o", 4, name="tx_dat"),
+        rx_ctrl=io.SimulationPort("i", 1, name="rx_ctrl"),
+        rx_data=io.SimulationPort("i", 4, name="rx_data"),
+        tx_ctrl=io.SimulationPort("o", 1, name="tx_ctrl"),
+        tx_data=io.SimulationPort("o", 4, name="tx_data"),
         tx_clk=io.SimulationPort("o", 1, name="tx_clk"))
 
 
@@ -308,11 +308,11 @@ async def drive_rgmii(ctx, pins, symbols):
     rx_dv for the rising edge, the high nibble and rx_dv ^ rx_er for the falling one
     (set well clear of the edges, as the PHY's receive delay has them)."""
     for data, dv, er in symbols:
-        ctx.set(pins.rx_dat.i, data & 0xF)
-        ctx.set(pins.rx_ctl.i, dv)
+        ctx.set(pins.rx_data.i, data & 0xF)
+        ctx.set(pins.rx_ctrl.i, dv)
         await ctx.tick(RX)
-        ctx.set(pins.rx_dat.i, data >> 4)
-        ctx.set(pins.rx_ctl.i, dv ^ er)
+        ctx.set(pins.rx_data.i, data >> 4)
+        ctx.set(pins.rx_ctrl.i, dv ^ er)
         await ctx.delay(6e-9)
 
 
@@ -323,10 +323,10 @@ def watch_rgmii(pins, wire: list, clock: list):
         while True:
             await ctx.tick(TX)
             await ctx.delay(2e-9)
-            low, enable, clk_high = ctx.get(pins.tx_dat.o), ctx.get(pins.tx_ctl.o), \
+            low, enable, clk_high = ctx.get(pins.tx_data.o), ctx.get(pins.tx_ctrl.o), \
                 ctx.get(pins.tx_clk.o)
             await ctx.delay(4e-9)
-            high, enable_xor_error, clk_low = ctx.get(pins.tx_dat.o), ctx.get(pins.tx_ctl.o), \
+            high, enable_xor_error, clk_low = ctx.get(pins.tx_data.o), ctx.get(pins.tx_ctrl.o), \
                 ctx.get(pins.tx_clk.o)
             wire.append((low | high << 4, enable, enable ^ enable_xor_error))
             clock.append((clk_high, clk_low))
@@ -482,6 +482,6 @@ def test_port_rejects_bad_parameters():
     with pytest.raises(ValueError, match="max_size must be"):
         GmiiReceiver(max_size=20)
     pins = make_pins()
-    pins.tx_dat = io.SimulationPort("o", 8)
-    with pytest.raises(ValueError, match="pins.tx_dat must be 4 bits"):
+    pins.tx_data = io.SimulationPort("o", 8)
+    with pytest.raises(ValueError, match="pins.tx_data must be 4 bits"):
         RgmiiPort(pins, src_mac=1, dst_mac=2)

@@ -4,14 +4,14 @@ PHY's pins and one port of the data plane (``EspNic``'s ``i[p]`` and ``o[p]``).
 
 ::
 
-    rx_ctl, rx_dat --DDR--> GmiiReceiver -> OverflowGuard -> BytesToBeats -> PacketFifo --AsyncFIFO--> o
+  rx_ctrl, rx_data --DDR--> GmiiReceiver -> OverflowGuard -> BytesToBeats -> PacketFifo --AsyncFIFO--> o
        (rx_domain: the PHY's receive clock)                                                   (sync)
-    tx_ctl, tx_dat <--DDR-- GmiiTransmitter <- EthernetHeader <- BeatsToBytes <- PacketFifo <--AsyncFIFO-- i
-    tx_clk <--DDR (1, 0)       (tx_domain: 125 MHz)
+  tx_ctrl, tx_data <--DDR-- GmiiTransmitter <- EthernetHeader <- BeatsToBytes <- PacketFifo <--AsyncFIFO-- i
+  tx_clk <--DDR (1, 0)         (tx_domain: 125 MHz)
 
-RGMII (v2.0) carries GMII on 4 wires clocked on both edges: ``rx_dat`` has a
+RGMII (v2.0) carries GMII on 4 wires clocked on both edges: ``rx_data`` has a
 byte's low nibble on the rising edge and its high nibble on the falling edge;
-``rx_ctl`` has ``rx_dv`` on the rising edge and ``rx_dv ^ rx_er`` on the
+``rx_ctrl`` has ``rx_dv`` on the rising edge and ``rx_dv ^ rx_er`` on the
 falling one; transmit likewise. The pins go through :class:`amaranth.lib.io.DDRBuffer`,
 which the Lattice platform maps to IDDRX1F / ODDRX1F on ECP5.
 
@@ -83,7 +83,7 @@ __all__ = ["RgmiiPort", "RX_COUNTERS", "TX_COUNTERS", "PINS"]
 
 _WIDTH = 16
 #: The pins an :class:`RgmiiPort` takes (the names of an ``eth_rgmii`` resource).
-PINS = ("rx_ctl", "rx_dat", "tx_ctl", "tx_dat", "tx_clk")
+PINS = ("rx_ctrl", "rx_data", "tx_ctrl", "tx_data", "tx_clk")
 #: Counters of the receive side, in the order of :data:`RX_EVENTS` then overflow.
 RX_COUNTERS = tuple(name if name.startswith("rx_") else f"rx_{name}" for name in RX_EVENTS) \
     + ("rx_overflow",)
@@ -105,8 +105,10 @@ class RgmiiPort(wiring.Component):
     Parameters
     ----------
     pins : the PHY's pins, an object with the I/O ports of :data:`PINS` as
-        attributes (``platform.request("eth_rgmii", dir="-")``): ``rx_dat`` and
-        ``tx_dat`` 4 bits, the others 1.
+        attributes, as amaranth-boards names them for the ECPIX-5
+        (``platform.request("eth_rgmii", dir="-")``): ``rx_data`` and
+        ``tx_data`` 4 bits, the others 1. (``rx_clk`` clocks `rx_domain`, which
+        the board makes; ``rst``, ``mdio`` and ``mdc`` are the board's too.)
     src_mac, dst_mac : the addresses of the header put on sent packets
         (6 bytes or an int): this port's, and the next hop's.
     max_size : the longest frame received, FCS included (default 1522).
@@ -126,7 +128,7 @@ class RgmiiPort(wiring.Component):
             port = getattr(pins, name, None)
             if not isinstance(port, io.PortLike):
                 raise TypeError(f"pins.{name} must be an I/O port, not {port!r}")
-            want = 4 if name.endswith("_dat") else 1
+            want = 4 if name.endswith("_data") else 1
             if len(port) != want:
                 raise ValueError(f"pins.{name} must be {want} bits wide, not {len(port)}")
         self._pins = pins
@@ -157,7 +159,7 @@ class RgmiiPort(wiring.Component):
         rx, tx, pins = self._rx, self._tx, self._pins
 
         # ---- receive: pins -> frames -> whole good frames -> sync ---------------------------
-        m.submodules.rx_pins = rx_pins = io.DDRBuffer("i", pins.rx_dat + pins.rx_ctl,
+        m.submodules.rx_pins = rx_pins = io.DDRBuffer("i", pins.rx_data + pins.rx_ctrl,
                                                       i_domain=rx)
         receiver = GmiiReceiver(max_size=self._max_size)
         m.submodules.receiver = DomainRenamer(rx)(receiver)
@@ -219,7 +221,7 @@ class RgmiiPort(wiring.Component):
         wiring.connect(m, scatter.o, header.i)
         wiring.connect(m, header.o, transmitter.i)
 
-        m.submodules.tx_pins = tx_pins = io.DDRBuffer("o", pins.tx_dat + pins.tx_ctl,
+        m.submodules.tx_pins = tx_pins = io.DDRBuffer("o", pins.tx_data + pins.tx_ctrl,
                                                       o_domain=tx)
         m.d.comb += [
             tx_pins.o[0].eq(Cat(transmitter.txd[:4], transmitter.tx_en)),

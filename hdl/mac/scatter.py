@@ -20,8 +20,9 @@ class BeatsToBytes(wiring.Component):
     with every byte. An empty packet (a beat with ``count == 0``) has no byte to
     carry ``last``, so it is taken and gives nothing.
 
-    Throughput: one byte per cycle, combinational (``o`` is ``i``'s current beat
-    and a byte index): a beat is taken with its last byte.
+    Throughput: one byte per cycle, across beats too (the next beat is taken as
+    the held one's last byte goes). Latency: a beat's first byte is offered the
+    cycle after the beat is taken.
     """
 
     def __init__(self, *, layout: data.StructLayout, width: int = 16):
@@ -42,19 +43,30 @@ class BeatsToBytes(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         width = self._width
-        beat = self.i.payload
+        # The beat being split, held in a register: `i.ready` then depends on
+        # registers only, not on the beat a block RAM is offering (whose read
+        # address depends on `i.ready`: a path too long for 125 MHz on ECP5).
+        beat = Signal.like(self.i.payload)
+        full = Signal()
+        final_index = Signal(range(width))           # of the held beat's last byte
         index = Signal(range(width))
-        final = index == beat.count - 1                 # this beat's last byte
+        final = index == final_index
         lanes = Array(beat.data[8 * k:8 * (k + 1)] for k in range(width))
+        done = full & ((beat.count == 0) | (self.o.ready & final))
         m.d.comb += [
-            self.o.valid.eq(self.i.valid & (beat.count != 0)),
+            self.o.valid.eq(full & (beat.count != 0)),
             self.o.payload.data.eq(lanes[index]),
             self.o.payload.last.eq(beat.last & final),
             *(getattr(self.o.payload, name).eq(getattr(beat, name)) for name in self._extra),
-            self.i.ready.eq((beat.count == 0) | (self.o.ready & final)),
+            self.i.ready.eq(~full | done),
         ]
         if "abort" in self._extra:
             m.d.comb += self.o.payload.abort.eq(beat.abort & beat.last & final)
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += index.eq(Mux(final, 0, index + 1))
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [beat.eq(self.i.payload), full.eq(1),
+                         final_index.eq(self.i.payload.count - 1), index.eq(0)]
+        with m.Elif(done):
+            m.d.sync += full.eq(0)
         return m
