@@ -233,7 +233,8 @@ child_life_time = {max(self.child_rekey_time * 4, 60)}
                 self.process = subprocess.Popen(
                     ["ip", "netns", "exec", self.net.right.ns, *ESPNIC,
                      "ike", "--config", self.workdir / "espnic-ike.toml",
-                     "--device", self.server.url, "--tun", TUN],
+                     "--device", self.server.url, "--db", self.workdir / "espnic-sa.db",
+                     "--tun", TUN, "-v"],
                     cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self.wait_tun()
         except BaseException:
