@@ -32,6 +32,7 @@ from amaranth.lib import io, wiring
 
 from espnic.hdl.forwarder.ethernet import EthernetStrip
 from espnic.hdl.mac import GmiiReceiver, GmiiTransmitter, RgmiiPort
+from espnic.hdl.mac.counter import CrossedCounter
 from espnic.hdl.mac.crc32 import CRC32_INIT, CRC32_RESIDUE, crc32_step_int
 from espnic.hdl.mac.layouts import RX_EVENTS, TX_EVENTS
 from espnic.hdl.packet import beats_from_bytes, bytes_from_beats
@@ -244,6 +245,27 @@ def test_transmitter_cuts_short_underrun_and_aborted_frames():
     assert events == Counter(underrun=1, aborted=1, frames=1)
 
 
+# ---- counters across clock domains -----------------------------------------------------
+
+def test_crossed_counter_loses_no_event_to_a_slow_reader():
+    """Events on most cycles of a 125 MHz clock, read at 10 MHz: every one counted."""
+    dut = CrossedCounter(event_domain="fast")
+    pattern = [random.Random(6).random() < 0.8 for _ in range(2000)]
+    seen = []
+
+    async def events(ctx):
+        for event in pattern:
+            ctx.set(dut.event, event)
+            await ctx.tick("fast")
+        ctx.set(dut.event, 0)
+        for _ in range(80):
+            await ctx.tick("fast")
+        seen.append(ctx.get(dut.count))
+
+    run_sim(dut, events, clocks={"sync": 100e-9, "fast": 8e-9})
+    assert seen == [sum(pattern)]
+
+
 # ---- RgmiiPort at its pins --------------------------------------------------------------
 
 class _DdrModel(Elaboratable):
@@ -404,13 +426,15 @@ def test_port_drops_and_counts_frames_its_full_buffer_cannot_take():
 
 def test_port_sends_at_the_pins():
     pins = make_pins()
-    port = RgmiiPort(pins, src_mac=SRC_MAC, dst_mac=DST_MAC)
+    # A transmit buffer of 32 beats: the 600-byte packet cannot be held whole.
+    port = RgmiiPort(pins, src_mac=SRC_MAC, dst_mac=DST_MAC, max_size=256, tx_buffer=32)
     packets = [bytes(IP(src="192.0.2.1", dst="192.0.2.9") / UDP() / Raw(b"x" * n))
                for n in (0, 50, 300)]
     packets.insert(1, bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP() / Raw(b"y")))
     aborted = bytes(IP() / Raw(b"z" * 40))
+    oversize = bytes(IP() / Raw(b"o" * 580))
     beats = []
-    for packet in packets[:2] + [aborted] + packets[2:]:
+    for packet in packets[:2] + [aborted, oversize] + packets[2:]:
         chunk = [{**beat, "abort": 0} for beat in beats_from_bytes(packet, 16)]
         if packet is aborted:
             chunk[-1]["abort"] = 1
@@ -432,7 +456,7 @@ def test_port_sends_at_the_pins():
         check_sent(raw, DST_MAC + SRC_MAC + ethertype + packet)
     assert all(gap >= 12 for gap in gaps)
     assert set(clock) == {(1, 0)}          # tx_clk: high, then low, every cycle
-    assert counters == {"tx_frames": 4, "tx_aborted": 1}
+    assert counters == {"tx_frames": 4, "tx_aborted": 1, "tx_oversize": 1}
 
 
 def test_port_loops_received_frames_back_out():
