@@ -250,7 +250,8 @@ def test_transmitter_cuts_short_underrun_and_aborted_frames():
 def test_crossed_counter_loses_no_event_to_a_slow_reader():
     """Events on most cycles of a 125 MHz clock, read at 10 MHz: every one counted."""
     dut = CrossedCounter(event_domain="fast")
-    pattern = [random.Random(6).random() < 0.8 for _ in range(2000)]
+    rng = random.Random(6)
+    pattern = [rng.random() < 0.8 for _ in range(2000)]
     seen = []
 
     async def events(ctx):

@@ -43,8 +43,8 @@ class GmiiReceiver(wiring.Component):
     receive interface carries between frames (rx_er with rx_dv low: carrier
     extension, false carrier) is ignored.
 
-    Latency: a byte leaves ``o`` 6 cycles after it is on ``rxd`` (one input
-    register, five bytes held back). Throughput: one byte per cycle, any
+    Latency: a byte leaves ``o`` 7 cycles after it is on ``rxd`` (an input
+    register, five bytes held back, an output register). Throughput: one byte per cycle, any
     interframe gap the sender leaves.
     """
 

@@ -36,8 +36,8 @@ class GmiiTransmitter(wiring.Component):
     frame's bytes are taken from ``i`` and thrown away. Each frame gives one pulse
     on one of the :data:`TX_EVENTS` outputs.
 
-    Latency: a frame's first byte is on ``txd`` 9 cycles after ``i`` offers it
-    (a registered output, the preamble and SFD), when the gap has passed.
+    Latency: a frame's first byte is on ``txd`` 10 cycles after ``i`` offers it
+    (the start, the preamble and SFD, a registered output), when the gap has passed.
     Throughput: one byte per cycle; a frame of n bytes takes
     ``8 + max(n, 60) + 4 + ifg`` cycles.
     """
