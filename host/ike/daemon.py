@@ -84,6 +84,9 @@ class IkeDaemon:
         self._policies: dict[int, list] = {}        # child's spi_in -> policy ids
         self._cookie_secret = rng(32)
         self._sockets: list[_Socket] = []
+        # A byte on this pair wakes the loop for a call() from another thread.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
         self._thread = None
         self._stop = threading.Event()
         self._next_controller_poll = 0.0
@@ -158,6 +161,10 @@ class IkeDaemon:
                 box["error"] = error
             done.set()
         self._calls.put(job)
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
         if not done.wait(timeout):
             raise RuntimeError("the IKE daemon did not answer")
         if "error" in box:
@@ -167,6 +174,8 @@ class IkeDaemon:
     def close(self):
         for s in self._sockets:
             s.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def __enter__(self):
         self.start()
@@ -188,6 +197,7 @@ class IkeDaemon:
         selector = selectors.DefaultSelector()
         for s in self._sockets:
             selector.register(s.sock, selectors.EVENT_READ, s)
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
         for peer in self.config.peers:
             if peer.start == "initiate":
                 try:
@@ -199,13 +209,23 @@ class IkeDaemon:
                 self._run_calls()
                 timeout = max(0.0, min(self._next_deadline() - self.clock(), _POLL))
                 for key, _ in selector.select(timeout):
-                    self._receive(key.data)
+                    if key.data is None:
+                        self._drain_wake()
+                    else:
+                        self._receive(key.data)
                 self.poll()
             self._run_calls()
         finally:
             selector.close()
             if made is not None:
                 made.close()
+
+    def _drain_wake(self):
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
 
     def _run_calls(self):
         while True:
@@ -364,13 +384,21 @@ class IkeDaemon:
         except OSError as error:
             log.debug("receive on port %d: %s", sock.port, error)
             return
-        remote = (remote[0], remote[1])
+        self._guarded(sock, data, (remote[0], remote[1]))
+
+    def _guarded(self, sock: _Socket, data: bytes, remote):
         try:
             with self._lock:
                 self._datagram(sock, data, remote)
         except Exception as error:     # nothing a peer sends may stop the daemon
-            log.warning("datagram from %s:%d dropped: %s: %s", *remote, type(error).__name__,
-                        error)
+            log.error("internal error on a datagram from %s:%d (dropped): %s: %s", *remote,
+                      type(error).__name__, error)
+
+    def receive(self, data: bytes, remote, *, natt: bool = False):
+        """Take ``data`` as if it had arrived from ``remote`` on the IKE (or NAT-T)
+        socket: the path of every datagram, for tests that make their own."""
+        sock = self._socket_for(remote[0], natt=natt)
+        self.call(lambda: self._guarded(sock, bytes(data), tuple(remote)))
 
     def _datagram(self, sock: _Socket, data: bytes, remote):
         marker = False
