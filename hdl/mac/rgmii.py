@@ -54,11 +54,14 @@ becomes ceil((n - 4) / 16) beats, at most 1/16 beat per cycle: 7.8125 million
 beats per second, each way. ``o`` and ``i`` move one beat per ``sync``
 cycle, so a ``sync`` clock of 7.8125 MHz keeps up at line rate; in practice run
 it well above (EspNic's own clock, 50 MHz and up on ECP5). Latency:
-store-and-forward both ways; a received frame's first beat is offered about 10
-receive cycles and 4 ``sync`` cycles after its last byte was on the pins (plus
-the DDR input's own register); a packet to send starts on the wire about 4
-transmit cycles after its last beat has gone into ``i``, then takes the
-8-byte preamble, the 14-byte header and its bytes.
+store-and-forward both ways. A received frame's first beat is offered on ``o``
+about 9 cycles after its last byte was on the pins (measured in simulation with
+every clock at 125 MHz and the test's DDR models, one register each way; the
+ECP5 primitives may add a cycle or two: the DDR input, the receiver, the gather and the
+PacketFifo in the receive domain, the crossing's synchronizer in ``sync``). A
+packet to send starts on the wire (its preamble) about 6 transmit cycles after
+its last beat went into ``i`` (the crossing, the PacketFifo, the split, the
+DDR output), then takes the 8-byte preamble, the 14-byte header and its bytes.
 """
 
 from amaranth import *
