@@ -162,6 +162,7 @@ def test_receiver_keeps_good_frames_and_drops_bad_ones():
         + gmii(udp_frame(125) + fcs(udp_frame(125))) + idle(12)       # 129 bytes: giant
         + gmii(good[2] + fcs(good[2])) + idle(12)                     # exactly max_size
         + [(0x55, 1, 0)] * 3 + [(0x12, 1, 0)] * 20 + idle(12)         # no SFD
+        + [(0x0E, 0, 1)] * 10 + idle(12)                              # false carrier: ignored
         + gmii(good[3] + fcs(good[3]), preamble=b"\xd5") + idle(1)    # SFD only; gap 1
         + gmii(good[0] + fcs(good[0])) + idle(12)
         + gmii(b"\x01\x02\x03")                                       # 3 bytes: nothing out
