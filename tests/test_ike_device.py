@@ -120,3 +120,24 @@ def test_negotiated_child_sas_carry_traffic_through_the_devices(devices):
         assert not [data for port, data in out if port == OUTSIDE]
     finally:
         pair.close()
+
+
+def test_soft_lifetime_in_the_device_makes_the_daemon_rekey(devices):
+    """child_rekey_packets = 2: after two packets A's engine reports the soft limit, the
+    controller asks the daemon, the daemon rekeys the CHILD_SA with the peer, and the
+    new SAs carry traffic."""
+    pair = Pair(natt="detect", a_kw={"peer": "child_rekey_packets = 2\nchild_life_packets = 100"},
+                a_daemon={"controller": lambda: Controller([devices[0]])},
+                b_daemon={"controller": lambda: Controller([devices[1]])})
+    try:
+        pair.up()
+        (child,) = pair.a.children()
+        assert pair.a.call(pair.a.controller.sas)[0].config["lifetime"]["packets_soft"] == 2
+        tunnel(pair, devices, number=1)           # one packet out of A, one into A
+        tunnel(pair, devices, number=2)
+        wait_for(lambda: len(pair.of("a", ChildRekeyed)) == 1, what="the rekey")
+        (new,) = pair.a.children()
+        assert new.spi_in != child.spi_in
+        tunnel(pair, devices, number=3)
+    finally:
+        pair.close()

@@ -27,7 +27,8 @@ _IKE_FIELDS = {"listen", "port", "port_natt", "half_open_limit", "half_open_time
 _PEER_FIELDS = {"name", "address", "port", "port_natt", "local_id", "remote_id", "psk",
                 "psk_env", "ike_proposals", "esp_proposals", "local_ts", "remote_ts", "start",
                 "rekey_time", "life_time", "dpd_delay", "child_rekey_time", "child_life_time",
-                "natt", "local_address"}
+                "natt", "local_address", "child_rekey_packets", "child_life_packets",
+                "child_rekey_bytes", "child_life_bytes"}
 
 
 @dataclass
@@ -51,6 +52,12 @@ class PeerConfig:
     child_rekey_time: float = 3600.0
     child_life_time: float = 4000.0
     dpd_delay: float = 30.0          # 0: no liveness checks
+    # CHILD_SA volume limits, counted by the device's engines (0: none): the soft
+    # one makes the controller ask for a rekey, the hard one deletes the SA.
+    child_rekey_packets: int = 0
+    child_life_packets: int = 0
+    child_rekey_bytes: int = 0
+    child_life_bytes: int = 0
     natt: str = "auto"               # "auto": NAT-T socket when a port isn't 500; "detect"
     local_address: str | None = None
 
@@ -189,6 +196,12 @@ def parse_peer(table, *, where: str = "peer", base=None, environ=None) -> PeerCo
     if peer.child_life_time < peer.child_rekey_time:
         raise ConfigError(where, "child_life_time", "shorter than child_rekey_time")
     peer.dpd_delay = _seconds(table, "dpd_delay", peer.dpd_delay, where, zero=True)
+    for kind in ("packets", "bytes"):
+        soft, hard = f"child_rekey_{kind}", f"child_life_{kind}"
+        setattr(peer, soft, _int(table, soft, 0, 0, 2**63, where))
+        setattr(peer, hard, _int(table, hard, 0, 0, 2**63, where))
+        if getattr(peer, hard) and getattr(peer, soft) > getattr(peer, hard):
+            raise ConfigError(where, soft, f"larger than {hard}")
     if "local_address" in table:
         peer.local_address = _address(table["local_address"], where, "local_address")
     return peer

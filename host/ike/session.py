@@ -801,12 +801,17 @@ class IkeSession:
         local, remote = self.local_address(), self.remote[0]
         encap = "udp" if self.natt else "none"
         lp, rp = (self.local[1], self.remote[1]) if self.natt else (4500, 4500)
+        p = self.peer
+        lifetime = {"packets_soft": p.child_rekey_packets, "packets_hard": p.child_life_packets,
+                    "bytes_soft": p.child_rekey_bytes, "bytes_hard": p.child_life_bytes}
         inbound = SaConfig(spi=child.spi_in, direction="in", key=child.key_in,
                            salt=child.salt_in, mode="tunnel", src=remote, dst=local,
-                           esn=child.suite.esn, encap=encap, sport=rp, dport=lp)
+                           esn=child.suite.esn, encap=encap, sport=rp, dport=lp,
+                           lifetime=lifetime)
         outbound = SaConfig(spi=child.spi_out, direction="out", key=child.key_out,
                             salt=child.salt_out, mode="tunnel", src=local, dst=remote,
-                            esn=child.suite.esn, encap=encap, sport=lp, dport=rp)
+                            esn=child.suite.esn, encap=encap, sport=lp, dport=rp,
+                            lifetime=lifetime)
         return inbound, outbound
 
     def local_address(self) -> str:
