@@ -454,7 +454,8 @@ def _checksum(data: bytes) -> int:
 
 def _ping(src: str, dst: str, count: int, interval: float, wait: float) -> dict:
     """ICMP echo from ``src`` to ``dst``: ``count`` requests ``interval`` s apart, then
-    up to ``wait`` s for late replies. Returns the sequence numbers answered."""
+    up to ``wait`` s for the replies still missing. Returns the sequence numbers
+    answered."""
     import select
     import socket
     import struct
@@ -465,7 +466,7 @@ def _ping(src: str, dst: str, count: int, interval: float, wait: float) -> dict:
     answered: set[int] = set()
 
     def receive(until: float):
-        while (left := until - time.monotonic()) > 0:
+        while (left := until - time.monotonic()) > 0 and len(answered) < count:
             if not select.select([sock], [], [], left)[0]:
                 return
             packet, (peer, _) = sock.recvfrom(65535)
@@ -479,13 +480,15 @@ def _ping(src: str, dst: str, count: int, interval: float, wait: float) -> dict:
         header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
         checksum = _checksum(header + body)
         sock.sendto(struct.pack("!BBHHH", 8, 0, checksum, ident, seq) + body, (dst, 0))
-        receive(time.monotonic() + interval)
-    receive(time.monotonic() + wait)
+        pace = time.monotonic() + interval
+        receive(pace)
+        time.sleep(max(0.0, pace - time.monotonic()))
+    receive(time.monotonic() + wait)        # returns as soon as every request is answered
     return {"sent": count, "answered": sorted(answered)}
 
 
 def ping(ns: str, src: str, dst: str, *, count: int = 3, interval: float = 0.1,
-         wait: float = 1.0) -> dict:
+         wait: float = 2.0) -> dict:
     """:func:`_ping` run inside namespace ``ns`` (no ``ping`` binary needed): ``{"sent":
     n, "answered": [sequence numbers]}``."""
     import json
@@ -497,7 +500,7 @@ def ping(ns: str, src: str, dst: str, *, count: int = 3, interval: float = 0.1,
 
 
 def start_ping(ns: str, src: str, dst: str, *, count: int, interval: float,
-               wait: float = 1.0) -> subprocess.Popen:
+               wait: float = 2.0) -> subprocess.Popen:
     """:func:`ping` in the background; ``finish_ping`` collects it."""
     import sys
 
