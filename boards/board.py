@@ -16,7 +16,8 @@ with a clear error. Two designs go on a board:
 from dataclasses import dataclass, field
 
 from amaranth import *
-from amaranth.lib import io
+from amaranth.lib import io, wiring
+from amaranth.lib.cdc import ResetSynchronizer
 
 from ..hdl.bridge.uart import divisor_for
 from .clocks import PllDomain
@@ -51,7 +52,11 @@ class Board:
     clock_mhz: float               # default sync frequency
     baud: int                      # host link
     params: dict = field(default_factory=dict)
-    ethernet: str | None = None    # the PHY resource, when the board has one
+    ethernet: str | None = None    # the RGMII PHY resource, when the board has one
+    # The Ethernet header of the packets sent (the next hop's address is fixed:
+    # the MAC resolves no addresses). Locally administered defaults.
+    src_mac: str = "02:00:00:00:00:01"
+    dst_mac: str = "02:00:00:00:00:02"
     led: str = "led"               # the heartbeat's resource ("name" or "name.member")
     openfpgaloader: str | None = None   # openFPGALoader's -b name
     iceprog: bool = False          # iceprog can program it (iCE40 boards)
@@ -96,16 +101,21 @@ class BoardTop(Elaboratable):
         if design == "link-check" and params:
             raise ValueError("the link-check design takes no EspNic parameters")
         self.board, self.design = b, design
+        # With an Ethernet PHY, the espnic design's port 0 is the wire.
+        self.ethernet = design == "espnic" and b.ethernet is not None
         self.clocks = PllDomain(family=b.family, clock=b.osc, f_in=b.osc_mhz,
-                                f_out=b.clock_mhz if clock_mhz is None else clock_mhz)
+                                f_out=b.clock_mhz if clock_mhz is None else clock_mhz,
+                                extra={"rgmii_tx": 125} if self.ethernet else None)
         self.baud = b.baud if baud is None else baud
         self.divisor = b.divisor(self.clocks.frequency, self.baud)
         self.params = dict(b.params if params is None else params)
         # Built here so a parameter set the design refuses fails before any tool runs.
         if design == "espnic":
             from ..hdl.device import EspNicDevice
-            self.core = EspNicDevice(link="uart", divisor=self.divisor, packets="link",
-                                     **self.params)
+            if self.ethernet:
+                self.params.setdefault("ethernet", True)
+            self.core = EspNicDevice(link="uart", divisor=self.divisor,
+                                     packets="ports" if self.ethernet else "link", **self.params)
         else:
             self.core = LinkCheck(divisor=self.divisor)
 
@@ -118,6 +128,8 @@ class BoardTop(Elaboratable):
         m.submodules.uart_rx = uart_rx = io.Buffer("i", uart.rx)
         m.submodules.uart_tx = uart_tx = io.Buffer("o", uart.tx)
         m.d.comb += [core.uart_rx.eq(uart_rx.i), uart_tx.o.eq(core.uart_tx)]
+        if self.ethernet:
+            self._ethernet(m, platform, core)
 
         # The top bit of a free-running counter: a plain carry chain, never the
         # slowest path; 2**bits cycles is 0.7 to 1.4 s.
@@ -129,3 +141,32 @@ class BoardTop(Elaboratable):
         m.submodules.led = led = io.Buffer("o", getattr(led, member) if member else led)
         m.d.comb += led.o.eq(lit)
         return m
+
+    def _ethernet(self, m, platform, core):
+        """Port 0 of the data plane on the RGMII PHY (:class:`~espnic.hdl.mac.RgmiiPort`);
+        the other ports, and the exception queue, are not on the board."""
+        from ..hdl.mac import RgmiiPort
+        pins = platform.request(self.board.ethernet, 0, dir="-")
+        m.domains.rgmii_rx = ClockDomain("rgmii_rx")
+        m.domains.rgmii_tx = ClockDomain("rgmii_tx")
+        m.submodules.rgmii_rx_clk = rx_clk = io.Buffer("i", pins.rx_clk)
+        rx_clk_net = Signal(name="rgmii_rx_clk")
+        m.d.comb += [rx_clk_net.eq(rx_clk.i), ClockSignal("rgmii_rx").eq(rx_clk_net)]
+        platform.add_clock_constraint(rx_clk_net, 125e6)
+        m.submodules.rgmii_rx_reset = ResetSynchronizer(ResetSignal("sync"), domain="rgmii_rx")
+
+        # The PHY is held in reset for 2**20 cycles (14 ms at 75 MHz; it needs 10 ms).
+        m.submodules.phy_reset = phy_reset = io.Buffer("o", pins.rst)
+        hold = Signal(21)
+        with m.If(~hold[-1]):
+            m.d.sync += hold.eq(hold + 1)
+        m.d.comb += phy_reset.o.eq(~hold[-1])
+
+        mac_address = lambda text: bytes.fromhex(text.replace(":", ""))   # noqa: E731
+        m.submodules.mac = mac = RgmiiPort(pins, src_mac=mac_address(self.board.src_mac),
+                                           dst_mac=mac_address(self.board.dst_mac))
+        wiring.connect(m, mac.o, core.i[0])
+        wiring.connect(m, core.o[0], mac.i)
+        for p in range(1, len(core.i)):
+            m.d.comb += core.o[p].ready.eq(1)
+        m.d.comb += core.exception.ready.eq(1)

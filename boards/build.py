@@ -115,7 +115,8 @@ def _nextpnr_argv(b: Board, seed: int) -> list[str]:
 
 
 def _clocks(report: dict) -> dict:
-    return {net: {"achieved": round(float(entry["achieved"]), 2),
+    # nextpnr-ecp5 names a clock by its global net ("$glbnet$sync_clk").
+    return {net.removeprefix("$glbnet$"): {"achieved": round(float(entry["achieved"]), 2),
                   "target": round(float(entry["constraint"]), 2)}
             for net, entry in report.get("fmax", {}).items()}
 

@@ -73,13 +73,20 @@ def ice40_pll(f_in: float, f_out: float) -> PllSettings:
     return PllSettings("ice40", f_in, out, dividers)
 
 
-def ecp5_pll(f_in: float, f_out: float) -> PllSettings:
-    """EHXPLLL settings (feedback from CLKOP) for `f_out` MHz from `f_in`.
+def ecp5_pll(f_in: float, f_out: float, *, extra: tuple = ()) -> PllSettings:
+    """EHXPLLL settings (feedback from CLKOP) for `f_out` MHz from `f_in`, and for
+    each frequency of `extra` (at most three) from CLKOS, CLKOS2 and CLKOS3.
 
     The ECP5 PLL's limits (ECP5 sysCLOCK user guide): phase detector 3.125 to
-    400 MHz, VCO 400 to 800 MHz, output 3.125 to 400 MHz.
+    400 MHz, VCO 400 to 800 MHz, output 3.125 to 400 MHz. Every output divides
+    the one VCO, so it is chosen as a common multiple, nearest 600 MHz (ecppll's
+    choice) among those that give every output within the tolerance.
     """
     _check(f_in, f_out)
+    for f in extra:
+        _check(f_in, f)
+    if len(extra) > 3:
+        raise ValueError(f"an EHXPLLL has three secondary outputs, not {len(extra)}")
     candidates = []
     for clki in range(1, 129):
         f_pfd = f_in / clki
@@ -89,15 +96,29 @@ def ecp5_pll(f_in: float, f_out: float) -> PllSettings:
             out = f_pfd * clkfb
             if not 3.125 <= out <= 400:
                 continue
-            # The VCO nearest the middle of its range, as ecppll chooses.
-            clkops = [n for n in range(1, 129) if 400 <= out * n <= 800]
-            if clkops:
-                clkop = min(clkops, key=lambda n: abs(out * n - 600))
-                candidates.append((out, clki, dict(
-                    CLKI_DIV=clki, CLKFB_DIV=clkfb, CLKOP_DIV=clkop,
-                    CLKOP_CPHASE=clkop - 1, CLKOP_FPHASE=0)))
+            best = None
+            for clkop in range(1, 129):
+                vco = out * clkop
+                if not 400 <= vco <= 800:
+                    continue
+                divs = [round(vco / f) for f in extra]
+                if any(not 1 <= d <= 128 or abs(vco / d - f) > TOLERANCE * f
+                       for d, f in zip(divs, extra)):
+                    continue
+                if best is None or abs(vco - 600) < abs(best[0] * out - 600):
+                    best = (clkop, divs)
+            if best:
+                clkop, divs = best
+                dividers = dict(CLKI_DIV=clki, CLKFB_DIV=clkfb, CLKOP_DIV=clkop,
+                                CLKOP_CPHASE=clkop - 1, CLKOP_FPHASE=0)
+                for name, d in zip(("CLKOS", "CLKOS2", "CLKOS3"), divs):
+                    dividers.update({f"{name}_DIV": d, f"{name}_CPHASE": d - 1,
+                                     f"{name}_FPHASE": 0})
+                candidates.append((out, clki, dividers))
     out, _, dividers = _pick(candidates, f_in, f_out, "ECP5",
-                             "output 3.125 to 400 MHz, VCO 400 to 800 MHz")
+                             "output 3.125 to 400 MHz, VCO 400 to 800 MHz"
+                             + (f", with {', '.join(f'{f:g}' for f in extra)} MHz from the "
+                                f"same VCO" if extra else ""))
     return PllSettings("ecp5", f_in, out, dividers)
 
 
@@ -107,14 +128,21 @@ class PllDomain(Elaboratable):
     for two cycles after, by a :class:`ResetSynchronizer`). ``settings`` is None
     when no PLL is needed."""
 
-    def __init__(self, *, family: str, clock: str, f_in: float, f_out: float):
+    def __init__(self, *, family: str, clock: str, f_in: float, f_out: float,
+                 extra: dict | None = None):
         if family not in ("ice40", "ecp5"):
             raise ValueError(f"family must be 'ice40' or 'ecp5', not {family!r}")
+        extra = dict(extra or {})
+        if extra and family != "ecp5":
+            raise ValueError("extra clock domains are built on ECP5 only")
         self.family, self.clock, self.f_in, self.f_out = family, clock, f_in, f_out
-        if abs(f_in - f_out) <= TOLERANCE * f_out:
+        self.extra = extra
+        if abs(f_in - f_out) <= TOLERANCE * f_out and not extra:
             self.settings = None
+        elif family == "ice40":
+            self.settings = ice40_pll(f_in, f_out)
         else:
-            self.settings = (ice40_pll if family == "ice40" else ecp5_pll)(f_in, f_out)
+            self.settings = ecp5_pll(f_in, f_out, extra=tuple(extra.values()))
 
     @property
     def frequency(self) -> float:
@@ -123,7 +151,8 @@ class PllDomain(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        clk = Signal()              # a Signal: a clock constraint names one
+        self._constraints = []
+        clk = Signal(name="sync_clk")        # a Signal: a clock constraint names one
         m.d.comb += ClockSignal("sync").eq(clk)
         locked = Signal()
         pin = platform.request(self.clock, 0, dir="-")
@@ -153,10 +182,29 @@ class PllDomain(Elaboratable):
                 p_CLKI_DIV=d["CLKI_DIV"], p_CLKFB_DIV=d["CLKFB_DIV"],
                 p_CLKOP_DIV=d["CLKOP_DIV"], p_CLKOP_CPHASE=d["CLKOP_CPHASE"],
                 p_CLKOP_FPHASE=d["CLKOP_FPHASE"],
+                **self._secondary(m, d),
                 i_CLKI=osc.i, i_CLKFB=clk, i_RST=0, i_STDBY=0,
                 i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1,
                 i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
                 o_CLKOP=clk, o_LOCK=locked)
         platform.add_clock_constraint(clk, self.frequency * 1e6)
+        for signal, f in self._constraints:
+            platform.add_clock_constraint(signal, f * 1e6)
         m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
+        for name in self.extra:
+            m.submodules[f"reset_{name}"] = ResetSynchronizer(~locked, domain=name)
         return m
+
+    def _secondary(self, m, dividers) -> dict:
+        """The EHXPLLL ports and parameters of the extra domains' outputs."""
+        ports = {}
+        for (name, f), output in zip(self.extra.items(), ("CLKOS", "CLKOS2", "CLKOS3")):
+            clk = Signal(name=f"{name}_clk")
+            m.d.comb += ClockSignal(name).eq(clk)
+            ports.update({f"p_{output}_ENABLE": "ENABLED", f"o_{output}": clk,
+                          f"a_FREQUENCY_PIN_{output}": f"{f:g}",
+                          **{f"p_{output}_{k}": dividers[f"{output}_{k}"]
+                             for k in ("DIV", "CPHASE", "FPHASE")}})
+            # The constraint lets nextpnr time the domain; the parent defines it.
+            self._constraints.append((clk, f))
+        return ports

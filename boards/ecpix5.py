@@ -4,8 +4,9 @@ USB-UART (channel B: ``/dev/ttyUSB1``), and an RTL8211E gigabit Ethernet PHY on
 RGMII.
 
 The part has 83,640 LUT4s and as many flip-flops, 208 DP16KD block RAMs and 156
-18×18 multipliers. The Ethernet PHY is not used yet: the ``espnic`` design runs
-in lookaside mode as on the other boards (see ``docs/boards.md``)."""
+18×18 multipliers. In the ``espnic`` design the data plane's port 0 is the
+Ethernet PHY (:class:`~espnic.hdl.mac.RgmiiPort`, 1000BASE-T); the host link
+still injects and extracts packets (see ``docs/boards.md``)."""
 
 from amaranth_boards.ecpix5 import ECPIX585Platform
 

@@ -57,6 +57,17 @@ def test_ecp5_pll_matches_ecppll(f_in, f_out):
     assert ours.f_out == pytest.approx(f_out)
 
 
+def test_ecp5_pll_with_a_second_output_shares_the_vco():
+    # The ECPIX-5: sync at 75 MHz and the RGMII transmit clock at 125 MHz from 100 MHz.
+    settings = ecp5_pll(100, 75, extra=(125,))
+    d = settings.dividers
+    vco = 100 / d["CLKI_DIV"] * d["CLKFB_DIV"] * d["CLKOP_DIV"]
+    assert 400 <= vco <= 800 and 100 / d["CLKI_DIV"] >= 3.125
+    assert vco / d["CLKOP_DIV"] == pytest.approx(75) and vco / d["CLKOS_DIV"] == pytest.approx(125)
+    with pytest.raises(ValueError, match="with 77.7 MHz from the same VCO"):
+        ecp5_pll(100, 75, extra=(77.7,))
+
+
 def test_pll_out_of_range_names_the_limits():
     with pytest.raises(ValueError, match="no iCE40 PLL setting gives 300 MHz"):
         ice40_pll(12, 300)
@@ -247,6 +258,20 @@ def test_flash_finds_the_programmer_and_says_what_is_missing(tmp_path, monkeypat
                                          "open ftdi device -- is the board plugged in"):
         flash("ulx3s", bitstream=bitstream, progress=lambda line: None)
     assert cli(["flash", "--board", "ulx3s", "--bitstream", str(bitstream)]) == 1
+
+
+def test_ecpix5_puts_port_0_on_the_rgmii_phy(tmp_path):
+    from espnic.boards.build import _plan_files
+    top = board_module.BoardTop(board("ecpix5"))
+    assert top.ethernet and top.core.packets == "ports" and top.core.nic.ethernet == (True,)
+    _plan_files(top, board("ecpix5"), tmp_path, lambda line: None)
+    constraints = (tmp_path / "top.lpf").read_text()
+    for clock in ('"rgmii_rx_clk" 125000000', '"clocks.sync_clk" 75000000', "rgmii_tx_clk"):
+        assert clock in constraints
+    rtlil = (tmp_path / "top.il").read_text()
+    # The MAC is there, and its pins are the ECP5's DDR primitives (the platform's mapping).
+    assert "cell \\top.mac \\mac" in rtlil and "cell \\EHXPLLL \\pll" in rtlil
+    assert "IDDRX1F" in rtlil and "ODDRX1F" in rtlil
 
 
 def test_every_board_elaborates_with_its_own_parameters():
