@@ -281,3 +281,25 @@ def test_every_board_elaborates_with_its_own_parameters():
         top = board_module.BoardTop(b, design="espnic")
         assert top.divisor == round(top.clocks.frequency * 1e6 / b.baud)
         assert top.clocks.frequency == pytest.approx(b.clock_mhz)
+
+
+def test_engines_max_stops_at_the_first_count_that_fails(monkeypatch):
+    # The search alone (each real build of the data plane takes most of an hour): a
+    # stand-in build that fits up to 3 engines and meets timing up to 2.
+    import espnic.boards.build as build_module
+
+    def fake_build(name, *, params, **options):
+        if params["engines"] > 3:
+            raise BuildError(f"does not fit: {params['engines']} engines")
+        return build_module.BoardReport(
+            board=name, design="espnic", params=params, clock_mhz=75, baud=3_000_000,
+            used={}, capacity={}, placed=True, met=params["engines"] <= 2)
+
+    monkeypatch.setattr(build_module, "build", fake_build)
+    best, results = build_module.build_max_engines("ulx3s", progress=lambda line: None)
+    assert best == 2 and [r.params["engines"] for r in results] == [1, 2, 3]
+    assert not results[-1].passed
+    monkeypatch.setattr(build_module, "build", lambda name, **o: (_ for _ in ()).throw(
+        BuildError("does not fit: LUT4")))
+    best, results = build_module.build_max_engines("ulx3s", progress=lambda line: None)
+    assert best == 0 and isinstance(results[0], BuildError)
