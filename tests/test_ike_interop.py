@@ -194,9 +194,11 @@ class EspnicIke:
     namespace of ``net`` (its device a reference model served there), against the
     charon in the left one; its output in ``workdir/espnic-ike.log``."""
 
-    def __init__(self, net, workdir, *, esp: str, start: str, child_rekey_time: float = 3600):
+    def __init__(self, net, workdir, *, esp: str, start: str, child_rekey_time: float = 3600,
+                 rekey_time: float = 3600):
         self.net, self.workdir = net, workdir
         self.esp, self.start, self.child_rekey_time = esp, start, child_rekey_time
+        self.rekey_time = rekey_time
         self.log = workdir / "espnic-ike.log"
         self.server = ModelServerProcess(net.right.ns)
         self.process = None
@@ -220,6 +222,8 @@ local_ts = ["{right.inner}/32"]
 remote_ts = ["{left.inner}/32"]
 start = "{self.start}"
 dpd_delay = 0
+rekey_time = {self.rekey_time}
+life_time = {max(self.rekey_time * 4, 60)}
 child_rekey_time = {self.child_rekey_time}
 child_life_time = {max(self.child_rekey_time * 4, 60)}
 """
@@ -348,17 +352,21 @@ def test_espnic_ike_with_strongswan(strongswan, logs, initiator, esp):
 
 
 @pytest.mark.parametrize("rekeyer,what", [("charon", "child"), ("espnic", "child"),
-                                          ("charon", "ike")])
+                                          ("charon", "ike"), ("espnic", "ike")])
 def test_espnic_rekey_under_ping(strongswan, logs, rekeyer, what):
     """A rekey by either side while pings flow both ways through espnic: none lost,
     new SPIs, the old CHILD_SA gone."""
     with Topology() as net:
         # espnic initiates: the CHILD_SA's ports then are right from the start (see
         # test_espnic_ike_with_strongswan for charon initiating).
+        # espnic rekeys by its clock: 4 s after the SA was made, inside the ping flow.
+        by_espnic = {what: 4} if rekeyer == "espnic" else {}
         charon, espnic = espnic_pair(net, logs, "aes128gcm16", "initiate",
-                                     child_rekey_time=4 if rekeyer == "espnic" else 3600)
+                                     child_rekey_time=by_espnic.get("child", 3600),
+                                     rekey_time=by_espnic.get("ike", 3600))
         with charon, espnic:
             (before,) = charon.wait_children(timeout=20)
+            (ike_before,) = [ike["uniqueid"] for ike in charon.list_sas()]
             count = 150 if rekeyer == "espnic" else 60
             flow = start_ping(net.left.ns, net.left.inner, net.right.inner, count=count,
                               interval=0.04)
@@ -374,6 +382,9 @@ def test_espnic_rekey_under_ping(strongswan, logs, rekeyer, what):
             assert len(after) == 1
             if what == "child":
                 assert (after[0].spi_in, after[0].spi_out) != (before.spi_in, before.spi_out)
+            else:
+                ikes = [ike["uniqueid"] for ike in charon.list_sas()]
+                assert len(ikes) == 1 and ikes != [ike_before]
             if rekeyer == "espnic":
                 assert "parsed CREATE_CHILD_SA request" in charon.log_text()
             assert ping(net.left.ns, net.left.inner, net.right.inner,
