@@ -81,6 +81,8 @@ class ChildDown:
     peer: str
     child: ChildInfo
     reason: str
+    inbound: SaConfig | None = None
+    outbound: SaConfig | None = None
 
 
 @dataclass
@@ -424,7 +426,6 @@ class IkeSession:
         if h.from_initiator == self.initiator:
             return False
         if h.exchange == IKE_SA_INIT:
-            self._pending = None
             self._on_init_response(msg)
             return True
         inner = self._open(msg)
@@ -539,13 +540,14 @@ class IkeSession:
         self.outbox.append(data)
 
     def _on_init_response(self, msg: Message):
+        # Nothing protects an IKE_SA_INIT response (RFC 7296 section 2.4): one that
+        # cannot be used is dropped and the request stays in flight, so a forged
+        # answer cannot end the exchange; only running out of retransmissions does.
         notifies = msg.notifies()
         cookie = next((n for n in notifies if n.type == N_COOKIE), None)
         if cookie is not None:
             if not 1 <= len(cookie.data) <= 64:
-                raise SessionFailed("COOKIE of a bad length")
-            if self._cookie:
-                log.debug("%s: a second COOKIE", self.name)
+                raise IkeParseError("COOKIE of a bad length")
             self._cookie = cookie.data
             log.info("%s: responder asked for a COOKIE; sending IKE_SA_INIT again", self.name)
             self._send_init()
@@ -554,27 +556,30 @@ class IkeSession:
         if bad_ke is not None and len(bad_ke.data) == 2:
             group, = struct.unpack("!H", bad_ke.data)
             if group not in {s.dh_group for s in self.peer.ike_proposals} or group == self._dh.group:
-                raise SessionFailed(f"responder wants DH group {group}, not proposed")
+                raise IkeParseError(f"responder wants DH group {group}, not proposed")
             log.info("%s: responder wants DH group %d", self.name, group)
             self._dh = crypto.DhKey(group)
             self._send_init()
             return
         errors = [n.type for n in notifies if n.type <= ERROR_NOTIFY_MAX]
         if errors:
-            raise SessionFailed(f"IKE_SA_INIT refused: {_notify_names(errors)}")
+            log.warning("%s: IKE_SA_INIT refused: %s", self.name, _notify_names(errors))
+            raise IkeParseError("IKE_SA_INIT answered with an error")
         sa, ke, nonce = (msg.find(t) for t in (PT_SA, PT_KE, PT_NONCE))
         if sa is None or ke is None or nonce is None or msg.header.spi_r == 0:
-            raise SessionFailed("IKE_SA_INIT response without SA, KE or Nonce")
+            raise IkeParseError("IKE_SA_INIT response without SA, KE or Nonce")
         chosen = parse_sa(sa.body)
         suite = accepted(chosen[0], self.peer.ike_proposals) if len(chosen) == 1 else None
         if suite is None:
-            raise SessionFailed("IKE_SA_INIT response chose a proposal we did not make")
+            raise IkeParseError("IKE_SA_INIT response chose a proposal we did not make")
         group, public = parse_ke(ke.body)
         if group != suite.dh_group or group != self._dh.group:
-            raise SessionFailed(f"IKE_SA_INIT response KE of group {group}")
-        self._nr = parse_nonce(nonce.body)
-        self.spi_r = msg.header.spi_r
+            raise IkeParseError(f"IKE_SA_INIT response KE of group {group}")
+        nr = parse_nonce(nonce.body)
         shared = self._dh.exchange(public)
+        self._pending = None
+        self._nr = nr
+        self.spi_r = msg.header.spi_r
         self._set_keys(suite, crypto.skeyseed(self._ni, self._nr, shared))
         self._msg2 = msg.raw
         if self._detect_nat(notifies, self.spi_r):
@@ -847,7 +852,12 @@ class IkeSession:
         log.info("%s: CHILD_SA %08x/%08x down (%s)", self.name, child.spi_in, child.spi_out,
                  reason)
         if not self._silent:
-            self.events.append(ChildDown(self.peer.name, self.child_info(child), reason))
+            try:
+                inbound, outbound = self.sa_configs(child)
+            except ValueError:
+                inbound = outbound = None
+            self.events.append(ChildDown(self.peer.name, self.child_info(child), reason,
+                                         inbound, outbound))
 
     def _child(self, *, spi_in=None, spi_out=None):
         for child in self.children:
