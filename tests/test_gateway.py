@@ -75,8 +75,26 @@ class Peer:
 @pytest.fixture
 def gateway():
     """A running gateway on a model:// device with one SA each way and a policy
-    protecting LOCAL_NET -> PEER_NET; yields (gateway, device, tun socket, peer)."""
-    device = Device.open("model://")
+    protecting LOCAL_NET -> PEER_NET; yields (gateway, device, tun socket, peer,
+    controller)."""
+    yield from running_gateway("model://")
+
+
+@pytest.fixture
+def served_gateway():
+    """:func:`gateway` on the reference model behind TCP (``socket://``): the link's
+    reads and writes let other threads run, as a board's serial port does."""
+    from .model_server import ModelServer
+
+    server = ModelServer()
+    try:
+        yield from running_gateway(server.url)
+    finally:
+        server.close()
+
+
+def running_gateway(url):
+    device = Device.open(url)
     controller = Controller([device])
     inbound, outbound = sa_configs()
     controller.add_sa(inbound)
@@ -279,3 +297,39 @@ def test_wildcard_local_address_is_the_route_source(gateway):
     gw.esp_in(udp_payload(to_us.encrypt(IP(inner(seq=3)))), (PEER, 4500), ("0.0.0.0", 4500))
     tun = gateway[2]
     assert tun.recv(65535) == inner(seq=3)
+
+
+def test_device_requests_work_while_traffic_flows(served_gateway):
+    """Another thread reads SAs back (request and reply, as the daemon's controller
+    does) while the gateway's pump moves packets: the shared link stays whole (every
+    reply found and right, every packet through)."""
+    import threading
+
+    gw, device, tun, _, controller = served_gateway
+    placement = controller.sa(SPI_IN, dst=LOCAL, direction="in").placement
+    to_us, _ = peer_sas()
+    errors, spis = [], []
+
+    def read_back():
+        try:
+            for _ in range(30):
+                reply = device.read_sa(placement.engine, placement.slot)
+                spis.append(int(reply.record.spi))
+        except Exception as error:        # reported below, in the test's thread
+            errors.append(error)
+
+    resends = device.link.resends
+    worker = threading.Thread(target=read_back)
+    worker.start()
+    packets = [inner(seq=n, size=40) for n in range(1, 41)]
+    for packet in packets:
+        gw.esp_in(udp_payload(to_us.encrypt(IP(packet))), (PEER, 4500), (LOCAL, 4500))
+        time.sleep(0.005)
+    got = [tun.recv(65535) for _ in packets]
+    worker.join()
+    assert errors == []
+    assert spis == [SPI_IN] * 30
+    assert got == packets
+    # Interleaved frames would take each other's answers: resends (or worse, a tag
+    # used twice and a frame taken for a resend and not executed).
+    assert device.link.resends == resends
