@@ -377,3 +377,21 @@ def test_keys_never_in_the_log(caplog):
         assert secret.hex() not in text.lower() and secret.hex().upper() not in text
         assert secret not in raw
         assert secret.decode("latin-1") not in text
+
+
+def test_unknown_critical_payload_in_a_request_is_refused():
+    from espnic.host.ike.message import INFORMATIONAL, Payload, parse_notify
+    with Pair().up() as pair:
+        answers = []
+
+        def send():
+            session = pair.a._established("b")
+            session._request(INFORMATIONAL, [Payload(200, b"??", critical=True)],
+                             lambda msg, inner: answers.append(
+                                 [parse_notify(p.body) for p in inner if p.type == 41]))
+            pair.a._flush(session)
+        pair.a.call(send)
+        wait_for(lambda: answers, what="the answer")
+        (notifies,) = answers
+        assert [(n.type, n.data) for n in notifies] == [(1, bytes([200]))]
+        assert len(pair.b.children()) == 1            # nothing else changed
