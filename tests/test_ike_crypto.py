@@ -87,7 +87,8 @@ def test_child_keymat_is_key_then_salt_per_direction(key_bytes):
 
 
 def test_psk_auth_follows_section_2_15():
-    psk, msg, nonce, sk_p, idb = b"secret", os.urandom(300), os.urandom(32), os.urandom(32), b"\x02\0\0\0gw"
+    psk, msg, nonce, sk_p = b"secret", os.urandom(300), os.urandom(32), os.urandom(32)
+    idb = b"\x02\0\0\0gw"
     expected = hmac256(hmac256(psk, b"Key Pad for IKEv2"), msg + nonce + hmac256(sk_p, idb))
     assert crypto.psk_auth(psk, msg, nonce, sk_p, idb) == expected
 

@@ -100,7 +100,7 @@ def test_negotiated_child_sas_carry_traffic_through_the_devices(devices):
         tunnel(pair, devices, number=1)
 
         pair.b.rekey_child(child.spi_out)
-        wait_for(lambda: len(pair.of("a", ChildRekeyed)) == 1 and len(pair.of("b", ChildRekeyed)) == 1)
+        wait_for(lambda: [len(pair.of(s, ChildRekeyed)) for s in "ab"] == [1, 1])
         (new,) = pair.a.children()
         assert {(i.spi, i.direction) for i in pair.a.call(controllers[0].sas)} == \
             {(new.spi_in, "in"), (new.spi_out, "out")}

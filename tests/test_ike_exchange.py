@@ -158,7 +158,7 @@ def test_child_rekey_from_either_side(side):
     with Pair().up() as pair:
         before = assert_children_match(pair)[0]
         getattr(pair, side).rekey_child(before.spi_in if side == "a" else before.spi_out)
-        wait_for(lambda: len(pair.of("a", ChildRekeyed)) == 1 and len(pair.of("b", ChildRekeyed)) == 1)
+        wait_for(lambda: [len(pair.of(s, ChildRekeyed)) for s in "ab"] == [1, 1])
         after = assert_children_match(pair)[0]
         assert {after.spi_in, after.spi_out}.isdisjoint({before.spi_in, before.spi_out})
         event = pair.of("a", ChildRekeyed)[0]

@@ -65,7 +65,8 @@ def _mutations(valid: list[bytes]):
         st.builds(truncate, base, st.integers(0, 4096)),
         st.builds(flip, base, st.integers(0, 4096), st.integers(0, 7)),
         st.builds(length, base, st.integers(0, 64), st.integers(0, 0xFFFFFFFF)),
-        st.builds(critical, base, st.integers(49, 52) | st.integers(54, 255), st.binary(max_size=8)),
+        st.builds(critical, base, st.integers(49, 52) | st.integers(54, 255),
+                  st.binary(max_size=8)),
         st.builds(lambda d, tail: d + tail, base, st.binary(min_size=1, max_size=16)),
     )
 

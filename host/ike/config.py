@@ -19,7 +19,8 @@ from .proposals import ProposalError, parse_esp_proposal, parse_ike_proposal
 
 log = logging.getLogger("espnic.ike")
 
-DEFAULT_IKE = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048", "aes128gcm16-prfsha256-x25519"]
+DEFAULT_IKE = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048",
+               "aes128gcm16-prfsha256-x25519"]
 DEFAULT_ESP = ["aes128gcm16", "aes256gcm16", "aes128gcm16-esn", "aes256gcm16-esn"]
 
 _IKE_FIELDS = {"listen", "port", "port_natt", "half_open_limit", "half_open_timeout",
@@ -42,8 +43,8 @@ class PeerConfig:
     remote_id: str = ""
     port: int = 500
     port_natt: int = 4500
-    ike_proposals: list = field(default_factory=lambda: [parse_ike_proposal(n) for n in DEFAULT_IKE])
-    esp_proposals: list = field(default_factory=lambda: [parse_esp_proposal(n) for n in DEFAULT_ESP])
+    ike_proposals: list = field(default_factory=lambda: list(map(parse_ike_proposal, DEFAULT_IKE)))
+    esp_proposals: list = field(default_factory=lambda: list(map(parse_esp_proposal, DEFAULT_ESP)))
     local_ts: list = field(default_factory=list)
     remote_ts: list = field(default_factory=list)
     start: str = "wait"

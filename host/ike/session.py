@@ -439,7 +439,8 @@ class IkeSession:
         h = msg.header
         if h.from_initiator == self.initiator and h.exchange != IKE_SA_INIT:
             return False
-        if self._last_response and h.msg_id == self._last_response[0] and h.msg_id + 1 == self._peer_id:
+        last = self._last_response
+        if last and h.msg_id == last[0] and h.msg_id + 1 == self._peer_id:
             if h.exchange == IKE_SA_INIT and msg.raw != self._msg1:
                 return False
             if h.exchange != IKE_SA_INIT:
@@ -529,7 +530,8 @@ class IkeSession:
     def _send_init(self):
         props = [s.proposal(i + 1, b"") for i, s in enumerate(self.peer.ike_proposals)]
         payloads = ([notify(N_COOKIE, self._cookie)] if self._cookie else []) + [
-            Payload(PT_SA, encode_sa(props)), Payload(PT_KE, encode_ke(self._dh.group, self._dh.public)),
+            Payload(PT_SA, encode_sa(props)),
+            Payload(PT_KE, encode_ke(self._dh.group, self._dh.public)),
             Payload(PT_NONCE, self._ni)] + self._nat_payloads(0)
         data = encode_plain(self.spi_i, 0, IKE_SA_INIT, FLAG_INITIATOR, 0, payloads)
         self._msg1 = data
@@ -555,7 +557,8 @@ class IkeSession:
         bad_ke = next((n for n in notifies if n.type == N_INVALID_KE_PAYLOAD), None)
         if bad_ke is not None and len(bad_ke.data) == 2:
             group, = struct.unpack("!H", bad_ke.data)
-            if group not in {s.dh_group for s in self.peer.ike_proposals} or group == self._dh.group:
+            groups = {s.dh_group for s in self.peer.ike_proposals}
+            if group not in groups or group == self._dh.group:
                 raise IkeParseError(f"responder wants DH group {group}, not proposed")
             log.info("%s: responder wants DH group %d", self.name, group)
             self._dh = crypto.DhKey(group)
@@ -783,10 +786,8 @@ class IkeSession:
         return child, answer
 
     def _make_child(self, spi_in, spi_out, suite, ts_l, ts_r, keys, *, we_initiated):
-        if we_initiated:
-            key_out, salt_out, key_in, salt_in = keys.key_ir, keys.salt_ir, keys.key_ri, keys.salt_ri
-        else:
-            key_in, salt_in, key_out, salt_out = keys.key_ir, keys.salt_ir, keys.key_ri, keys.salt_ri
+        ir, ri = (keys.key_ir, keys.salt_ir), (keys.key_ri, keys.salt_ri)
+        (key_out, salt_out), (key_in, salt_in) = (ir, ri) if we_initiated else (ri, ir)
         now = self.clock()
         factor = 1.0 if we_initiated else 1.1    # the creator rekeys first
         return ChildSa(spi_in, spi_out, suite, ts_l, ts_r, key_in, salt_in, key_out, salt_out,
@@ -1027,7 +1028,8 @@ def _errors(payloads) -> str:
 _NOTIFY_NAMES = {N_NO_PROPOSAL_CHOSEN: "NO_PROPOSAL_CHOSEN", N_TS_UNACCEPTABLE: "TS_UNACCEPTABLE",
                  N_AUTHENTICATION_FAILED: "AUTHENTICATION_FAILED",
                  N_INVALID_KE_PAYLOAD: "INVALID_KE_PAYLOAD", N_INVALID_SYNTAX: "INVALID_SYNTAX",
-                 N_TEMPORARY_FAILURE: "TEMPORARY_FAILURE", N_CHILD_SA_NOT_FOUND: "CHILD_SA_NOT_FOUND",
+                 N_TEMPORARY_FAILURE: "TEMPORARY_FAILURE",
+                 N_CHILD_SA_NOT_FOUND: "CHILD_SA_NOT_FOUND",
                  N_UNSUPPORTED_CRITICAL_PAYLOAD: "UNSUPPORTED_CRITICAL_PAYLOAD"}
 
 
