@@ -54,6 +54,8 @@ def missing_tools() -> str | None:
                  shutil.which("unshare") or "unshare"):
         if not os.access(tool, os.X_OK):
             return f"{tool} is not installed (Debian: strongswan-charon strongswan-swanctl)"
+    if not os.path.exists("/dev/net/tun"):
+        return "no /dev/net/tun (kernel-libipsec and the gateway need TUN devices)"
     plugin = Path("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so")
     if not plugin.exists():
         return f"{plugin} is not installed (Debian: libcharon-extra-plugins)"
