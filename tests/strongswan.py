@@ -46,6 +46,18 @@ PLUGINS = ("random nonce openssl aes sha1 sha2 hmac gcm kdf curve25519 pem pkcs1
 _names = itertools.count()
 
 
+def terminate(process, timeout: float) -> None:
+    """SIGTERM, up to `timeout` s to end, then SIGKILL; the process reaped either way."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+
 def missing_tools() -> str | None:
     """Why strongSwan tests cannot run here (None: they can)."""
     if os.geteuid() != 0:
@@ -315,13 +327,7 @@ swanctl {{
         """SIGTERM, then SIGKILL; the process reaped either way."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 5)
         self.process = None
 
     # -- swanctl ------------------------------------------------------------------------
@@ -584,12 +590,7 @@ class Capture:
     def __exit__(self, *exc):
         from scapy.utils import RawPcapReader
 
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, 20)
         for pipe in (self.process.stdout, self.process.stderr):
             pipe.close()
         if self.process.returncode == 0 and self.path.exists():
@@ -632,12 +633,7 @@ class ModelServerProcess:
         return self
 
     def __exit__(self, *exc):
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, 10)
         for pipe in (self.process.stdout, self.process.stderr):
             pipe.close()
 

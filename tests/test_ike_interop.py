@@ -13,7 +13,6 @@ failure instead, as with tshark: ``.ci/run`` installs the packages.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +29,8 @@ from espnic.host.device import Device
 from espnic.host.run import default_routes, push
 
 from .strongswan import (REPO, Capture, Charon, CharonConfig, ModelServerProcess, Topology,
-                         finish_ping, log_tail, logged_sas, missing_tools, ping, start_ping)
+                         finish_ping, log_tail, logged_sas, missing_tools, ping, start_ping,
+                         terminate)
 
 pytestmark = pytest.mark.slow
 
@@ -262,13 +262,8 @@ child_life_time = {max(self.child_rekey_time * 4, 60)}
                        check=True)
 
     def __exit__(self, *exc):
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process, 10)
         self.server.__exit__(None, None, None)
 
     def log_text(self) -> str:
