@@ -525,6 +525,36 @@ def test_rekey_make_before_break():
     assert sorted(info.spi for info in controller.sas()) == [0x1001, 0x2002]
 
 
+def test_rekey_child_keeping_the_old_inbound_sa():
+    """``keep_old_inbound``: the peer's packets under the old inbound SA that arrive
+    after the rekey (sent before it switched) are decrypted, not lost; the outbound
+    side is swapped at once; the old inbound SA goes when the caller deletes it."""
+    device = Recorder(model(engines=2, ports=1))
+    controller = Controller([device])
+    old_in, old_out = sa("in", 0x1000), sa("out", 0x2000)
+    controller.add_sa(old_in)
+    controller.add_sa(old_out)
+    controller.add_policy(protect(), sa=0x2000)
+    device.inject(0, sealed(old_in, 1, inner(1)))
+    new_in, new_out = sa("in", 0x1001, key=KEY256), sa("out", 0x2001, key=KEY256)
+    device.ops.clear()
+    controller.rekey_child(0x1000, new_in, 0x2000, new_out, keep_old_inbound=True)
+    names = [op for op in device.ops if op[0] in ("write_sa", "delete_sa", "write_policy")]
+    assert names == [("write_sa", 0, 1), ("write_sa", 1, 1), ("write_policy", 0, 0),
+                     ("delete_sa", 1, 0)]
+    assert sorted(info.spi for info in controller.sas()) == [0x1000, 0x1001, 0x2001]
+    device.inject(0, inner(2))
+    device.inject(0, sealed(new_in, 1, inner(3)))
+    device.inject(0, sealed(old_in, 2, inner(4)))       # in flight during the rekey
+    out = out_packets(device)
+    assert [esp_spi(p) if p[9] == 50 else p for p in out] == [inner(1), 0x2001, inner(3),
+                                                             inner(4)]
+    controller.delete_sa(0x1000, direction="in")
+    device.inject(0, sealed(old_in, 3, inner(5)))       # retired: dropped (SPI miss)
+    assert out_packets(device) == []
+    assert sorted(info.spi for info in controller.sas()) == [0x1001, 0x2001]
+
+
 # -- the database ------------------------------------------------------------------------------
 
 def test_database_is_private_and_keeps_keys_only_when_asked(tmp_path):

@@ -43,12 +43,15 @@ def test_example_config_loads(tmp_path):
     assert [s.dh_group for s in b.ike_proposals] == [19, 14, 31]
     assert c.psk == b"another secret" and c.child_rekey_time == 1800
     assert "secret" not in repr(config)
+    assert config.delete_rekeyed_delay == 5.0         # strongSwan's default
+    assert parse_ike_config("[ike]\ndelete_rekeyed_delay = 0\n").delete_rekeyed_delay == 0.0
 
 
 @pytest.mark.parametrize("text, message", [
     ("[ike]\nport = 70000\n", "ike.port: must be an integer from 0 to 65535"),
     ("[ike]\nlisten = [\"nowhere\"]\n", "ike.listen: not an IP address"),
     ("[ike]\nsurprise = 1\n", "ike.surprise: unknown field"),
+    ("[ike]\ndelete_rekeyed_delay = -1\n", "ike.delete_rekeyed_delay: must be a positive"),
     (PEER.replace('address = "192.0.2.2"', 'address = "b.example"'), "peer[0].address: not an IP"),
     (PEER + 'ike_proposals = ["aes128gcm16-sha1-modp1024"]\n', "peer[0].ike_proposals: "),
     (PEER + 'esp_proposals = ["aes128cbc"]\n', "peer[0].esp_proposals: "),

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from espnic.host.ike import ChildDown, ChildRekeyed, ChildUp, IkeDaemon
+from espnic.host.ike import ChildDown, ChildRekeyed, ChildRetired, ChildUp, IkeDaemon
 from espnic.host.ike.config import parse_ike_config
 
 PSK = "correct horse battery staple"
@@ -170,6 +170,46 @@ def test_child_rekey_from_either_side(side):
 
 
 @pytest.mark.parametrize("side", ["a", "b"])
+def test_old_inbound_sa_retired_after_the_delete_exchange(side):
+    """After a CHILD_SA rekey each side keeps the old inbound SA (the peer may still
+    send under it) until the peer's side of the DELETE exchange, then
+    ``delete_rekeyed_delay`` (0 here): one ChildRetired a side, its old inbound SPI."""
+    with Pair(settings="delete_rekeyed_delay = 0").up() as pair:
+        before = pair.a.children()[0]
+        getattr(pair, side).rekey_child(before.spi_in if side == "a" else before.spi_out)
+        wait_for(lambda: [len(pair.of(s, ChildRetired)) for s in "ab"] == [1, 1],
+                 what="the old inbound SAs retired")
+        for s, old_in in (("a", before.spi_in), ("b", before.spi_out)):
+            kinds = [type(event) for event in pair.events[s]]
+            assert kinds.index(ChildRekeyed) < kinds.index(ChildRetired)
+            (retired,) = pair.of(s, ChildRetired)
+            assert retired.child.spi_in == old_in
+            assert retired.reason == "the peer stopped using it"
+        assert pair.of("a", ChildDown) == pair.of("b", ChildDown) == []
+        assert len(pair.a.children()) == len(pair.b.children()) == 1
+
+
+def test_old_inbound_sa_kept_across_an_ike_rekey_until_the_ike_sa_goes():
+    """A long ``delete_rekeyed_delay``: the old inbound SA is still kept after an IKE SA
+    rekey (the new IKE SA has it), and retired when the IKE SA is deleted."""
+    with Pair(settings="delete_rekeyed_delay = 600").up() as pair:
+        before = pair.a.children()[0]
+        pair.a.rekey_child(before.spi_in)
+        wait_for(lambda: [len(pair.of(s, ChildRekeyed)) for s in "ab"] == [1, 1])
+        old_ike = pair.a.ike_sas()[0]["spi_i"]
+        pair.b.rekey_ike("a")
+        wait_for(lambda: [s["spi_i"] for s in pair.a.ike_sas()] not in ([], [old_ike])
+                 and len(pair.b.ike_sas()) == 1 and len(pair.a.ike_sas()) == 1,
+                 what="one new IKE SA a side")
+        assert pair.of("a", ChildRetired) == pair.of("b", ChildRetired) == []
+        pair.a.delete_ike("b")
+        wait_for(lambda: [len(pair.of(s, ChildRetired)) for s in "ab"] == [1, 1],
+                 what="the old inbound SAs retired with the IKE SA")
+        assert pair.of("a", ChildRetired)[0].child.spi_in == before.spi_in
+        assert pair.of("b", ChildRetired)[0].child.spi_in == before.spi_out
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
 def test_ike_rekey_keeps_the_children(side):
     with Pair().up() as pair:
         child = assert_children_match(pair)[0]
@@ -184,7 +224,8 @@ def test_ike_rekey_keeps_the_children(side):
         assert pair.a.children() == [child]
         # the new IKE SA works: a CHILD_SA rekey and a liveness check through it
         pair.b.rekey_child(child.spi_out)
-        wait_for(lambda: len(pair.of("a", ChildRekeyed)) == 1)
+        # both sides: b (the initiator) takes the new CHILD_SA after a (the responder)
+        wait_for(lambda: [len(pair.of(s, ChildRekeyed)) for s in "ab"] == [1, 1])
         assert_children_match(pair)
         assert pair.of("a", ChildDown) == []
 

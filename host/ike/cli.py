@@ -90,6 +90,7 @@ def run(args) -> int:
                 daemon.stop(delete=True)
                 if gateway is not None:
                     gateway.stop()
+                    _log_drops(log, gateway, controller.devices[0])
     except KeyboardInterrupt:
         return 0
     except Exception as error:
@@ -100,6 +101,26 @@ def run(args) -> int:
         print(f"espnic ike: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+#: Device counters that count no drop.
+_NOT_DROPS = ("idle", "sent[", "bypassed[", "to_host[")
+
+
+def _log_drops(log, gateway, device):
+    """One line each for what the gateway and the device dropped while running: where
+    a lost packet died (gateway counters, then the device's, ``espnic stats``)."""
+    counts = gateway.counters()
+    log.info("gateway: %s", ", ".join(f"{name} {n}" for name, n in counts.items()
+                                      if n and not name.startswith("drop_")))
+    drops = {name: n for name, n in counts.items() if n and name.startswith("drop_")}
+    try:
+        drops.update({f"device {name}": n for name, n in device.counters().items()
+                      if n and not name.startswith(_NOT_DROPS)})
+    except Exception as error:     # a device gone: the gateway's counts still help
+        log.info("gateway: device counters unreadable: %s", error)
+    log.info("gateway: dropped %s", ", ".join(f"{name} {n}" for name, n in drops.items())
+             or "nothing")
 
 
 COMMANDS = {"ike": run}

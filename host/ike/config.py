@@ -24,7 +24,7 @@ DEFAULT_IKE = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048",
 DEFAULT_ESP = ["aes128gcm16", "aes256gcm16", "aes128gcm16-esn", "aes256gcm16-esn"]
 
 _IKE_FIELDS = {"listen", "port", "port_natt", "half_open_limit", "half_open_timeout",
-               "retransmit_timeout", "retransmit_tries"}
+               "retransmit_timeout", "retransmit_tries", "delete_rekeyed_delay"}
 _PEER_FIELDS = {"name", "address", "port", "port_natt", "local_id", "remote_id", "psk",
                 "psk_env", "ike_proposals", "esp_proposals", "local_ts", "remote_ts", "start",
                 "rekey_time", "life_time", "dpd_delay", "child_rekey_time", "child_life_time",
@@ -72,6 +72,9 @@ class IkeConfig:
     half_open_timeout: float = 30.0
     retransmit_timeout: float = 2.0  # first wait; doubled each time
     retransmit_tries: int = 5
+    # After a CHILD_SA rekey the old inbound SA stays this long past the peer's side of
+    # the DELETE exchange: its ESP still in flight (or queued) is decrypted, not lost.
+    delete_rekeyed_delay: float = 5.0
     peers: list = field(default_factory=list)
 
     def peer(self, name: str) -> PeerConfig:
@@ -125,6 +128,8 @@ def parse_ike_config(text: str, *, source: str = "<config>", base=None,
                                          where)
     config.retransmit_tries = _int(ike, "retransmit_tries", config.retransmit_tries, 1, 20,
                                    where)
+    config.delete_rekeyed_delay = _seconds(ike, "delete_rekeyed_delay",
+                                           config.delete_rekeyed_delay, where, zero=True)
     peers = doc.get("peer", [])
     if not isinstance(peers, list):
         raise ConfigError(source, "peer", "must be an array of tables ([[peer]])")

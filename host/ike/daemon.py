@@ -27,7 +27,9 @@ from .message import (
     parse_message, parse_notify,
 )
 from .message import TrafficSelector
-from .session import ChildDown, ChildRekeyed, ChildUp, IkeDown, IkeRekeyed, IkeSession, IkeUp
+from .session import (
+    ChildDown, ChildRekeyed, ChildRetired, ChildUp, IkeDown, IkeRekeyed, IkeSession, IkeUp,
+)
 
 log = logging.getLogger("espnic.ike")
 
@@ -54,9 +56,10 @@ class IkeDaemon:
     """IKEv2 for the peers of ``config`` (:class:`~.config.IkeConfig`).
 
     ``controller``: a :class:`~espnic.host.controller.Controller`; CHILD_SAs are
-    installed, rekeyed (make-before-break) and deleted through it, with an
-    outbound policy per pair of negotiated selectors. ``on_child(event)``: told
-    every :class:`ChildUp`, :class:`ChildRekeyed`, :class:`ChildDown`.
+    installed, rekeyed (make-before-break: the old inbound SA stays until
+    :class:`ChildRetired`) and deleted through it, with an outbound policy per pair
+    of negotiated selectors. ``on_child(event)``: told every :class:`ChildUp`,
+    :class:`ChildRekeyed`, :class:`ChildRetired`, :class:`ChildDown`.
     ``esp_handler(data, remote, local)``: every ESP-in-UDP datagram (RFC 3948) that
     reaches the NAT-T socket. ``clock``: seconds, for every timer.
 
@@ -565,14 +568,14 @@ class IkeDaemon:
             for key, value in list(self._init_index.items()):
                 if value is session:
                     del self._init_index[key]
-        elif isinstance(event, (ChildUp, ChildRekeyed, ChildDown)):
+        elif isinstance(event, (ChildUp, ChildRekeyed, ChildRetired, ChildDown)):
             if self.controller is not None:
                 try:
                     self._install(event)
                 except Exception as error:
                     log.warning("%s: controller refused CHILD_SA %08x: %s", session.name,
                                 event.child.spi_in, error)
-                    if not isinstance(event, ChildDown):
+                    if isinstance(event, (ChildUp, ChildRekeyed)):
                         # Fail closed: a CHILD_SA the device does not hold is deleted.
                         session.delete_child(event.child.spi_in)
                         self._flush(session)
@@ -597,8 +600,12 @@ class IkeDaemon:
                 _quietly(c.delete_sa, event.outbound.spi, direction="out")
                 raise
         elif isinstance(event, ChildRekeyed):
-            c.rekey_child(event.old.spi_in, event.inbound, event.old.spi_out, event.outbound)
+            # The old inbound SA stays: the peer may still send under it (ChildRetired).
+            c.rekey_child(event.old.spi_in, event.inbound, event.old.spi_out, event.outbound,
+                          keep_old_inbound=True)
             self._policies[event.child.spi_in] = self._policies.pop(event.old.spi_in, [])
+        elif isinstance(event, ChildRetired):
+            _quietly(c.delete_sa, event.child.spi_in, direction="in")
         else:
             for policy in self._policies.pop(event.child.spi_in, []):
                 _quietly(c.delete_policy, policy)
@@ -620,6 +627,7 @@ class IkeDaemon:
 
     def _new_spi(self) -> int:
         taken = {c.spi_in for s in self._unique_sessions() for c in s.children}
+        taken |= {spi for s in self._unique_sessions() for spi in s.retiring_spis()}
         while True:
             spi = (int.from_bytes(self.rng(4), "big") & 0x7FFFFFFF) | 0x40000000
             if spi not in taken:

@@ -5,8 +5,8 @@
 (:meth:`~IkeSession.initiate`, :meth:`~IkeSession.rekey_child`, ...) and the
 time (:meth:`~IkeSession.tick`), and leaves what to send in ``outbox`` (IKE
 messages, without the NAT-T marker) and what happened in ``events``
-(:class:`ChildUp`, :class:`ChildRekeyed`, :class:`ChildDown`, :class:`IkeUp`,
-:class:`IkeRekeyed`, :class:`IkeDown`). No sockets, no threads; the clock and
+(:class:`ChildUp`, :class:`ChildRekeyed`, :class:`ChildRetired`, :class:`ChildDown`,
+:class:`IkeUp`, :class:`IkeRekeyed`, :class:`IkeDown`). No sockets, no threads; the clock and
 the random source are injected.
 
 Window size 1 both ways: one request of ours outstanding at a time (the others
@@ -74,6 +74,21 @@ class ChildRekeyed:
     child: ChildInfo
     inbound: SaConfig
     outbound: SaConfig
+
+
+@dataclass
+class ChildRetired:
+    """The inbound SA of ``child``, a CHILD_SA replaced by a rekey, may go now.
+
+    A rekey replaces the outbound SA at once but keeps the old inbound one: the peer
+    sends under it until it has handled the DELETE exchange (RFC 7296 section 2.8),
+    and what it sent before may still be on its way. It is retired
+    ``delete_rekeyed_delay`` seconds after the peer's side of that exchange (its
+    response to our DELETE, or its own DELETE), at the old SA's lifetime if no DELETE
+    comes, or at once when the IKE SA goes."""
+    peer: str
+    child: ChildInfo
+    reason: str
 
 
 @dataclass
@@ -161,6 +176,9 @@ class IkeSession:
         self.events: list = []
         self.children: list[ChildSa] = []
         self._rekeyed_out: dict[int, int] = {}  # old spi_out -> old spi_in, until deleted
+        # Old spi_in -> [when, ChildInfo, why]: inbound SAs of rekeyed CHILD_SAs kept for
+        # the peer's late ESP (see ChildRetired). Shared with the IKE SA a rekey makes.
+        self._retiring: dict[int, list] = {}
         self._next_id = 0
         self._peer_id = 0
         self._last_response: tuple[int, bytes] | None = None
@@ -240,7 +258,8 @@ class IkeSession:
                 return
             self._replace_child(child, new)
             self._request(INFORMATIONAL, [Payload(PT_DELETE, encode_delete(
-                PROTO_ESP, [struct.pack("!I", child.spi_in)]))], lambda m, i: None)
+                PROTO_ESP, [struct.pack("!I", child.spi_in)]))],
+                lambda m, i: self._peer_done_with(child.spi_in))
         self._request(CREATE_CHILD_SA, payloads, reply)
         return True
 
@@ -306,6 +325,7 @@ class IkeSession:
             return
         for child in list(self.children):
             self._remove_child(child, reason)
+        self._retire_all(reason)
         self.state = "deleting"
         self._queue.clear()
         self._pending = None
@@ -321,6 +341,8 @@ class IkeSession:
 
     def next_deadline(self) -> float:
         times = [self.rekey_at, self.expire_at, self._dying_at]
+        if not self._silent:
+            times += [when for when, _, _ in self._retiring.values()]
         if self._pending is not None:
             times.append(self._pending.deadline)
         if self.half_open:
@@ -352,6 +374,7 @@ class IkeSession:
             log.debug("%s: retransmitting %s request %d (try %d)", self.name,
                       EXCHANGES.get(p.exchange), p.msg_id, p.tries + 1)
             self.outbox.append(p.data)
+        self._retire_due(now)
         if self.half_open and now >= self._half_open_until:
             raise SessionFailed("half-open IKE SA timed out")
         if now >= self._dying_at:
@@ -843,6 +866,9 @@ class IkeSession:
             return
         self.children[self.children.index(old)] = new
         self._rekeyed_out[old.spi_out] = old.spi_in
+        # Until the peer has answered or sent the DELETE of the old CHILD_SA; its
+        # lifetime if that never happens.
+        self._retiring[old.spi_in] = [old.expire_at, self.child_info(old), "its lifetime ended"]
         log.info("%s: CHILD_SA %08x/%08x rekeyed to %08x/%08x", self.name, old.spi_in,
                  old.spi_out, new.spi_in, new.spi_out)
         self.events.append(ChildRekeyed(self.peer.name, self.child_info(old),
@@ -859,6 +885,37 @@ class IkeSession:
                 inbound = outbound = None
             self.events.append(ChildDown(self.peer.name, self.child_info(child), reason,
                                          inbound, outbound))
+
+    def retiring_spis(self) -> set:
+        """Inbound SPIs of rekeyed CHILD_SAs whose SAs are kept still (ChildRetired)."""
+        return set(self._retiring)
+
+    def _peer_done_with(self, spi_in: int):
+        """The peer has stopped sending under the old CHILD_SA ``spi_in``: its inbound
+        SA goes after ``delete_rekeyed_delay`` (what it sent before may be in flight)."""
+        entry = self._retiring.get(spi_in)
+        if entry is not None:
+            when = self.clock() + self.settings.delete_rekeyed_delay
+            if when < entry[0]:
+                entry[0], entry[2] = when, "the peer stopped using it"
+
+    def _retire_due(self, now: float):
+        if self._silent:        # a rekeyed IKE SA's successor has them
+            return
+        for spi_in, (when, info, why) in list(self._retiring.items()):
+            if now >= when:
+                del self._retiring[spi_in]
+                self._retired(info, why)
+
+    def _retire_all(self, reason: str):
+        for spi_in, (_, info, _) in list(self._retiring.items()):
+            del self._retiring[spi_in]
+            self._retired(info, reason)
+
+    def _retired(self, info: ChildInfo, why: str):
+        log.info("%s: inbound SA %08x of the rekeyed CHILD_SA retired (%s)", self.name,
+                 info.spi_in, why)
+        self.events.append(ChildRetired(self.peer.name, info, why))
 
     def _child(self, *, spi_in=None, spi_out=None):
         for child in self.children:
@@ -944,6 +1001,7 @@ class IkeSession:
         new._set_keys(suite, crypto.rekey_skeyseed(self.keys.sk_d, shared, ni, nr))
         new.children, self.children = self.children, []
         new._rekeyed_out = self._rekeyed_out
+        new._retiring = self._retiring
         new._next_id = new._peer_id = 0
         new.state = "established"
         now = self.clock()
@@ -979,6 +1037,7 @@ class IkeSession:
                 spi, = struct.unpack("!I", raw)
                 if spi in self._rekeyed_out:
                     ours.append(self._rekeyed_out.pop(spi))
+                    self._peer_done_with(ours[-1])
                     continue
                 child = self._child(spi_out=spi)
                 if child is not None:
@@ -1007,6 +1066,7 @@ class IkeSession:
         if not self._silent:
             for child in list(self.children):
                 self._remove_child(child, reason)
+            self._retire_all(reason)
         if was_up or self._silent:
             log.info("%s: IKE SA closed (%s)", self.name, reason)
         self.events.append(IkeDown(self, reason))
