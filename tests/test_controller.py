@@ -555,6 +555,33 @@ def test_rekey_child_keeping_the_old_inbound_sa():
     assert sorted(info.spi for info in controller.sas()) == [0x1001, 0x2001]
 
 
+def test_rekey_child_switching_outbound_later():
+    """``switch_outbound=False`` (a rekey's responder): the new SAs go in, traffic still
+    leaves under the old outbound SA; :meth:`switch_outbound` moves the policies to the
+    new one and deletes the old one."""
+    device = Recorder(model(engines=2, ports=1))
+    controller = Controller([device])
+    controller.add_sa(sa("in", 0x1000))
+    controller.add_sa(sa("out", 0x2000))
+    controller.add_policy(protect(), sa=0x2000)
+    new_in, new_out = sa("in", 0x1001, key=KEY256), sa("out", 0x2001, key=KEY256)
+    controller.rekey_child(0x1000, new_in, 0x2000, new_out, keep_old_inbound=True,
+                           switch_outbound=False)
+    assert sorted(info.spi for info in controller.sas()) == [0x1000, 0x1001, 0x2000, 0x2001]
+    device.inject(0, inner(1))
+    device.inject(0, sealed(new_in, 1, inner(2)))
+    out = out_packets(device)
+    assert [esp_spi(p) if p[9] == 50 else p for p in out] == [0x2000, inner(2)]
+    device.ops.clear()
+    controller.switch_outbound(0x2000, 0x2001)
+    names = [op for op in device.ops if op[0] in ("write_sa", "delete_sa", "write_policy")]
+    assert names == [("write_policy", 0, 0), ("delete_sa", 1, 0)]
+    device.inject(0, inner(3))
+    (packet,) = out_packets(device)
+    assert esp_spi(packet) == 0x2001 and opened(new_out, packet) == inner(3)
+    assert sorted(info.spi for info in controller.sas()) == [0x1000, 0x1001, 0x2001]
+
+
 # -- the database ------------------------------------------------------------------------------
 
 def test_database_is_private_and_keeps_keys_only_when_asked(tmp_path):

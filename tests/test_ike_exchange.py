@@ -19,7 +19,9 @@ import time
 
 import pytest
 
-from espnic.host.ike import ChildDown, ChildRekeyed, ChildRetired, ChildUp, IkeDaemon
+from espnic.host.ike import (
+    ChildDown, ChildRekeyed, ChildRetired, ChildSwitched, ChildUp, IkeDaemon,
+)
 from espnic.host.ike.config import parse_ike_config
 
 PSK = "correct horse battery staple"
@@ -187,6 +189,25 @@ def test_old_inbound_sa_retired_after_the_delete_exchange(side):
             assert retired.reason == "the peer stopped using it"
         assert pair.of("a", ChildDown) == pair.of("b", ChildDown) == []
         assert len(pair.a.children()) == len(pair.b.children()) == 1
+
+
+def test_rekey_responder_switches_outbound_at_the_initiators_delete():
+    """b rekeys: b (initiator) sends under the new CHILD_SA at once; a (responder) only
+    once b's DELETE of the old one came (before our response reached b, b may not
+    have held the new SAs): ChildRekeyed, then ChildSwitched, on a only."""
+    with Pair(settings="delete_rekeyed_delay = 0").up() as pair:
+        before = pair.a.children()[0]
+        pair.b.rekey_child(before.spi_out)
+        wait_for(lambda: [len(pair.of(s, ChildRetired)) for s in "ab"] == [1, 1],
+                 what="the DELETE exchange over")
+        (rekeyed_a,), (rekeyed_b,) = pair.of("a", ChildRekeyed), pair.of("b", ChildRekeyed)
+        assert (rekeyed_a.outbound_switched, rekeyed_b.outbound_switched) == (False, True)
+        (switched,) = pair.of("a", ChildSwitched)
+        assert (switched.old.spi_out, switched.child.spi_out) == (before.spi_out,
+                                                                  rekeyed_a.child.spi_out)
+        kinds = [type(event) for event in pair.events["a"]]
+        assert kinds.index(ChildRekeyed) < kinds.index(ChildSwitched)
+        assert pair.of("b", ChildSwitched) == []
 
 
 def test_old_inbound_sa_kept_across_an_ike_rekey_until_the_ike_sa_goes():
@@ -407,6 +428,8 @@ def test_keys_never_in_the_log(caplog):
                 secrets += [k for k in session.keys.secrets() if k]
         for side in "ab":
             for event in pair.events[side]:
+                if not isinstance(event, (ChildUp, ChildRekeyed)):
+                    continue
                 for config in (event.inbound, event.outbound):
                     secrets += [bytes.fromhex(config.key), bytes.fromhex(config.salt)]
         secrets.append(PSK.encode())

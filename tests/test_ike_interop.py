@@ -261,6 +261,18 @@ child_life_time = {max(self.child_rekey_time * 4, 60)}
                         f"{self.net.left.inner}/32", "dev", TUN, "src", self.net.right.inner],
                        check=True)
 
+    def wait_installed(self, count: int = 1, timeout: float = 20.0):
+        """Until ``count`` CHILD_SAs are in espnic's device (its log says so at -v):
+        charon holding a CHILD_SA does not mean that espnic does yet (as the IKE_AUTH
+        initiator it installs after charon's response), and a packet routed into the
+        TUN device before then meets no policy."""
+        deadline = time.monotonic() + timeout
+        while self.log_text().count(" installed in the device") < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"espnic installed no CHILD_SA within {timeout:g} s: "
+                                     f"{log_tail(self.log)}")
+            time.sleep(0.05)
+
     def __exit__(self, *exc):
         if self.process is not None:
             terminate(self.process, 10)
@@ -311,6 +323,7 @@ def test_espnic_ike_with_strongswan(strongswan, logs, initiator, esp):
                 initiate_until_up(charon)
             children = charon.wait_children(timeout=20)
             assert len(children) == 1, log_tail(espnic.log)
+            espnic.wait_installed()
             (child,) = children
             assert (child.encryption, child.key_size) == PROPOSALS[esp]
             assert child.encap and child.mode == "TUNNEL"
@@ -361,6 +374,7 @@ def test_espnic_rekey_under_ping(strongswan, logs, rekeyer, what):
                                      rekey_time=by_espnic.get("ike", 3600))
         with charon, espnic:
             (before,) = charon.wait_children(timeout=20)
+            espnic.wait_installed()
             (ike_before,) = [ike["uniqueid"] for ike in charon.list_sas()]
             count = 150 if rekeyer == "espnic" else 60
             flow = start_ping(net.left.ns, net.left.inner, net.right.inner, count=count,

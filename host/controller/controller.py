@@ -732,24 +732,39 @@ class Controller:
         return placement
 
     def rekey_child(self, old_in: int, new_in: SaConfig, old_out: int,
-                    new_out: SaConfig, *, keep_old_inbound: bool = False
-                    ) -> tuple[Placement, Placement]:
+                    new_out: SaConfig, *, keep_old_inbound: bool = False,
+                    switch_outbound: bool = True) -> tuple[Placement, Placement]:
         """An IKE CHILD_SA rekey: new inbound SA, new outbound SA, the policies swapped
         to it, old outbound deleted, old inbound deleted (in that order).
 
         ``keep_old_inbound``: leave the old inbound SA installed, for the caller to
         delete (:meth:`delete_sa`) once the peer no longer sends under it: the peer
         switches to the new SA only when it has handled the DELETE exchange, and
-        its packets sent before may still be on their way (RFC 7296 section 2.8)."""
+        its packets sent before may still be on their way (RFC 7296 section 2.8).
+        ``switch_outbound=False``: the policies stay on the old outbound SA, for
+        :meth:`switch_outbound` later (a rekey's responder: the initiator may not
+        hold the new inbound SA before it has our response)."""
         inbound_old = self._find(old_in, direction="in")
         outbound_old = self._find(old_out, direction="out")
         placed_in = self.add_sa(new_in, device=inbound_old.device)
         placed_out = self.add_sa(new_out, device=outbound_old.device)
-        self._swap_policies(outbound_old, placed_out)
-        self._delete(self.db.sa(outbound_old.id))
+        if switch_outbound:
+            self._swap_policies(outbound_old, placed_out)
+            self._delete(self.db.sa(outbound_old.id))
         if not keep_old_inbound:
             self._delete(self.db.sa(inbound_old.id))
         return placed_in, placed_out
+
+    def switch_outbound(self, old_out: int, new_out: int):
+        """The policies that protect with outbound SA ``old_out`` protect with
+        ``new_out`` from now on; then ``old_out`` is deleted (the second half of
+        ``rekey_child(..., switch_outbound=False)``)."""
+        old = self._find(old_out, direction="out")
+        new = self._find(new_out, direction="out")
+        if new.state != "active":
+            raise ControllerError(f"{_row_name(new)} is {new.state}: run reconcile() first")
+        self._swap_policies(old, Placement(new.device, new.engine, new.slot))
+        self._delete(self.db.sa(old.id))
 
     def _swap_policies(self, old: SaRow, placement: Placement):
         new = next(r for r in self.db.sas(device=placement.device, engine=placement.engine,

@@ -10,7 +10,8 @@ cookies, the controller), :mod:`.config` (the ``espnic ike`` TOML file).
 
 from .config import IkeConfig, PeerConfig, load_ike_config, parse_ike_config
 from .daemon import IkeDaemon
-from .session import ChildDown, ChildRekeyed, ChildRetired, ChildUp
+from .session import ChildDown, ChildRekeyed, ChildRetired, ChildSwitched, ChildUp
 
 __all__ = ["IkeConfig", "PeerConfig", "load_ike_config", "parse_ike_config", "IkeDaemon",
-           "ChildUp", "ChildRekeyed", "ChildRetired", "ChildDown"]
+           "ChildUp", "ChildRekeyed", "ChildSwitched", "ChildRetired",
+           "ChildDown"]

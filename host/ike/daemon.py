@@ -28,7 +28,8 @@ from .message import (
 )
 from .message import TrafficSelector
 from .session import (
-    ChildDown, ChildRekeyed, ChildRetired, ChildUp, IkeDown, IkeRekeyed, IkeSession, IkeUp,
+    ChildDown, ChildRekeyed, ChildRetired, ChildSwitched, ChildUp, IkeDown, IkeRekeyed,
+    IkeSession, IkeUp,
 )
 
 log = logging.getLogger("espnic.ike")
@@ -57,9 +58,11 @@ class IkeDaemon:
 
     ``controller``: a :class:`~espnic.host.controller.Controller`; CHILD_SAs are
     installed, rekeyed (make-before-break: the old inbound SA stays until
-    :class:`ChildRetired`) and deleted through it, with an outbound policy per pair
-    of negotiated selectors. ``on_child(event)``: told every :class:`ChildUp`,
-    :class:`ChildRekeyed`, :class:`ChildRetired`, :class:`ChildDown`.
+    :class:`ChildRetired`; a rekey we answered keeps sending under the old outbound
+    SA until :class:`ChildSwitched`) and deleted through it, with an outbound policy
+    per pair of negotiated selectors. ``on_child(event)``: told every
+    :class:`ChildUp`, :class:`ChildRekeyed`, :class:`ChildSwitched`,
+    :class:`ChildRetired`, :class:`ChildDown`.
     ``esp_handler(data, remote, local)``: every ESP-in-UDP datagram (RFC 3948) that
     reaches the NAT-T socket. ``clock``: seconds, for every timer.
 
@@ -85,6 +88,7 @@ class IkeDaemon:
         self._sessions: dict[int, IkeSession] = {}
         self._init_index: dict[tuple, IkeSession] = {}
         self._policies: dict[int, list] = {}        # child's spi_in -> policy ids
+        self._unswitched: dict[int, int] = {}       # child's spi_in -> old spi_out in use
         self._cookie_secret = rng(32)
         self._sockets: list[_Socket] = []
         # A byte on this pair wakes the loop for a call() from another thread.
@@ -568,14 +572,17 @@ class IkeDaemon:
             for key, value in list(self._init_index.items()):
                 if value is session:
                     del self._init_index[key]
-        elif isinstance(event, (ChildUp, ChildRekeyed, ChildRetired, ChildDown)):
+        elif isinstance(event, (ChildUp, ChildRekeyed, ChildSwitched, ChildRetired, ChildDown)):
             if self.controller is not None:
                 try:
                     self._install(event)
+                    if isinstance(event, (ChildUp, ChildRekeyed)):
+                        log.debug("%s: CHILD_SA %08x/%08x installed in the device",
+                                  session.name, event.child.spi_in, event.child.spi_out)
                 except Exception as error:
                     log.warning("%s: controller refused CHILD_SA %08x: %s", session.name,
                                 event.child.spi_in, error)
-                    if isinstance(event, (ChildUp, ChildRekeyed)):
+                    if isinstance(event, (ChildUp, ChildRekeyed, ChildSwitched)):
                         # Fail closed: a CHILD_SA the device does not hold is deleted.
                         session.delete_child(event.child.spi_in)
                         self._flush(session)
@@ -600,10 +607,16 @@ class IkeDaemon:
                 _quietly(c.delete_sa, event.outbound.spi, direction="out")
                 raise
         elif isinstance(event, ChildRekeyed):
-            # The old inbound SA stays: the peer may still send under it (ChildRetired).
+            # The old inbound SA stays: the peer may still send under it (ChildRetired);
+            # so may the old outbound one, for a rekey we answered (ChildSwitched).
             c.rekey_child(event.old.spi_in, event.inbound, event.old.spi_out, event.outbound,
-                          keep_old_inbound=True)
+                          keep_old_inbound=True, switch_outbound=event.outbound_switched)
             self._policies[event.child.spi_in] = self._policies.pop(event.old.spi_in, [])
+            if not event.outbound_switched:
+                self._unswitched[event.child.spi_in] = event.old.spi_out
+        elif isinstance(event, ChildSwitched):
+            old_out = self._unswitched.pop(event.child.spi_in, event.old.spi_out)
+            c.switch_outbound(old_out, event.child.spi_out)
         elif isinstance(event, ChildRetired):
             _quietly(c.delete_sa, event.child.spi_in, direction="in")
         else:
@@ -611,6 +624,9 @@ class IkeDaemon:
                 _quietly(c.delete_policy, policy)
             _quietly(c.delete_sa, event.child.spi_out, direction="out")
             _quietly(c.delete_sa, event.child.spi_in, direction="in")
+            old_out = self._unswitched.pop(event.child.spi_in, None)
+            if old_out is not None:         # a rekey we answered, not switched yet
+                _quietly(c.delete_sa, old_out, direction="out")
 
     def _add_policies(self, event) -> list:
         ids = []

@@ -5,9 +5,9 @@
 (:meth:`~IkeSession.initiate`, :meth:`~IkeSession.rekey_child`, ...) and the
 time (:meth:`~IkeSession.tick`), and leaves what to send in ``outbox`` (IKE
 messages, without the NAT-T marker) and what happened in ``events``
-(:class:`ChildUp`, :class:`ChildRekeyed`, :class:`ChildRetired`, :class:`ChildDown`,
-:class:`IkeUp`, :class:`IkeRekeyed`, :class:`IkeDown`). No sockets, no threads; the clock and
-the random source are injected.
+(:class:`ChildUp`, :class:`ChildRekeyed`, :class:`ChildSwitched`, :class:`ChildRetired`,
+:class:`ChildDown`, :class:`IkeUp`, :class:`IkeRekeyed`, :class:`IkeDown`). No sockets,
+no threads; the clock and the random source are injected.
 
 Window size 1 both ways: one request of ours outstanding at a time (the others
 queue), and the peer's last response kept for its retransmissions. Child SAs are
@@ -41,6 +41,9 @@ from .proposals import Suite, accepted, choose
 log = logging.getLogger("espnic.ike")
 
 NONCE_LEN = 32
+#: Seconds a rekey's responder sends under the old CHILD_SA waiting for the
+#: initiator's DELETE of it (which it sends at once) before it switches anyway.
+SWITCH_WITHOUT_DELETE = 10.0
 
 
 # -- what a session reports -----------------------------------------------------------------
@@ -69,11 +72,27 @@ class ChildUp:
 
 @dataclass
 class ChildRekeyed:
+    """``child`` replaces ``old``. ``outbound_switched``: traffic goes out under the new
+    outbound SA from now on (we initiated the rekey); False for the rekey's
+    responder, which sends under the old one until :class:`ChildSwitched`."""
     peer: str
     old: ChildInfo
     child: ChildInfo
     inbound: SaConfig
     outbound: SaConfig
+    outbound_switched: bool = True
+
+
+@dataclass
+class ChildSwitched:
+    """The responder of a rekey sends under ``child``'s outbound SA from now on, and
+    ``old``'s goes: the initiator has sent the DELETE of ``old``, so it holds the new
+    SAs (before our response reached it, it may not have: what we sent under the new
+    SA then would be lost). Also when no DELETE came within
+    :data:`SWITCH_WITHOUT_DELETE` seconds, or before ``child`` is rekeyed again."""
+    peer: str
+    old: ChildInfo
+    child: ChildInfo
 
 
 @dataclass
@@ -179,6 +198,9 @@ class IkeSession:
         # Old spi_in -> [when, ChildInfo, why]: inbound SAs of rekeyed CHILD_SAs kept for
         # the peer's late ESP (see ChildRetired). Shared with the IKE SA a rekey makes.
         self._retiring: dict[int, list] = {}
+        # Old spi_out -> [when, old ChildInfo, new ChildInfo]: rekeys we answered whose
+        # outbound switch waits for the initiator's DELETE (see ChildSwitched). Shared too.
+        self._switching: dict[int, list] = {}
         self._next_id = 0
         self._peer_id = 0
         self._last_response: tuple[int, bytes] | None = None
@@ -240,6 +262,7 @@ class IkeSession:
         child = self._child(spi_in=spi_in)
         if child is None or child.rekeying or not self.established:
             return False
+        self._switch("rekeyed again", new_in=child.spi_in)
         child.rekeying = True
         new_in = self._new_spi()
         ni = self.rng(NONCE_LEN)
@@ -343,6 +366,7 @@ class IkeSession:
         times = [self.rekey_at, self.expire_at, self._dying_at]
         if not self._silent:
             times += [when for when, _, _ in self._retiring.values()]
+            times += [when for when, _, _ in self._switching.values()]
         if self._pending is not None:
             times.append(self._pending.deadline)
         if self.half_open:
@@ -375,6 +399,7 @@ class IkeSession:
                       EXCHANGES.get(p.exchange), p.msg_id, p.tries + 1)
             self.outbox.append(p.data)
         self._retire_due(now)
+        self._switch_due(now)
         if self.half_open and now >= self._half_open_until:
             raise SessionFailed("half-open IKE SA timed out")
         if now >= self._dying_at:
@@ -858,12 +883,13 @@ class IkeSession:
                  child.spi_out, info.proposal, ",".join(info.local_ts), ",".join(info.remote_ts))
         self.events.append(ChildUp(self.peer.name, info, inbound, outbound))
 
-    def _replace_child(self, old: ChildSa, new: ChildSa):
+    def _replace_child(self, old: ChildSa, new: ChildSa, *, we_initiated: bool = True):
         try:
             inbound, outbound = self.sa_configs(new)
         except ValueError as error:
             log.warning("%s: rekeyed CHILD_SA not usable: %s", self.name, error)
             return
+        self._switch("rekeyed again", new_in=old.spi_in)
         self.children[self.children.index(old)] = new
         self._rekeyed_out[old.spi_out] = old.spi_in
         # Until the peer has answered or sent the DELETE of the old CHILD_SA; its
@@ -872,10 +898,18 @@ class IkeSession:
         log.info("%s: CHILD_SA %08x/%08x rekeyed to %08x/%08x", self.name, old.spi_in,
                  old.spi_out, new.spi_in, new.spi_out)
         self.events.append(ChildRekeyed(self.peer.name, self.child_info(old),
-                                        self.child_info(new), inbound, outbound))
+                                        self.child_info(new), inbound, outbound,
+                                        outbound_switched=we_initiated))
+        if not we_initiated:
+            self._switching[old.spi_out] = [
+                min(self.clock() + SWITCH_WITHOUT_DELETE, old.expire_at),
+                self.child_info(old), self.child_info(new)]
 
     def _remove_child(self, child: ChildSa, reason: str):
         self.children.remove(child)
+        for old_out, (_, _, new) in list(self._switching.items()):
+            if new.spi_in == child.spi_in:     # its SAs all go with ChildDown
+                del self._switching[old_out]
         log.info("%s: CHILD_SA %08x/%08x down (%s)", self.name, child.spi_in, child.spi_out,
                  reason)
         if not self._silent:
@@ -898,6 +932,23 @@ class IkeSession:
             when = self.clock() + self.settings.delete_rekeyed_delay
             if when < entry[0]:
                 entry[0], entry[2] = when, "the peer stopped using it"
+
+    def _switch(self, why: str, *, new_in: int | None = None, old_out: int | None = None):
+        """Send under the new outbound SA of the rekey we answered that made CHILD_SA
+        ``new_in`` (or replaced outbound SA ``old_out``), if that waits still."""
+        for key, (_, old, new) in list(self._switching.items()):
+            if new.spi_in == new_in or key == old_out:
+                del self._switching[key]
+                log.info("%s: CHILD_SA %08x/%08x: outbound now %08x (%s)", self.name,
+                         new.spi_in, new.spi_out, new.spi_out, why)
+                self.events.append(ChildSwitched(self.peer.name, old, new))
+
+    def _switch_due(self, now: float):
+        if self._silent:
+            return
+        for old_out, (when, _, new) in list(self._switching.items()):
+            if now >= when:
+                self._switch("no DELETE of the old CHILD_SA came", new_in=new.spi_in)
 
     def _retire_due(self, now: float):
         if self._silent:        # a rekeyed IKE SA's successor has them
@@ -959,7 +1010,7 @@ class IkeSession:
             return
         self._respond(h, [answer[0], Payload(PT_NONCE, nr)] + answer[1:])
         if old is not None and old in self.children:
-            self._replace_child(old, child)
+            self._replace_child(old, child, we_initiated=False)
         else:
             self._add_child(child)
 
@@ -1002,6 +1053,7 @@ class IkeSession:
         new.children, self.children = self.children, []
         new._rekeyed_out = self._rekeyed_out
         new._retiring = self._retiring
+        new._switching = self._switching
         new._next_id = new._peer_id = 0
         new.state = "established"
         now = self.clock()
@@ -1037,6 +1089,7 @@ class IkeSession:
                 spi, = struct.unpack("!I", raw)
                 if spi in self._rekeyed_out:
                     ours.append(self._rekeyed_out.pop(spi))
+                    self._switch("the peer deleted the old CHILD_SA", old_out=spi)
                     self._peer_done_with(ours[-1])
                     continue
                 child = self._child(spi_out=spi)
