@@ -247,15 +247,16 @@ child_life_time = {max(self.child_rekey_time * 4, 60)}
         return self
 
     def wait_tun(self, timeout: float = 20.0):
-        """The TUN device is there: route the peer's inner address into it."""
+        """The TUN device is up (espnic logs "listening on" once its gateway has
+        started: the device exists a moment before it is up, and a route into a device
+        that is down is refused): route the peer's inner address into it."""
         deadline = time.monotonic() + timeout
-        while subprocess.run(["ip", "-n", self.net.right.ns, "link", "show", TUN],
-                             capture_output=True).returncode:
+        while "espnic.ike: listening on " not in self.log_text():
             if self.process.poll() is not None:
                 raise RuntimeError(f"espnic ike exited ({self.process.returncode}): "
                                    f"{log_tail(self.log)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"espnic ike made no TUN device {TUN} in {timeout:g} s")
+                raise RuntimeError(f"espnic ike was not listening (TUN {TUN} up) in {timeout:g} s")
             time.sleep(0.05)
         subprocess.run(["ip", "-n", self.net.right.ns, "route", "replace",
                         f"{self.net.left.inner}/32", "dev", TUN, "src", self.net.right.inner],
