@@ -495,13 +495,20 @@ def test_lifetime_events_rekey_then_delete():
     assert out_packets(device) == []                   # discarded, not sent in clear
 
 
-def test_rekey_make_before_break():
+def _child_sa_pair():
+    """A recorded two-engine device whose controller holds a CHILD_SA pair (inbound
+    0x1000, outbound 0x2000 with a protect policy)."""
     device = Recorder(model(engines=2, ports=1))
     controller = Controller([device])
     old_in, old_out = sa("in", 0x1000), sa("out", 0x2000)
     controller.add_sa(old_in)
     controller.add_sa(old_out)
     controller.add_policy(protect(), sa=0x2000)
+    return device, controller, old_in, old_out
+
+
+def test_rekey_make_before_break():
+    device, controller, old_in, old_out = _child_sa_pair()
     device.inject(0, inner(1))
     device.inject(0, sealed(old_in, 1, inner(2)))
     new_in, new_out = sa("in", 0x1001, key=KEY256), sa("out", 0x2001, key=KEY256)
@@ -529,12 +536,7 @@ def test_rekey_child_keeping_the_old_inbound_sa():
     """``keep_old_inbound``: the peer's packets under the old inbound SA that arrive
     after the rekey (sent before it switched) are decrypted, not lost; the outbound
     side is swapped at once; the old inbound SA goes when the caller deletes it."""
-    device = Recorder(model(engines=2, ports=1))
-    controller = Controller([device])
-    old_in, old_out = sa("in", 0x1000), sa("out", 0x2000)
-    controller.add_sa(old_in)
-    controller.add_sa(old_out)
-    controller.add_policy(protect(), sa=0x2000)
+    device, controller, old_in, old_out = _child_sa_pair()
     device.inject(0, sealed(old_in, 1, inner(1)))
     new_in, new_out = sa("in", 0x1001, key=KEY256), sa("out", 0x2001, key=KEY256)
     device.ops.clear()
