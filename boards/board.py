@@ -150,9 +150,11 @@ class BoardTop(Elaboratable):
         m.domains.rgmii_rx = ClockDomain("rgmii_rx")
         m.domains.rgmii_tx = ClockDomain("rgmii_tx")
         m.submodules.rgmii_rx_clk = rx_clk = io.Buffer("i", pins.rx_clk)
-        rx_clk_net = Signal(name="rgmii_rx_clk")
-        m.d.comb += [rx_clk_net.eq(rx_clk.i), ClockSignal("rgmii_rx").eq(rx_clk_net)]
-        platform.add_clock_constraint(rx_clk_net, 125e6)
+        m.d.comb += ClockSignal("rgmii_rx").eq(rx_clk.i)
+        # On the pin: yosys names the clock net after a signal deep in the MAC, so a
+        # constraint on a net named here would match nothing (nextpnr then times the
+        # domain at its 12 MHz default).
+        platform.add_clock_constraint(pins.rx_clk.io, 125e6)
         m.submodules.rgmii_rx_reset = ResetSynchronizer(ResetSignal("sync"), domain="rgmii_rx")
 
         # The PHY is held in reset for 2**20 cycles (14 ms at 75 MHz; it needs 10 ms).

@@ -266,7 +266,8 @@ def test_ecpix5_puts_port_0_on_the_rgmii_phy(tmp_path):
     assert top.ethernet and top.core.packets == "ports" and top.core.nic.ethernet == (True,)
     _plan_files(top, board("ecpix5"), tmp_path, lambda line: None)
     constraints = (tmp_path / "top.lpf").read_text()
-    for clock in ('"rgmii_rx_clk" 125000000', '"clocks.sync_clk" 75000000', "rgmii_tx_clk"):
+    for clock in ('FREQUENCY PORT "eth_rgmii_0__rx_clk__io" 125000000',
+                  '"clocks.sync_clk" 75000000', "rgmii_tx_clk"):
         assert clock in constraints
     rtlil = (tmp_path / "top.il").read_text()
     # The MAC is there, and its pins are the ECP5's DDR primitives (the platform's mapping).
