@@ -61,10 +61,6 @@ class Board:
     openfpgaloader: str | None = None   # openFPGALoader's -b name
     iceprog: bool = False          # iceprog can program it (iCE40 boards)
     bitstream_ext: str = "bit"
-    notes: str = ""
-
-    def divisor(self, clock_mhz: float, baud: int | None = None) -> int:
-        return divisor_for(clock_mhz * 1e6, self.baud if baud is None else baud)
 
 
 def register(b: Board) -> Board:
@@ -91,13 +87,14 @@ class BoardTop(Elaboratable):
     design : one of :data:`DESIGNS`.
     clock_mhz : the ``sync`` frequency asked for (the PLL's nearest is used).
     baud : the host link's baud rate (default: the board's).
-    params : :class:`~espnic.hdl.top.EspNic` parameters (``espnic`` only).
+    params : :class:`~espnic.hdl.top.EspNic` parameters (``espnic`` only; default the
+        board's).
     """
 
     def __init__(self, b: Board, *, design: str = "espnic", clock_mhz: float | None = None,
                  baud: int | None = None, params: dict | None = None):
         if design not in DESIGNS:
-            raise ValueError(f"design must be one of {DESIGNS}, not {design!r}")
+            raise ValueError(f"unknown design {design!r}; designs: {', '.join(DESIGNS)}")
         if design == "link-check" and params:
             raise ValueError("the link-check design takes no EspNic parameters")
         self.board, self.design = b, design
@@ -107,8 +104,10 @@ class BoardTop(Elaboratable):
                                 f_out=b.clock_mhz if clock_mhz is None else clock_mhz,
                                 extra={"rgmii_tx": 125} if self.ethernet else None)
         self.baud = b.baud if baud is None else baud
-        self.divisor = b.divisor(self.clocks.frequency, self.baud)
-        self.params = dict(b.params if params is None else params)
+        self.divisor = divisor_for(self.clocks.frequency * 1e6, self.baud)
+        # The EspNic parameters built: the board's own unless given (none for link-check).
+        self.params = {} if design == "link-check" else dict(
+            b.params if params is None else params)
         # Built here so a parameter set the design refuses fails before any tool runs.
         if design == "espnic":
             from ..hdl.device import EspNicDevice

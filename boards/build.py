@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import ooc
-from .board import DESIGNS, Board, BoardTop, board as find_board
+from .board import Board, BoardTop, board as find_board
 
 __all__ = ["BuildError", "BoardReport", "build", "build_max_engines", "report_table"]
 
@@ -135,13 +135,8 @@ def build(board_name: str, *, design: str = "espnic", params: dict | None = None
         b = find_board(board_name)
     except ValueError as error:
         raise BuildError(str(error)) from None
-    if design not in DESIGNS:
-        raise BuildError(f"unknown design {design!r}; designs: {', '.join(DESIGNS)}")
-    merged = None
-    if design == "espnic":
-        merged = {**b.params, **(params or {})}
-    elif params:
-        raise BuildError("the link-check design takes no EspNic parameters")
+    # BoardTop checks the design and its parameters; the board's are the defaults.
+    merged = {**b.params, **params} if params and design == "espnic" else (params or None)
     try:
         top = BoardTop(b, design=design, clock_mhz=clock_mhz, baud=baud, params=merged)
     except (TypeError, ValueError) as error:
@@ -150,7 +145,7 @@ def build(board_name: str, *, design: str = "espnic", params: dict | None = None
     workdir = Path(workdir or Path("build") / f"{b.name}-{design}").resolve()
     start = time.monotonic()
     steps = {}
-    report = BoardReport(board=b.name, design=design, params=top.params if merged else {},
+    report = BoardReport(board=b.name, design=design, params=top.params,
                          clock_mhz=round(top.clocks.frequency, 3), baud=top.baud, used={},
                          capacity=dict(b.capacity), workdir=str(workdir))
     _plan_files(top, b, workdir, progress)
@@ -199,13 +194,9 @@ def build(board_name: str, *, design: str = "espnic", params: dict | None = None
 
 
 def _nextpnr_over(workdir: Path) -> str:
-    log = workdir / "nextpnr.log"
-    if not log.exists():
-        return ""
-    utilisation = ooc._log_utilisation(log.read_text())
     return "; ".join(f"{bel} {u['used']:,} of {u['available']:,}: "
                      f"{u['used'] - u['available']:,} over"
-                     for bel, u in utilisation.items() if u["used"] > u["available"])
+                     for bel, u in ooc.log_over_capacity(workdir / "nextpnr.log").items())
 
 
 def _params_text(params: dict) -> str:

@@ -151,7 +151,6 @@ class PllDomain(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        self._constraints = []
         clk = Signal(name="sync_clk")        # a Signal: a clock constraint names one
         m.d.comb += ClockSignal("sync").eq(clk)
         locked = Signal()
@@ -182,20 +181,18 @@ class PllDomain(Elaboratable):
                 p_CLKI_DIV=d["CLKI_DIV"], p_CLKFB_DIV=d["CLKFB_DIV"],
                 p_CLKOP_DIV=d["CLKOP_DIV"], p_CLKOP_CPHASE=d["CLKOP_CPHASE"],
                 p_CLKOP_FPHASE=d["CLKOP_FPHASE"],
-                **self._secondary(m, d),
+                **self._secondary(m, platform, d),
                 i_CLKI=osc.i, i_CLKFB=clk, i_RST=0, i_STDBY=0,
                 i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1,
                 i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
                 o_CLKOP=clk, o_LOCK=locked)
         platform.add_clock_constraint(clk, self.frequency * 1e6)
-        for signal, f in self._constraints:
-            platform.add_clock_constraint(signal, f * 1e6)
         m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
         for name in self.extra:
             m.submodules[f"reset_{name}"] = ResetSynchronizer(~locked, domain=name)
         return m
 
-    def _secondary(self, m, dividers) -> dict:
+    def _secondary(self, m, platform, dividers) -> dict:
         """The EHXPLLL ports and parameters of the extra domains' outputs."""
         ports = {}
         for (name, f), output in zip(self.extra.items(), ("CLKOS", "CLKOS2", "CLKOS3")):
@@ -206,5 +203,5 @@ class PllDomain(Elaboratable):
                           **{f"p_{output}_{k}": dividers[f"{output}_{k}"]
                              for k in ("DIV", "CPHASE", "FPHASE")}})
             # The constraint lets nextpnr time the domain; the parent defines it.
-            self._constraints.append((clk, f))
+            platform.add_clock_constraint(clk, f * 1e6)
         return ports

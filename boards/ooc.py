@@ -461,8 +461,7 @@ def _build(top, *, family, device, package, clock_mhz, seed, place_and_route, ne
                   log="nextpnr.log", step=f"{step} nextpnr", progress=progress)
     except ToolError:
         # A design that does not fit still has a size: report it rather than fail.
-        utilisation = _log_utilisation((workdir / "nextpnr.log").read_text())
-        over = {bel: u for bel, u in utilisation.items() if u["used"] > u["available"]}
+        over = log_over_capacity(workdir / "nextpnr.log")
         if not over:
             raise
         times["nextpnr"] = time.monotonic() - start
@@ -483,6 +482,16 @@ def _count(cells, family, resource):
 
 
 _UTILISATION = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
+
+
+def log_over_capacity(log_path) -> dict:
+    """The resources nextpnr found too few of (bel type -> {"used", "available"}), from
+    its log after a failed run; empty when none was, or there is no log."""
+    log_path = Path(log_path)
+    if not log_path.exists():
+        return {}
+    utilisation = _log_utilisation(log_path.read_text())
+    return {bel: u for bel, u in utilisation.items() if u["used"] > u["available"]}
 
 
 def _log_utilisation(log):
