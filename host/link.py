@@ -56,8 +56,9 @@ class FrameLink:
 
     # -- receiving ------------------------------------------------------------------------
 
-    def _receive(self, deadline: float) -> bytes | None:
-        """The next whole frame from the device, or None at ``deadline``."""
+    def receive_frame(self, deadline: float) -> bytes | None:
+        """The next whole frame from the device (its payload, as it came: answers, items
+        and packets alike), or None at ``deadline`` (a :func:`time.monotonic` time)."""
         while not self._frames:
             if time.monotonic() >= deadline:
                 return None
@@ -84,7 +85,7 @@ class FrameLink:
     def _drain(self, queue, wait: float) -> list:
         deadline = time.monotonic() + wait
         while not queue:
-            frame = self._receive(deadline)
+            frame = self.receive_frame(deadline)
             if frame is None:
                 break
             self._dispatch(frame)
@@ -129,7 +130,7 @@ class FrameLink:
                 self.resends += 1
             self.port.write(wire)
             deadline = time.monotonic() + self.timeout
-            while (answer := self._receive(deadline)) is not None:
+            while (answer := self.receive_frame(deadline)) is not None:
                 answer = self._dispatch(answer)
                 if answer is not None and answer[1] == tag:
                     return answer

@@ -12,7 +12,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from ..hdl.bridge.framing import ESCAPE, FLAG, MAX_FRAME, FrameDecoderModel, encode_frame
+from ..hdl.bridge.framing import ESCAPE, FLAG, MAX_FRAME, encode_frame
+from .link import FrameLink
 from .transport import open_port
 
 __all__ = ["LinkCheckResult", "link_check"]
@@ -57,21 +58,16 @@ def link_check(url: str, *, frames: int = 64, max_size: int = 256, seed: int = 1
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, not {timeout!r}")
     own = port is None
-    port = open_port(url, timeout=0.02) if own else port
-    decoder = FrameDecoderModel()
+    link = FrameLink(open_port(url, timeout=0.02) if own else port)
     result = LinkCheckResult(frames, 0, 0, 0, 0, 0.0)
     start = time.monotonic()
     try:
-        port.reset_input_buffer() if hasattr(port, "reset_input_buffer") else None
+        if hasattr(link.port, "reset_input_buffer"):
+            link.port.reset_input_buffer()          # bytes from before are no answer
         for payload in _payloads(frames, max_size, random.Random(seed)):
             result.payload_bytes += len(payload)
-            port.write(encode_frame(payload))
-            deadline = time.monotonic() + timeout
-            answer = None
-            while answer is None and time.monotonic() < deadline:
-                chunk = port.read(max(1, getattr(port, "in_waiting", 0)))
-                for frame in decoder.feed(chunk):
-                    answer = frame if answer is None else answer
+            link.port.write(encode_frame(payload))
+            answer = link.receive_frame(time.monotonic() + timeout)
             if answer is None:
                 result.lost += 1
             elif answer == payload:
@@ -81,5 +77,5 @@ def link_check(url: str, *, frames: int = 64, max_size: int = 256, seed: int = 1
     finally:
         result.seconds = time.monotonic() - start
         if own:
-            port.close()
+            link.close()
     return result
