@@ -50,6 +50,9 @@ import threading
 import time
 
 from ..hdl.bridge.regmap import MAX_INJECT, PacketSource
+from ..hdl.engine.sa import NATT_PORT
+from ..sim.model.esp import internet_checksum
+from .ike.message import NON_ESP_MARKER
 
 __all__ = ["Gateway", "GatewayError", "open_tun", "ipv4_udp_packet", "esp_in_udp_peer"]
 
@@ -57,9 +60,6 @@ __all__ = ["Gateway", "GatewayError", "open_tun", "ipv4_udp_packet", "esp_in_udp
 TUNSETIFF = 0x400454ca
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
-
-#: RFC 3948 section 2.2: a UDP payload starting with four zero bytes is IKE, not ESP.
-NON_ESP_MARKER = bytes(4)
 
 _COUNTERS = (
     "esp_in",                  # datagrams handed to esp_in
@@ -105,13 +105,6 @@ def open_tun(name: str) -> int:
     return fd
 
 
-def _checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    while total >> 16:
-        total = (total & 0xffff) + (total >> 16)
-    return ~total & 0xffff
-
-
 def ipv4_udp_packet(payload: bytes, src: tuple[str, int], dst: tuple[str, int],
                     ident: int = 0) -> bytes:
     """``payload`` in UDP from ``src`` to ``dst`` (``(address, port)``) in IPv4: the
@@ -120,7 +113,7 @@ def ipv4_udp_packet(payload: bytes, src: tuple[str, int], dst: tuple[str, int],
     length = 28 + len(payload)
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, ident & 0xffff, 0, 64, 17, 0,
                          socket.inet_aton(src[0]), socket.inet_aton(dst[0]))
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     return header + struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
 
 
@@ -134,7 +127,7 @@ def esp_in_udp_peer(packet: bytes) -> tuple[str, int, bytes] | None:
         return None
     sport, dport = struct.unpack_from("!HH", packet, header)
     payload = packet[header + 8:int.from_bytes(packet[2:4], "big")]
-    if 4500 not in (sport, dport) or payload[:4] == NON_ESP_MARKER:
+    if NATT_PORT not in (sport, dport) or payload[:4] == NON_ESP_MARKER:
         return None
     return socket.inet_ntoa(packet[16:20]), dport, payload
 
@@ -335,7 +328,7 @@ class Gateway:
         if remote_host not in self._sources:
             try:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                    probe.connect((remote_host, 4500))
+                    probe.connect((remote_host, NATT_PORT))
                     self._sources[remote_host] = probe.getsockname()[0]
             except (OSError, TypeError, UnicodeError):
                 return None

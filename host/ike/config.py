@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...hdl.engine.sa import NATT_PORT
 from ..config import ConfigError
 from .message import TrafficSelector
 from .proposals import ProposalError, parse_esp_proposal, parse_ike_proposal
@@ -42,7 +43,7 @@ class PeerConfig:
     local_id: str = ""
     remote_id: str = ""
     port: int = 500
-    port_natt: int = 4500
+    port_natt: int = NATT_PORT
     ike_proposals: list = field(default_factory=lambda: list(map(parse_ike_proposal, DEFAULT_IKE)))
     esp_proposals: list = field(default_factory=lambda: list(map(parse_esp_proposal, DEFAULT_ESP)))
     local_ts: list = field(default_factory=list)
@@ -67,7 +68,7 @@ class PeerConfig:
 class IkeConfig:
     listen: list = field(default_factory=lambda: ["0.0.0.0"])
     port: int = 500
-    port_natt: int = 4500
+    port_natt: int = NATT_PORT
     half_open_limit: int = 32        # half-open IKE SAs before cookies are asked for
     half_open_timeout: float = 30.0
     retransmit_timeout: float = 2.0  # first wait; doubled each time
@@ -160,7 +161,7 @@ def parse_peer(table, *, where: str = "peer", base=None, environ=None) -> PeerCo
             raise ConfigError(where, name, "must be a string")
         setattr(peer, name, value)
     peer.port = _int(table, "port", 500, 1, 65535, where)
-    peer.port_natt = _int(table, "port_natt", 4500, 1, 65535, where)
+    peer.port_natt = _int(table, "port_natt", NATT_PORT, 1, 65535, where)
     for name, parse in (("ike_proposals", parse_ike_proposal),
                         ("esp_proposals", parse_esp_proposal)):
         if name in table:

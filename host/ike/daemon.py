@@ -22,11 +22,10 @@ import threading
 import time
 
 from .message import (
-    FLAG_RESPONSE, IKE_SA_INIT, N_COOKIE, N_UNSUPPORTED_CRITICAL_PAYLOAD, PT_NONCE, PT_NOTIFY,
-    IkeParseError, UnsupportedCriticalPayload, encode_plain, notify, parse_header,
-    parse_message, parse_notify,
+    FLAG_RESPONSE, IKE_SA_INIT, N_COOKIE, N_UNSUPPORTED_CRITICAL_PAYLOAD, NON_ESP_MARKER,
+    PT_NONCE, PT_NOTIFY, IkeParseError, TrafficSelector, UnsupportedCriticalPayload,
+    encode_plain, notify, parse_header, parse_message, parse_notify,
 )
-from .message import TrafficSelector
 from .session import (
     ChildDown, ChildRekeyed, ChildRetired, ChildSwitched, ChildUp, IkeDown, IkeRekeyed,
     IkeSession, IkeUp,
@@ -34,7 +33,6 @@ from .session import (
 
 log = logging.getLogger("espnic.ike")
 
-NON_ESP_MARKER = bytes(4)
 STANDARD_PORT = 500
 _POLL = 0.05           # seconds: the loop looks at the clock at least this often
 _CONTROLLER_POLL = 1.0

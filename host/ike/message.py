@@ -15,6 +15,9 @@ import struct
 from dataclasses import dataclass, field
 
 HEADER_LEN = 28
+#: RFC 3948 section 2.2: a UDP payload on the NAT-T port starting with four zero bytes
+#: is IKE (the marker, then the message); anything else there is ESP.
+NON_ESP_MARKER = bytes(4)
 IKE_VERSION = 0x20           # major 2, minor 0
 
 # exchange types (section 3.1)

@@ -22,7 +22,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from ...hdl.engine.sa import SPI_MIN, SaConfig
+from ...hdl.engine.sa import NATT_PORT, SPI_MIN, SaConfig
 from . import crypto
 from .message import (
     AUTH_SHARED_KEY_MIC, CREATE_CHILD_SA, ERROR_NOTIFY_MAX, EXCHANGES, FLAG_INITIATOR,
@@ -854,7 +854,7 @@ class IkeSession:
         IKE endpoints; UDP-encapsulated with the IKE ports under NAT-T)."""
         local, remote = self.local_address(), self.remote[0]
         encap = "udp" if self.natt else "none"
-        lp, rp = (self.local[1], self.remote[1]) if self.natt else (4500, 4500)
+        lp, rp = (self.local[1], self.remote[1]) if self.natt else (NATT_PORT, NATT_PORT)
         p = self.peer
         lifetime = {"packets_soft": p.child_rekey_packets, "packets_hard": p.child_life_packets,
                     "bytes_soft": p.child_rekey_bytes, "bytes_hard": p.child_life_bytes}
