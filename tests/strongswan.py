@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from espnic.sim.model.esp import internet_checksum
+
 __all__ = ["missing_tools", "Topology", "Charon", "CharonConfig", "Child", "parse_vici",
            "Capture", "ModelServerProcess", "LoggedSa", "logged_sas", "ping", "start_ping",
            "finish_ping",
@@ -451,15 +453,6 @@ def log_tail(*paths, lines: int = 60) -> str:
 
 # -- ping -----------------------------------------------------------------------------------
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xffff) + (total >> 16)
-    return ~total & 0xffff
-
-
 def _ping(src: str, dst: str, count: int, interval: float, wait: float) -> dict:
     """ICMP echo from ``src`` to ``dst``: ``count`` requests ``interval`` s apart, then
     up to ``wait`` s for the replies still missing. Returns the sequence numbers
@@ -486,7 +479,7 @@ def _ping(src: str, dst: str, count: int, interval: float, wait: float) -> dict:
     for seq in range(count):
         body = struct.pack("!d", time.monotonic()) + bytes(48)
         header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-        checksum = _checksum(header + body)
+        checksum = internet_checksum(header + body)
         sock.sendto(struct.pack("!BBHHH", 8, 0, checksum, ident, seq) + body, (dst, 0))
         pace = time.monotonic() + interval
         receive(pace)
