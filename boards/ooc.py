@@ -461,7 +461,8 @@ def _build(top, *, family, device, package, clock_mhz, seed, place_and_route, ne
                   log="nextpnr.log", step=f"{step} nextpnr", progress=progress)
     except ToolError:
         # A design that does not fit still has a size: report it rather than fail.
-        over = log_over_capacity(workdir / "nextpnr.log")
+        utilisation = _log_utilisation((workdir / "nextpnr.log").read_text())
+        over = _over(utilisation)
         if not over:
             raise
         times["nextpnr"] = time.monotonic() - start
@@ -490,7 +491,10 @@ def log_over_capacity(log_path) -> dict:
     log_path = Path(log_path)
     if not log_path.exists():
         return {}
-    utilisation = _log_utilisation(log_path.read_text())
+    return _over(_log_utilisation(Path(log_path).read_text()))
+
+
+def _over(utilisation):
     return {bel: u for bel, u in utilisation.items() if u["used"] > u["available"]}
 
 
