@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import ooc
+from .depth import logic_depth
 from .board import Board, BoardTop, board as find_board
 
 __all__ = ["BuildError", "BoardReport", "build", "build_max_engines", "report_table"]
@@ -55,6 +56,8 @@ class BoardReport:
     seconds: float = 0.0
     steps: dict = field(default_factory=dict)
     workdir: str = ""
+    logic_levels: float = 0.0     # the deepest combinational path (boards/depth.py)
+    deepest: list = field(default_factory=list)   # the blocks it goes through
 
     @property
     def fmax_mhz(self) -> float | None:
@@ -159,6 +162,9 @@ def build(board_name: str, *, design: str = "espnic", params: dict | None = None
         report.used = {r: ooc._count(cells, family, r) for r in family.resources}
         progress("[yosys] " + ", ".join(f"{_RESOURCE_NAMES[r]} {n:,}/{b.capacity[r]:,}"
                                         for r, n in report.used.items() if b.capacity.get(r)))
+        deepest = logic_depth(workdir / "top.json", b.family)[0]
+        report.logic_levels, report.deepest = deepest.levels, deepest.blocks
+        progress(f"[yosys] deepest path {deepest.summary()}")
         over = over_capacity(report.used, b.capacity)
         if over:
             report.fits = False
@@ -235,6 +241,9 @@ def report_table(report: BoardReport) -> str:
         if available:
             rows.append((_RESOURCE_NAMES[resource],
                          f"{count:,} / {available:,} ({100 * count / available:.0f} %)"))
+    if report.logic_levels:
+        rows.append(("deepest path", f"{report.logic_levels:g} LUT levels ("
+                                     + " -> ".join(report.deepest) + ")"))
     for bel, u in sorted(report.utilisation.items()):
         if bel in ("ICESTORM_LC", "TRELLIS_COMB", "ICESTORM_RAM", "DP16KD", "TRELLIS_FF") \
                 and u.get("available"):

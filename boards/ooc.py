@@ -68,6 +68,8 @@ from amaranth.back import rtlil
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .depth import logic_depth
+
 __all__ = ["FAMILIES", "HarnessReport", "SynthReport", "ToolError", "synthesize", "main"]
 
 
@@ -170,6 +172,8 @@ class SynthReport:
     seconds: float = 0.0                              # wall clock, all steps
     steps: dict = field(default_factory=dict)        # step -> wall-clock seconds
     workdir: str = ""
+    logic_levels: float = 0.0     # the deepest combinational path (boards/depth.py)
+    deepest: list = field(default_factory=list)   # the blocks it goes through
 
     def net(self) -> dict:
         """The component's own LUTs, flip-flops and, when both builds were placed,
@@ -207,6 +211,7 @@ class SynthReport:
             f"{comb_bel} net": net.get("cells", "-"),
             "fmax MHz": fmax,
             "target MHz": f"{self.target_mhz:g}",
+            "logic levels": f"{self.logic_levels:g} ({' -> '.join(self.deepest) or '-'})",
             "met": "yes" if self.met else "no",
             "harness luts/ffs": f"{self.harness.luts}/{self.harness.ffs}"
                                 + ("" if self.harness.measured else " (estimate)"),
@@ -599,6 +604,8 @@ def synthesize(factory, *, params: dict | None = None, family: str, device: str 
     report = report or {}
     fmax = _fmax(report)
     utilisation = report.get("utilization", {})
+    deepest = logic_depth(workdir / "design" / "top.json", fam.name)[0]
+    progress(f"[design] deepest path {deepest.summary()}")
 
     luts_estimate, ffs_estimate = top.estimate()
     harness = HarnessReport(
@@ -623,7 +630,8 @@ def synthesize(factory, *, params: dict | None = None, family: str, device: str 
         met=fmax is not None and fmax >= clock_mhz, seed=seed, harness=harness,
         placed=place_and_route, fits="error" not in report, error=report.get("error", ""),
         utilisation=utilisation, cells=cells, seconds=time.monotonic() - start,
-        steps={k: round(v, 1) for k, v in steps.items()}, workdir=str(workdir))
+        steps={k: round(v, 1) for k, v in steps.items()}, workdir=str(workdir),
+        logic_levels=deepest.levels, deepest=deepest.blocks)
     (workdir / "report.json").write_text(result.to_json())
     net = result.net()
     summary = (f"{result.luts} LUTs ({net['luts']} net), {result.ffs} FFs ({net['ffs']} net), "
