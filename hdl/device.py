@@ -8,6 +8,9 @@ simulated device server runs.
     link bytes (or UART pins) <-- FrameEncoder <--     |          pause, miss_to_host;
                                                        +--------- its counters, idle
 
+or, with ``link="bar"``, a memory-mapped bus (a PCIe endpoint's BAR) into a
+:class:`~.bridge.bar.BarBridge` in place of the frames and the ``HostBridge``.
+
 The register map (:class:`~.bridge.regmap.RegisterMap`) is built from the same
 parameters as the ``EspNic``, and every register and channel is wired here by
 the name the map gives it, so what the host reads in ``docs/registers.md`` is
@@ -18,6 +21,7 @@ from amaranth import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .bridge.bar import BarBridge, BarBus
 from .bridge.framing import MAX_FRAME, FrameDecoder, FrameEncoder
 from .bridge.host import HostBridge
 from .bridge.regmap import RegisterMap
@@ -31,7 +35,7 @@ from .top import EspNic
 
 __all__ = ["EspNicDevice", "LINKS", "PACKET_PATHS", "INJECT_DEPTH"]
 
-LINKS = ("bytes", "uart")
+LINKS = ("bytes", "uart", "bar")
 PACKET_PATHS = ("ports", "link")
 #: Beats of the injected-packet FIFO: one frame's longest packet (2,044 bytes).
 INJECT_DEPTH = 128
@@ -45,14 +49,17 @@ class EspNicDevice(wiring.Component):
     link : ``"bytes"``: the link is a byte stream each way (``host_rx``,
         ``host_tx``; the simulated device server feeds it a byte per cycle);
         ``"uart"``: UART pins ``uart_rx``/``uart_tx``, 8N1, ``divisor`` clock
-        cycles per bit (:func:`~.bridge.uart.divisor_for`).
+        cycles per bit (:func:`~.bridge.uart.divisor_for`); ``"bar"``: the
+        memory-mapped bus ``bar`` (:class:`~.bridge.bar.BarBus`) that a PCIe
+        endpoint core's BAR interface would drive, laid out by
+        :class:`~.bridge.bar.BarLayout` (``docs/bar.md``).
     divisor : with ``link="uart"`` only.
     packets : ``"ports"``: the packet ports (``i``, ``o``, ``exception``,
         ``exception_port``) are the ``EspNic``'s, and packets the host injects are
         merged into ``i`` a packet at a time; ``"link"``: there are no packet
         ports (a board without Ethernet): packets come in only as ``INJECT``
         frames and everything the device sends out goes to the host as
-        ``PACKET`` frames.
+        ``PACKET`` frames (with ``link="bar"``: through the BAR's packet mailbox).
     **nic : the :class:`EspNic` parameters.
 
     Injected packets pass a :class:`PacketFifo` (``INJECT_DEPTH`` beats), so a
@@ -65,13 +72,13 @@ class EspNicDevice(wiring.Component):
             raise ValueError(f"link must be one of {LINKS}, not {link!r}")
         if packets not in PACKET_PATHS:
             raise ValueError(f"packets must be one of {PACKET_PATHS}, not {packets!r}")
-        if (divisor is None) != (link == "bytes"):
+        if (divisor is None) != (link != "uart"):
             raise ValueError("divisor is needed with link='uart' and only then, "
                              f"not {divisor!r} with link={link!r}")
         self.link, self.divisor, self.packets = link, divisor, packets
         self.nic = EspNic(**nic)
         self.regmap = RegisterMap(**nic)
-        self.bridge = HostBridge(self.regmap)
+        self.bridge = BarBridge(self.regmap) if link == "bar" else HostBridge(self.regmap)
         members = {} if packets == "link" else {
             "i": In(stream.Signature(packet_beat(16))).array(self.nic.ports),
             "o": Out(stream.Signature(EGRESS_BEAT)).array(self.nic.ports),
@@ -80,33 +87,25 @@ class EspNicDevice(wiring.Component):
         }
         if link == "bytes":
             members.update(host_rx=In(stream.Signature(8)), host_tx=Out(stream.Signature(8)))
-        else:
+        elif link == "uart":
             members.update(uart_rx=In(1, init=1), uart_tx=Out(1, init=1))
+        else:
+            members.update(bar=In(BarBus(self.bridge.layout.address_width)))
         super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.nic = nic = self.nic
         m.submodules.bridge = bridge = self.bridge
-        m.submodules.decoder = decoder = FrameDecoder(max_frame=MAX_FRAME, counter_width=32)
-        m.submodules.encoder = encoder = FrameEncoder()
         self._packet_paths(m, nic, bridge)
-
-        if self.link == "bytes":
-            wiring.connect(m, wiring.flipped(self.host_rx), decoder.i)
-            wiring.connect(m, encoder.o, wiring.flipped(self.host_tx))
+        if self.link == "bar":
+            wiring.connect(m, wiring.flipped(self.bar), bridge.bus)
+            # No frames on a BAR: their counters stay 0; a refused access counts.
+            own = {"bad_crc": 0, "too_short": 0, "too_long": 0,
+                   "bad_command": bridge.bad_writes, "duplicates": 0,
+                   "inject_aborted": self._inject_aborted}
         else:
-            m.submodules.uart_rx = uart_rx = UartRx(divisor=self.divisor)
-            m.submodules.uart_tx = uart_tx = UartTx(divisor=self.divisor)
-            m.d.comb += [uart_rx.rx.eq(self.uart_rx), self.uart_tx.eq(uart_tx.tx)]
-            wiring.connect(m, uart_rx.o, decoder.i)
-            wiring.connect(m, encoder.o, uart_tx.i)
-        wiring.connect(m, decoder.o, bridge.rx)
-        wiring.connect(m, bridge.tx, encoder.i)
-
-        own = {"bad_crc": decoder.bad_crc, "too_short": decoder.too_short,
-               "too_long": decoder.too_long, "bad_command": bridge.bad_command,
-               "duplicates": bridge.duplicates, "inject_aborted": self._inject_aborted}
+            own = self._frame_link(m, bridge)
         for n, register in enumerate(bridge.status_registers):
             if register.signal.startswith("bridge."):
                 value = own[register.signal.removeprefix("bridge.")]
@@ -131,6 +130,26 @@ class EspNicDevice(wiring.Component):
                 else:
                     wiring.connect(m, theirs, ours)
         return m
+
+    def _frame_link(self, m, bridge) -> dict:
+        """The frame decoder and encoder between the link and the ``HostBridge``; the
+        link's counters by register name."""
+        m.submodules.decoder = decoder = FrameDecoder(max_frame=MAX_FRAME, counter_width=32)
+        m.submodules.encoder = encoder = FrameEncoder()
+        if self.link == "bytes":
+            wiring.connect(m, wiring.flipped(self.host_rx), decoder.i)
+            wiring.connect(m, encoder.o, wiring.flipped(self.host_tx))
+        else:
+            m.submodules.uart_rx = uart_rx = UartRx(divisor=self.divisor)
+            m.submodules.uart_tx = uart_tx = UartTx(divisor=self.divisor)
+            m.d.comb += [uart_rx.rx.eq(self.uart_rx), self.uart_tx.eq(uart_tx.tx)]
+            wiring.connect(m, uart_rx.o, decoder.i)
+            wiring.connect(m, encoder.o, uart_tx.i)
+        wiring.connect(m, decoder.o, bridge.rx)
+        wiring.connect(m, bridge.tx, encoder.i)
+        return {"bad_crc": decoder.bad_crc, "too_short": decoder.too_short,
+                "too_long": decoder.too_long, "bad_command": bridge.bad_command,
+                "duplicates": bridge.duplicates, "inject_aborted": self._inject_aborted}
 
     def _packet_paths(self, m, nic, bridge):
         """Injected packets into the ports; the ports' output to the host or out."""

@@ -18,7 +18,7 @@ from ..hdl.engine.sa import SaConfig, sa_layout
 from ..hdl.engine.sa_table import HostOp, control_record
 from ..hdl.forwarder.spi_table import SPI_KEY, SpiOp, SpiStatus
 from .link import FrameLink, LinkError
-from .transport import open_port
+from .transport import open_link
 
 __all__ = ["Device", "LinkError", "layout_values"]
 
@@ -33,7 +33,8 @@ class Device:
 
     @classmethod
     def open(cls, url: str, *, timeout: float = 1.0, retries: int = 3) -> "Device":
-        return cls(FrameLink(open_port(url), timeout=timeout, retries=retries))
+        """The device behind ``url`` (any URL :func:`~.transport.open_link` takes)."""
+        return cls(open_link(url, timeout=timeout, retries=retries))
 
     def close(self):
         self.link.close()

@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""Byte ports to a device, by URL.
+"""Links and byte ports to a device, by URL.
+
+``open_link(url)`` gives what :class:`~espnic.host.device.Device` talks through: a
+:class:`~espnic.host.transport.bar.BarLink` for ``pcie://`` (a memory-mapped BAR,
+:mod:`.bar`), else a :class:`~espnic.host.link.FrameLink` on ``open_port(url)``.
 
 ``open_port(url)`` gives an object with pyserial's ``read(n)``, ``write(data)``,
 ``timeout`` and ``close()``:
@@ -10,13 +14,15 @@
 * ``model://`` (``?engines=2&...``): the reference model in-process
   (:mod:`.model`).
 
-Not built yet, and refused with a ``not supported`` error rather than pretending:
-``pcie://`` (a memory-mapped BAR: the gateware has no PCIe endpoint to map).
+``pcie://DOMAIN:BUS:DEV.FN`` (``?bar=N``) or ``pcie:///sys/.../resourceN`` is no
+byte port: it maps the device's BAR (``host/transport/bar.py``). No board of this
+project has a PCIe endpoint; the BAR side (``hdl/bridge/bar.py``) is tested in
+simulation.
 """
 
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["open_port", "NotSupported", "DEFAULT_BAUD"]
+__all__ = ["open_port", "open_link", "NotSupported", "DEFAULT_BAUD"]
 
 DEFAULT_BAUD = 115200
 
@@ -31,8 +37,8 @@ def open_port(url: str, *, timeout: float = 0.05):
 
     scheme = urlsplit(url).scheme
     if scheme == "pcie":
-        raise NotSupported("not supported: pcie:// device URLs (no PCIe endpoint in the "
-                           "gateware yet)")
+        raise NotSupported("not supported: pcie:// as a byte port (it is a memory-mapped "
+                           "BAR, no frames: open it with open_link or Device.open)")
     if scheme == "model":
         from .model import ModelPort
         return ModelPort(url, timeout=timeout)
@@ -49,3 +55,14 @@ def open_port(url: str, *, timeout: float = 0.05):
     except ValueError:
         raise ValueError(f"baud must be an integer in device URL {url!r}") from None
     return serial.serial_for_url(path, baudrate=baud, timeout=timeout)
+
+
+def open_link(url: str, *, timeout: float = 1.0, retries: int = 3):
+    """The link :class:`~espnic.host.device.Device` uses for ``url``: a ``BarLink`` on
+    a ``pcie://`` BAR (``retries`` do not apply: nothing is lost on a BAR), else a
+    ``FrameLink`` on :func:`open_port`."""
+    if urlsplit(url).scheme == "pcie":
+        from .bar import open_bar_link
+        return open_bar_link(url, timeout=timeout)
+    from ..link import FrameLink
+    return FrameLink(open_port(url), timeout=timeout, retries=retries)
