@@ -125,7 +125,8 @@ def test_bad_files_devices_and_options(tmp_path, capsys):
         (["--in", str(corrupt)], "corrupt.pcap: corrupt"),
         (["--in", str(garbage)], "garbage.pcap: not a pcap or pcapng file"),
         (["--device", "socket://127.0.0.1:1"], "device not reachable"),
-        (["--device", "pcie://0000:01:00.0"], "not supported: pcie://"),
+        (["--device", "pcie://0000:7f:1f.7"],
+         "no such BAR: /sys/bus/pci/devices/0000:7f:1f.7/resource0 does not exist"),
         (["--device", "model://?engines=2", "--engines", "3"], "give one"),
     ]
     for args, message in cases:
