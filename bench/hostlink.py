@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """Host link figures: SAs installed and packets moved per second over a UART, against the wire.
 
-    python -m espnic.bench.hostlink [--baud B ...] [--clock HZ] [--sas N] [--packets N]
-                                    [--sizes 64,512,1400] [--every-cycle] [--json]
+    python -m espnic.bench.hostlink [--baud B ...] [--clock HZ] [--sas N] [--burst N]
+                                    [--packets N] [--sizes 64,512,1400] [--runs R,...]
+                                    [--every-cycle] [--json]
 
 The simulated device server's device (``EspNicDevice``, one compact engine, one
 port, packets over the link; Verilator) with the real host driver and controller
@@ -12,7 +13,8 @@ line's real rate ``clock / divisor`` baud). The host takes no simulated time:
 the figures are the link's and the device's (see ``sim/benches/hostlink.py``
 for the line model and ``sim/hostlink_job.py`` for what each run does).
 
-Rows: ``sa_records`` (bare ``engine_host`` record writes, the bulk SA load),
+Rows: ``sa_records`` (bare ``engine_host`` record writes, a ``SEND`` each),
+``sa_burst`` (the same in ``SEND_MANY`` bursts of 13: the bulk SA load),
 ``add_sa_out`` / ``add_sa_in`` (``Controller.add_sa``: write, read back and
 compare, and for an inbound SA its SPI entry) and ``packets`` (injected,
 bypassed, back as ``PACKET`` frames; steady state). ``payload_B`` is what the
@@ -29,9 +31,13 @@ import json
 import sys
 
 from espnic.bench.report import table
+from espnic.hdl.bridge.regmap import MAX_BODY
+from espnic.sim.hostlink_job import RUNS
 
 #: Bytes of an SA record on the wire: the ``engine_host`` payload (``docs/registers.md``).
 SA_RECORD_BYTES = 157
+#: SA records in one ``SEND_MANY`` frame: as many as a frame's body holds (13).
+BURST = MAX_BODY // SA_RECORD_BYTES
 BAUDS = (115_200, 3_000_000, 12_000_000)
 CLOCK_HZ = 48_000_000
 SIZES = (64, 512, 1400)
@@ -86,6 +92,14 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _runs(text: str) -> tuple[str, ...]:
+    runs = tuple(text.split(","))
+    unknown = [run for run in runs if run not in RUNS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown run {unknown[0]!r}; runs: {', '.join(RUNS)}")
+    return runs
+
+
 def main(argv=None):
     from espnic.hdl.bridge.uart import divisor_for
     from espnic.sim.hostlink_job import run_hostlink
@@ -97,6 +111,11 @@ def main(argv=None):
     parser.add_argument("--clock", type=float, default=CLOCK_HZ,
                         help=f"the device's clock in Hz (default {CLOCK_HZ})")
     parser.add_argument("--sas", type=int, default=8, help="SAs per SA run (1..16; default 8)")
+    parser.add_argument("--burst", type=int, default=2 * BURST,
+                        help=f"SAs of the sa_burst run, in frames of {BURST} "
+                             f"(default {2 * BURST})")
+    parser.add_argument("--runs", type=_runs, default=RUNS,
+                        help=f"which runs, comma-separated (default {','.join(RUNS)})")
     parser.add_argument("--packets", type=int, default=4,
                         help="packets per size (>= 2; default 4)")
     parser.add_argument("--sizes", type=_sizes, default=SIZES,
@@ -109,6 +128,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 1 <= args.sas <= 16:
         parser.error("--sas must be 1..16")
+    if args.burst < 1:
+        parser.error("--burst must be at least 1")
     if args.packets < 2:
         parser.error("--packets must be at least 2")
     bauds = args.baud or list(BAUDS)
@@ -126,6 +147,7 @@ def main(argv=None):
               file=sys.stderr, flush=True)
         result = run_hostlink(divisor=divisor, sas=args.sas, packets=args.packets,
                               sizes=args.sizes, seed=args.seed, skip=not args.every_cycle,
+                              burst=args.burst, runs=args.runs,
                               progress=lambda line: print(line, file=sys.stderr, flush=True))
         table_rows += rows(result, baud=baud, clock_hz=args.clock, divisor=divisor)
         runs[baud] = {"divisor": divisor, "line_baud": round(args.clock / divisor, 1),
@@ -133,7 +155,8 @@ def main(argv=None):
                                                       "skipped_cycles", "late_cycles", "runs")}}
         print(f"{baud} baud: {result['seconds']:g} s", file=sys.stderr, flush=True)
     if args.json:
-        print(json.dumps({"clock_hz": args.clock, "sas": args.sas, "packets": args.packets,
+        print(json.dumps({"clock_hz": args.clock, "sas": args.sas, "burst": args.burst,
+                          "packets": args.packets,
                           "rows": table_rows, "runs": runs}, indent=1))
     else:
         print(table(table_rows, COLUMNS))

@@ -13,7 +13,7 @@ import time
 from amaranth.lib import data
 
 from ..hdl.bridge.host import MAX_READ_WORDS
-from ..hdl.bridge.regmap import CAPABILITIES, MAX_INJECT, RegisterMap
+from ..hdl.bridge.regmap import CAPABILITIES, MAX_BODY, MAX_INJECT, RegisterMap
 from ..hdl.engine.sa import SaConfig, sa_layout
 from ..hdl.engine.sa_table import HostOp, control_record
 from ..hdl.forwarder.spi_table import SPI_KEY, SpiOp, SpiStatus
@@ -70,9 +70,8 @@ class Device:
 
     # -- channels ---------------------------------------------------------------------------
 
-    def send(self, channel: str, index: int, fields) -> None:
-        """Offer ``fields`` (a dict for the channel's layout, or its bits as an int) to
-        stream ``index`` of in channel ``channel``."""
+    def _payload(self, channel: str, index: int, fields) -> tuple:
+        """The in channel named ``channel`` and ``fields`` packed as its payload bytes."""
         described = self.regmap.channel(channel)
         if described.direction != "in":
             raise ValueError(f"channel {channel!r} goes from the device to the host")
@@ -81,7 +80,42 @@ class Device:
                              f"not {index}")
         layout = data.Layout.cast(described.layout)
         bits = fields if isinstance(fields, int) else layout.const(fields).as_bits()
-        self.link.send(described.number, index, bits.to_bytes(described.payload_bytes, "little"))
+        return described, bits.to_bytes(described.payload_bytes, "little")
+
+    def send(self, channel: str, index: int, fields, *, trim: bool = True) -> None:
+        """Offer ``fields`` (a dict for the channel's layout, or its bits as an int) to
+        stream ``index`` of in channel ``channel``.
+
+        ``trim``: leave out the payload's trailing zero bytes (a ``SEND_SHORT``: a
+        ``READ`` of an SA goes as a few bytes instead of 157). Pass False for a
+        payload that must not arrive with its tail zeroed if a frame were cut just
+        so (a record with a key): it then goes whole, and a cut one is refused."""
+        described, payload = self._payload(channel, index, fields)
+        short = payload.rstrip(b"\0") or payload[:1]
+        # A link without short SENDs (a BAR's, where bytes cost no wire time) gets the
+        # whole payload.
+        send_short = getattr(self.link, "send_short", None)
+        if trim and len(short) < len(payload) and send_short is not None:
+            send_short(described.number, index, short)
+        else:
+            self.link.send(described.number, index, payload)
+
+    def send_many(self, channel: str, index: int, many) -> None:
+        """Offer each of ``many`` (as :meth:`send` takes them) to stream ``index`` of in
+        channel ``channel``, in order, in as few ``SEND_MANY`` frames as they fit;
+        each frame's payloads are taken all or none."""
+        payloads = [self._payload(channel, index, fields) for fields in many]
+        if not payloads:
+            return
+        described = payloads[0][0]
+        if not hasattr(self.link, "send_many"):     # a link without bursts (a BAR's)
+            for _, payload in payloads:
+                self.link.send(described.number, index, payload)
+            return
+        per_frame = MAX_BODY // described.payload_bytes
+        for start in range(0, len(payloads), per_frame):
+            self.link.send_many(described.number, index,
+                                [payload for _, payload in payloads[start:start + per_frame]])
 
     def inject(self, port: int, packet: bytes) -> None:
         """Put ``packet`` (an IP packet, or a frame on an Ethernet port) into ingress
@@ -149,17 +183,28 @@ class Device:
         if type(value) is not int or not 0 <= value < count:
             raise ValueError(f"{what} must be 0..{count - 1} on this device, not {value!r}")
 
-    def write_sa(self, engine: int, slot: int, sa) -> None:
-        """Write SA ``sa`` (an :class:`SaConfig`, a full SA record, or the fields the
-        table keeps as a dict) into ``slot`` of ``engine``, its counters cleared. The
-        SEND is whole or not at all; the key cannot be read back."""
-        self._check("engine", engine, self.params["engines"])
+    def _sa_write(self, slot: int, sa) -> dict:
         self._check("slot", slot, self.params["slots"])
         if isinstance(sa, SaConfig):
             sa = sa.to_record(sa_layout(self.params["window"]))
         if isinstance(sa, data.Const):
             sa = control_record(sa)
-        self.send("engine_host", engine, {"op": HostOp.WRITE, "slot": slot, "record": sa})
+        return {"op": HostOp.WRITE, "slot": slot, "record": sa}
+
+    def write_sa(self, engine: int, slot: int, sa) -> None:
+        """Write SA ``sa`` (an :class:`SaConfig`, a full SA record, or the fields the
+        table keeps as a dict) into ``slot`` of ``engine``, its counters cleared. The
+        SEND is whole or not at all (and goes whole: never short); the key cannot be
+        read back."""
+        self._check("engine", engine, self.params["engines"])
+        self.send("engine_host", engine, self._sa_write(slot, sa), trim=False)
+
+    def write_sas(self, engine: int, sas) -> None:
+        """Write each ``(slot, sa)`` of ``sas`` as :meth:`write_sa` does, in order, in
+        bursts: as many records a frame as fit (13), each frame all or nothing. On an
+        error the frames before the failing one are written."""
+        self._check("engine", engine, self.params["engines"])
+        self.send_many("engine_host", engine, [self._sa_write(slot, sa) for slot, sa in sas])
 
     def read_sa(self, engine: int, slot: int):
         """The SA in ``slot`` of ``engine`` as the table gives it back: ``record`` (key

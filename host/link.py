@@ -4,9 +4,10 @@
 :class:`FrameLink` sends one frame at a time and waits for its answer (an ``ACK``,
 or ``DATA`` for a ``READ``); with no answer in ``timeout`` it resends the same
 frame with the same tag, which the device acknowledges ``DUPLICATE`` if it had
-executed it already, so a lost answer never executes a ``WRITE``, ``SEND`` or
-``INJECT`` twice. ``ITEM`` and ``PACKET`` frames that arrive meanwhile are queued
-for :meth:`items` and :meth:`packets`.
+executed it already, so a lost answer never executes a ``WRITE``, a ``SEND`` (of
+any kind: no payload of a ``SEND_MANY`` either) or an ``INJECT`` twice. ``ITEM``
+and ``PACKET`` frames that arrive meanwhile are queued for :meth:`items` and
+:meth:`packets`.
 Frame codec and CRC are the gateware module's own (:mod:`espnic.hdl.bridge.framing`).
 """
 
@@ -14,7 +15,7 @@ import collections
 import time
 
 from ..hdl.bridge.framing import FrameDecoderModel, encode_frame
-from ..hdl.bridge.regmap import HEADER_BYTES, FrameKind, PacketSource, Status
+from ..hdl.bridge.regmap import HEADER_BYTES, MAX_BODY, FrameKind, PacketSource, Status
 
 __all__ = ["FrameLink", "LinkError", "DeviceError"]
 
@@ -160,8 +161,34 @@ class FrameLink:
         return self._acked(answer, f"WRITE at {address:#x}")
 
     def send(self, channel: int, index: int, payload: bytes) -> Status:
+        """One whole payload (exactly the channel's payload bytes) into stream
+        ``index`` of channel ``channel``."""
         answer = self.request(FrameKind.SEND, channel, index, payload)
         return self._acked(answer, f"SEND to channel {channel}[{index}]")
+
+    def send_short(self, channel: int, index: int, payload: bytes) -> Status:
+        """A payload's first 1.. bytes; the device takes the rest as zeros. Not for a
+        payload whose tail matters if lost (see ``SEND_SHORT`` in the register map)."""
+        if not payload:
+            raise ValueError("a short SEND carries at least one byte")
+        answer = self.request(FrameKind.SEND_SHORT, channel, index, payload)
+        return self._acked(answer, f"SEND_SHORT to channel {channel}[{index}]")
+
+    def send_many(self, channel: int, index: int, payloads) -> Status:
+        """Whole payloads (each exactly the channel's payload bytes) in one frame, to be
+        offered in order: all of them, or none if the frame is refused or lost."""
+        payloads = [bytes(payload) for payload in payloads]
+        if not payloads:
+            raise ValueError("a SEND_MANY carries at least one payload")
+        if len({len(payload) for payload in payloads}) != 1:
+            raise ValueError("the payloads of a SEND_MANY must all be the same length")
+        body = b"".join(payloads)
+        if len(body) > MAX_BODY:
+            raise ValueError(f"{len(payloads)} payloads of {len(payloads[0])} bytes do not "
+                             f"fit a frame (at most {MAX_BODY} bytes)")
+        answer = self.request(FrameKind.SEND_MANY, channel, index, body)
+        return self._acked(answer, f"SEND_MANY of {len(payloads)} to channel "
+                                   f"{channel}[{index}]")
 
     def inject(self, port: int, packet: bytes) -> Status:
         answer = self.request(FrameKind.INJECT, port, 0, packet)

@@ -17,12 +17,17 @@ host counts as infinitely fast; see the bench's docstring):
     ``engine_host`` ``WRITE`` ``SEND``, its ``ACK`` awaited), outbound tunnel SAs
     with random keys and salts (escaped bytes as real keys get them). The bulk
     load of SA data; for an outbound SA the whole device side of an install.
+``sa_burst``
+    ``burst`` SA records (default ``count``) written to engine 0 by
+    ``Device.write_sas``: ``SEND_MANY`` frames of as many records as fit one (13),
+    each frame's ``ACK`` awaited; slot ``n % 13`` for the n-th, so the slots hold
+    the last frame's when it is checked. The bulk load in bursts.
 ``add_sa_out``, ``add_sa_in``
     ``count`` outbound / inbound SAs installed by ``Controller.add_sa`` (a new
     controller for each run, its database in memory): the record written, read
-    back and compared (a ``READ`` ``SEND`` and its 156-byte ``engine_reply``
-    item), and for an inbound SA its SPI-table entry inserted (a ``spi_host``
-    ``INSERT`` and its ``spi_reply``). The inbound SAs' keys are chosen so that no
+    back and compared (a ``READ``, a ``SEND_SHORT`` of a few bytes, and its
+    156-byte ``engine_reply`` item), and for an inbound SA its SPI-table entry
+    inserted (a ``spi_host`` ``INSERT``, short too, and its ``spi_reply``). The inbound SAs' keys are chosen so that no
     SPI-table bucket overflows.
 
 Each from the first byte of the first frame on the wire to the last byte of the
@@ -41,6 +46,9 @@ last answer.
     between the first and the last); the run's ``cycles`` go from its first byte
     to its last ``PACKET`` frame.
 
+``runs`` in the job (default: all of :data:`SA_RUNS` and ``packets``) picks which
+of them run.
+
 Setup, read-back and checks go at a byte per cycle, untimed (the pacing is the
 bench's; the device's byte link takes a byte per cycle).
 """
@@ -54,20 +62,22 @@ import threading
 import time
 from pathlib import Path
 
-from ..hdl.bridge.regmap import FrameKind, PacketSource
+from ..hdl.bridge.regmap import MAX_BODY, FrameKind, PacketSource
 from ..hdl.engine.sa import SaConfig, sa_layout
 from ..hdl.engine.sa_table import control_layout, control_record
 from ..hdl.forwarder.policy import PolicyAction
 from ..hdl.forwarder.spi_table import SpiOp, SpiStatus, bucket_of
 
-__all__ = ["DEVICE", "ANSWER_TIMEOUT", "SA_RUNS", "host_session", "run_hostlink",
+__all__ = ["DEVICE", "ANSWER_TIMEOUT", "SA_RUNS", "RUNS", "host_session", "run_hostlink",
            "sa_configs", "inbound_configs", "bypass_packets"]
 
 #: The device the bench runs: the simulated device server's (``espnic sim``'s
 #: default), so the bench shares its Verilator build.
 DEVICE = {"engines": 1, "ports": 1, "profile": "compact"}
 #: The SA runs, in the order they run.
-SA_RUNS = ("sa_records", "add_sa_out", "add_sa_in")
+SA_RUNS = ("sa_records", "sa_burst", "add_sa_out", "add_sa_in")
+#: Every run: the SA runs, then packets of each size.
+RUNS = SA_RUNS + ("packets",)
 OUR = "192.0.2.1"              # the device's tunnel address: inbound SAs' destination
 PEER = "192.0.2.200"
 PACKET_SRC = "10.1.0.1"
@@ -180,13 +190,27 @@ def host_session(device, port, job: dict, progress=lambda what: None) -> dict:
                         "arrivals": [cycle for cycle, kind in frames
                                      if kind == FrameKind.PACKET.value]})
 
-    configs = sa_configs(count, rng)
-    records = [config.to_record(layout) for config in configs]
-    timed("sa_records", lambda: [device.write_sa(0, slot, record)
-                                 for slot, record in enumerate(records)], count=count)
-    _check_slots(device, configs, layout)
+    runs = job.get("runs", RUNS)
+    if "sa_records" in runs:
+        configs = sa_configs(count, rng)
+        records = [config.to_record(layout) for config in configs]
+        timed("sa_records", lambda: [device.write_sa(0, slot, record)
+                                     for slot, record in enumerate(records)], count=count)
+        _check_slots(device, configs, layout)
+
+    if "sa_burst" in runs:
+        burst = job.get("burst") or count
+        per_frame = min(params["slots"],
+                        MAX_BODY // device.regmap.channel("engine_host").payload_bytes)
+        configs = sa_configs(burst, rng, first_spi=0x40000)
+        records = [(n % per_frame, config.to_record(layout)) for n, config in enumerate(configs)]
+        timed("sa_burst", lambda: device.write_sas(0, records), count=burst)
+        last = {slot: configs[n] for n, (slot, _) in enumerate(records)}
+        _check_slots(device, [last[slot] for slot in sorted(last)], layout)
 
     for direction in ("out", "in"):
+        if f"add_sa_{direction}" not in runs:
+            continue
         if direction == "out":
             configs = sa_configs(count, rng, first_spi=0x30000)
         else:
@@ -202,9 +226,10 @@ def host_session(device, port, job: dict, progress=lambda what: None) -> dict:
         if placed != [("active", 0, slot) for slot in range(count)]:
             raise AssertionError(f"add_sa left the SAs as {placed}")
         _check_slots(device, configs, layout)
-    for config in configs:      # every inbound SA's entry is there: a second one collides
-        if device.spi_entry(0, SpiOp.INSERT, spi_key(config)) != SpiStatus.COLLISION:
-            raise AssertionError(f"the SPI entry of SA {config.spi:#x} is not in the table")
+        for config in configs if direction == "in" else ():
+            # Every inbound SA's entry is there: a second one collides.
+            if device.spi_entry(0, SpiOp.INSERT, spi_key(config)) != SpiStatus.COLLISION:
+                raise AssertionError(f"the SPI entry of SA {config.spi:#x} is not in the table")
 
     model = NicModel(engines=params["engines"], ports=params["ports"], slots=params["slots"],
                      spi_entries=params["spi_entries"], spi_ways=params["spi_ways"],
@@ -212,7 +237,7 @@ def host_session(device, port, job: dict, progress=lambda what: None) -> dict:
     assert model.policy[0].write(0, _bypass_rule()) and model.routes.write(0, **_bypass_route())
     if not (device.write_policy(0, 0, _bypass_rule()) and device.write_route(0, **_bypass_route())):
         raise AssertionError("the device refused the bypass rule or its route")
-    for size in job["sizes"]:
+    for size in job["sizes"] if "packets" in runs else ():
         packets = bypass_packets(size, job["packets"], rng)
         want = []
         for packet in packets:
@@ -247,7 +272,8 @@ def host_session(device, port, job: dict, progress=lambda what: None) -> dict:
 
 
 def run_hostlink(*, divisor: int, sas: int = 8, packets: int = 4, sizes=(64, 512, 1400),
-                 seed: int = 0, skip: bool = True, quiet: int | None = None, simulator: str | None = None,
+                 seed: int = 0, skip: bool = True, quiet: int | None = None,
+                 burst: int | None = None, runs=RUNS, simulator: str | None = None,
                  timeout: float | None = None, progress=None) -> dict:
     """One simulator run of the bench at `divisor` cycles per bit (see the module
     docstring): ``{"params": the device's, "runs": [...], "seconds": wall time,
@@ -255,7 +281,9 @@ def run_hostlink(*, divisor: int, sas: int = 8, packets: int = 4, sizes=(64, 512
     ``to_host`` and the ``arrivals`` (link cycles) of its ``PACKET`` frames; and the
     bench's ``link_cycles``, ``skipped_cycles`` and ``late_cycles``. `skip`: skip
     the idle rest of each character (:class:`~espnic.sim.benches.hostlink.Line`).
-    `progress(line)` hears what the simulation is doing (from another thread)."""
+    `burst`: records of the ``sa_burst`` run (default `sas`); `runs`: which runs
+    (names of :data:`RUNS`). `progress(line)` hears what the simulation is doing
+    (from another thread)."""
     from ..hdl.device import EspNicDevice
     from .cocotb_runner import run_job
     from .device_server import design
@@ -263,9 +291,14 @@ def run_hostlink(*, divisor: int, sas: int = 8, packets: int = 4, sizes=(64, 512
     if packets < 2:
         raise ValueError(f"packets must be at least 2 (the rate is between arrivals), "
                          f"not {packets}")
+    unknown = set(runs) - set(RUNS)
+    if unknown:
+        raise ValueError(f"unknown run {sorted(unknown)[0]!r}; runs: {', '.join(RUNS)}")
     name, params = design(**DEVICE)
     job = {"divisor": divisor, "sas": sas, "packets": packets, "sizes": list(sizes),
-           "seed": seed, "skip": skip, **({} if quiet is None else {"quiet": quiet})}
+           "seed": seed, "skip": skip, "runs": list(runs),
+           **({} if quiet is None else {"quiet": quiet}),
+           **({} if burst is None else {"burst": burst})}
     with tempfile.TemporaryDirectory(prefix="espnic-hostlink-") as tmp:
         log = Path(tmp, "progress")
         log.touch()

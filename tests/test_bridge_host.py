@@ -14,8 +14,8 @@ import pytest
 from amaranth.hdl import Value
 
 from espnic.hdl.bridge.host import MAX_READ_WORDS, HostBridge
-from espnic.hdl.bridge.regmap import (DOC_PARAMETERS, MAGIC, VERSION, FrameKind, PacketSource,
-                                      RegisterMap, Status, registers_markdown)
+from espnic.hdl.bridge.regmap import (DOC_PARAMETERS, MAGIC, MAX_BODY, VERSION, FrameKind,
+                                      PacketSource, RegisterMap, Status, registers_markdown)
 from espnic.hdl.packet import beats_from_bytes
 from espnic.sim.amaranth_sim import run_sim, stream_put_all
 
@@ -36,6 +36,15 @@ def write(tag, address, word):
 
 def send(tag, channel, index, payload):
     return frame(FrameKind.SEND, tag, REGMAP.channel(channel).number, index, payload)
+
+
+def send_many(tag, channel, index, payloads):
+    return frame(FrameKind.SEND_MANY, tag, REGMAP.channel(channel).number, index,
+                 b"".join(payloads))
+
+
+def send_short(tag, channel, index, body):
+    return frame(FrameKind.SEND_SHORT, tag, REGMAP.channel(channel).number, index, body)
 
 
 def ack(tag, status):
@@ -233,3 +242,86 @@ def test_packets_go_out_as_frames():
                              frame(FrameKind.PACKET, 0, 0, 0, second + b"\1")]
     assert [f for f in frames if f[3] == PacketSource.EXCEPTION.value] == \
         [frame(FrameKind.PACKET, 0, 0, PacketSource.EXCEPTION.value, second + b"\0")]
+
+
+def random_payloads(channel, count, seed):
+    rng = random.Random(seed)
+    size = REGMAP.channel(channel).layout.size
+    return [rng.getrandbits(size) for _ in range(count)]
+
+
+def test_send_many_offers_every_payload_in_order_then_acks_once():
+    """Bursts of SA records and of 1-byte fences, the streams stalling: each payload
+    offered once, whole, in the frame's order; one ACK per frame."""
+    bench = BridgeBench(ready_prob=0.3, seed=5)
+    records = random_payloads("engine_host", 3, 6)
+    fences = random_payloads("fence_host", 5, 7)
+    answers = bench.run([
+        (send_many(1, "engine_host", 1, [payload_of("engine_host", r) for r in records]), False),
+        (send_many(2, "fence_host", 0, [payload_of("fence_host", f) for f in fences]), False),
+        (send_many(3, "engine_host", 0, [payload_of("engine_host", records[0])]), False),
+    ])
+    assert answers == [ack(1, Status.OK), ack(2, Status.OK), ack(3, Status.OK)]
+    assert bench.sent == ([("engine_host", 1, r) for r in records]
+                          + [("fence_host", 0, f) for f in fences]
+                          + [("engine_host", 0, records[0])])
+
+
+def test_send_many_fills_a_frame():
+    """As many SA records as one frame's body holds (the whole body buffer)."""
+    records = random_payloads("engine_host", MAX_BODY // REGMAP.channel("engine_host")
+                              .payload_bytes, 8)
+    assert len(records) == 13
+    bench = BridgeBench(ready_prob=0.7, seed=9)
+    answers = bench.run([(send_many(4, "engine_host", 0,
+                                    [payload_of("engine_host", r) for r in records]), False)],
+                        settle=13 * 400)
+    assert answers == [ack(4, Status.OK)]
+    assert bench.sent == [("engine_host", 0, r) for r in records]
+
+
+def test_bad_bursts_offer_nothing():
+    """A burst whose frame turns out bad, one that is not whole payloads, an empty
+    one and one longer than a frame's body: no payload of any is offered; a resent
+    burst is DUPLICATE and offered once."""
+    bench = BridgeBench(ready_prob=0.5, seed=10)
+    records = [payload_of("engine_host", r) for r in random_payloads("engine_host", 2, 11)]
+    fence = payload_of("fence_host", 1)
+    answers = bench.run([
+        (send_many(1, "engine_host", 0, records), True),                    # bad CRC
+        (send_many(2, "engine_host", 0, records)[:-1], False),              # a byte short
+        (send_many(3, "engine_host", 0, [*records, b"\1"]), False),         # a byte over
+        (send_many(4, "engine_host", 0, []), False),                        # empty
+        (send_many(5, "fence_host", 0, [fence] * (MAX_BODY + 1)), False),   # over a body
+        (send_many(6, "engine_host", 1, records), False),
+        (send_many(6, "engine_host", 1, records), False),                   # resent
+        (send_many(7, "engine_reply", 0, records), False),                  # an out channel
+    ])
+    assert answers == [ack(2, Status.BAD_LENGTH), ack(3, Status.BAD_LENGTH),
+                       ack(4, Status.BAD_LENGTH), ack(5, Status.BAD_LENGTH),
+                       ack(6, Status.OK), ack(6, Status.DUPLICATE), ack(7, Status.BAD_CHANNEL)]
+    assert bench.sent == [("engine_host", 1, value_of(r)) for r in records]
+
+
+def test_send_short_pads_with_zeros():
+    """A short body is the payload's first bytes, the rest zero, whatever the frame
+    before left in the body buffer; a whole body is the payload; a plain SEND must
+    still be whole; too long or empty is refused."""
+    bench = BridgeBench(ready_prob=0.5, seed=12)
+    record, = random_payloads("engine_host", 1, 13)
+    full = payload_of("engine_host", record)
+    answers = bench.run([
+        (send(1, "engine_host", 0, full), False),
+        (send_short(2, "engine_host", 0, b"\x12\x34"), False),
+        (send_short(3, "engine_host", 1, full), False),
+        (send_short(4, "engine_host", 0, full + b"\0"), False),             # too long
+        (send_short(5, "engine_host", 0, b""), False),                      # empty
+        (send(6, "engine_host", 0, b"\x12\x34"), False),                   # SEND is exact
+        (send_short(7, "fence_host", 0, b"\x01"), False),
+        (send_short(7, "fence_host", 0, b"\x01"), False),                   # resent
+    ])
+    assert answers == [ack(1, Status.OK), ack(2, Status.OK), ack(3, Status.OK),
+                       ack(4, Status.BAD_LENGTH), ack(5, Status.BAD_LENGTH),
+                       ack(6, Status.BAD_LENGTH), ack(7, Status.OK), ack(7, Status.DUPLICATE)]
+    assert bench.sent == [("engine_host", 0, record), ("engine_host", 0, 0x3412),
+                          ("engine_host", 1, record), ("fence_host", 0, 1)]

@@ -8,10 +8,14 @@ import time
 
 import pytest
 
-from espnic.hdl.bridge.regmap import RegisterMap
+from espnic.hdl.bridge.framing import FLAG, encode_frame
+from espnic.hdl.bridge.regmap import FrameKind, RegisterMap, Status
 from espnic.hdl.device import EspNicDevice
 from espnic.hdl.engine.sa import SaState, sa_layout
 from espnic.hdl.engine.sa_table import HostOp, control_record
+from espnic.host.device import Device
+from espnic.host.link import FrameLink
+from espnic.host.transport.model import ModelPort, model_url
 from espnic.sim.link_job import SimPort, run_host, run_nic_over_link
 from espnic.sim.nic_job import check_nic_run
 from tests.esp_cases import KEY256
@@ -149,3 +153,102 @@ def test_uart_link():
     assert (params["slots"], params["window"], channel) == (4, 64, "engine_reply")
     assert (record.spi, record.key, record.state) == (0x4242, 0, SaState.VALID)
     assert counters["bad_crc"] == counters["too_short"] == counters["bad_command"] == 0
+
+
+def _raw(driver, payload: bytes, *, spoil: bool = False, patience: float = 300.0):
+    """``payload`` as a frame straight onto the driver's port, and the answer with
+    its tag; with ``spoil`` a bit of its CRC flipped, and None (no answer comes).
+    Items that come meanwhile are kept for ``driver.items``."""
+    wire = encode_frame(payload)
+    if spoil:
+        wire = wire[:-2] + bytes([wire[-2] ^ 0x01 if wire[-2] ^ 0x01 not in (FLAG, 0x7D)
+                                  else wire[-2] ^ 0x02]) + wire[-1:]
+    link = driver.link
+    link.port.write(wire)
+    if spoil:
+        return None
+    deadline = time.monotonic() + patience
+    while (frame := link.receive_frame(deadline)) is not None:
+        if frame[0] == FrameKind.ITEM.value:
+            driver._items.extend(driver._unpack([(frame[2], frame[3], frame[4:])]))
+        elif frame[1] == payload[1]:
+            return frame
+    raise AssertionError(f"no answer to the frame with tag {payload[1]}")
+
+
+def _burst_session(driver, configs, layout):
+    """Bursts and short SENDs on an engine of 8 slots: 5 SAs in one burst; a burst
+    with a bad CRC (slots 5, 6), one that is a byte over whole records (slot 7) and
+    one to an out channel, none written; a burst of two READs resent, executed once;
+    every slot read back by a short SEND; slot 0 deleted by one. Returns the
+    answers, the items, the records read back and the link's counters."""
+    engine_host = driver.regmap.channel("engine_host")
+    control = engine_host.layout
+
+    def payload(fields):
+        return control.const(fields).as_bits().to_bytes(engine_host.payload_bytes, "little")
+
+    def writes(slots):
+        return b"".join(payload({"op": HostOp.WRITE, "slot": slot,
+                                 "record": control_record(configs[slot % 5].to_record(layout))})
+                        for slot in slots)
+
+    def burst(tag, body, channel=engine_host.number):
+        return bytes([FrameKind.SEND_MANY.value, tag, channel, 0]) + body
+
+    driver.write_sas(0, [(slot, configs[slot]) for slot in range(5)])
+    answers = [
+        _raw(driver, burst(201, writes([5, 6])), spoil=True),
+        _raw(driver, burst(202, writes([7]) + b"\1")),
+        _raw(driver, burst(203, writes([5]), driver.regmap.channel("engine_reply").number)),
+    ]
+    reads = burst(204, payload({"op": HostOp.READ, "slot": 1})
+                  + payload({"op": HostOp.READ, "slot": 3}))
+    answers += [_raw(driver, reads), _raw(driver, reads)]
+    items = []
+    while len(items) < 2:
+        items += first_item(driver)
+    records = [driver.read_sa(0, slot).record for slot in range(8)]
+    driver.delete_sa(0, 0)
+    records.append(driver.read_sa(0, 0).record)
+    counters = {name: driver.counters()[name]
+                for name in ("bad_crc", "bad_command", "duplicates", "too_short", "too_long")}
+    return answers, items, records, counters
+
+
+def test_sa_bursts_and_short_sends():
+    """``SEND_MANY`` and ``SEND_SHORT`` on the device over its link, against the
+    reference model behind ``model://`` doing the same: the same answers, items,
+    records and counters; and against what was meant: the burst's SAs whole (every
+    field but key and salt, which read as zero), the refused bursts leaving their
+    slots empty, the resent one executed once, the deleted slot empty."""
+    window = 64
+    layout = sa_layout(window)
+    params = {"engines": 1, "ports": 1, "slots": 8, "window": window}
+    configs = [esp_config("out" if n % 2 else "in", spi=0x5000 + n, key=KEY256, window=window)
+               for n in range(5)]
+    device = run_host(EspNicDevice(link="bytes", **params),
+                      lambda driver: _burst_session(driver, configs, layout), timeout=60.0)
+    model = _burst_session(Device(FrameLink(ModelPort(model_url(RegisterMap(**params).params)))),
+                           configs, layout)
+    assert device == model
+    answers, items, records, counters = device
+    assert [None if a is None else a[:4] for a in answers] == [
+        None,
+        bytes([FrameKind.ACK.value, 202, Status.BAD_LENGTH.value, 0]),
+        bytes([FrameKind.ACK.value, 203, Status.BAD_CHANNEL.value, 0]),
+        bytes([FrameKind.ACK.value, 204, Status.OK.value, 0]),
+        bytes([FrameKind.ACK.value, 204, Status.DUPLICATE.value, 0])]
+    assert [(channel, item.record.spi) for channel, _, item in items] == \
+        [("engine_reply", 0x5001), ("engine_reply", 0x5003)]
+    for slot, record in enumerate(records[:8]):
+        if slot >= 5:
+            assert (record.state, record.spi, record.key) == (SaState.INVALID, 0, 0), slot
+            continue
+        expected = control_record(configs[slot].to_record(layout))
+        assert (record.key, record.salt, record.state) == (0, 0, SaState.VALID), slot
+        for name in ("spi", "seq", "direction", "mode", "key_256", "window", "tunnel"):
+            assert getattr(record, name) == expected[name], f"slot {slot}: {name}"
+    assert records[8].state == SaState.INVALID
+    assert counters == {"bad_crc": 1, "bad_command": 2, "duplicates": 1, "too_short": 0,
+                        "too_long": 0}

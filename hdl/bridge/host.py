@@ -4,27 +4,39 @@
 Sits between a :class:`~.framing.FrameDecoder` and a :class:`~.framing.FrameEncoder`
 (the frame formats are in :mod:`.regmap`)::
 
-    rx (decoded frame bytes) --> receive: header, body --> execute --+--> in channel streams
-                                  (staging register)                 +--> control registers
-    tx (frame bytes) <-- transmit: ACK / DATA <------------ response -+
-                                   ITEM <----------------- out channel streams
+    rx (decoded frame bytes) --> receive: header, body ----> execute --+--> control registers
+                                  (body buffer: block RAM)              |
+                                     `--> staging register, a payload --+--> in channel streams
+    tx (frame bytes) <-- transmit: ACK / DATA <------------- response --+
+                                   ITEM <------------------ out channel streams
 
 Nothing a frame asks for happens before its last byte has arrived with a good CRC:
-the body collects in a staging register, so a ``SEND`` offers its whole payload
-to its stream at once (an SA record is never half written) and a frame that turns
-out bad leaves no trace but a counter.
+a body collects in a block RAM (``MAX_BODY`` bytes), and only once the frame is
+known whole and its length right are its payloads read out, one at a time, into
+the staging register that the target stream sees. So a ``SEND`` offers its whole
+payload at once (an SA record is never half written), a ``SEND_MANY`` all of its
+payloads or none, and a frame that turns out bad leaves no trace but a counter.
+
+A ``SEND_SHORT``'s missing tail is zeros. The CRC covers the frame that arrived,
+not its length: a frame cut short is refused by the CRC except when its last two
+bytes happen to be the CRC of the rest (1 in 65,536 cuts). A ``SEND`` or
+``SEND_MANY`` so cut is still refused, by its length; only a ``SEND_SHORT``,
+which a host uses for payloads whose tail is zero anyway (a ``READ`` or a
+``DELETE``, never a record with a key), can lose its tail that way, as any frame
+can have bits flipped past the CRC.
 """
 
 from contextlib import contextmanager
 
-from amaranth import *
+from amaranth import Array, C, Cat, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..forwarder.egress import EGRESS_BEAT
 from ..packet.layouts import packet_beat
 from .framing import DECODED_BYTE, PAYLOAD_BYTE
-from .regmap import HEADER_BYTES, MAX_INJECT, FrameKind, PacketSource, RegisterMap, Status
+from .regmap import HEADER_BYTES, MAX_BODY, FrameKind, PacketSource, RegisterMap, Status
 
 __all__ = ["HostBridge", "MAX_READ_WORDS", "inject_byte"]
 
@@ -62,10 +74,17 @@ class HostBridge(wiring.Component):
     bad_command, duplicates : counters (bad frames the decoder counts itself).
 
     Latency: a frame is executed the cycle after its last byte; an ``ACK`` starts
-    on ``tx`` a cycle later. A ``SEND`` waits for its stream to take the payload,
-    and ``rx`` waits meanwhile. Throughput: one byte per cycle on each side;
-    answers go first, then items, then packets (egress ports in order, then the
-    exception queue), a whole frame at a time.
+    on ``tx`` a cycle later. A ``SEND`` kind then reads each payload out of the body
+    buffer, a byte per cycle: its stream sees a payload of ``P`` bytes ``P + 1``
+    cycles after the frame was executed (or the payload before it was taken), 158
+    for an SA record, and the ``ACK`` goes once the last was taken. ``rx`` waits
+    meanwhile. Throughput: one byte per cycle on each side; answers go first, then
+    items, then packets (egress ports in order, then the exception queue), a whole
+    frame at a time.
+
+    The body buffer is one block RAM of ``MAX_BODY`` bytes (2,044: 4 iCE40 EBRs, one
+    ECP5 DP16KD), read and written a byte at a time; the staging register is the
+    widest in channel's payload (157 bytes), loaded by shifting.
     """
 
     def __init__(self, regmap: RegisterMap):
@@ -98,7 +117,7 @@ class HostBridge(wiring.Component):
         regmap = self.regmap
         channels_in = [c for c in regmap.channels if c.direction == "in"]
         channels_out = [c for c in regmap.channels if c.direction == "out"]
-        staging_bytes = max([4, 1] + [c.payload_bytes for c in channels_in])
+        staging_bytes = max([1] + [c.payload_bytes for c in channels_in])
 
         # ---- registers -----------------------------------------------------
         words = Array(Signal(32, name=f"word{a}") for a in range(regmap.words))
@@ -117,14 +136,27 @@ class HostBridge(wiring.Component):
 
         # ---- receive -------------------------------------------------------
         header = Signal(data.ArrayLayout(8, HEADER_BYTES))
-        staging = Signal(8 * staging_bytes)
-        # Bytes of the frame so far (an INJECT frame is the longest).
-        position = Signal(range(HEADER_BYTES + max(staging_bytes, MAX_INJECT) + 2))
+        first_word = Signal(32)           # a READ's or WRITE's body
+        # Every body but an INJECT's, for the SEND kinds to read out once it is known good.
+        m.submodules.body = body = Memory(shape=8, depth=MAX_BODY, init=[])
+        body_write = body.write_port()
+        body_read = body.read_port()
+        # Bytes of the frame so far.
+        position = Signal(range(HEADER_BYTES + MAX_BODY + 2))
+        body_offset = Signal(range(MAX_BODY + 2))
         overlong = Signal()
         kind, tag = header[0], header[1]
         address = Cat(header[2], header[3])
         channel_number, stream_index = header[2], header[3]
         body_length = Signal.like(position)
+        m.d.comb += body_offset.eq(position - HEADER_BYTES)
+        # Body bytes since the last whole payload of the channel the header names: 0 at
+        # the end of a body of whole payloads (SEND_MANY's length rule, without a divider).
+        numbers = {c.number for c in channels_in}
+        sizes = Array(C(regmap.channels[n].payload_bytes if n in numbers else 1,
+                        range(staging_bytes + 1)) for n in range(len(regmap.channels)))
+        channel_bytes = Mux(channel_number < len(regmap.channels), sizes[channel_number], 1)
+        partial = Signal(range(staging_bytes))
 
         # ---- response (ACK or DATA) waiting for the transmitter -------------
         response = Signal()               # pending
@@ -134,9 +166,19 @@ class HostBridge(wiring.Component):
         last_tag = Signal(8)
         last_tag_valid = Signal()
 
-        sending = Signal()                # a SEND is offering its payload
-        send_stream = Signal(range(max(1, sum(c.count for c in channels_in))))
+        # ---- a SEND kind's payloads, out of the body buffer ------------------
+        # Each payload shifts into the top of `staging`, a byte per cycle, so a
+        # channel's payload is the top `payload_bytes` of it.
+        staging = Signal(8 * staging_bytes)
+        loading = Signal()                # a payload is moving into staging
+        sending = Signal()                # staging is offered to the target stream
         targets = [(c, k) for c in channels_in for k in range(c.count)]
+        send_stream = Signal(range(max(1, len(targets))))
+        send_bytes = Signal(range(staging_bytes + 1))    # the target's payload bytes
+        fetch = Signal(range(MAX_BODY + staging_bytes + 1))   # body offset of the next read
+        to_fetch = Signal(range(staging_bytes + 1))      # reads left for this payload
+        arriving = Signal()               # body_read.data is a byte of this payload
+        padding = Signal()                # ... beyond the body: a zero instead
 
         def answer(status):
             m.d.sync += [response.eq(1), response_data.eq(0), response_status.eq(status)]
@@ -147,28 +189,33 @@ class HostBridge(wiring.Component):
         ports = regmap.params["ports"]
         in_body = position >= HEADER_BYTES
         duplicate = last_tag_valid & (tag == last_tag)
-        # An INJECT's bytes go on as they arrive (a packet does not fit the staging
-        # register), unless its port is unknown or it is a resent copy.
+        busy = response | loading | sending
+        # An INJECT's bytes go on as they arrive (a packet does not wait for its CRC),
+        # unless its port is unknown or it is a resent copy.
         injecting = in_body & (kind == FrameKind.INJECT) & (header[2] < ports) & ~duplicate
         m.d.comb += [
             self.inject.payload.data.eq(self.rx.payload.data),
             self.inject.payload.last.eq(self.rx.payload.last),
             self.inject.payload.abort.eq(self.rx.payload.abort),
             self.inject.payload.port.eq(header[2]),
-            self.inject.valid.eq(self.rx.valid & injecting & ~response & ~sending),
-            self.rx.ready.eq(~response & ~sending & (~injecting | self.inject.ready)),
+            self.inject.valid.eq(self.rx.valid & injecting & ~busy),
+            self.rx.ready.eq(~busy & (~injecting | self.inject.ready)),
+            body_write.addr.eq(body_offset),
+            body_write.data.eq(self.rx.payload.data),
         ]
         with m.If(self.rx.valid & self.rx.ready):
             byte = self.rx.payload.data
             with m.If(~in_body):
-                m.d.sync += header[position].eq(byte)
+                m.d.sync += [header[position].eq(byte), partial.eq(0)]
             with m.Elif(kind == FrameKind.INJECT):
                 pass
-            with m.Elif(position - HEADER_BYTES < staging_bytes):
-                with m.Switch(position - HEADER_BYTES):
-                    for n in range(staging_bytes):
+            with m.Elif(body_offset < MAX_BODY):
+                m.d.comb += body_write.en.eq(1)
+                with m.Switch(body_offset):
+                    for n in range(4):
                         with m.Case(n):
-                            m.d.sync += staging[8 * n:8 * (n + 1)].eq(byte)
+                            m.d.sync += first_word[8 * n:8 * (n + 1)].eq(byte)
+                m.d.sync += partial.eq(Mux(partial + 1 >= channel_bytes, 0, partial + 1))
             with m.Else():
                 m.d.sync += overlong.eq(1)
             m.d.sync += position.eq(position + 1)
@@ -178,8 +225,11 @@ class HostBridge(wiring.Component):
         # The frame's last byte is in: decide in the next cycle from registers.
         execute = Signal()
         frame_length = Signal.like(position)
+        frame_overlong = Signal()
+        beyond = in_body & (kind != FrameKind.INJECT) & (body_offset >= MAX_BODY)
         with m.If(self.rx.valid & self.rx.ready & self.rx.payload.last & ~self.rx.payload.abort):
-            m.d.sync += [execute.eq(1), frame_length.eq(position + 1)]
+            m.d.sync += [execute.eq(1), frame_length.eq(position + 1),
+                         frame_overlong.eq(overlong | beyond)]
         with m.Else():
             m.d.sync += execute.eq(0)
         m.d.comb += body_length.eq(frame_length - HEADER_BYTES)
@@ -195,15 +245,20 @@ class HostBridge(wiring.Component):
             with m.Else():
                 yield
 
+        def load_payload(start):
+            m.d.sync += [loading.eq(1), fetch.eq(start), to_fetch.eq(send_bytes)]
+
+        send_kind = (kind == FrameKind.SEND) | (kind == FrameKind.SEND_MANY) | \
+            (kind == FrameKind.SEND_SHORT)
         with m.If(execute):
             # Duplicates are told by the frame just before: a host resends only the
             # frame it waits for, so a resent frame follows its first copy directly.
             m.d.sync += [last_tag.eq(tag), last_tag_valid.eq(1)]
-            with m.If(short | overlong):
+            with m.If(short | frame_overlong):
                 answer(Status.BAD_LENGTH)
                 count(self.bad_command)
             with m.Elif(kind == FrameKind.READ):
-                n = staging[:8]
+                n = first_word[:8]
                 with unless_refused(
                         (body_length != 1, Status.BAD_LENGTH),
                         ((n == 0) | (n > MAX_READ_WORDS) | (address + n > regmap.words),
@@ -218,23 +273,30 @@ class HostBridge(wiring.Component):
                     with m.Switch(address):
                         for a, i in control_index.items():
                             with m.Case(a):
-                                m.d.sync += self.control[i].eq(staging[:32])
+                                m.d.sync += self.control[i].eq(first_word)
                     answer(Status.OK)
-            with m.Elif(kind == FrameKind.SEND):
+            with m.Elif(send_kind):
                 known = Signal()
                 length_ok = Signal()
+                whole = body_length == channel_bytes
                 with m.Switch(Cat(stream_index, channel_number)):
                     for t, (channel, k) in enumerate(targets):
                         with m.Case(k | channel.number << 8):
-                            m.d.comb += [
-                                known.eq(1),
-                                length_ok.eq(body_length == channel.payload_bytes),
-                            ]
-                            m.d.sync += send_stream.eq(t)
+                            m.d.comb += known.eq(1)
+                            m.d.sync += [send_stream.eq(t),
+                                         send_bytes.eq(channel.payload_bytes)]
+                with m.Switch(kind):
+                    with m.Case(FrameKind.SEND):
+                        m.d.comb += length_ok.eq(whole)
+                    with m.Case(FrameKind.SEND_MANY):
+                        m.d.comb += length_ok.eq((body_length != 0) & (partial == 0))
+                    with m.Case(FrameKind.SEND_SHORT):
+                        m.d.comb += length_ok.eq((body_length != 0) &
+                                                 (body_length <= channel_bytes))
                 with unless_refused((~known, Status.BAD_CHANNEL),
                                     (~length_ok, Status.BAD_LENGTH),
                                     (duplicate, Status.DUPLICATE)):
-                    m.d.sync += sending.eq(1)
+                    m.d.sync += [loading.eq(1), fetch.eq(0), to_fetch.eq(channel_bytes)]
             with m.Elif(kind == FrameKind.INJECT):
                 with unless_refused((header[2] >= ports, Status.BAD_PORT),
                                     (body_length == 0, Status.BAD_LENGTH),
@@ -244,15 +306,31 @@ class HostBridge(wiring.Component):
                 answer(Status.BAD_KIND)
                 count(self.bad_command)
 
+        # Body byte `fetch` is read in one cycle and shifted in the next.
+        m.d.comb += body_read.addr.eq(fetch)
+        m.d.sync += arriving.eq(0)
+        with m.If(loading):
+            with m.If(to_fetch != 0):
+                m.d.sync += [fetch.eq(fetch + 1), to_fetch.eq(to_fetch - 1),
+                             arriving.eq(1), padding.eq(fetch >= body_length)]
+            with m.If(arriving):
+                m.d.sync += staging.eq(Cat(staging[8:], Mux(padding, 0, body_read.data)))
+                with m.If(to_fetch == 0):
+                    m.d.sync += [loading.eq(0), sending.eq(1)]
+
         for t, (channel, k) in enumerate(targets):
             target = getattr(self, channel.name)[k]
+            top = 8 * (staging_bytes - channel.payload_bytes)
             m.d.comb += [
-                target.payload.eq(staging[:channel.layout.size]),
+                target.payload.eq(staging[top:top + channel.layout.size]),
                 target.valid.eq(sending & (send_stream == t)),
             ]
             with m.If(target.valid & target.ready):
                 m.d.sync += sending.eq(0)
-                answer(Status.OK)
+                with m.If(fetch < body_length):          # SEND_MANY: the next payload
+                    load_payload(fetch)
+                with m.Else():
+                    answer(Status.OK)
 
         # ---- transmit --------------------------------------------------------
         sources = [(c, k) for c in channels_out for k in range(c.count)]

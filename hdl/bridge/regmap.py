@@ -16,12 +16,19 @@ the same layouts) and ``docs/registers.md`` (:func:`registers_markdown`).
   engine's, then the bridge's own.
 
 **Channels** carry the device's host streams, whose payloads are wide records
-(an SA record is 157 bytes): a host frame writes one whole payload into stream
-``index`` of an *in* channel (all or nothing: it is offered to the device only
-after the frame's CRC and length are checked), and each item an *out* channel's
-stream offers goes to the host as a frame of its own. A payload travels as
-``ceil(layout.size / 8)`` bytes, the layout's bits in little-endian order, the
-padding zero.
+(an SA record is 157 bytes): a host frame writes payloads into stream ``index``
+of an *in* channel (all or nothing: nothing is offered to the device before the
+frame's CRC and length are checked): ``SEND`` one whole payload, ``SEND_MANY``
+N >= 1 whole payloads in order, ``SEND_SHORT`` a payload's leading bytes, the
+rest zero. Each item an *out* channel's stream offers goes to the host as a
+frame of its own. A payload travels as ``ceil(layout.size / 8)`` bytes, the
+layout's bits in little-endian order (its first fields first), the padding zero.
+
+Why ``SEND_SHORT`` is a kind of its own: a frame cut short whose last two bytes
+happen to be the CRC of the rest (one cut in 65,536) passes the CRC check. A
+``SEND`` or ``SEND_MANY`` so cut is still refused, by its length, so an SA record
+(which carries a key) is never written with its tail zeroed; only a frame the
+host sent short can be padded, and the host sends a record in full.
 
 **Frames** (the payload of one :mod:`.framing` frame) start with a header:
 ``kind``, ``tag`` and two bytes whose meaning depends on the kind. See
@@ -33,15 +40,17 @@ from dataclasses import dataclass
 
 from amaranth.lib import data, enum
 
+from .framing import MAX_FRAME
+
 __all__ = ["MAGIC", "VERSION", "CAPABILITIES", "FrameKind", "Status", "PacketSource",
-           "HEADER_BYTES", "MAX_INJECT",
+           "HEADER_BYTES", "MAX_BODY", "MAX_INJECT",
            "Register", "Channel", "RegisterMap", "nic_parameters", "payload_bytes",
            "BRIDGE_COUNTERS", "registers_markdown"]
 
 #: Word 0 of the capability block: "ESPN" in ASCII, little-endian.
 MAGIC = int.from_bytes(b"ESPN", "little")
 #: Word 1: bumped whenever an address, a channel or a frame changes meaning.
-VERSION = 2
+VERSION = 3
 
 #: Words 2.. of the capability block: the device's construction parameters, by the
 #: keyword of :class:`~espnic.hdl.top.EspNic`. Profiles and ``ethernet`` are encoded
@@ -57,19 +66,25 @@ BRIDGE_COUNTERS = ("bad_crc", "too_short", "too_long", "bad_command", "duplicate
                    "inject_aborted")
 
 HEADER_BYTES = 4
-#: The longest packet an ``INJECT`` carries: what the frame decoder takes (2,048 bytes of
-#: payload) less the header.
-MAX_INJECT = 2048 - HEADER_BYTES
+#: The longest body of a frame: what the frame decoder takes (``MAX_FRAME``, 2,048
+#: bytes of payload) less the header. The bridge buffers a ``SEND``'s body in a block
+#: RAM this deep, so a ``SEND_MANY`` carries up to 13 SA records.
+MAX_BODY = MAX_FRAME - HEADER_BYTES
+#: The longest packet an ``INJECT`` carries: a whole body.
+MAX_INJECT = MAX_BODY
 
 
 class FrameKind(enum.Enum, shape=8):
-    """Byte 0 of a frame. Host to device: ``READ``, ``WRITE``, ``SEND``; device to
-    host: ``ACK`` (one per host frame that arrived whole), ``DATA`` (a ``READ``'s
-    words), ``ITEM`` (an item of an out channel)."""
+    """Byte 0 of a frame. Host to device: ``READ``, ``WRITE``, ``SEND``,
+    ``SEND_MANY``, ``SEND_SHORT``, ``INJECT``; device to host: ``ACK`` (one per host
+    frame that arrived whole), ``DATA`` (a ``READ``'s words), ``ITEM`` (an item of
+    an out channel), ``PACKET``."""
     READ  = 0x01   # bytes 2..3: word address; body: 1 byte, the number of words (1..64)
     WRITE = 0x02   # bytes 2..3: word address; body: one 32-bit word
     SEND  = 0x03   # byte 2: channel, byte 3: stream index; body: the payload
     INJECT = 0x04  # byte 2: ingress port, byte 3: 0; body: the packet (1..MAX_INJECT bytes)
+    SEND_MANY = 0x05   # as SEND; body: N >= 1 payloads, offered in order, one ACK
+    SEND_SHORT = 0x06  # as SEND; body: the payload's first 1..all bytes, the rest zero
     ACK   = 0x81   # byte 2: Status; byte 3: 0
     DATA  = 0x82   # bytes 2..3: the address read; body: the words
     ITEM  = 0x83   # byte 2: channel, byte 3: stream index; body: the payload
@@ -84,8 +99,8 @@ class PacketSource(enum.Enum, shape=8):
 
 class Status(enum.Enum, shape=8):
     """Byte 2 of an ``ACK``: what became of the host frame with the same tag."""
-    OK          = 0x00   # executed (for SEND: the stream took the payload)
-    DUPLICATE   = 0x01   # same tag as the frame before: a resent WRITE/SEND, not executed again
+    OK          = 0x00   # executed (for a SEND kind: the stream took every payload)
+    DUPLICATE   = 0x01   # same tag as the frame before: a resent WRITE/SEND/INJECT, not executed again
     BAD_KIND    = 0x02
     BAD_ADDRESS = 0x03   # a READ/WRITE beyond the map, or a WRITE to a read-only word
     BAD_CHANNEL = 0x04   # no such in channel or stream index
@@ -285,12 +300,19 @@ def registers_markdown(regmap: RegisterMap) -> str:
         "",
         "Each frame payload starts with `kind`, `tag`, two header bytes, then the body.",
         "The device answers every host frame that arrives whole with an `ACK` of the",
-        "same tag, a good `READ` with a `DATA` frame instead. A `WRITE` or `SEND` whose",
-        "tag equals that of the whole frame just before it (of any kind) is acknowledged",
-        "`DUPLICATE` and not executed again: a host waits for each answer and resends",
-        "only the frame it waits for, so it may resend one whose answer it did not get,",
-        "and it must give consecutive frames different tags. Device items come as `ITEM`",
-        "frames (tag 0) whenever the device has them. `INJECT` puts a packet into an",
+        "same tag, a good `READ` with a `DATA` frame instead. A `WRITE`, `SEND*` or",
+        "`INJECT` whose tag equals that of the whole frame just before it (of any kind)",
+        "is acknowledged `DUPLICATE` and not executed again: a host waits for each answer",
+        "and resends only the frame it waits for, so it may resend one whose answer it did",
+        "not get, and it must give consecutive frames different tags. The three `SEND`",
+        "kinds offer payloads to an in channel's stream only once the frame is known",
+        "whole and its length right, and are acknowledged once every payload was taken:",
+        "`SEND` one payload, `SEND_MANY` N of them in order (a burst: all or none),",
+        "`SEND_SHORT` a payload's leading bytes, which the bridge pads with zeros (a",
+        "`READ` of an SA is about 10 bytes on the wire instead of 165; the host sends",
+        "records with keys whole, so a frame cut short can never write one with its",
+        "tail zeroed). Device items come as `ITEM` frames (tag 0) whenever the device",
+        "has them. `INJECT` puts a packet into an",
         "ingress port as if it had arrived there (whole or not at all: a bad frame's",
         "packet is dropped), and every packet the device sends out of an egress port or",
         "to its exception queue comes to the host as a `PACKET` frame (tag 0).",
@@ -330,6 +352,10 @@ _KIND_DOCS = {
     FrameKind.READ:  ("word address (LE)", "1 byte: words to read, 1..64"),
     FrameKind.WRITE: ("word address (LE)", "the word, 4 bytes LE"),
     FrameKind.SEND:  ("channel, stream index", "the payload, exactly its bytes"),
+    FrameKind.SEND_MANY: ("channel, stream index",
+                          "N >= 1 payloads, exactly N times their bytes; offered in order"),
+    FrameKind.SEND_SHORT: ("channel, stream index",
+                           "the payload's first 1..all bytes; the bridge adds zeros"),
     FrameKind.INJECT: ("ingress port, 0", f"the packet, 1..{MAX_INJECT} bytes"),
     FrameKind.PACKET: ("port, source (0 egress, 1 exception queue)",
                        "the packet, then a byte: 1 if the device aborted it, else 0"),

@@ -23,6 +23,11 @@ What the host streams do here, as in ``hdl/top.py``:
   ``engine_fenced`` as it passes its engine; the armed slot's last fence moves
   the SA (export, import, the hold released) and reports on ``engine_migrated``.
 
+A ``SEND_MANY``'s payloads go to their stream in order, as the bridge offers
+them; the model answers its ``ACK`` first and then executes them, while on the
+device the items some of them cause (an ``engine_reply`` for a ``READ``) may
+come before the ``ACK``, which goes once the last payload was taken.
+
 The model processes each packet as it is injected, so nothing is ever in flight:
 ``idle`` reads all ones, a fence passes at once. Differences from the device,
 none of which a host can provoke with whole, well-formed packets: a packet cut
@@ -41,7 +46,7 @@ from amaranth.lib import data
 
 from ...hdl.bridge.framing import FrameDecoderModel, encode_frame
 from ...hdl.bridge.host import MAX_READ_WORDS
-from ...hdl.bridge.regmap import (HEADER_BYTES, FrameKind, PacketSource,
+from ...hdl.bridge.regmap import (HEADER_BYTES, MAX_BODY, FrameKind, PacketSource,
                                   RegisterMap, Status)
 from ...hdl.engine.sa import Direction, SaConfig, SaState, sa_layout
 from ...hdl.engine.sa_table import Event, HostOp
@@ -52,6 +57,7 @@ __all__ = ["DeviceModel"]
 
 _WORD = 0xffffffff
 _EVENTS = {"soft_expired": Event.SOFT_EXPIRED, "hard_expired": Event.HARD_EXPIRED}
+_SEND_KINDS = {kind.value for kind in (FrameKind.SEND, FrameKind.SEND_MANY, FrameKind.SEND_SHORT)}
 
 
 class DeviceModel:
@@ -73,8 +79,6 @@ class DeviceModel:
                             window=p["window"])
         self.forwarders = p["ports"] + p["nested"]
         self._channels = {c.number: c for c in self.regmap.channels}
-        self._staging_bytes = max([4, 1] + [c.payload_bytes for c in self.regmap.channels
-                                            if c.direction == "in"])
         self._decoder = FrameDecoderModel(on_abort=self._aborted)
         self._header = bytearray(HEADER_BYTES)       # kept across frames, as the bridge's
         self._last_tag: int | None = None
@@ -120,14 +124,14 @@ class DeviceModel:
         duplicate = tag == self._last_tag
         self._last_tag = tag
         if len(payload) < HEADER_BYTES or (kind != FrameKind.INJECT.value
-                                           and len(body) > self._staging_bytes):
+                                           and len(body) > MAX_BODY):
             return self._refuse(tag, Status.BAD_LENGTH)
         if kind == FrameKind.READ.value:
             return self._read(tag, body)
         if kind == FrameKind.WRITE.value:
             return self._write(tag, body, duplicate)
-        if kind == FrameKind.SEND.value:
-            return self._send_item(tag, body, duplicate)
+        if kind in _SEND_KINDS:
+            return self._send_items(FrameKind(kind), tag, body, duplicate)
         if kind == FrameKind.INJECT.value:
             return self._inject(tag, body, duplicate)
         return self._refuse(tag, Status.BAD_KIND)
@@ -169,18 +173,28 @@ class DeviceModel:
         for port in range(len(self._waiting)):
             self._take_waiting(port)
 
-    def _send_item(self, tag: int, body: bytes, duplicate: bool):
+    def _send_items(self, kind: FrameKind, tag: int, body: bytes, duplicate: bool):
         channel = self._channels.get(self._header[2])
         index = self._header[3]
         if channel is None or channel.direction != "in" or index >= channel.count:
             return self._refuse(tag, Status.BAD_CHANNEL)
-        if len(body) != channel.payload_bytes:
+        size = channel.payload_bytes
+        if kind is FrameKind.SEND:
+            length_ok = len(body) == size
+        elif kind is FrameKind.SEND_MANY:
+            length_ok = body and len(body) % size == 0
+        else:
+            length_ok = 1 <= len(body) <= size
+        if not length_ok:
             return self._refuse(tag, Status.BAD_LENGTH)
         if duplicate:
             return self._refuse(tag, Status.DUPLICATE)
         self._ack(tag)
-        bits = int.from_bytes(body, "little") & ((1 << channel.layout.size) - 1)
-        getattr(self, "_on_" + channel.name)(index, channel.layout.from_bits(bits))
+        body = body.ljust(size, b"\0")           # a SEND_SHORT's tail: zeros
+        mask = (1 << channel.layout.size) - 1
+        for start in range(0, len(body), size):
+            bits = int.from_bytes(body[start:start + size], "little") & mask
+            getattr(self, "_on_" + channel.name)(index, channel.layout.from_bits(bits))
 
     def _inject(self, tag: int, body: bytes, duplicate: bool):
         port = self._header[2]
