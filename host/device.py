@@ -82,23 +82,32 @@ class Device:
         bits = fields if isinstance(fields, int) else layout.const(fields).as_bits()
         return described, bits.to_bytes(described.payload_bytes, "little")
 
-    def send(self, channel: str, index: int, fields, *, trim: bool = True) -> None:
+    def send(self, channel: str, index: int, fields) -> None:
         """Offer ``fields`` (a dict for the channel's layout, or its bits as an int) to
         stream ``index`` of in channel ``channel``.
 
-        ``trim``: leave out the payload's trailing zero bytes (a ``SEND_SHORT``: a
-        ``READ`` of an SA goes as a few bytes instead of 157). Pass False for a
-        payload that must not arrive with its tail zeroed if a frame were cut just
-        so (a record with a key): it then goes whole, and a cut one is refused."""
+        The payload's trailing zero bytes stay home (a ``SEND_SHORT``: a ``READ`` of
+        an SA goes as a few bytes instead of 157), except for a payload with a key
+        (an ``engine_host`` ``WRITE`` or ``IMPORT``): that goes whole, so a frame
+        cut short is refused by its length and never writes a record with its tail
+        zeroed (see ``SEND_SHORT`` in :mod:`espnic.hdl.bridge.regmap`)."""
         described, payload = self._payload(channel, index, fields)
         short = payload.rstrip(b"\0") or payload[:1]
         # A link without short SENDs (a BAR's, where bytes cost no wire time) gets the
         # whole payload.
         send_short = getattr(self.link, "send_short", None)
-        if trim and len(short) < len(payload) and send_short is not None:
+        if len(short) < len(payload) and send_short is not None \
+                and not self._carries_key(described, payload):
             send_short(described.number, index, short)
         else:
             self.link.send(described.number, index, payload)
+
+    @staticmethod
+    def _carries_key(channel, payload: bytes) -> bool:
+        if channel.name != "engine_host":
+            return False
+        op = data.Layout.cast(channel.layout).from_bits(int.from_bytes(payload, "little")).op
+        return op in (HostOp.WRITE, HostOp.IMPORT)
 
     def send_many(self, channel: str, index: int, many) -> None:
         """Offer each of ``many`` (as :meth:`send` takes them) to stream ``index`` of in
@@ -194,10 +203,9 @@ class Device:
     def write_sa(self, engine: int, slot: int, sa) -> None:
         """Write SA ``sa`` (an :class:`SaConfig`, a full SA record, or the fields the
         table keeps as a dict) into ``slot`` of ``engine``, its counters cleared. The
-        SEND is whole or not at all (and goes whole: never short); the key cannot be
-        read back."""
+        SEND is whole or not at all; the key cannot be read back."""
         self._check("engine", engine, self.params["engines"])
-        self.send("engine_host", engine, self._sa_write(slot, sa), trim=False)
+        self.send("engine_host", engine, self._sa_write(slot, sa))
 
     def write_sas(self, engine: int, sas) -> None:
         """Write each ``(slot, sa)`` of ``sas`` as :meth:`write_sa` does, in order, in
