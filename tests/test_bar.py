@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
+from amaranth import Cat
 
 from espnic.hdl.bridge.bar import BarLayout, bar_markdown
 from espnic.hdl.bridge.regmap import DOC_PARAMETERS, PacketSource, RegisterMap
@@ -31,7 +32,6 @@ def _by_flow(packets):
     return sorted(packets, key=lambda packet: (packet[0].value, *packet[1:]))
 
 
-@pytest.mark.slow
 def test_the_driver_on_the_bar_sees_what_it_sees_on_the_model():
     """Issue 5's ``pcie://`` part: ``EspNicDevice(link="bar")`` in Verilator with the
     real ``Device`` over ``BarLink`` (bus cycles in the simulation) and the same
@@ -232,3 +232,181 @@ def test_device_open_takes_pcie_urls(tmp_path):
     with pytest.raises(NotSupported, match="not supported: pcie:// as a byte port"):
         open_port("pcie://0000:01:00.0")
     assert open_link("model://").__class__.__name__ == "FrameLink"
+
+
+# -- BarBridge alone, in Amaranth's simulator --------------------------------------------------
+
+
+class BusDriver:
+    """Bus cycles on a ``BarBus`` from an Amaranth testbench (one access a cycle)."""
+
+    def __init__(self, ctx, bus):
+        self.ctx, self.bus = ctx, bus
+
+    async def write(self, word_address: int, value: int, *watch):
+        """The write; the values of `watch` at its clock edge."""
+        ctx, bus = self.ctx, self.bus
+        ctx.set(bus.address, word_address)
+        ctx.set(bus.write_data, value)
+        ctx.set(bus.write, 1)
+        *_, seen = await ctx.tick().sample(Cat(*watch))
+        ctx.set(bus.write, 0)
+        return seen
+
+    async def read(self, word_address: int) -> int:
+        ctx, bus = self.ctx, self.bus
+        ctx.set(bus.address, word_address)
+        ctx.set(bus.read, 1)
+        await ctx.tick()
+        ctx.set(bus.read, 0)
+        assert ctx.get(bus.read_valid) == 1
+        return ctx.get(bus.read_data)
+
+
+def _bridge_bench(bench):
+    from espnic.hdl.bridge.bar import BarBridge
+    from espnic.sim.amaranth_sim import run_sim
+
+    bridge = BarBridge(RegisterMap(engines=2, ports=2))
+
+    async def testbench(ctx):
+        await bench(ctx, bridge, BusDriver(ctx, bridge.bus))
+
+    run_sim(bridge, testbench)
+
+
+def test_an_in_channel_payload_is_offered_whole_at_its_doorbell_only():
+    """Payload words reach no stream before the doorbell; the doorbell offers all of
+    them to the stream it names, reads busy until taken, and the taken payload's
+    words are cleared; the words read as zero throughout; writes while busy, a bad
+    index and a ring while busy are refused and counted."""
+    def bench_body():
+        async def bench(ctx, bridge, bus):
+            window = bridge.layout.in_window(0)               # engine_host
+            streams = bridge.engine_host
+            payload = random.Random(3).getrandbits(window.channel.layout.size)
+            words = payload.to_bytes(4 * window.words, "little")
+            for n in range(window.words):
+                await bus.write(window.payload + n, int.from_bytes(words[4 * n:4 * n + 4],
+                                                                   "little"))
+                assert not any(ctx.get(s.valid) for s in streams)
+                assert await bus.read(window.payload + n) == 0          # write-only
+            assert await bus.read(window.doorbell) == 0
+            await bus.write(window.doorbell, 2)                          # no stream 2
+            assert await bus.read(window.doorbell) == 0b10               # refused
+            assert not any(ctx.get(s.valid) for s in streams)
+            await bus.write(window.doorbell, 1)
+            assert await bus.read(window.doorbell) == 0b01               # busy
+            assert (ctx.get(streams[0].valid), ctx.get(streams[1].valid)) == (0, 1)
+            assert ctx.get(streams[1].payload).as_value().value == payload
+            await bus.write(window.payload, 0)                           # refused: busy
+            await bus.write(window.doorbell, 0)                          # refused: busy
+            assert await bus.read(window.doorbell) == 0b11
+            assert ctx.get(streams[1].payload).as_value().value == payload
+            ctx.set(streams[1].ready, 1)
+            await ctx.tick()
+            ctx.set(streams[1].ready, 0)
+            assert await bus.read(window.doorbell) == 0b10               # taken
+            await bus.write(window.doorbell, 0)                          # rung again
+            assert ctx.get(streams[0].valid) == 1
+            assert ctx.get(streams[0].payload).as_value().value == 0     # cleared
+            assert await bus.read(bridge.layout.bad_writes) == 3
+            assert await bus.read(bridge.layout.bad_reads) == 0
+        return bench
+
+    _bridge_bench(bench_body())
+
+
+def test_out_channel_items_are_read_then_popped():
+    async def bench(ctx, bridge, bus):
+        window = bridge.layout.out_window(bridge.regmap.channel("spi_reply").number)
+        streams = bridge.spi_reply
+        assert await bus.read(window.status) == 0
+        assert await bus.read(window.payload[1]) == 0
+        await bus.write(window.pop, 1)                                   # nothing to pop
+        item = random.Random(4).getrandbits(window.channel.layout.size)
+        ctx.set(streams[1].payload.as_value(), item)
+        ctx.set(streams[1].valid, 1)
+        assert await bus.read(window.status) == 0b010
+        got = 0
+        for n in range(window.words):
+            got |= await bus.read(window.payload[1] + n) << 32 * n
+        assert got == item
+        assert await bus.read(window.status) == 0b010                    # reads take nothing
+        readies = [s.ready for s in streams]
+        assert await bus.write(window.pop, 3, *readies) == 0            # no stream 3
+        assert await bus.write(window.pop, 1, *readies) == 0b010        # taken
+        ctx.set(streams[1].valid, 0)
+        assert await bus.read(window.status) == 0
+        assert await bus.read(bridge.layout.bad_writes) == 2
+
+    _bridge_bench(bench)
+
+
+def test_the_packet_mailbox():
+    """An injected packet comes out of ``inject`` whole, byte for byte, to its port;
+    a bad length or port is refused; a packet leaving by egress port 1 and one from
+    the exception queue are read out of the extract buffer with their status."""
+    from espnic.hdl.bridge.bar import EXTRACT_STATUS, INJECT_REQUEST
+    from espnic.hdl.packet import beats_from_bytes
+
+    packet = random.Random(5).randbytes(37)
+
+    async def bench(ctx, bridge, bus):
+        layout = bridge.layout
+        for n in range(0, len(packet), 4):
+            await bus.write(layout.inject_buffer + n // 4,
+                            int.from_bytes(packet[n:n + 4].ljust(4, b"\0"), "little"))
+        assert await bus.read(layout.inject_buffer) == 0                 # write-only
+        for length, port in ((0, 0), (3000, 0), (10, 2)):
+            await bus.write(layout.inject_doorbell, INJECT_REQUEST.const(
+                {"length": length, "port": port}).as_bits())
+            assert await bus.read(layout.inject_doorbell) == 0b10
+        await bus.write(layout.inject_doorbell, INJECT_REQUEST.const(
+            {"length": len(packet), "port": 1}).as_bits())
+        ctx.set(bridge.inject.ready, 1)
+        got = []
+        while not got or not got[-1][2]:
+            *_, valid, beat = await ctx.tick().sample(bridge.inject.valid,
+                                                       bridge.inject.payload)
+            if valid:
+                got.append((beat.data, beat.port, beat.last))
+            assert len(got) <= len(packet)
+        assert got == [(byte, 1, n == len(packet) - 1) for n, byte in enumerate(packet)]
+        assert await bus.read(layout.inject_doorbell) == 0
+
+        sent = ((bridge.egress[1], packet, 1, PacketSource.EGRESS),
+                (bridge.exception, packet[:20], 0, PacketSource.EXCEPTION))
+        ctx.set(bridge.exception_port, 0)
+        for source, data, port, kind in sent:
+            for beat in beats_from_bytes(data, 16):
+                for name, value in beat.items():
+                    ctx.set(getattr(source.payload, name), value)
+                ctx.set(source.valid, 1)
+                await ctx.tick().until(source.ready)
+            ctx.set(source.valid, 0)
+            status = EXTRACT_STATUS.from_bits(await bus.read(layout.extract_status))
+            assert (status.waiting, status.aborted, status.truncated, status.port,
+                    status.source) == (1, 0, 0, port, kind.value)
+            length = await bus.read(layout.extract_length)
+            words = [await bus.read(layout.extract_buffer + n)
+                     for n in range((length + 3) // 4)]
+            assert b"".join(w.to_bytes(4, "little") for w in words)[:length] == data
+            await bus.write(layout.extract_pop, 1)
+            assert await bus.read(layout.extract_status) == 0
+            assert await bus.read(layout.extract_buffer) == 0      # nothing waits
+        await bus.write(layout.extract_pop, 1)                    # nothing to pop
+        assert await bus.read(layout.bad_writes) == 4      # 3 refused injects, 1 pop
+
+    _bridge_bench(bench)
+
+
+def test_the_cli_takes_pcie_urls(capsys, tmp_path):
+    from espnic.host.cli import main
+
+    assert main(["sa", "list", "--db", str(tmp_path / "sa.db"),
+                 "--device", "pcie://0000:7f:1f.7"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("espnic sa list: no such BAR: /sys/bus/pci/devices/0000:7f:1f.7/"
+                                 "resource0 does not exist (is the device there, and its address "
+                                 "and bar number right? see lspci -D)\n")

@@ -361,7 +361,7 @@ class BarBridge(wiring.Component):
                         m.next = "FULL"
             with m.State("FULL"):
                 with m.If(popping):
-                    m.d.sync += status.waiting.eq(0)
+                    m.d.sync += status.eq(0)
                     m.next = "IDLE"
 
         # ---- decode --------------------------------------------------------------------
