@@ -49,6 +49,7 @@ def test_the_driver_on_the_bar_sees_what_it_sees_on_the_model():
     assert over_bar["keys"] == [(0, 0)] * regmap.params["slots"]
     assert over_bar["records"][3] != 0 and over_bar["records"][5] != 0
     assert over_bar["spi"] == ["OK", "COLLISION", "OK", "OK"]
+    assert over_bar["deleted"] == 0 and over_bar["pause"] == 1
     for name in ("params", "keys", "records", "spi", "policy", "deleted", "pause", "counters"):
         assert over_bar[name] == in_model[name], name
     (packets, counters, sa_counters), expected = over_bar["traffic"], in_model["traffic"]
