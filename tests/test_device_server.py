@@ -13,9 +13,13 @@ import sys
 import time
 
 import pytest
+from amaranth import Module, Mux
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 from espnic.hdl.bridge.framing import FLAG, encode_frame
 from espnic.hdl.bridge.regmap import FrameKind, PacketSource, RegisterMap, Status
+from espnic.hdl.bridge.uart import UartRx, UartTx
 from espnic.hdl.device import EspNicDevice
 from espnic.hdl.engine.sa import SaState, sa_layout
 from espnic.hdl.engine.sa_table import HostOp, control_record
@@ -26,6 +30,7 @@ from espnic.host.transport import open_port
 from espnic.host.run import run
 from espnic.host.transport.model import ModelPort, model_url
 from espnic.sim import device_server
+from espnic.sim.cocotb_runner import run_cocotb
 from espnic.sim.device_server import running_server
 from espnic.sim.link_job import run_host, traffic_over_link
 from espnic.sim.model.nic import NicModel
@@ -508,3 +513,37 @@ def test_the_uart_server_in_icarus_answers_as_the_model_does():
         finally:
             device.close()
     assert in_icarus == session(Device.open(model_url(regmap.params)))
+
+
+class UartLoop(wiring.Component):
+    """The gateware's ``UartRx`` feeding its ``UartTx`` (an echo) between the pins
+    ``uart_rx`` and ``uart_tx``, or with ``bypass`` the pins wired straight through:
+    where ``tests/benches/uart_line.py`` tries the device server's UART line ends."""
+
+    def __init__(self, *, divisor: int):
+        self.divisor = divisor
+        super().__init__({"uart_rx": In(1, init=1), "bypass": In(1), "uart_tx": Out(1, init=1),
+                          "framing_errors": Out(16), "overruns": Out(16)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.rx = rx = UartRx(divisor=self.divisor)
+        m.submodules.tx = tx = UartTx(divisor=self.divisor)
+        wiring.connect(m, rx.o, tx.i)
+        m.d.comb += [rx.rx.eq(self.uart_rx),
+                     self.uart_tx.eq(Mux(self.bypass, self.uart_rx, tx.tx)),
+                     self.framing_errors.eq(rx.framing_errors), self.overruns.eq(rx.overruns)]
+        return m
+
+
+@pytest.mark.parametrize("divisor", [4, 5])
+def test_the_servers_uart_line_ends(divisor):
+    """The bench's UART driver and receiver against the gateware's UART (an echo of
+    every byte value) and against faults put on the line by hand (a framing error,
+    a break, a glitch); 5 cycles a bit samples between clock edges. Icarus when
+    installed (a build of seconds), else Verilator."""
+    simulator = "icarus" if device_server.simulator_available("icarus") else "verilator"
+    run = run_cocotb(UartLoop, name=f"uart_loop_{divisor}", params={"divisor": divisor},
+                     test_module="tests.benches.uart_line", simulator=simulator,
+                     extra_sources=[__file__], timeout=300)
+    assert run.tests == 2
