@@ -252,3 +252,57 @@ def test_sa_bursts_and_short_sends():
     assert records[8].state == SaState.INVALID
     assert counters == {"bad_crc": 1, "bad_command": 2, "duplicates": 1, "too_short": 0,
                         "too_long": 0}
+
+
+def test_write_sas_splits_into_frames_and_checks_first():
+    """On ``model://``: 30 SAs go as three bursts (13, 13, 4 records), each slot then
+    holds its SA; the link refuses bursts it cannot send, and a bad slot is refused
+    before anything is sent."""
+    window = 64
+    driver = Device(FrameLink(ModelPort("model://?slots=32&window=64")))
+    frames = []
+    write = driver.link.port.write
+    driver.link.port.write = lambda wire: (frames.append(wire[1]), write(wire))[1]
+    configs = [esp_config("out", spi=0x6000 + n, key=KEY256, window=window) for n in range(30)]
+    driver.write_sas(0, list(enumerate(configs)))
+    assert frames == [FrameKind.SEND_MANY.value] * 3
+    for slot in (0, 12, 13, 29):
+        record = driver.read_sa(0, slot).record
+        assert (record.spi, record.key, record.state) == (0x6000 + slot, 0, SaState.VALID)
+    frames.clear()
+    with pytest.raises(ValueError, match="slot must be 0..31"):
+        driver.write_sas(0, [(1, configs[1]), (32, configs[2])])
+    engine_host = driver.regmap.channel("engine_host").number
+    with pytest.raises(ValueError, match="at least one payload"):
+        driver.link.send_many(engine_host, 0, [])
+    with pytest.raises(ValueError, match="the same length"):
+        driver.link.send_many(engine_host, 0, [bytes(157), bytes(156)])
+    with pytest.raises(ValueError, match="do not fit a frame"):
+        driver.link.send_many(engine_host, 0, [bytes(157)] * 14)
+    with pytest.raises(ValueError, match="at least one byte"):
+        driver.link.send_short(engine_host, 0, b"")
+    assert frames == []
+
+
+class _PlainLink:
+    """A link with only whole SENDs (as a BAR's ``BarLink``): a model:// FrameLink
+    behind it, the kinds of the frames it sent recorded."""
+
+    def __init__(self, url):
+        self._link = FrameLink(ModelPort(url))
+        self.timeout, self.retries, self.kinds = self._link.timeout, self._link.retries, []
+        for name in ("read", "write", "inject", "items", "packets", "close"):
+            setattr(self, name, getattr(self._link, name))
+
+    def send(self, channel, index, payload):
+        self.kinds.append(FrameKind.SEND)
+        return self._link.send(channel, index, payload)
+
+
+def test_a_link_without_bursts_or_short_sends_gets_whole_sends():
+    driver = Device(_PlainLink("model://?slots=4&window=64"))
+    configs = [esp_config("in", spi=0x7000 + n, key=KEY256, window=64) for n in range(3)]
+    driver.write_sas(0, list(enumerate(configs)))
+    assert driver.read_sa(0, 2).record.spi == 0x7002
+    driver.delete_sa(0, 2)
+    assert driver.link.kinds == [FrameKind.SEND] * 5
