@@ -145,6 +145,64 @@ def test_policy_priorities_and_ties(stages):
     assert seen == expected == [6, 3, 7, 1, 7, 3, 6, None]
 
 
+@pytest.mark.parametrize("stages", [1, 2, 4])
+def test_policy_latency_and_a_rule_rewritten_under_lookups(stages):
+    """Lookups back to back, results always taken: one result a cycle, each `latency`
+    cycles after its lookup; a rule rewritten every third cycle meanwhile (its priority,
+    action and value all change together): each result is the model's with that rule
+    either old or new, never a mix of the two (an old match with the new value)."""
+    dut = PolicyTable(rules=8, stages=stages, value=VALUE)
+    assert dut.latency == stages + 2
+    key = {"ipv6": False, "src": _address(False, 0, 3), "dst": _address(False, 1, 5),
+           "proto": 17, "sport": 500, "dport": 4500}
+    rule = {"valid": True, "ipv6": False, "src": bytes(16), "src_len": 0, "dst": bytes(16),
+            "dst_len": 0, "any_proto": True, "proto": 0, "sport_lo": 0, "sport_hi": 65535,
+            "dport_lo": 0, "dport_hi": 65535}
+    low = {**rule, "priority": 1, "action": PolicyAction.BYPASS.value,
+           "value": {"engine": 2, "slot": 2}}
+    # Rule 5 flips between matching with a higher priority and not matching at all.
+    versions = [{**rule, "priority": 3, "action": PolicyAction.PROTECT.value,
+                 "value": {"engine": 5, "slot": 77}},
+                {**rule, "valid": False, "priority": 0, "action": PolicyAction.DISCARD.value,
+                 "value": {"engine": 9, "slot": 9}}]
+    outcomes = []
+    for version in versions:
+        model = PolicyTableModel(rules=8)
+        model.write(2, low)
+        model.write(5, version)
+        outcomes.append(model.lookup(key))
+    taken, offered, results = [], [], []
+
+    async def bench(ctx):
+        for index, written in ((2, low), (5, versions[0])):
+            await stream_put(ctx, dut.host, {"index": index, "rule": _fields(written)},
+                             timeout=50)
+            assert (await stream_get(ctx, dut.host_reply, timeout=50)).ok
+        ctx.set(dut.result.ready, 1)
+        ctx.set(dut.lookup.payload, SELECTOR.const(_fields(key)))
+        for cycle in range(40):
+            ctx.set(dut.lookup.valid, cycle < 24)
+            write = cycle % 3 == 0 and cycle < 24
+            ctx.set(dut.host.valid, write)
+            ctx.set(dut.host.payload, {"index": 5, "rule": _fields(versions[cycle // 3 % 2])})
+            ctx.set(dut.host_reply.ready, 1)
+            _clk, _rst, l_ready, r_valid, payload = await ctx.tick().sample(
+                dut.lookup.ready, dut.result.valid, dut.result.payload)
+            if cycle < 24 and l_ready:
+                taken.append(cycle)
+            if r_valid:
+                offered.append(cycle)
+                results.append((payload.index, PolicyAction(payload.action),
+                                {"engine": payload.value.engine, "slot": payload.value.slot})
+                               if payload.hit else None)
+
+    run_sim(dut, bench)
+    assert taken == list(range(24))
+    assert offered == [cycle + dut.latency for cycle in taken]
+    assert all(result in outcomes for result in results)
+    assert all(outcome in results for outcome in outcomes)      # both versions were seen
+
+
 def test_prefix_mask_is_the_network_mask():
     for length in range(0, 129, 7):
         network = ipaddress.ip_network(f"::/{length}")

@@ -63,7 +63,7 @@ of a cleartext packet longer than :func:`udp6_fill_limit` (1,963 bytes: its ESP
 packet would not fit the fill stage), and IPv6 extension headers in front of
 ESP (an outbound transport-mode packet's, an inbound packet's outer header).
 
-Throughput: the SA table needs 3 cycles per packet, and the dispatcher looks
+Throughput: the SA table needs 4 cycles per packet, and the dispatcher looks
 up the next packet once the current one has entered its data path, so the
 data paths set the rate (``bench/engine.py``).
 """

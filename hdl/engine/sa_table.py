@@ -62,8 +62,9 @@ size, and reason ``HARD_EXPIRED`` when the hard lifetime has been reached (the
 engine then drops the packet and accounts it as ``EXPIRED``); ``headroom`` says
 whether the lifetime is far enough from its hard limit for the answer to hold
 with up to :data:`INBOUND_OVERLAP` earlier packets still to be accounted. Each request takes
-3 cycles (read, decide, write); host requests have priority, then accounting,
-then outbound requests.
+3 cycles (read, decide, write), an outbound one 4 (read, decide, reply, write: the
+decision is registered before it is offered); host requests have priority, then
+accounting, then outbound requests.
 """
 
 from amaranth import *
@@ -237,14 +238,14 @@ class SaTable(wiring.Component):
         seq_max = Mux(rec.esn, C(2**64 - 1, 64), C(2**32 - 1, 64))
         next_seq = rec.seq + 1
         job = self.reply.payload.job
+        headroom = (~_reached(cnt.packets + INBOUND_OVERLAP, life.packets_hard)
+                    & ~_reached(cnt.bytes + INBOUND_OVERLAP * (2**16 - 1), life.bytes_hard))
+        decision = Signal(data.StructLayout({"action": Action, "reason": Reason, "headroom": 1}))
         m.d.comb += [
             job.mode.eq(rec.mode), job.key.eq(rec.key), job.key_256.eq(rec.key_256),
             job.salt.eq(rec.salt), job.spi.eq(rec.spi), job.seq.eq(next_seq),
             job.esn.eq(rec.esn), job.tunnel.eq(rec.tunnel), job.natt.eq(rec.natt),
             self.reply.payload.window.eq(rec.window),
-            self.reply.payload.headroom.eq(
-                ~_reached(cnt.packets + INBOUND_OVERLAP, life.packets_hard)
-                & ~_reached(cnt.bytes + INBOUND_OVERLAP * (2**16 - 1), life.bytes_hard)),
         ]
         new_cnt = Signal(SA_COUNTERS)
         m.d.comb += [new_cnt.eq(cnt), cnt_write.data.eq(new_cnt), rec_write.data.eq(rec)]
@@ -360,7 +361,10 @@ class SaTable(wiring.Component):
                     m.next = "IDLE"
 
             with m.State("OUTBOUND"):
-                m.d.comb += self.reply.valid.eq(1)
+                # The decision, from the record and counters just read, goes into a
+                # register: the engine takes the reply through its dispatcher into a
+                # data path, and the lifetime compares and this priority chain in front
+                # of that made the data plane's deepest paths (docs/performance.md).
                 outer_v6 = Mux(rec.mode == Mode.TUNNEL, rec.tunnel.ip_version == IpVersion.IPV6,
                                request.ipv6)
                 transport = rec.mode == Mode.TRANSPORT
@@ -369,47 +373,54 @@ class SaTable(wiring.Component):
                                    & (request.bytes > self._udp6_limit)
                                    | transport & request.v6_ext),
                                   request.v6_ext)
+
+                def decide(action, reason=Reason.NONE):
+                    m.d.sync += [decision.action.eq(action), decision.reason.eq(reason)]
+
+                m.d.sync += decision.headroom.eq(headroom)
                 with m.If(rec.state == SaState.INVALID):
-                    m.d.comb += [reply.action.eq(Action.DROP), reply.reason.eq(Reason.NO_SA)]
+                    decide(Action.DROP, Reason.NO_SA)
                 with m.Elif(unsupported):
-                    m.d.comb += [reply.action.eq(Action.DROP), reply.reason.eq(Reason.UNSUPPORTED)]
+                    decide(Action.DROP, Reason.UNSUPPORTED)
                 with m.Elif(rec.direction == Direction.IN):
-                    m.d.comb += reply.action.eq(Action.INBOUND)
-                    with m.If(hard_reached):
-                        m.d.comb += reply.reason.eq(Reason.HARD_EXPIRED)
+                    decide(Action.INBOUND, Mux(hard_reached, Reason.HARD_EXPIRED, Reason.NONE))
                 with m.Elif(hard_reached | (rec.state != SaState.VALID)):
-                    m.d.comb += [reply.action.eq(Action.DROP),
-                                 reply.reason.eq(Reason.HARD_EXPIRED),
-                                 new_cnt.expired_drop.eq(_saturating_add(cnt.expired_drop, 1))]
+                    decide(Action.DROP, Reason.HARD_EXPIRED)
                 with m.Elif(request.malformed):
-                    m.d.comb += [reply.action.eq(Action.DROP),
-                                 reply.reason.eq(Reason.MALFORMED),
-                                 new_cnt.malformed_drop.eq(_saturating_add(cnt.malformed_drop, 1))]
+                    decide(Action.DROP, Reason.MALFORMED)
                 with m.Elif(rec.seq >= seq_max):
-                    m.d.comb += [reply.action.eq(Action.DROP),
-                                 reply.reason.eq(Reason.SEQ_OVERFLOW),
-                                 new_cnt.seq_overflow_drop.eq(
-                                     _saturating_add(cnt.seq_overflow_drop, 1))]
-                    with m.If(~cnt.hard_expired):
-                        m.d.comb += new_cnt.hard_expired.eq(1)
-                        m.d.sync += raise_hard.eq(self.reply.ready)
+                    decide(Action.DROP, Reason.SEQ_OVERFLOW)
                 with m.Elif(transport & request.fragment):
-                    m.d.comb += [reply.action.eq(Action.DROP),
-                                 reply.reason.eq(Reason.MALFORMED),
-                                 new_cnt.malformed_drop.eq(_saturating_add(cnt.malformed_drop, 1))]
+                    decide(Action.DROP, Reason.MALFORMED)
                 with m.Else():
-                    m.d.comb += [reply.action.eq(Action.PROTECT), rec_write.data.seq.eq(next_seq)]
-                    with m.If(self.reply.ready):
-                        account_packet()
+                    decide(Action.PROTECT)
+                m.next = "REPLY"
+
+            with m.State("REPLY"):
+                # The read ports still show the slot's record and counters (`slot` has
+                # not changed), so the job and the write-back come from them.
+                m.d.comb += [self.reply.valid.eq(1), reply.action.eq(decision.action),
+                             reply.reason.eq(decision.reason),
+                             reply.headroom.eq(decision.headroom)]
                 with m.If(self.reply.ready):
-                    protect = reply.action == Action.PROTECT
-                    dropped = reply.action == Action.DROP
-                    counted = (reply.reason != Reason.NO_SA) & (reply.reason != Reason.UNSUPPORTED)
-                    m.d.comb += [
-                        rec_write.en.eq(protect),
-                        cnt_write.en.eq(protect | dropped & counted),
-                    ]
-                    with m.If(dropped & (reply.reason == Reason.NO_SA)):
-                        m.d.sync += self.no_sa.eq(self.no_sa + 1)
+                    outbound_drop = decision.action == Action.DROP
+                    with m.If(decision.action == Action.PROTECT):
+                        m.d.comb += [rec_write.data.seq.eq(next_seq), rec_write.en.eq(1),
+                                     cnt_write.en.eq(1)]
+                        account_packet()
+                    with m.If(outbound_drop):
+                        with m.Switch(decision.reason):
+                            with m.Case(Reason.NO_SA):
+                                m.d.sync += self.no_sa.eq(self.no_sa + 1)
+                            for reason, name in ((Reason.HARD_EXPIRED, "expired_drop"),
+                                                 (Reason.MALFORMED, "malformed_drop"),
+                                                 (Reason.SEQ_OVERFLOW, "seq_overflow_drop")):
+                                with m.Case(reason):
+                                    m.d.comb += [new_cnt[name].eq(_saturating_add(cnt[name], 1)),
+                                                 cnt_write.en.eq(1)]
+                        # Sequence numbers exhausted: the SA has reached its end of life.
+                        with m.If((decision.reason == Reason.SEQ_OVERFLOW) & ~cnt.hard_expired):
+                            m.d.comb += new_cnt.hard_expired.eq(1)
+                            m.d.sync += raise_hard.eq(1)
                     m.next = "EVENTS"
         return m

@@ -85,8 +85,9 @@ class Classifier(wiring.Component):
     rules, stages : the :class:`PolicyTable`'s size.
 
     Latency: the parser's (2 cycles after the beat that completes the record),
-    then ``max(2, stages)`` cycles of lookup; a packet's first beat leaves the cycle
-    after its decision. The beats wait in a FIFO of ``max(2, stages) + 4`` so the
+    then ``stages + 2`` cycles of lookup (the policy table's; the SPI table's 2 are
+    fewer); a packet's first beat leaves the cycle after its decision. The beats wait
+    in a FIFO of ``stages + 6`` so the
     lookups of the packets behind overlap with this one's: a packet costs as many
     cycles as it has beats, 2 at least (its decision and its first beat take
     one cycle each), so one beat per cycle for packets of two beats or more.
@@ -103,7 +104,7 @@ class Classifier(wiring.Component):
         self._spi = SpiTable(entries=spi_entries, ways=spi_ways, value=target)
         self._policy = PolicyTable(rules=rules, stages=stages, value=target)
         self._layout = decision_layout(engines, slots)
-        self._stages = max(stages, 2)
+        self._lookup = max(self._policy.latency, 2)
         self._pending = _pending(engines, slots)
         super().__init__({
             "i":            In(stream.Signature(packet_beat(16))),
@@ -134,7 +135,7 @@ class Classifier(wiring.Component):
         # packet's lookups start while this one's first beat waits for its decision.
         beat_layout = packet_beat(16)
         m.submodules.beats = beats = SyncFIFOBuffered(width=beat_layout.size,
-                                                      depth=self._stages + 4)
+                                                      depth=self._lookup + 4)
         # Results wait here for their packet's decision rather than in the filters, whose
         # whole pipelines stop while their last result waits.
         spi_result, rule_result = spi.result.payload.shape(), policy.result.payload.shape()

@@ -93,8 +93,8 @@ class RouteTable(wiring.Component):
     stages : pipeline stages; ``routes / stages`` routes are compared in each.
     ports : the ports a route can name (a route to port ``ports`` or above is refused).
 
-    Latency ``stages`` cycles from a lookup taken to its result offered, one
-    lookup per cycle; a miss is ``hit = 0``. A host write is taken in one cycle
+    Latency :attr:`latency` = ``stages + 2`` cycles from a lookup taken to its result
+    offered (a :class:`PolicyTable`'s), one lookup per cycle; a miss is ``hit = 0``. A host write is taken in one cycle
     and answered in the next; ``ok = 0`` (nothing written) for a prefix longer
     than the address or a port that does not exist. A lookup sees each route
     old or new, never a mix.
@@ -112,6 +112,10 @@ class RouteTable(wiring.Component):
             "host":       In(stream.Signature(self._layouts["WRITE"])),
             "host_reply": Out(stream.Signature(self._layouts["REPLY"])),
         })
+
+    @property
+    def latency(self) -> int:
+        return self._table.latency
 
     def elaborate(self, platform):
         m = Module()
@@ -161,14 +165,14 @@ class Egress(wiring.Component):
     routes, stages : the :class:`RouteTable`'s size.
 
     Each packet's record goes from the parser to the route table; the packet's
-    beats go from the parser into a FIFO of ``stages + 4`` beats and leave it
+    beats go from the parser into a FIFO of ``stages + 6`` beats and leave it
     once the route is known, so the next lookup runs while this packet waits.
     Throughput: one beat per cycle in and out, with no cycle lost between
     packets of two beats or more (every well-formed IP packet); a dropped
     packet's beats are taken one a cycle too. Latency: a packet's first beat
-    is offered on its port ``max(stages, 2) + 2`` cycles after the beat that
-    completes its parser record came in (the parser's 2, then the lookup's
-    ``stages`` or the beat FIFO's 2, the longer; the record is complete with the
+    is offered on its port ``stages + 4`` cycles after the beat that completes its
+    parser record came in (the parser's 2, then the route table's ``stages + 2``; the
+    record is complete with the
     first 72 bytes at most).
     Packets leave in order: a stalled port holds the egress, and with it every
     other port, until it takes the beat at the head. The bytes pass as they came:
@@ -181,7 +185,7 @@ class Egress(wiring.Component):
     def __init__(self, *, ports: int, routes: int = 8, stages: int = 2):
         _check_ports(ports)
         _check_size(routes, stages)
-        self._ports, self._stages = ports, stages
+        self._ports = ports
         self._routes = RouteTable(routes=routes, stages=stages, ports=ports)
         self._parser = IpParser(width=_WIDTH, extra={"abort": 1})
         table = self._routes.signature.members
@@ -197,11 +201,11 @@ class Egress(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        ports, stages = self._ports, self._stages
+        ports, lookup = self._ports, self._routes.latency
         m.submodules.parser = parser = self._parser
         m.submodules.routes = routes = self._routes
         # The `malformed` flags of the packets in the route table or in `found`.
-        m.submodules.verdicts = verdicts = SyncFIFO(width=1, depth=stages + 4)
+        m.submodules.verdicts = verdicts = SyncFIFO(width=1, depth=lookup + 4)
         # Results wait here for their packet's first beat rather than in the route
         # table, whose whole pipeline stops while its last result waits.
         result_layout = routes.result.payload.shape()
@@ -210,7 +214,7 @@ class Egress(wiring.Component):
         # record only after that beat: taking the beats into a FIFO at once lets the next
         # lookup start while this packet waits for its route.
         m.submodules.beats = beats = SyncFIFOBuffered(width=EGRESS_BEAT.size,
-                                                      depth=stages + 4)
+                                                      depth=lookup + 4)
         wiring.connect(m, wiring.flipped(self.i), parser.i)
         wiring.connect(m, wiring.flipped(self.host), routes.host)
         wiring.connect(m, routes.host_reply, wiring.flipped(self.host_reply))

@@ -4,7 +4,10 @@
 :class:`PolicyTable` holds ``rules`` rules in registers, ``rules / stages``
 of them in each stage of a pipeline: a lookup (a :data:`SELECTOR`, what the
 parser read from the packet) passes every stage, one stage a cycle, and
-carries the best match so far. A rule matches when it is valid, of the
+carries the best match so far. A stage's compares and the choice among its
+matches are a cycle apart (the choice overlapping the next stage's compares),
+and the lookup is registered before the first compare, so no cycle has a
+memory read, a 128-bit compare and a priority chain in series. A rule matches when it is valid, of the
 packet's IP version, its source and destination prefixes cover the packet's
 addresses, its protocol is the packet's (or it takes any), and the ports are
 inside its ranges. The match with the highest ``priority`` wins; among equal
@@ -84,9 +87,9 @@ class PolicyTable(wiring.Component):
     stages : pipeline stages; ``rules / stages`` rules are compared in each.
     value : the layout a PROTECT rule carries (the forwarder's: engine and SA slot).
 
-    Latency ``stages`` cycles from a lookup taken to its result offered, one
-    lookup per cycle. A host write is taken in one cycle and answered in the next
-    (``ok = 0``: a prefix longer than the address, nothing written).
+    Latency :attr:`latency` = ``stages + 2`` cycles from a lookup taken to its result
+    offered, one lookup per cycle. A host write is taken in one cycle and answered in
+    the next (``ok = 0``: a prefix longer than the address, nothing written).
     """
 
     def __init__(self, *, rules: int = 16, stages: int = 4, value: data.Layout):
@@ -105,6 +108,11 @@ class PolicyTable(wiring.Component):
             "host":       In(stream.Signature(self._layouts["WRITE"])),
             "host_reply": Out(stream.Signature(self._layouts["REPLY"])),
         })
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a lookup taken to its result offered."""
+        return self._stages + 2
 
     def elaborate(self, platform):
         m = Module()
@@ -153,37 +161,55 @@ class PolicyTable(wiring.Component):
         best_layout = data.StructLayout({"hit": 1, "priority": 8, "index": range(self._rules),
                                          "action": PolicyAction,
                                          "value": layouts["RESULT"]["value"].shape})
-        # Stage s compares its rules with the lookup in its register and hands the
-        # better of its own best and the carried one to stage s + 1.
+        # A matching rule's fields, taken when it is compared: the choice a cycle later
+        # sees the rule as it was compared, even if the host rewrote it in between.
+        candidate = data.StructLayout({"hit": 1, "priority": 8, "action": PolicyAction,
+                                       "value": layouts["RESULT"]["value"].shape})
+        # Step 0 registers the lookup; step s + 1 compares stage s's rules with the key;
+        # step s + 2 chooses among their matches and the best so far (in index order: a
+        # later rule replaces the match so far only with a strictly higher priority, so
+        # the lowest index wins a tie). The last step's register is the result.
         last_valid = Signal()
         advance = ~last_valid | self.result.ready
         m.d.comb += self.lookup.ready.eq(advance)
-        key = self.lookup.payload
-        valid = self.lookup.valid
-        best = Signal(best_layout)          # stage 0 starts from no match (always zero)
+        key, valid = self.lookup.payload, self.lookup.valid
+        best = Signal(best_layout)          # no match before the first choice (always zero)
+        found = []                          # (index, candidate) compared in the step before
         per_stage = self._rules // self._stages
-        for stage in range(self._stages):
-            # In index order: a later rule replaces the match so far only with a strictly
-            # higher priority, so the lowest index wins a tie (earlier stages hold lower
-            # indices).
+        for step in range(self.latency):
             chosen = best
-            for k in range(stage * per_stage, (stage + 1) * per_stage):
-                rule = rules[k]
-                better = matches(rule, key) & (~chosen.hit | (rule.priority > chosen.priority))
+            for k, match in found:
+                better = match.hit & (~chosen.hit | (match.priority > chosen.priority))
                 after = Signal(best_layout, name=f"best_after_{k}")
                 with m.If(better):
-                    m.d.comb += [after.hit.eq(1), after.priority.eq(rule.priority),
-                                 after.index.eq(k), after.action.eq(rule.action),
-                                 after.value.eq(rule.value)]
+                    m.d.comb += [after.hit.eq(1), after.priority.eq(match.priority),
+                                 after.index.eq(k), after.action.eq(match.action),
+                                 after.value.eq(match.value)]
                 with m.Else():
                     m.d.comb += after.eq(chosen)
                 chosen = after
-            next_key = Signal(SELECTOR, name=f"key_{stage}")
-            next_valid = last_valid if stage == self._stages - 1 else Signal(name=f"valid_{stage}")
-            next_best = Signal(best_layout, name=f"best_{stage}")
+            stage = step - 1
+            found = []
+            if 0 <= stage < self._stages:
+                for k in range(stage * per_stage, (stage + 1) * per_stage):
+                    rule = rules[k]
+                    match = Signal(candidate, name=f"match_{k}")
+                    with m.If(advance):
+                        m.d.sync += [match.hit.eq(matches(rule, key)),
+                                     match.priority.eq(rule.priority),
+                                     match.action.eq(rule.action), match.value.eq(rule.value)]
+                    found.append((k, match))
+            last = step == self.latency - 1
+            next_valid = last_valid if last else Signal(name=f"valid_{step}")
+            next_best = Signal(best_layout, name=f"best_{step}")
             with m.If(advance):
-                m.d.sync += [next_key.eq(key), next_valid.eq(valid), next_best.eq(chosen)]
-            key, valid, best = next_key, next_valid, next_best
+                m.d.sync += [next_valid.eq(valid), next_best.eq(chosen)]
+            if step < self._stages:     # the last compare is in step `stages`
+                next_key = Signal(SELECTOR, name=f"key_{step}")
+                with m.If(advance):
+                    m.d.sync += next_key.eq(key)
+                key = next_key
+            valid, best = next_valid, next_best
         m.d.comb += [
             self.result.valid.eq(last_valid),
             self.result.payload.hit.eq(best.hit),
