@@ -63,7 +63,11 @@ class EspNicDevice(wiring.Component):
     **nic : the :class:`EspNic` parameters.
 
     Injected packets pass a :class:`PacketFifo` (``INJECT_DEPTH`` beats), so a
-    frame that turns out bad injects nothing (``inject_aborted`` counts it).
+    frame that turns out bad, or whose packet the bridge had to cut because the
+    FIFO was full, injects nothing (``inject_aborted`` counts it). The link's
+    counters include the UART receiver's ``uart_framing_errors`` and
+    ``uart_overruns`` (0 with the other links) and the bridge's ``frames_dropped``
+    (0 on a BAR, which has no frames).
     """
 
     def __init__(self, *, link: str = "bytes", divisor: int | None = None,
@@ -103,7 +107,8 @@ class EspNicDevice(wiring.Component):
             # No frames on a BAR: their counters stay 0; a refused access counts.
             own = {"bad_crc": 0, "too_short": 0, "too_long": 0,
                    "bad_command": bridge.bad_writes, "duplicates": 0,
-                   "inject_aborted": self._inject_aborted}
+                   "inject_aborted": self._inject_aborted, "frames_dropped": 0,
+                   "uart_framing_errors": 0, "uart_overruns": 0}
         else:
             own = self._frame_link(m, bridge)
         for n, register in enumerate(bridge.status_registers):
@@ -139,17 +144,21 @@ class EspNicDevice(wiring.Component):
         if self.link == "bytes":
             wiring.connect(m, wiring.flipped(self.host_rx), decoder.i)
             wiring.connect(m, encoder.o, wiring.flipped(self.host_tx))
+            uart_errors = {"uart_framing_errors": 0, "uart_overruns": 0}
         else:
-            m.submodules.uart_rx = uart_rx = UartRx(divisor=self.divisor)
+            m.submodules.uart_rx = uart_rx = UartRx(divisor=self.divisor, counter_width=32)
             m.submodules.uart_tx = uart_tx = UartTx(divisor=self.divisor)
             m.d.comb += [uart_rx.rx.eq(self.uart_rx), self.uart_tx.eq(uart_tx.tx)]
             wiring.connect(m, uart_rx.o, decoder.i)
             wiring.connect(m, encoder.o, uart_tx.i)
+            uart_errors = {"uart_framing_errors": uart_rx.framing_errors,
+                           "uart_overruns": uart_rx.overruns}
         wiring.connect(m, decoder.o, bridge.rx)
         wiring.connect(m, bridge.tx, encoder.i)
         return {"bad_crc": decoder.bad_crc, "too_short": decoder.too_short,
                 "too_long": decoder.too_long, "bad_command": bridge.bad_command,
-                "duplicates": bridge.duplicates, "inject_aborted": self._inject_aborted}
+                "duplicates": bridge.duplicates, "inject_aborted": self._inject_aborted,
+                "frames_dropped": bridge.frames_dropped, **uart_errors}
 
     def _packet_paths(self, m, nic, bridge):
         """Injected packets into the ports; the ports' output to the host or out."""

@@ -73,13 +73,20 @@ class BridgeBench:
         async def host(ctx):
             for index, value in (status or {}).items():
                 ctx.set(dut.status[index], value)
+            # Stop-and-wait, as a host is: each frame's answer before the next frame (a
+            # bad frame, which has none, a few cycles).
             for octets, abort in frames:
+                answered = self.answers()
                 for n, byte in enumerate(octets):
                     last = n == len(octets) - 1
                     ctx.set(dut.rx.payload, {"data": byte, "last": last, "abort": abort and last})
                     ctx.set(dut.rx.valid, 1)
                     await ctx.tick().until(dut.rx.ready)
                 ctx.set(dut.rx.valid, 0)
+                if abort:
+                    await ctx.tick().repeat(4)
+                while not abort and self.answers() == answered:
+                    await ctx.tick()
             for channel, index, value in items:
                 stream = getattr(dut, channel)[index]
                 ctx.set(Value.cast(stream.payload), value)
@@ -114,6 +121,9 @@ class BridgeBench:
                             for k in range(c.count)]
         run_sim(dut, host, background=processes)
         return self.tx
+
+    def answers(self) -> int:
+        return sum(frame[0] in (FrameKind.ACK.value, FrameKind.DATA.value) for frame in self.tx)
 
 
 def value_of(payload):
@@ -325,3 +335,213 @@ def test_send_short_pads_with_zeros():
                        ack(6, Status.BAD_LENGTH), ack(7, Status.OK), ack(7, Status.DUPLICATE)]
     assert bench.sent == [("engine_host", 0, record), ("engine_host", 0, 0x3412),
                           ("engine_host", 1, record), ("fence_host", 0, 1)]
+
+
+# -- full duplex: the host's bytes come whatever the bridge sends ---------------------------
+
+
+class DuplexBench:
+    """The bridge with a host that cannot be held back, as over a UART: each byte of
+    a frame is on ``rx`` for one cycle only, ``gap`` cycles after the one before,
+    and whether ``rx`` was ready then is recorded (a byte it was not is lost).
+    Records the ``tx`` frames with the cycle of their last byte, what the in
+    channels take, and what ``inject`` takes (``inject_ready`` says when it may)."""
+
+    def __init__(self):
+        self.dut = HostBridge(REGMAP)
+        self.cycle = 0
+        self.tx = []              # (cycle of the last byte, frame)
+        self.sent = []            # (channel, index, payload int)
+        self.injected = []        # (data, last, abort) taken from inject
+        self.offered = self.refused = 0
+        self.inject_ready = lambda cycle: True
+
+    async def offer(self, ctx, octets, *, gap, abort=False, before=None):
+        """The bytes of one frame, ``gap`` cycles apart, never waiting; ``before(n)``
+        is called before byte n goes."""
+        dut = self.dut
+        for n, byte in enumerate(octets):
+            if before is not None:
+                before(n)
+            last = n == len(octets) - 1
+            ctx.set(dut.rx.payload, {"data": byte, "last": last, "abort": abort and last})
+            ctx.set(dut.rx.valid, 1)
+            _clk, _rst, ready = await ctx.tick().sample(dut.rx.ready)
+            self.offered += 1
+            self.refused += not ready
+            ctx.set(dut.rx.valid, 0)
+            if gap > 1:
+                await ctx.tick().repeat(gap - 1)
+
+    def frames(self):
+        return [frame for _cycle, frame in self.tx]
+
+    def run(self, *testbenches):
+        dut = self.dut
+
+        async def transmit(ctx):
+            ctx.set(dut.tx.ready, 1)
+            octets = []
+            async for _clk, _rst, valid, payload in ctx.tick().sample(dut.tx.valid,
+                                                                      dut.tx.payload):
+                self.cycle += 1
+                if valid:
+                    octets.append(payload.data)
+                    if payload.last:
+                        self.tx.append((self.cycle, bytes(octets)))
+                        octets.clear()
+
+        async def inject(ctx):
+            async for _clk, _rst, valid, ready, payload in ctx.tick().sample(
+                    dut.inject.valid, dut.inject.ready, dut.inject.payload):
+                if valid and ready:
+                    self.injected.append((payload.data, payload.last, payload.abort))
+                ctx.set(dut.inject.ready, self.inject_ready(self.cycle + 1))
+
+        def taker(channel, index):
+            stream = getattr(dut, channel.name)[index]
+
+            async def process(ctx):
+                ctx.set(stream.ready, 1)
+                async for _clk, _rst, valid, payload in ctx.tick().sample(
+                        stream.valid, Value.cast(stream.payload)):
+                    if valid:
+                        self.sent.append((channel.name, index, payload))
+            return process
+
+        takers = [taker(c, k) for c in REGMAP.channels if c.direction == "in"
+                  for k in range(c.count)]
+        run_sim(dut, *testbenches, background=[transmit, inject, *takers])
+
+
+def packet_beats(packet):
+    return [dict(beat, abort=0) for beat in beats_from_bytes(packet, 16)]
+
+
+def test_frames_arrive_while_a_packet_goes_out():
+    """A SEND arrives a byte every 2 cycles while a 2,000-byte PACKET frame goes out,
+    then its resend, then a third copy, all before the packet is out: every byte is
+    taken; the SEND's payload goes to its stream at once, its ACK after the packet;
+    the resend (which arrived while only that ACK waited) is answered DUPLICATE
+    after it; the third copy, which began while the resend was kept, is dropped
+    and counted. A WRITE sent afterwards, stop-and-wait, is executed."""
+    bench = DuplexBench()
+    dut = bench.dut
+    record, = random_payloads("engine_host", 1, 21)
+    packet = bytes(random.Random(22).randbytes(2000))
+    sa_frame = send(1, "engine_host", 0, payload_of("engine_host", record))
+    pause = REGMAP.register("pause")
+    control = dut.control_registers.index(pause)
+    arrived = []
+
+    async def egress(ctx):
+        await stream_put_all(ctx, dut.egress[0], packet_beats(packet))
+
+    async def host(ctx):
+        await ctx.tick().until(dut.tx.valid)                  # the PACKET frame began
+        for _copy in range(3):
+            await bench.offer(ctx, sa_frame, gap=2)
+            await ctx.tick().repeat(5)
+        arrived.append(bench.cycle)
+        while len(bench.tx) < 3:
+            await ctx.tick()
+        await bench.offer(ctx, write(2, pause.address, 1), gap=2)
+        while len(bench.tx) < 4:
+            await ctx.tick()
+        assert ctx.get(dut.control[control]) == 1
+        assert (ctx.get(dut.frames_dropped), ctx.get(dut.duplicates)) == (1, 1)
+
+    bench.run(egress, host)
+    packet_out = bench.tx[0][0]
+    assert arrived[0] < packet_out, "the frames did not overlap the packet"
+    assert bench.offered == 3 * len(sa_frame) + len(write(2, 0, 1))
+    assert bench.refused == 0
+    assert bench.frames() == [frame(FrameKind.PACKET, 0, 0, PacketSource.EGRESS.value,
+                                    packet + b"\0"),
+                              ack(1, Status.OK), ack(1, Status.DUPLICATE), ack(2, Status.OK)]
+    assert bench.sent == [("engine_host", 0, record)]
+
+
+def test_a_read_between_items():
+    """Items of an out channel back to back; a READ arrives a byte every 4 cycles
+    while the first ITEM frame goes out: its DATA goes right after that frame,
+    before the next item (answers first)."""
+    bench = DuplexBench()
+    dut = bench.dut
+    values = random_payloads("engine_reply", 3, 23)
+    pause = REGMAP.register("pause")
+
+    async def items(ctx):
+        reply = dut.engine_reply[0]
+        for value in values:
+            ctx.set(Value.cast(reply.payload), value)
+            ctx.set(reply.valid, 1)
+            await ctx.tick().until(reply.ready)
+        ctx.set(reply.valid, 0)
+        while len(bench.tx) < 4:
+            await ctx.tick()
+
+    async def host(ctx):
+        await ctx.tick().until(dut.tx.valid)
+        await bench.offer(ctx, read(9, pause.address, 1), gap=4)
+
+    bench.run(items, host)
+    item = [frame(FrameKind.ITEM, 0, REGMAP.channel("engine_reply").number, 0,
+                  payload_of("engine_reply", value)) for value in values]
+    assert bench.frames() == [item[0], frame(FrameKind.DATA, 9, pause.address, 0, bytes(4)),
+                              item[1], item[2]]
+    assert (bench.offered, bench.refused) == (len(read(9, 0, 1)), 0)
+
+
+def test_an_inject_goes_in_while_a_packet_goes_out_and_one_that_meets_a_full_fifo_is_cut():
+    """An INJECT arrives while a PACKET frame goes out: its bytes go on as they come,
+    its ACK after the packet. The next INJECT finds the inject FIFO full halfway
+    (``inject`` not ready): its packet is cut (the bytes that went on, then, once
+    the FIFO takes bytes again, a last byte with abort), the frame is dropped
+    unanswered and counted; its resend is injected whole and answered OK (the cut
+    frame was not executed, so the resend is no duplicate)."""
+    bench = DuplexBench()
+    dut = bench.dut
+    rng = random.Random(24)
+    out, first, second = (bytes(rng.randbytes(n)) for n in (1500, 200, 120))
+    ready = [True]
+    bench.inject_ready = lambda cycle: ready[0]
+
+    def full_from(position):
+        def before(n):
+            if n == position:
+                ready[0] = False
+        return before
+
+    async def egress(ctx):
+        await stream_put_all(ctx, dut.egress[0], packet_beats(out))
+
+    async def host(ctx):
+        await ctx.tick().until(dut.tx.valid)
+        await bench.offer(ctx, frame(FrameKind.INJECT, 1, 0, 0, first), gap=2)
+        while len(bench.tx) < 2:
+            await ctx.tick()
+        await bench.offer(ctx, frame(FrameKind.INJECT, 2, 0, 0, second), gap=1,
+                          before=full_from(4 + 50))
+        await ctx.tick().repeat(50)
+        assert len(bench.tx) == 2, "a cut INJECT was answered"
+        assert ctx.get(dut.frames_dropped) == 1
+        ready[0] = True
+        await ctx.tick().repeat(5)
+        await bench.offer(ctx, frame(FrameKind.INJECT, 2, 0, 0, second), gap=1)
+        while len(bench.tx) < 3:
+            await ctx.tick()
+        assert (ctx.get(dut.frames_dropped), ctx.get(dut.duplicates)) == (1, 0)
+
+    bench.run(egress, host)
+    assert bench.frames() == [frame(FrameKind.PACKET, 0, 0, PacketSource.EGRESS.value,
+                                    out + b"\0"),
+                              ack(1, Status.OK), ack(2, Status.OK)]
+    assert bench.tx[0][0] < bench.tx[1][0]
+    def whole(packet):
+        return [(byte, n == len(packet) - 1, 0) for n, byte in enumerate(packet)]
+    cut = bench.injected[len(first):len(first) + 51]
+    assert bench.injected[:len(first)] == whole(first)
+    assert cut[:50] == whole(second)[:50] and cut[50][1:] == (1, 1)
+    assert bench.injected[len(first) + 51:] == whole(second)
+    assert bench.refused == 0

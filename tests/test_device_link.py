@@ -137,7 +137,8 @@ def test_link_errors_are_retried_and_nothing_is_half_written():
 
 def test_uart_link():
     """The same driver over the UART pins (8N1, 4 cycles a bit: 12 Mbaud at 48 MHz):
-    capabilities, an SA written and read back (key zero), the link counters clean."""
+    capabilities, an SA written and read back (key zero), the link counters clean
+    (the UART's framing errors and overruns, the bridge's dropped frames among them)."""
     device = EspNicDevice(link="uart", divisor=4, slots=4, window=64)
     config = esp_config("out", spi=0x4242, window=64)
     layout = sa_layout(64)
@@ -153,6 +154,8 @@ def test_uart_link():
     assert (params["slots"], params["window"], channel) == (4, 64, "engine_reply")
     assert (record.spi, record.key, record.state) == (0x4242, 0, SaState.VALID)
     assert counters["bad_crc"] == counters["too_short"] == counters["bad_command"] == 0
+    assert counters["uart_framing_errors"] == counters["uart_overruns"] == 0
+    assert counters["frames_dropped"] == 0
 
 
 def _raw(driver, payload: bytes, *, spoil: bool = False, patience: float = 300.0):

@@ -17,6 +17,25 @@ the staging register that the target stream sees. So a ``SEND`` offers its whole
 payload at once (an SA record is never half written), a ``SEND_MANY`` all of its
 payloads or none, and a frame that turns out bad leaves no trace but a counter.
 
+Receiving never waits for transmitting (full duplex): ``rx`` takes a byte every cycle,
+as a UART delivers them whether or not anyone listens. The bridge keeps one frame and
+one answer. A frame that has arrived is *held* (header, first word and body buffer
+are its own) until it has been executed and, for a ``SEND`` kind, its stream has
+taken its payloads; it executes at once unless the answer of the frame before it
+still waits, and then as soon as that answer has gone to the encoder. An answer
+waits for the transmitter (the ``ITEM`` or ``PACKET`` frame going out) and keeps its
+own tag and address, so the next frame can arrive meanwhile. A host is stop-and-wait
+(one frame, then its answer), so a frame arriving while another is held is a resend
+after the host's timeout (or a frame that followed a device server's session frame
+straight away): a frame that *begins* while another is held is thrown away whole,
+unanswered, none of it stored or executed, and counted (``frames_dropped``); the host
+resends it again. A resend that arrives once its first copy was executed (its answer
+sent or waiting) is received, and answered ``DUPLICATE`` after that answer, as the
+protocol says. An ``INJECT`` whose packet finds the injected-packet FIFO full (its
+port paused, or the device's output backed up behind the link) cannot wait either:
+its packet is cut (ended with an ``abort`` byte, so the FIFO drops it and
+``inject_aborted`` counts it) and the frame is dropped and counted the same way.
+
 A ``SEND_SHORT``'s missing tail is zeros. The CRC covers the frame that arrived,
 not its length: a frame cut short is refused by the CRC except when its last two
 bytes happen to be the CRC of the rest (1 in 65,536 cuts). A ``SEND`` or
@@ -59,11 +78,13 @@ class HostBridge(wiring.Component):
 
     Interface
     ---------
-    rx : decoded frame bytes (``abort`` on a bad frame's last byte).
+    rx : decoded frame bytes (``abort`` on a bad frame's last byte); always ready.
     tx : frame payload bytes for the encoder.
     inject : the bytes of ``INJECT`` frames, as they arrive (:func:`inject_byte`):
         the consumer must keep a packet until its last byte and drop it if that
-        byte has ``abort`` (a :class:`~espnic.hdl.packet.fifo.PacketFifo`).
+        byte has ``abort`` (a :class:`~espnic.hdl.packet.fifo.PacketFifo`). A byte
+        is offered for one cycle only (it cannot wait): if it is not taken the
+        packet is cut, and ended later with a byte that has ``last`` and ``abort``.
     egress[p], exception, exception_port : packets the device sends out, each to
         the host as a ``PACKET`` frame.
     status[i] : the value of the i-th read-only register that has a signal
@@ -71,20 +92,25 @@ class HostBridge(wiring.Component):
     control[i] : the i-th read/write register (:attr:`control_registers`).
     <channel>[k] : one stream per in channel (out of the bridge) and per out
         channel (into it), by the channel's name.
-    bad_command, duplicates : counters (bad frames the decoder counts itself).
+    bad_command, duplicates, frames_dropped : counters (bad frames the decoder
+        counts itself).
 
-    Latency: a frame is executed the cycle after its last byte; an ``ACK`` starts
-    on ``tx`` a cycle later. A ``SEND`` kind then reads each payload out of the body
-    buffer, a byte per cycle: its stream sees a payload of ``P`` bytes ``P + 1``
-    cycles after the frame was executed (or the payload before it was taken), 158
-    for an SA record, and the ``ACK`` goes once the last was taken. ``rx`` waits
-    meanwhile. Throughput: one byte per cycle on each side; answers go first, then
-    items, then packets (egress ports in order, then the exception queue), a whole
-    frame at a time.
+    Latency: a frame is executed the cycle after its last byte (or after the answer
+    before it went out). Its answer starts on ``tx`` a cycle later if the transmitter
+    is idle, else once the frame going out has ended (at most an ``ITEM`` or a
+    ``PACKET`` frame: a 2,044-byte packet and 5 bytes, about 20,500 bit times on a
+    UART). A ``SEND`` kind reads each payload out of the body buffer, a byte per
+    cycle: its stream sees a payload of ``P`` bytes ``P + 1`` cycles after the frame
+    was executed (or the payload before it was taken), 158 for an SA record, and the
+    ``ACK`` goes once the last was taken. Throughput: one byte per cycle on each side,
+    independently; answers go first, then items, then packets (egress ports in order,
+    then the exception queue), a whole frame at a time.
 
     The body buffer is one block RAM of ``MAX_BODY`` bytes (2,044: 4 iCE40 EBRs, one
     ECP5 DP16KD), read and written a byte at a time; the staging register is the
-    widest in channel's payload (157 bytes), loaded by shifting.
+    widest in channel's payload (157 bytes), loaded by shifting. Full duplex costs
+    no second buffer (a frame that begins while one is held is not stored), only the
+    answer's tag and address (24 flip-flops) and the cut packet's state.
     """
 
     def __init__(self, regmap: RegisterMap):
@@ -101,6 +127,7 @@ class HostBridge(wiring.Component):
             "control": Out(32).array(len(self.control_registers)),
             "bad_command": Out(32),
             "duplicates": Out(32),
+            "frames_dropped": Out(32),
             "inject": Out(stream.Signature(inject_byte(regmap.params["ports"]))),
             "egress": In(stream.Signature(EGRESS_BEAT)).array(regmap.params["ports"]),
             "exception": In(stream.Signature(packet_beat(16))),
@@ -163,6 +190,9 @@ class HostBridge(wiring.Component):
         response_data = Signal()          # DATA rather than ACK
         response_status = Signal(Status)
         response_words = Signal(range(MAX_READ_WORDS + 1))
+        # Its frame's tag and address, kept so the header is free for the next frame.
+        response_tag = Signal(8)
+        response_address = Signal(16)
         last_tag = Signal(8)
         last_tag_valid = Signal()
 
@@ -181,7 +211,8 @@ class HostBridge(wiring.Component):
         padding = Signal()                # ... beyond the body: a zero instead
 
         def answer(status):
-            m.d.sync += [response.eq(1), response_data.eq(0), response_status.eq(status)]
+            m.d.sync += [response.eq(1), response_data.eq(0), response_status.eq(status),
+                         response_tag.eq(tag)]
 
         def count(counter):
             m.d.sync += counter.eq(counter + 1)
@@ -189,26 +220,68 @@ class HostBridge(wiring.Component):
         ports = regmap.params["ports"]
         in_body = position >= HEADER_BYTES
         duplicate = last_tag_valid & (tag == last_tag)
-        busy = response | loading | sending
+        # A frame is held from its last byte until it has been executed and, for a SEND
+        # kind, its payloads have been taken: header, first word and body buffer are
+        # its own until then. It executes once the answer before it has gone out.
+        complete = Signal()
+        execute = Signal()
+        m.d.comb += execute.eq(complete & ~response)
+        held = complete | loading | sending
+        # The rest of the frame on rx is thrown away: it began while another was held,
+        # or it is an INJECT whose packet found the injected-packet FIFO full.
+        discarding = Signal()
+        discard = Mux(position == 0, held, discarding)
         # An INJECT's bytes go on as they arrive (a packet does not wait for its CRC),
         # unless its port is unknown or it is a resent copy.
-        injecting = in_body & (kind == FrameKind.INJECT) & (header[2] < ports) & ~duplicate
+        injecting = Signal()
+        m.d.comb += injecting.eq(in_body & (kind == FrameKind.INJECT) & (header[2] < ports)
+                                 & ~duplicate & ~discard)
+        # A cut packet's bytes are in the FIFO: it is owed a last byte with `abort`.
+        owe_abort = Signal()
+        cut_port = Signal.like(self.inject.payload.port)
+        inject_started = Signal()          # a byte of this frame's packet went on
+        passed = Signal()
+        m.d.comb += passed.eq(self.inject.valid & self.inject.ready & ~owe_abort)
+        cut = injecting & self.rx.valid & ~passed
+        with m.If(owe_abort):
+            m.d.comb += [
+                self.inject.payload.last.eq(1),
+                self.inject.payload.abort.eq(1),
+                self.inject.payload.port.eq(cut_port),
+                self.inject.valid.eq(1),
+            ]
+            with m.If(self.inject.ready):
+                m.d.sync += owe_abort.eq(0)
+        with m.Else():
+            m.d.comb += [
+                self.inject.payload.data.eq(self.rx.payload.data),
+                self.inject.payload.last.eq(self.rx.payload.last),
+                self.inject.payload.abort.eq(self.rx.payload.abort),
+                self.inject.payload.port.eq(header[2]),
+                # Offered once: a byte the FIFO cannot take now is not there later.
+                self.inject.valid.eq(self.rx.valid & injecting),
+            ]
         m.d.comb += [
-            self.inject.payload.data.eq(self.rx.payload.data),
-            self.inject.payload.last.eq(self.rx.payload.last),
-            self.inject.payload.abort.eq(self.rx.payload.abort),
-            self.inject.payload.port.eq(header[2]),
-            self.inject.valid.eq(self.rx.valid & injecting & ~busy),
-            self.rx.ready.eq(~busy & (~injecting | self.inject.ready)),
+            # Full duplex: no byte ever waits (a UART could not hold it).
+            self.rx.ready.eq(1),
             body_write.addr.eq(body_offset),
             body_write.data.eq(self.rx.payload.data),
         ]
-        with m.If(self.rx.valid & self.rx.ready):
+        with m.If(self.rx.valid):
             byte = self.rx.payload.data
-            with m.If(~in_body):
+            with m.If(position == 0):
+                m.d.sync += [discarding.eq(held), inject_started.eq(0)]
+            with m.If(discard):
+                pass
+            with m.Elif(~in_body):
                 m.d.sync += [header[position].eq(byte), partial.eq(0)]
             with m.Elif(kind == FrameKind.INJECT):
-                pass
+                with m.If(passed):
+                    m.d.sync += inject_started.eq(1)
+                with m.Elif(cut):
+                    m.d.sync += discarding.eq(1)
+                    with m.If(inject_started):
+                        m.d.sync += [owe_abort.eq(1), cut_port.eq(header[2])]
             with m.Elif(body_offset < MAX_BODY):
                 m.d.comb += body_write.en.eq(1)
                 with m.Switch(body_offset):
@@ -222,16 +295,19 @@ class HostBridge(wiring.Component):
             with m.If(self.rx.payload.last):
                 m.d.sync += [position.eq(0), overlong.eq(0)]
 
-        # The frame's last byte is in: decide in the next cycle from registers.
-        execute = Signal()
+        # The frame's last byte is in: decide in the next cycle from registers. A good
+        # frame thrown away is counted (a bad one the decoder counted already).
         frame_length = Signal.like(position)
         frame_overlong = Signal()
         beyond = in_body & (kind != FrameKind.INJECT) & (body_offset >= MAX_BODY)
-        with m.If(self.rx.valid & self.rx.ready & self.rx.payload.last & ~self.rx.payload.abort):
-            m.d.sync += [execute.eq(1), frame_length.eq(position + 1),
-                         frame_overlong.eq(overlong | beyond)]
-        with m.Else():
-            m.d.sync += execute.eq(0)
+        with m.If(execute):
+            m.d.sync += complete.eq(0)
+        with m.If(self.rx.valid & self.rx.payload.last & ~self.rx.payload.abort):
+            with m.If(discard | cut):
+                count(self.frames_dropped)
+            with m.Else():
+                m.d.sync += [complete.eq(1), frame_length.eq(position + 1),
+                             frame_overlong.eq(overlong | beyond)]
         m.d.comb += body_length.eq(frame_length - HEADER_BYTES)
         short = frame_length < HEADER_BYTES
 
@@ -263,7 +339,8 @@ class HostBridge(wiring.Component):
                         (body_length != 1, Status.BAD_LENGTH),
                         ((n == 0) | (n > MAX_READ_WORDS) | (address + n > regmap.words),
                          Status.BAD_ADDRESS)):
-                    m.d.sync += [response.eq(1), response_data.eq(1), response_words.eq(n)]
+                    m.d.sync += [response.eq(1), response_data.eq(1), response_words.eq(n),
+                                 response_tag.eq(tag), response_address.eq(address)]
             with m.Elif(kind == FrameKind.WRITE):
                 with unless_refused(
                         (body_length != 4, Status.BAD_LENGTH),
@@ -380,10 +457,10 @@ class HostBridge(wiring.Component):
                                          tx_length.eq(HEADER_BYTES + channel.payload_bytes)]
                             m.next = "ITEM"
             with m.State("ANSWER"):
-                read = words[address + (tx_body >> 2)]
-                frame_byte((Mux(response_data, FrameKind.DATA, FrameKind.ACK), tag,
-                            Mux(response_data, header[2], response_status),
-                            Mux(response_data, header[3], 0)),
+                read = words[response_address + (tx_body >> 2)]
+                frame_byte((Mux(response_data, FrameKind.DATA, FrameKind.ACK), response_tag,
+                            Mux(response_data, response_address[:8], response_status),
+                            Mux(response_data, response_address[8:], 0)),
                            read.word_select(tx_byte[:2], 8))
                 m.d.comb += [self.tx.valid.eq(1),
                              self.tx.payload.last.eq(tx_byte == tx_length - 1)]

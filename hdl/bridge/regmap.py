@@ -45,12 +45,12 @@ from .framing import MAX_FRAME
 __all__ = ["MAGIC", "VERSION", "CAPABILITIES", "FrameKind", "Status", "PacketSource",
            "HEADER_BYTES", "MAX_BODY", "MAX_INJECT",
            "Register", "Channel", "RegisterMap", "nic_parameters", "payload_bytes",
-           "BRIDGE_COUNTERS", "registers_markdown"]
+           "BRIDGE_COUNTERS", "BRIDGE_COUNTER_DOCS", "registers_markdown"]
 
 #: Word 0 of the capability block: "ESPN" in ASCII, little-endian.
 MAGIC = int.from_bytes(b"ESPN", "little")
 #: Word 1: bumped whenever an address, a channel or a frame changes meaning.
-VERSION = 3
+VERSION = 4
 
 #: Words 2.. of the capability block: the device's construction parameters, by the
 #: keyword of :class:`~espnic.hdl.top.EspNic`. Profiles and ``ethernet`` are encoded
@@ -61,9 +61,21 @@ CAPABILITIES = ("engines", "ports", "slots", "window", "spi_entries", "spi_ways"
 _PROFILES = ("compact", "fast")
 _CAPABILITY_WORDS = 32          # room for more parameters without moving anything
 
-#: The bridge's own counters, in register order.
-BRIDGE_COUNTERS = ("bad_crc", "too_short", "too_long", "bad_command", "duplicates",
-                   "inject_aborted")
+#: The host link's own counters, in register order, with what each counts.
+BRIDGE_COUNTER_DOCS = {
+    "bad_crc": "frames with a bad CRC (or a lone ESCAPE before the closing FLAG)",
+    "too_short": "frames shorter than a byte and the CRC",
+    "too_long": "frames longer than the decoder takes",
+    "bad_command": "frames refused (a status other than OK or DUPLICATE)",
+    "duplicates": "resent frames answered DUPLICATE, not executed again",
+    "inject_aborted": "injected packets dropped whole (a bad or cut INJECT frame)",
+    "frames_dropped": "good frames thrown away unanswered: one that began while the "
+                      "frame before was still kept (a resend; the host resends again), "
+                      "or an INJECT whose packet found the inject FIFO full",
+    "uart_framing_errors": "UART characters with a low stop bit (0 on other links)",
+    "uart_overruns": "UART characters lost for want of room (0 on other links)",
+}
+BRIDGE_COUNTERS = tuple(BRIDGE_COUNTER_DOCS)
 
 HEADER_BYTES = 4
 #: The longest body of a frame: what the frame decoder takes (``MAX_FRAME``, 2,048
@@ -215,8 +227,8 @@ class RegisterMap:
         for k in range(p["engines"]):
             for name in ENGINE_COUNTERS:
                 add(f"{name}[{k}]", "ro", f"engine {k} counter", name, k)
-        for name in BRIDGE_COUNTERS:
-            add(name, "ro", "host link counter", f"bridge.{name}")
+        for name, doc in BRIDGE_COUNTER_DOCS.items():
+            add(name, "ro", f"host link: {doc}", f"bridge.{name}")
         self.registers = tuple(registers)
         self._by_name = {register.name: register for register in registers}
 
@@ -304,7 +316,15 @@ def registers_markdown(regmap: RegisterMap) -> str:
         "`INJECT` whose tag equals that of the whole frame just before it (of any kind)",
         "is acknowledged `DUPLICATE` and not executed again: a host waits for each answer",
         "and resends only the frame it waits for, so it may resend one whose answer it did",
-        "not get, and it must give consecutive frames different tags. The three `SEND`",
+        "not get, and it must give consecutive frames different tags. The device takes",
+        "every byte as it arrives, whatever it is sending (full duplex), and keeps one",
+        "frame and one answer: a frame that arrives while the answer before it waits",
+        "(behind an `ITEM` or `PACKET` frame going out) is executed once that answer is",
+        "out; one that begins while a frame is still kept (not yet executed, or a `SEND`",
+        "whose stream has not taken its payloads) is dropped unanswered and counted",
+        "(`frames_dropped`), as is an `INJECT` whose packet finds the device's inject",
+        "FIFO full. A host that waits for each answer meets this only when it resends.",
+        "The three `SEND`",
         "kinds offer payloads to an in channel's stream only once the frame is known",
         "whole and its length right, and are acknowledged once every payload was taken:",
         "`SEND` one payload, `SEND_MANY` N of them in order (a burst: all or none),",

@@ -50,7 +50,7 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, FallingEdge, ReadOnly, RisingEdge, Timer
 
-from espnic.hdl.bridge.framing import FrameDecoderModel, encode_frame
+from espnic.hdl.bridge.framing import encode_frame
 from espnic.hdl.bridge.regmap import FrameKind
 from espnic.sim.cocotb_runner import bench_params, bench_ports
 from espnic.sim.cocotb_streams import reset_link_device
@@ -77,9 +77,6 @@ POLL_CYCLES = 8
 MAX_OUTBOUND = 1 << 20
 #: Client bytes buffered ahead of the device (the rest wait in the kernel).
 MAX_INBOUND = 1 << 16
-#: Cycles a UART server waits for the answer to a new client's session frame before
-#: it lets the client's bytes in regardless (a READ is answered in far fewer).
-SESSION_CYCLES = 100_000
 #: The clock of a device with a byte link (its rate means nothing there).
 PERIOD_NS = 10
 #: The clock of a device with a UART, :data:`~espnic.sim.device_server.CLOCK_HZ`, in
@@ -287,23 +284,10 @@ class UartLineDriver:
         self.busy = False
         self.wake = Event()
         self.characters = 0
-        self.hold_after: int | None = None     # bytes to send before holding the rest
-
-    def hold(self, after: int):
-        """Send ``after`` more bytes, then hold the rest until :meth:`release`."""
-        self.hold_after = after
-
-    def release(self):
-        self.hold_after = None
-        self.wake.set()
-
-    @property
-    def holding(self) -> bool:
-        return self.hold_after is not None
 
     async def run(self):
         while True:
-            if not self.inbound or self.hold_after == 0:
+            if not self.inbound:
                 self.busy = False
                 self.wake.clear()
                 await self.wake.wait()
@@ -313,8 +297,6 @@ class UartLineDriver:
                 self.busy = True
             byte = self.inbound[0]
             del self.inbound[0]
-            if self.hold_after is not None:
-                self.hold_after -= 1
             bits = [0, *((byte >> n) & 1 for n in range(8)), 1]
             # One timer per run of equal bits: what the line does, fewer Python calls.
             start = 0
@@ -341,8 +323,6 @@ class UartLineMonitor:
         self.bit_ps = divisor * UART_PERIOD_PS
         self.busy = False
         self.characters = self.framing_errors = self.glitches = 0
-        self.frames: FrameDecoderModel | None = None    # set: frames decoded into it
-        self.answers: list[bytes] = []                   # ... and the good ones
 
     async def run(self):
         while True:
@@ -363,8 +343,6 @@ class UartLineMonitor:
             if self.pin.value:
                 self.outbound.append(byte)
                 self.characters += 1
-                if self.frames is not None:
-                    self.answers += self.frames.feed(bytes([byte]))
             else:
                 self.framing_errors += 1
                 # The count and never the byte: link traffic carries keys.
@@ -383,30 +361,6 @@ class UartLinkServer(LinkServer):
         self.monitor = UartLineMonitor(dut, self.outbound, divisor)
         self.character_ps = 10 * divisor * UART_PERIOD_PS
         self.last_busy = 0            # simulated ps when the line was last busy
-        self.held_since = 0           # ... when the driver began to hold a client's bytes
-
-    def accept(self) -> bool:
-        """Take the next waiting client, if any; its bytes wait until the device has
-        answered the session frame (:data:`SESSION_FRAME`): the device takes no bytes
-        while it answers, and a UART cannot wait, so they would be lost."""
-        if not super().accept():
-            return False
-        self.driver.hold(len(self.inbound))
-        self.monitor.frames, self.monitor.answers = FrameDecoderModel(), []
-        self.held_since = get_sim_time("ps")
-        return True
-
-    def release_when_answered(self):
-        """The client's bytes go in once the session frame's answer (``DATA``, tag 0)
-        is out, or after :data:`SESSION_CYCLES` without it."""
-        answered = any(frame[:2] == bytes([FrameKind.DATA.value, 0])
-                       for frame in self.monitor.answers)
-        waited = (get_sim_time("ps") - self.held_since) // UART_PERIOD_PS
-        if answered or waited >= SESSION_CYCLES:
-            if not answered:
-                self.dut._log.warning(f"no answer to the session frame in {waited} cycles")
-            self.monitor.frames = None
-            self.driver.release()
 
     async def reset(self):
         self.dut.uart_rx.value = 1                 # an idle line
@@ -438,8 +392,6 @@ class UartLinkServer(LinkServer):
                     self.accept()
                 elif len(self.inbound) < 1024:
                     self.receive()
-                if self.driver.holding:
-                    self.release_when_answered()
                 if self.inbound:
                     self.driver.wake.set()
                 if self.outbound:

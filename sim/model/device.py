@@ -28,7 +28,10 @@ them; the model answers its ``ACK`` first and then executes them, while on the
 device the items some of them cause (an ``engine_reply`` for a ``READ``) may
 come before the ``ACK``, which goes once the last payload was taken.
 
-The model processes each packet as it is injected, so nothing is ever in flight:
+The model answers each frame as it is decoded: no frame ever waits for the
+transmitter, so none is dropped for arriving while one waits (``frames_dropped``
+reads 0, as do the UART counters: there is no UART). The model processes each
+packet as it is injected, so nothing is ever in flight:
 ``idle`` reads all ones, a fence passes at once. Differences from the device,
 none of which a host can provoke with whole, well-formed packets: a packet cut
 short of its IP length that the device sends out as an aborted ``PACKET`` (flag
@@ -220,8 +223,12 @@ class DeviceModel:
         """Every register's value by address, as a READ would give it now."""
         counters = self.nic.counters()
         counters["arm_refused"] = self.counts["arm_refused"]
+        # No UART here, and each frame is answered as it is decoded, so none is ever
+        # kept waiting for the transmitter: nothing to drop for a resend that overtakes
+        # one (uart_framing_errors, uart_overruns, frames_dropped read 0).
         bridge = {"bad_crc": self._decoder.bad_crc, "too_short": self._decoder.too_short,
-                  "too_long": self._decoder.too_long, **self.counts}
+                  "too_long": self._decoder.too_long, "frames_dropped": 0,
+                  "uart_framing_errors": 0, "uart_overruns": 0, **self.counts}
         words = {}
         for register in self.regmap.registers:
             if register.value is not None:
