@@ -90,7 +90,9 @@ UART_PERIOD_PS = 2 * round(1e12 / CLOCK_HZ / 2)
 # new client whose first frame is a WRITE or SEND with the tag of the previous
 # client's last frame would see it acknowledged and not executed. Host tags are
 # 1..255 (host/link.py), so no host frame follows with tag 0; the DATA answer
-# reaches the new client, whose FrameLink drops it (no tag of its own matches).
+# reaches the new client, whose FrameLink drops it (no tag of its own matches). The
+# client's bytes follow at once: the bridge takes bytes while it answers, and keeps the
+# client's first frame until the session frame's answer is out.
 SESSION_FRAME = encode_frame(bytes([FrameKind.READ.value, 0, 0, 0, 1]))
 
 
