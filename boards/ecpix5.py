@@ -22,7 +22,9 @@ ECPIX5 = register(Board(
     capacity={"luts": 83640, "ffs": 83640, "brams": 208, "sprams": 0, "dsps": 156},
     osc="clk100", osc_mhz=100, clock_mhz=75,
     baud=3_000_000,
-    params=dict(engines=1, ports=1, profile="compact", slots=16, rules=8, stages=2,
+    # One policy rule a pipeline stage: 4 a stage put a 4-deep priority chain (18.6
+    # LUT levels) in one cycle, one a stage leaves 9 (docs/performance.md).
+    params=dict(engines=1, ports=1, profile="compact", slots=16, rules=8, stages=8,
                 routes=8),
     ethernet="eth_rgmii",
     led="rgb_led.g",

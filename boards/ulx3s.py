@@ -21,7 +21,9 @@ ULX3S = register(Board(
     osc="clk25", osc_mhz=25, clock_mhz=75,
     # The FT231X's fastest rate is 3 Mbaud (25 cycles a bit at 75 MHz).
     baud=3_000_000,
-    params=dict(engines=1, ports=1, profile="compact", slots=16, rules=8, stages=2,
+    # One policy rule a pipeline stage: 4 a stage put a 4-deep priority chain (18.6
+    # LUT levels) in one cycle, one a stage leaves 9 (docs/performance.md).
+    params=dict(engines=1, ports=1, profile="compact", slots=16, rules=8, stages=8,
                 routes=8),
     openfpgaloader="ulx3s",
 ))

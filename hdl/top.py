@@ -132,7 +132,7 @@ class EspNic(wiring.Component):
         engine meanwhile, which cost 8 compact engines a quarter of their
         throughput at 1,400 bytes with 64 (docs/performance.md).
     spi_entries, spi_ways, rules, stages : each port's filter sizes.
-    routes : the egress route table's size.
+    routes : the egress route table's size (one route a pipeline stage).
     nested : a local forwarder (see the module docstring): egress port ``ports``
         is the device itself, forwarder ``ports`` its input; the per-forwarder
         host streams, ``miss_to_host`` and the port counters have one more
@@ -179,7 +179,9 @@ class EspNic(wiring.Component):
                                         spi_ways=spi_ways, rules=rules if p < ports else stages,
                                         stages=stages)
                              for p in range(self.forwarders)]
-        self._egress = Egress(ports=ports + nested, routes=routes)
+        # One route a pipeline stage: the choice among a stage's matches is a priority
+        # chain, the deepest logic of the route table with several routes a stage.
+        self._egress = Egress(ports=ports + nested, routes=routes, stages=routes)
         self._fabric = FabricLink(engines=engines, slots=slots, window=window)
         beat = stream.Signature(packet_beat(_WIDTH))
         # One host stream (or one per engine / per port) for each unit's table.
