@@ -321,13 +321,10 @@ def test_sim_without_icarus_says_so(monkeypatch, capsys):
 def test_espnic_sim_serves_until_interrupted():
     """The command as a user runs it: it prints the URL, serves, and Ctrl-C ends it
     and the simulator with it."""
-    process = subprocess.Popen([sys.executable, "-m", "espnic.host.cli", "sim", "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = process.stdout.readline()          # the build is cached by the tests above
+    with espnic_sim() as (line, process):       # the build is cached by the tests above
         found = re.fullmatch(r"espnic sim: serving (socket://127\.0\.0\.1:(\d+)) "
                              r"\(byte link: a byte a cycle each way\)\n", line)
-        assert found, f"first line {line!r}; stderr: {process.stderr.read() if not line else ''}"
+        assert found, f"first line {line!r}"
         device = Device.open(found[1], timeout=5.0)
         assert device.params == RegisterMap(**PARAMS).params
         device.close()
@@ -343,12 +340,6 @@ def test_espnic_sim_serves_until_interrupted():
                 break
             assert time.monotonic() < deadline, "the simulator outlived `espnic sim`"
             time.sleep(0.2)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
 
 
 def test_a_server_that_cannot_start_says_why():
@@ -433,15 +424,17 @@ def test_the_uart_server_answers_as_the_model_does():
 @contextlib.contextmanager
 def espnic_sim(*options):
     """``espnic sim --port 0 OPTIONS`` as a user runs it; yields its first stdout line
-    (the banner), and ends it with Ctrl-C after the block."""
+    (the banner) and the process, and ends it with Ctrl-C after the block (unless the
+    block did), checking it exits cleanly."""
     process = subprocess.Popen([sys.executable, "-m", "espnic.host.cli", "sim", "--port", "0",
                                 *options],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
         assert line, f"no banner; stderr: {process.stderr.read()}"
-        yield line
-        process.send_signal(signal.SIGINT)
+        yield line, process
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
     finally:
         if process.poll() is None:
@@ -456,7 +449,7 @@ def test_espnic_sim_uart_resynchronises_after_garbage():
     300 bytes of noise, then a frame whose CRC fails, cross the UART as characters and
     are counted as bad frames by the device, and the frames after them are understood
     (the device's receiver found every start bit again)."""
-    with espnic_sim("--link", "uart", "--baud", str(UART_BAUD)) as banner:
+    with espnic_sim("--link", "uart", "--baud", str(UART_BAUD)) as (banner, _process):
         found = re.fullmatch(r"espnic sim: serving (socket://127\.0\.0\.1:\d+) "
                              r"\(UART link: 12000000 baud 8N1, 4 cycles a bit at 48 MHz\)\n",
                              banner)
