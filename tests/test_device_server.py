@@ -139,26 +139,31 @@ def test_a_new_clients_first_frame_is_never_a_duplicate(server):
         device.close()
 
 
+def _noise_then_a_spoilt_write(device, noise):
+    """``noise`` (no FLAG in it), then a WRITE of pause = 1 whose CRC fails: both are
+    counted as bad frames, the device still answers, and the WRITE was not executed."""
+    before = device.counters()
+    device.link.port.write(noise)
+    pause = device.regmap.register("pause").address
+    assert pause < 0x7d
+    wire = bytearray(encode_frame(bytes([FrameKind.WRITE.value, 9, pause, 0, 0, 0, 0, 0])))
+    wire[5] ^= 0x01                   # pause = 0 becomes pause = 1, and the CRC fails
+    device.link.port.write(bytes(wire))
+    after = device.counters()
+    errors = ("bad_crc", "too_short", "too_long")
+    assert after["bad_crc"] >= before["bad_crc"] + 1
+    assert sum(after[n] for n in errors) >= sum(before[n] for n in errors) + 2
+    assert after["bad_command"] == before["bad_command"]
+    assert device.read("pause") == 0
+
+
 def test_garbage_and_bad_frames_on_the_socket_are_counted(server):
     device = Device.open(server, timeout=5.0)
     try:
-        before = device.counters()
-        rng = random.Random(5)
         # No FLAG in the noise: it lands in one bad frame, ended by the next FLAG
         # (random frames could pass the CRC by chance and execute something).
-        noise = bytes(byte for byte in rng.randbytes(300) if byte != FLAG)
-        device.link.port.write(noise)
-        pause = device.regmap.register("pause").address
-        assert pause < 0x7d
-        wire = bytearray(encode_frame(bytes([FrameKind.WRITE.value, 9, pause, 0, 0, 0, 0, 0])))
-        wire[5] ^= 0x01                   # pause = 0 becomes pause = 1, and the CRC fails
-        device.link.port.write(bytes(wire))
-        after = device.counters()         # the device still answers
-        assert after["bad_crc"] >= before["bad_crc"] + 1
-        errors = ("bad_crc", "too_short", "too_long")
-        assert sum(after[n] for n in errors) >= sum(before[n] for n in errors) + 2
-        assert device.read("pause") == 0  # the spoilt WRITE (pause = 1) was not executed
-        assert after["bad_command"] == before["bad_command"]
+        rng = random.Random(5)
+        _noise_then_a_spoilt_write(device, bytes(b for b in rng.randbytes(300) if b != FLAG))
         assert device.link.resends == 0
     finally:
         device.close()
@@ -457,23 +462,11 @@ def test_espnic_sim_uart_resynchronises_after_garbage():
         device = Device.open(found[1], timeout=30.0)
         try:
             assert device.params == RegisterMap(**PARAMS).params
-            before = device.counters()
             rng = random.Random(7)
             # No FLAG in the noise (see the byte link's test); 0x00 and 0xff characters
             # (all zeros, a start bit alone low) among it.
-            noise = bytes(byte for byte in rng.randbytes(300) if byte != FLAG) + b"\x00\xff" * 8
-            device.link.port.write(noise)
-            pause = device.regmap.register("pause").address
-            assert pause < 0x7d
-            wire = bytearray(encode_frame(bytes([FrameKind.WRITE.value, 9, pause, 0, 0, 0, 0, 0])))
-            wire[5] ^= 0x01                   # pause = 0 becomes pause = 1, and the CRC fails
-            device.link.port.write(bytes(wire))
-            after = device.counters()
-            errors = ("bad_crc", "too_short", "too_long")
-            assert after["bad_crc"] >= before["bad_crc"] + 1
-            assert sum(after[n] for n in errors) >= sum(before[n] for n in errors) + 2
-            assert after["bad_command"] == before["bad_command"]
-            assert device.read("pause") == 0  # the spoilt WRITE was not executed
+            _noise_then_a_spoilt_write(device, bytes(b for b in rng.randbytes(300) if b != FLAG)
+                                       + b"\x00\xff" * 8)
             device.write("pause", 1)
             assert device.read("pause") == 1
             device.write("pause", 0)
