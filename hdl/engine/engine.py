@@ -63,9 +63,10 @@ of a cleartext packet longer than :func:`udp6_fill_limit` (1,963 bytes: its ESP
 packet would not fit the fill stage), and IPv6 extension headers in front of
 ESP (an outbound transport-mode packet's, an inbound packet's outer header).
 
-Throughput: the SA table needs 4 cycles per packet, and the dispatcher looks
-up the next packet once the current one has entered its data path, so the
-data paths set the rate (``bench/engine.py``).
+Throughput: the SA table needs 4 cycles per packet (its request reaches it
+through a register, a cycle more of latency), and the dispatcher looks up the
+next packet once the current one has entered its data path, so the data paths
+set the rate (``bench/engine.py``).
 """
 
 from amaranth import *
@@ -77,6 +78,7 @@ from ..gcm.layouts import BLOCK_BYTES
 from ..packet.layouts import ip_length, packet_beat
 from ..packet.ipv4 import Ipv4HeaderCheck
 from ..packet.merge import PacketMerger
+from ..packet.register import StreamRegister
 from .decap import EspDecap
 from .encap import EspEncap
 from .inbound import InboundControl
@@ -231,7 +233,17 @@ class EspEngine(wiring.Component):
     def _dispatch(self, m, table, encap, decap, inbound, merger, loading, checked):
         packets = checked.o             # the input, once its IPv4 header checksum is known
         beat = packets.payload
-        request = table.request.payload
+        # Requests reach the table through a register: whether the table takes one
+        # depends on its arbitration (host operations and accounting first), and the
+        # dispatcher's handshake through it into the inbound control's accounting made
+        # the engine's deepest path (docs/performance.md). No request is taken while a
+        # replay window loads, as before: the register holds it.
+        m.submodules.requests = requests = StreamRegister(table.request.payload.shape())
+        m.d.comb += [table.request.payload.eq(requests.o.payload),
+                     table.request.valid.eq(requests.o.valid & ~loading),
+                     requests.o.ready.eq(table.request.ready & ~loading)]
+        to_table = requests.i
+        request = to_table.payload
         looked_up = Signal.like(request)     # the packet's request, kept for RETRY
         wait_idle = Signal()                 # RETRY once no inbound packet is in flight
         slot = looked_up.slot
@@ -309,14 +321,14 @@ class EspEngine(wiring.Component):
                     request.slot.eq(self.meta.payload.slot),
                     request.bytes.eq(ip_length(beat.data)),
                     *(request[name].eq(value) for name, value in facts.items()),
-                    table.request.valid.eq(take),
+                    to_table.valid.eq(take),
                     # A fence's marker comes with no packet and asks the table nothing.
-                    self.meta.ready.eq(Mux(marker, 1, take & table.request.ready)),
+                    self.meta.ready.eq(Mux(marker, 1, take & to_table.ready)),
                 ]
                 with m.If(self.meta.valid & marker):
                     m.d.sync += fence.eq(self.meta.payload.slot)
                     m.next = "FENCE"
-                with m.If(take & table.request.ready):
+                with m.If(take & to_table.ready):
                     m.d.sync += looked_up.eq(request)
                     m.next = "DECIDE"
 
@@ -333,8 +345,8 @@ class EspEngine(wiring.Component):
                 # An inbound packet that could not go on: look it up again once the
                 # packets it must follow have been accounted (`wait_idle`), or at once.
                 go = ~loading & (~wait_idle | ~inbound.busy)
-                m.d.comb += [request.eq(looked_up), table.request.valid.eq(go)]
-                with m.If(go & table.request.ready):
+                m.d.comb += [request.eq(looked_up), to_table.valid.eq(go)]
+                with m.If(go & to_table.ready):
                     m.next = "DECIDE"
 
             with m.State("DECIDE"):
