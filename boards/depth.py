@@ -115,8 +115,8 @@ def _port_bits(cell, port):
 def logic_depth(netlist, family: str, *, top: str = "top", paths: int = 1,
                 block_depth: int = 4) -> list:
     """The deepest paths of ``netlist`` (a path to yosys' JSON netlist, or it parsed),
-    one per block they end in (the first ``block_depth`` parts of the name of their
-    last net), deepest first, at most ``paths`` of them (:class:`Depth` each)."""
+    one per module instance they end in (cut to ``block_depth`` levels of the
+    hierarchy), deepest first, at most ``paths`` of them (:class:`Depth` each)."""
     if family not in _ARCS:
         raise ValueError(f"family must be one of {sorted(_ARCS)}, not {family!r}")
     if not isinstance(netlist, dict):
@@ -127,8 +127,8 @@ def logic_depth(netlist, family: str, *, top: str = "top", paths: int = 1,
     module = modules[top]
     arcs_of = _ARCS[family]
 
-    # edges: input bit -> [(output bit, levels, cell type)]
-    edges, cut_types, drivers = {}, {}, {}
+    # fanin: output bit -> [(input bit, levels)], over every combinational arc.
+    fanin, cut_types, drivers = {}, {}, {}
     for cell in module["cells"].values():
         kind = cell["type"]
         arcs = arcs_of.get(kind)
@@ -142,20 +142,16 @@ def logic_depth(netlist, family: str, *, top: str = "top", paths: int = 1,
                 dsts = [p for p in cell["connections"] if p.startswith(dst[:-1])]
             else:
                 srcs, dsts = [src], [dst]
-            outs = [b for port in dsts for b in _port_bits(cell, port)]
-            for port in srcs:
-                for bit in _port_bits(cell, port):
-                    edges.setdefault(bit, []).extend((out, levels, kind) for out in outs)
+            ins = [b for port in srcs for b in _port_bits(cell, port)]
+            for port in dsts:
+                for out in _port_bits(cell, port):
+                    fanin.setdefault(out, []).extend((bit, levels) for bit in ins)
         for port, direction in cell.get("port_directions", {}).items():
             if direction == "output":
                 for bit in _port_bits(cell, port):
                     drivers[bit] = kind
 
     # Longest path ending at each bit, by memoized depth-first search over the fanin.
-    fanin = {}
-    for bit, outs in edges.items():
-        for out, levels, kind in outs:
-            fanin.setdefault(out, []).append((bit, levels, kind))
     best = {}                                   # bit -> (levels, cells, predecessor)
     for start in list(fanin):
         if start in best:
@@ -165,7 +161,7 @@ def logic_depth(netlist, family: str, *, top: str = "top", paths: int = 1,
         while stack:
             bit, pending = stack[-1]
             advanced = False
-            for pred, _, _ in pending:
+            for pred, _ in pending:
                 if pred not in best and pred in fanin:
                     if pred in on_stack:
                         raise ValueError(f"combinational loop through net bit {pred}")
@@ -178,7 +174,7 @@ def logic_depth(netlist, family: str, *, top: str = "top", paths: int = 1,
             stack.pop()
             on_stack.discard(bit)
             value = (0.0, 0, None)
-            for pred, levels, _ in fanin[bit]:
+            for pred, levels in fanin[bit]:
                 prior = best.get(pred, (0.0, 0, None))
                 candidate = (prior[0] + levels, prior[1] + 1, pred)
                 if candidate[0] > value[0]:
@@ -187,14 +183,17 @@ def logic_depth(netlist, family: str, *, top: str = "top", paths: int = 1,
 
     names, hierarchy = _bit_names(module)
 
+    blocks_of = {}
+
     def block(bit):
         """The instance a bit's net is in (its longest hierarchy prefix), cut to
         ``block_depth`` levels."""
-        parts = names.get(bit, "").split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            if ".".join(parts[:cut]) in hierarchy:
-                return ".".join(parts[:min(cut, block_depth)])
-        return ""
+        if bit not in blocks_of:
+            parts = names.get(bit, "").split(".")
+            blocks_of[bit] = next((".".join(parts[:min(cut, block_depth)])
+                                   for cut in range(len(parts) - 1, 0, -1)
+                                   if ".".join(parts[:cut]) in hierarchy), "")
+        return blocks_of[bit]
 
     def trace(end):
         levels, cells, _ = best[end]
@@ -205,14 +204,14 @@ def logic_depth(netlist, family: str, *, top: str = "top", paths: int = 1,
         path.reverse()
         nets = [(names.get(b, f"${b}"), drivers.get(b, "-")) for b in path]
         blocks = []
-        for b in path:
-            if block(b) and (not blocks or blocks[-1] != block(b)):
-                blocks.append(block(b))
+        for where in map(block, path):
+            if where and (not blocks or blocks[-1] != where):
+                blocks.append(where)
         return Depth(round(levels, 2), cells, nets, blocks, cut_types)
 
     if not best:
         return [Depth(0.0, 0, [], [], cut_types)]
-    # The deepest path ending in each block (by the name of its last net), deepest first.
+    # The deepest path ending in each instance (that of its last net), deepest first.
     ends = {}
     for bit, (levels, _, _) in best.items():
         where = block(bit)
@@ -232,7 +231,7 @@ def main(argv=None):
     parser.add_argument("--paths", type=int, default=10, metavar="N",
                         help="the deepest path ending in each of the N deepest blocks")
     parser.add_argument("--block-depth", type=int, default=4, metavar="PARTS",
-                        help="name parts that make a block (default 4: core.nic.engine0.table)")
+                        help="hierarchy levels that make a block (default 4: core.nic.engine0.table)")
     parser.add_argument("--verbose", action="store_true", help="every net of each path")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -243,8 +242,8 @@ def main(argv=None):
         print(f"depth: {error}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps([{"levels": d.levels, "cells": d.cells, "blocks": d.blocks,
-                           "nets": d.nets} for d in found]))
+        print(json.dumps({"paths": [{"levels": d.levels, "cells": d.cells, "blocks": d.blocks,
+                                     "nets": d.nets} for d in found]}))
         return 0
     for depth in found:
         ends = depth.nets[-1][0] if depth.nets else "-"
