@@ -403,12 +403,11 @@ class SaTable(wiring.Component):
                              reply.reason.eq(decision.reason),
                              reply.headroom.eq(decision.headroom)]
                 with m.If(self.reply.ready):
-                    outbound_drop = decision.action == Action.DROP
                     with m.If(decision.action == Action.PROTECT):
                         m.d.comb += [rec_write.data.seq.eq(next_seq), rec_write.en.eq(1),
                                      cnt_write.en.eq(1)]
                         account_packet()
-                    with m.If(outbound_drop):
+                    with m.Elif(decision.action == Action.DROP):
                         with m.Switch(decision.reason):
                             with m.Case(Reason.NO_SA):
                                 m.d.sync += self.no_sa.eq(self.no_sa + 1)
