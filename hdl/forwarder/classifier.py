@@ -104,7 +104,6 @@ class Classifier(wiring.Component):
         self._spi = SpiTable(entries=spi_entries, ways=spi_ways, value=target)
         self._policy = PolicyTable(rules=rules, stages=stages, value=target)
         self._layout = decision_layout(engines, slots)
-        self._lookup = max(self._policy.latency, 2)
         self._pending = _pending(engines, slots)
         super().__init__({
             "i":            In(stream.Signature(packet_beat(16))),
@@ -135,7 +134,7 @@ class Classifier(wiring.Component):
         # packet's lookups start while this one's first beat waits for its decision.
         beat_layout = packet_beat(16)
         m.submodules.beats = beats = SyncFIFOBuffered(width=beat_layout.size,
-                                                      depth=self._lookup + 4)
+                                                      depth=self._policy.latency + 4)
         # Results wait here for their packet's decision rather than in the filters, whose
         # whole pipelines stop while their last result waits.
         spi_result, rule_result = spi.result.payload.shape(), policy.result.payload.shape()

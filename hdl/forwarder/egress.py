@@ -94,9 +94,10 @@ class RouteTable(wiring.Component):
     ports : the ports a route can name (a route to port ``ports`` or above is refused).
 
     Latency :attr:`latency` = ``stages + 2`` cycles from a lookup taken to its result
-    offered (a :class:`PolicyTable`'s), one lookup per cycle; a miss is ``hit = 0``. A host write is taken in one cycle
-    and answered in the next; ``ok = 0`` (nothing written) for a prefix longer
-    than the address or a port that does not exist. A lookup sees each route
+    offered (a :class:`PolicyTable`'s), one lookup per cycle; a miss is ``hit = 0``.
+    A host write is taken in one cycle and answered in the next; ``ok = 0``
+    (nothing written) for a prefix longer than the address or a port that does
+    not exist. A lookup sees each route
     old or new, never a mix.
     """
 

@@ -7,10 +7,10 @@ parser read from the packet) passes every stage, one stage a cycle, and
 carries the best match so far. A stage's compares and the choice among its
 matches are a cycle apart (the choice overlapping the next stage's compares),
 and the lookup is registered before the first compare, so no cycle has a
-memory read, a 128-bit compare and a priority chain in series. A rule matches when it is valid, of the
-packet's IP version, its source and destination prefixes cover the packet's
-addresses, its protocol is the packet's (or it takes any), and the ports are
-inside its ranges. The match with the highest ``priority`` wins; among equal
+memory read, a 128-bit compare and a priority chain in series. A rule matches
+when it is valid, of the packet's IP version, its source and destination
+prefixes cover the packet's addresses, its protocol is the packet's (or it
+takes any), and the ports are inside its ranges. The match with the highest ``priority`` wins; among equal
 priorities the lowest index. No match is a miss (``hit = 0``): the forwarder
 fails closed.
 
@@ -158,13 +158,13 @@ class PolicyTable(wiring.Component):
                     & (key.sport >= rule.sport_lo) & (key.sport <= rule.sport_hi)
                     & (key.dport >= rule.dport_lo) & (key.dport <= rule.dport_hi))
 
-        best_layout = data.StructLayout({"hit": 1, "priority": 8, "index": range(self._rules),
-                                         "action": PolicyAction,
-                                         "value": layouts["RESULT"]["value"].shape})
         # A matching rule's fields, taken when it is compared: the choice a cycle later
         # sees the rule as it was compared, even if the host rewrote it in between.
         candidate = data.StructLayout({"hit": 1, "priority": 8, "action": PolicyAction,
                                        "value": layouts["RESULT"]["value"].shape})
+        # The best match so far: a candidate and the rule's index.
+        best_layout = data.StructLayout({**{name: field.shape for name, field in candidate},
+                                         "index": range(self._rules)})
         # Step 0 registers the lookup; step s + 1 compares stage s's rules with the key;
         # step s + 2 chooses among their matches and the best so far (in index order: a
         # later rule replaces the match so far only with a strictly higher priority, so
