@@ -39,13 +39,11 @@ import math
 from dataclasses import dataclass
 
 from amaranth import Array, C, Cat, Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..forwarder.egress import EGRESS_BEAT
-from ..packet.layouts import packet_beat
-from .host import inject_byte
+from .host import device_side
 from .regmap import DOC_PARAMETERS, MAX_INJECT, Channel, PacketSource, RegisterMap
 
 __all__ = ["BarBus", "BarLayout", "BarBridge", "InWindow", "OutWindow", "DOORBELL",
@@ -225,26 +223,14 @@ class BarBridge(wiring.Component):
     def __init__(self, regmap: RegisterMap):
         self.layout = BarLayout(regmap)
         self.regmap = regmap
-        self.status_registers = tuple(r for r in regmap.registers
-                                      if r.access == "ro" and r.signal is not None)
-        self.control_registers = tuple(r for r in regmap.registers if r.access == "rw")
-        ports = regmap.params["ports"]
-        members = {
+        self.status_registers = regmap.status_registers
+        self.control_registers = regmap.control_registers
+        super().__init__({
             "bus": In(BarBus(self.layout.address_width)),
-            "status": In(32).array(len(self.status_registers)),
-            "control": Out(32).array(len(self.control_registers)),
             "bad_reads": Out(32),
             "bad_writes": Out(32),
-            "exception_port": In(range(max(2, ports + regmap.params["nested"]))),
-            "inject": Out(stream.Signature(inject_byte(ports))),
-            "egress": In(stream.Signature(EGRESS_BEAT)).array(ports),
-            "exception": In(stream.Signature(packet_beat(16))),
-        }
-        for channel in regmap.channels:
-            direction = Out if channel.direction == "in" else In
-            members[channel.name] = direction(stream.Signature(channel.layout)).array(
-                channel.count)
-        super().__init__(members)
+            **device_side(regmap),
+        })
 
     def elaborate(self, platform):
         m = Module()

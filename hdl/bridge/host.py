@@ -57,7 +57,7 @@ from ..packet.layouts import packet_beat
 from .framing import DECODED_BYTE, PAYLOAD_BYTE
 from .regmap import HEADER_BYTES, MAX_BODY, FrameKind, PacketSource, RegisterMap, Status
 
-__all__ = ["HostBridge", "MAX_READ_WORDS", "inject_byte"]
+__all__ = ["HostBridge", "MAX_READ_WORDS", "inject_byte", "device_side"]
 
 #: The most words one ``READ`` returns.
 MAX_READ_WORDS = 64
@@ -67,6 +67,27 @@ def inject_byte(ports: int) -> data.StructLayout:
     """A byte of an injected packet, for ingress port ``port``; ``abort`` on the last
     byte of a packet whose frame turned out bad."""
     return data.StructLayout({"data": 8, "last": 1, "abort": 1, "port": range(max(2, ports))})
+
+
+def device_side(regmap: RegisterMap) -> dict:
+    """The members every bridge of ``regmap``'s device has towards the device (so the
+    device wires a frame bridge and a BAR bridge alike): ``status[i]`` and
+    ``control[i]`` (:attr:`RegisterMap.status_registers`, ``control_registers``),
+    ``inject``, ``egress[p]``, ``exception`` with ``exception_port``, and a stream
+    array per channel, named as the channel."""
+    ports = regmap.params["ports"]
+    members = {
+        "status": In(32).array(len(regmap.status_registers)),
+        "control": Out(32).array(len(regmap.control_registers)),
+        "inject": Out(stream.Signature(inject_byte(ports))),
+        "egress": In(stream.Signature(EGRESS_BEAT)).array(ports),
+        "exception": In(stream.Signature(packet_beat(16))),
+        "exception_port": In(range(max(2, ports + regmap.params["nested"]))),
+    }
+    for channel in regmap.channels:
+        direction = Out if channel.direction == "in" else In
+        members[channel.name] = direction(stream.Signature(channel.layout)).array(channel.count)
+    return members
 
 
 class HostBridge(wiring.Component):
@@ -117,27 +138,16 @@ class HostBridge(wiring.Component):
         if not isinstance(regmap, RegisterMap):
             raise TypeError(f"regmap must be a RegisterMap, not {regmap!r}")
         self.regmap = regmap
-        self.status_registers = tuple(r for r in regmap.registers
-                                      if r.access == "ro" and r.signal is not None)
-        self.control_registers = tuple(r for r in regmap.registers if r.access == "rw")
-        members = {
+        self.status_registers = regmap.status_registers
+        self.control_registers = regmap.control_registers
+        super().__init__({
             "rx": In(stream.Signature(DECODED_BYTE)),
             "tx": Out(stream.Signature(PAYLOAD_BYTE)),
-            "status": In(32).array(len(self.status_registers)),
-            "control": Out(32).array(len(self.control_registers)),
             "bad_command": Out(32),
             "duplicates": Out(32),
             "frames_dropped": Out(32),
-            "inject": Out(stream.Signature(inject_byte(regmap.params["ports"]))),
-            "egress": In(stream.Signature(EGRESS_BEAT)).array(regmap.params["ports"]),
-            "exception": In(stream.Signature(packet_beat(16))),
-            "exception_port": In(range(max(2, regmap.params["ports"] + regmap.params["nested"]))),
-        }
-        for channel in regmap.channels:
-            direction = Out if channel.direction == "in" else In
-            members[channel.name] = direction(stream.Signature(channel.layout)).array(
-                channel.count)
-        super().__init__(members)
+            **device_side(regmap),
+        })
 
     def elaborate(self, platform):
         m = Module()

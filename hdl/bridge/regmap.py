@@ -275,6 +275,17 @@ class RegisterMap:
         """Size of the register space: addresses 0 .. words-1."""
         return self.registers[-1].address + 1
 
+    @property
+    def status_registers(self) -> tuple:
+        """The read-only registers a device signal drives, in address order: a bridge's
+        ``status[i]`` is the i-th."""
+        return tuple(r for r in self.registers if r.access == "ro" and r.signal is not None)
+
+    @property
+    def control_registers(self) -> tuple:
+        """The read/write registers, in address order: a bridge's ``control[i]``."""
+        return tuple(r for r in self.registers if r.access == "rw")
+
     def register(self, name: str) -> Register:
         try:
             return self._by_name[name]
