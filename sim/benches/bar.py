@@ -19,8 +19,6 @@ import json
 import os
 import pickle
 import queue
-import threading
-import traceback
 from pathlib import Path
 
 import cocotb
@@ -30,6 +28,7 @@ from cocotb.triggers import FallingEdge
 from espnic.host.device import Device
 from espnic.host.transport.bar import BarLink
 from espnic.sim.bar_job import ANSWER_TIMEOUT, host_session
+from espnic.sim.benches import start_host
 from espnic.sim.cocotb_runner import bench_ports
 
 PERIOD_NS = 10
@@ -105,22 +104,13 @@ async def session(dut):
     dut.rst.value = 0
 
     bar = SimulatedBar(4 << bench_ports()["bar__address"]["width"])
-    outcome = {}
-
-    def host():
-        try:
-            device = Device(BarLink(bar, timeout=ANSWER_TIMEOUT))
-            outcome["seen"] = host_session(device, setup, traffic)
-        except BaseException:            # reported by the simulation's side
-            outcome["error"] = traceback.format_exc()
-        finally:
-            bar.finish()
-
-    worker = threading.Thread(target=host, daemon=True, name="espnic-bar-host")
-    worker.start()
+    worker, outcome = start_host(
+        "espnic-bar-host",
+        lambda: host_session(Device(BarLink(bar, timeout=ANSWER_TIMEOUT)), setup, traffic),
+        bar.finish)
     await bar.serve(dut)
     worker.join()
     assert "error" not in outcome, f"host: {outcome['error']}"
     dut._log.info(f"{bar.accesses} BAR accesses")
-    Path(job["seen"]).write_bytes(pickle.dumps(outcome["seen"]))
+    Path(job["seen"]).write_bytes(pickle.dumps(outcome["result"]))
     Path(os.environ["ESPNIC_JOB_RESULT"]).write_text(json.dumps({"accesses": bar.accesses}))

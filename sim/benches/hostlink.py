@@ -41,7 +41,6 @@ import collections
 import json
 import os
 import threading
-import traceback
 from pathlib import Path
 
 import cocotb
@@ -52,6 +51,7 @@ from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 from espnic.hdl.bridge.framing import FrameDecoderModel
 from espnic.host.device import Device
 from espnic.host.link import FrameLink, LinkError
+from espnic.sim.benches import start_host
 from espnic.sim.cocotb_streams import reset_link_device
 from espnic.sim.hostlink_job import ANSWER_TIMEOUT, host_session
 
@@ -276,23 +276,16 @@ async def measure(dut):
     await reset_link_device(dut)
 
     port = PacedPort()
-    outcome = {}
 
     def say(what):
         if progress is not None:
             print(f"  {job['divisor']} cycles/bit: {what}", file=progress)
 
-    def host():
-        try:
-            device = Device(FrameLink(port, timeout=ANSWER_TIMEOUT, retries=0))
-            outcome["result"] = host_session(device, port, job, say)
-        except BaseException:            # reported by the simulation's side
-            outcome["error"] = traceback.format_exc()
-        finally:
-            port.finish()
-
-    worker = threading.Thread(target=host, daemon=True, name="espnic-hostlink-host")
-    worker.start()
+    worker, outcome = start_host(
+        "espnic-hostlink-host",
+        lambda: host_session(Device(FrameLink(port, timeout=ANSWER_TIMEOUT, retries=0)),
+                             port, job, say),
+        port.finish)
     line = Line(dut, port, skip=job.get("skip", True), quiet=job.get("quiet", QUIET_CYCLES))
     await line.run()
     worker.join()
