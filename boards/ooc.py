@@ -435,6 +435,15 @@ def _stat_cells(workdir):
             if not name.startswith("$scopeinfo")}
 
 
+class _FamilyPlatform:
+    """The platform a component is elaborated for out of context: only its
+    ``family`` (as :attr:`LatticePlatform.family`), so that components pick
+    the family's primitives (e.g. the DP16KD S-box); it has no pins."""
+
+    def __init__(self, family):
+        self.family = family
+
+
 def _build(top, *, family, device, package, clock_mhz, seed, place_and_route, nextpnr_args,
            workdir, progress, step):
     """Synthesize, place and route `top`; return (cells, nextpnr report or None, {step: s})."""
@@ -443,7 +452,8 @@ def _build(top, *, family, device, package, clock_mhz, seed, place_and_route, ne
     times = {}
     start = time.monotonic()
     progress(f"[{step}] elaborating to RTLIL in {workdir}")
-    (workdir / "top.il").write_text(rtlil.convert(top, name="top"))
+    (workdir / "top.il").write_text(
+        rtlil.convert(top, name="top", platform=_FamilyPlatform(family.name)))
     times["elaborate"] = time.monotonic() - start
 
     (workdir / "synth.ys").write_text(_yosys_script(family, device))

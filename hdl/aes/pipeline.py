@@ -27,18 +27,25 @@ class AesPipeline(wiring.Component):
     AES-128 blocks finish in round 10 and a copy of the ciphertext is carried past
     the remaining rounds, so both key sizes take the same time.
 
+    With ``input_register`` the request is registered first, so round 1's S-box
+    addresses (the block XOR the key, the key's last word) come from flip-flops
+    rather than from whatever logic drives ``i``.
+
     Latency: ``o.valid`` is ``i.valid`` delayed by exactly :attr:`latency` cycles:
-    ``14 * sbox_latency + 1`` (15 or 29).
+    ``14 * sbox_latency + 1 + input_register`` (15, 29 or 30).
     Throughput: one block per cycle; no back-pressure (both streams are always ready).
     With ``sbox="rom"`` each 256x8 ROM serves two lookups (ECP5 DP16KD: 140 of them).
     """
 
-    def __init__(self, *, sideband=0, sbox="rom", sbox_latency=1):
+    def __init__(self, *, sideband=0, sbox="rom", sbox_latency=1, input_register=False):
         check_sbox(sbox)
         if type(sbox_latency) is not int or sbox_latency not in (1, 2):
             raise ValueError(f"sbox_latency must be 1 or 2, not {sbox_latency!r}")
+        if type(input_register) is not bool:
+            raise ValueError(f"input_register must be True or False, not {input_register!r}")
         self._sbox, self._sbox_latency = sbox, sbox_latency
-        self.latency = ROUNDS_256 * sbox_latency + 1
+        self._input_register = input_register
+        self.latency = ROUNDS_256 * sbox_latency + 1 + input_register
         request, response = AES_PIPE_REQUEST(sideband), AES_PIPE_RESPONSE(sideband)
         self._sideband = "sideband" in request.members
         super().__init__({
@@ -48,7 +55,12 @@ class AesPipeline(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        request = self.i.payload
+        request, valid = self.i.payload, self.i.valid
+        if self._input_register:
+            registered = Signal.like(request, name="request", reset_less=True)
+            registered_valid = Signal(name="request_valid")
+            m.d.sync += [registered.eq(request), registered_valid.eq(valid)]
+            request, valid = registered, registered_valid
 
         def stage(value, name):
             # As many registers as the round's S-box lookup takes. Pipeline
@@ -59,7 +71,6 @@ class AesPipeline(wiring.Component):
                 value = register
             return value
 
-        valid   = self.i.valid
         key_256 = request.key_256
         sideband = request.sideband if self._sideband else None
         state = request.block ^ request.key[:128]

@@ -10,7 +10,13 @@ one it uses:
 
 ``latency=2`` registers the data once more. On a block RAM that is its output
 register (ECP5 DP16KD): without it the RAM's clock-to-output delay, several
-nanoseconds, starts every path through the table.
+nanoseconds, starts every path through the table. Yosys does not pack a fabric
+register into the DP16KD (it leaves ``REGMODE="NOREG"``), so when the platform
+is an ECP5 one (``platform.family == "ecp5"``) a ``"rom"`` S-box with
+``latency=2`` is an explicit DP16KD instance with ``REGMODE="OUTREG"`` and the
+table in its ``INITVAL`` parameters (:func:`dp16kd_initvals`). Without a
+platform (simulation) and on other families it stays a generic
+:class:`~amaranth.lib.memory.Memory`.
 
 The ``rom_style`` attribute tells yosys which one is meant: left to itself it
 maps a 256x8 ROM to LUTs on ECP5 and to block RAM on iCE40, whichever way the
@@ -23,7 +29,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 
-__all__ = ["SBOX", "SBOX_MAPPINGS", "check_sbox", "SboxRom", "SboxLogic", "SubBytes"]
+__all__ = ["SBOX", "SBOX_MAPPINGS", "check_sbox", "dp16kd_initvals", "SboxRom", "SboxLogic",
+           "SubBytes"]
 
 
 def _gf_mul(a, b):
@@ -69,6 +76,33 @@ def _check_latency(latency):
         raise ValueError(f"latency must be 1 or 2, not {latency!r}")
 
 
+# DP16KD in its 2048x9 mode: address bits ADx13..ADx3 (ADx2..0 unused), data
+# DOx8..0. INITVAL_00..3F are 320 bits each: 16 fields of 20 bits, each field
+# two 9-bit words (the lower address in the low bits) and two unused bits.
+_DP16KD_WIDTH = 9
+_DP16KD_WORDS_PER_INITVAL = 32
+
+
+def dp16kd_initvals(table):
+    """``{"INITVAL_00": int, ...}``: `table` (up to 2048 words of 9 bits) as the
+    initial contents of a DP16KD in its 2048x9 mode, one 320-bit value per row."""
+    if len(table) > 64 * _DP16KD_WORDS_PER_INITVAL:
+        raise ValueError(f"table must have at most 2048 words, not {len(table)}")
+    initvals = {}
+    for row in range(64):
+        value = 0
+        for n in range(_DP16KD_WORDS_PER_INITVAL):
+            address = row * _DP16KD_WORDS_PER_INITVAL + n
+            word = table[address] if address < len(table) else 0
+            value |= word << (20 * (n // 2) + _DP16KD_WIDTH * (n % 2))
+        initvals[f"INITVAL_{row:02X}"] = value
+    return initvals
+
+
+def _is_ecp5(platform):
+    return getattr(platform, "family", None) == "ecp5"
+
+
 def _output_register(m, data, en, latency):
     """`data`, registered again while `en` when `latency` is 2."""
     if latency == 1:
@@ -96,10 +130,14 @@ class SboxRom(_Sbox):
 
     ``data[p]`` is ``SBOX[addr[p]]`` `latency` cycles after ``addr[p]``; it holds
     while ``en`` is low. On iCE40 only one read port per SB_RAM40_4K maps, so use
-    ``ports=1`` there; ECP5 DP16KD serves two.
+    ``ports=1`` there; ECP5 DP16KD serves two. On an ECP5 platform with
+    ``latency=2`` it is a DP16KD instance with the output register packed
+    (see the module docstring).
     """
 
     def elaborate(self, platform):
+        if self._latency == 2 and _is_ecp5(platform):
+            return self._elaborate_dp16kd()
         m = Module()
         m.submodules.rom = rom = Memory(shape=8, depth=256, init=SBOX,
                                         attrs={"rom_style": "block"})
@@ -110,6 +148,37 @@ class SboxRom(_Sbox):
                 port.en.eq(self.en),
                 self.data[p].eq(_output_register(m, port.data, self.en, self._latency)),
             ]
+        return m
+
+
+    def _elaborate_dp16kd(self):
+        m = Module()
+        parameters = {f"p_{name}": Const(value, 320)
+                      for name, value in dp16kd_initvals(SBOX).items()}
+        ports = {}
+        for p, side in zip(range(self._ports), "AB"):
+            parameters.update({
+                f"p_DATA_WIDTH_{side}": _DP16KD_WIDTH,
+                f"p_REGMODE_{side}": "OUTREG",
+                f"p_CSDECODE_{side}": "0b000",
+                f"p_WRITEMODE_{side}": "NORMAL",
+            })
+            # CE clocks the read into the array latch, OCE the output register:
+            # both follow `en`, so the data holds while it is low.
+            ports.update({
+                f"i_CLK{side}": ClockSignal(),
+                f"i_CE{side}": self.en,
+                f"i_OCE{side}": self.en,
+                f"i_RST{side}": C(0),
+                f"i_WE{side}": C(0),
+                **{f"i_CS{side}{n}": C(0) for n in range(3)},
+                **{f"i_AD{side}{n}": C(0) for n in range(3)},
+                **{f"i_AD{side}{n + 3}": self.addr[p][n] for n in range(8)},
+                **{f"i_AD{side}{n}": C(0) for n in range(11, 14)},
+                **{f"o_DO{side}{n}": self.data[p][n] for n in range(8)},
+            })
+        m.submodules.rom = Instance("DP16KD", p_GSR="DISABLED", p_RESETMODE="SYNC",
+                                    p_ASYNC_RESET_RELEASE="SYNC", **parameters, **ports)
         return m
 
 

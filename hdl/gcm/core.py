@@ -161,7 +161,8 @@ def _aes_unit(profile: GcmProfile, sideband):
     multiplexer and its register) than the ten cycles are worth there.
     """
     pipelined = profile.aes == "pipeline"
-    core = (AesPipeline(sideband=sideband, sbox=profile.sbox, sbox_latency=profile.sbox_latency)
+    core = (AesPipeline(sideband=sideband, sbox=profile.sbox, sbox_latency=profile.sbox_latency,
+                        input_register=profile.aes_input_register)
             if pipelined else AesIterative(sbox=profile.sbox))
     return _SidebandUnit(core, operands={"block": 128, "key": 256, "key_256": 1},
                          result="block", sideband=sideband, pipelined=pipelined)
