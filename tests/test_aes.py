@@ -176,22 +176,27 @@ def run_pipeline(dut, schedule):
     return outputs
 
 
-@pytest.mark.parametrize("sbox_latency", [1, 2])
-@pytest.mark.parametrize("sbox", ["rom", "logic"])
-def test_pipeline_fips(sbox, sbox_latency):
-    dut = AesPipeline(sbox=sbox, sbox_latency=sbox_latency)
-    assert dut.latency == 14 * sbox_latency + 1
+# (sbox, sbox_latency, input_register): every S-box mapping and latency, and the
+# fast profile's request register.
+PIPELINES = [("rom", 1, False), ("rom", 2, False), ("logic", 1, False), ("logic", 2, False),
+             ("rom", 2, True)]
+
+
+@pytest.mark.parametrize("sbox,sbox_latency,input_register", PIPELINES)
+def test_pipeline_fips(sbox, sbox_latency, input_register):
+    dut = AesPipeline(sbox=sbox, sbox_latency=sbox_latency, input_register=input_register)
+    assert dut.latency == 14 * sbox_latency + 1 + input_register
     requests = fips_requests()
     outputs = run_pipeline(dut, [fields for fields, _ in requests])
     assert [as_bytes(r.block) for r in outputs[dut.latency:dut.latency + 2]] == \
         [ct for _, ct in requests]
 
 
-@pytest.mark.parametrize("sbox_latency", [1, 2])
-@pytest.mark.parametrize("sbox", ["rom", "logic"])
-def test_pipeline_random_stream(sbox, sbox_latency):
+@pytest.mark.parametrize("sbox,sbox_latency,input_register", PIPELINES)
+def test_pipeline_random_stream(sbox, sbox_latency, input_register):
     rng = random.Random(3)
-    dut = AesPipeline(sideband=SIDEBAND, sbox=sbox, sbox_latency=sbox_latency)
+    dut = AesPipeline(sideband=SIDEBAND, sbox=sbox, sbox_latency=sbox_latency,
+                      input_register=input_register)
     schedule, expected = [], []
     for n, (fields, ct) in enumerate(random_requests(rng, 30)):
         if rng.random() < 0.2:
@@ -221,6 +226,7 @@ def test_pipeline_int_sideband():
     (lambda: AesIterative(sbox="bram"), "sbox"),
     (lambda: AesPipeline(sbox=None), "sbox"),
     (lambda: AesPipeline(sbox_latency=3), "sbox_latency"),
+    (lambda: AesPipeline(input_register=1), "input_register"),
     (lambda: SubBytes(16, latency=0), "latency"),
     (lambda: AesPipeline(sideband=-1), "sideband"),
     (lambda: AesPipeline(sideband="tag"), "sideband"),

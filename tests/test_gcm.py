@@ -112,6 +112,10 @@ def test_icarus_runs_the_same_vectors():
      "ghash_input_register must be False with the serial"),
     ({"profile": "fast", "ghash_input_register": 1},
      "ghash_input_register must be True or False with the pipeline"),
+    ({"profile": "compact", "aes_input_register": True},
+     "aes_input_register must be False with the iterative"),
+    ({"profile": "fast", "aes_input_register": 0},
+     "aes_input_register must be True or False with the pipeline"),
     ({"profile": "compact", "out_depth": -1}, "out_depth must be an integer >= 0"),
     ({"profile": "compact", "result_depth": 0}, "result_depth must be an integer >= 1"),
 ])
