@@ -18,7 +18,7 @@ what the device has.
 """
 
 from amaranth import *
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .bridge.bar import BarBridge, BarBus
@@ -31,6 +31,7 @@ from .packet.fifo import PacketFifo
 from .packet.gather import BytesToBeats
 from .packet.layouts import packet_beat
 from .packet.merge import PacketMerger
+from .packet.register import SkidBuffer, StreamRegister
 from .top import EspNic
 
 __all__ = ["EspNicDevice", "LINKS", "PACKET_PATHS", "INJECT_DEPTH"]
@@ -68,6 +69,17 @@ class EspNicDevice(wiring.Component):
     counters include the UART receiver's ``uart_framing_errors`` and
     ``uart_overruns`` (0 with the other links) and the bridge's ``frames_dropped``
     (0 on a BAR, which has no frames).
+
+    For timing, every stream between the bridge and the ``EspNic`` crosses a
+    register, so that no ``ready`` or ``valid`` chain runs from the link's
+    transmitter through the bridge into the tables and back (:func:`_cut`): each
+    channel's stream, each way, a :class:`~.packet.register.StreamRegister` (a
+    cycle more, an item every 2 cycles, far above a host's rate), and the packet
+    streams (injected packets, and with ``packets="link"`` the egress ports and
+    the exception queue, its port riding along) and the bridge's frame bytes to
+    the encoder a :class:`~.packet.register.SkidBuffer` (a cycle more, one beat a
+    cycle). So a ``SEND``'s ``ACK`` means its payload is in the register, taken by
+    its table a cycle or more later, before any frame after it can reach that table.
     """
 
     def __init__(self, *, link: str = "bytes", divisor: int | None = None,
@@ -130,10 +142,11 @@ class EspNicDevice(wiring.Component):
                 if nic.signature.members[channel.name].dimensions:
                     theirs = theirs[k]
                 ours = getattr(bridge, channel.name)[k]
+                name = f"{channel.name}{k}_register"
                 if channel.direction == "in":
-                    wiring.connect(m, ours, theirs)
+                    _cut(m, name, StreamRegister, ours, theirs)
                 else:
-                    wiring.connect(m, theirs, ours)
+                    _cut(m, name, StreamRegister, theirs, ours)
         return m
 
     def _frame_link(self, m, bridge) -> dict:
@@ -154,7 +167,9 @@ class EspNicDevice(wiring.Component):
             uart_errors = {"uart_framing_errors": uart_rx.framing_errors,
                            "uart_overruns": uart_rx.overruns}
         wiring.connect(m, decoder.o, bridge.rx)
-        wiring.connect(m, bridge.tx, encoder.i)
+        # The encoder's `ready` depends on the byte (an escape holds it): not into the
+        # bridge's choice of what to send in the same cycle.
+        _cut(m, "tx_register", SkidBuffer, bridge.tx, encoder.i)
         return {"bad_crc": decoder.bad_crc, "too_short": decoder.too_short,
                 "too_long": decoder.too_long, "bad_command": bridge.bad_command,
                 "duplicates": bridge.duplicates, "inject_aborted": self._inject_aborted,
@@ -168,7 +183,11 @@ class EspNicDevice(wiring.Component):
         self._inject_aborted = injected.dropped
         wiring.connect(m, bridge.inject, gather.i)
         wiring.connect(m, gather.o, injected.i)
-        port = injected.o.payload.port
+        # The FIFO's read out of its RAM, then the port's choice, not into the parser.
+        injected_beats = stream.Signature(injected.o.payload.shape()).create()
+        _cut(m, "injected_register", SkidBuffer, injected.o, wiring.flipped(injected_beats))
+        injected = injected_beats
+        port = injected.payload.port
         for p in range(nic.ports):
             if self.packets == "link":
                 into = nic.i[p]
@@ -178,19 +197,39 @@ class EspNicDevice(wiring.Component):
                 wiring.connect(m, merge.o, nic.i[p])
                 into = merge.i[1]
             m.d.comb += [
-                *(getattr(into.payload, name).eq(getattr(injected.o.payload, name))
+                *(getattr(into.payload, name).eq(getattr(injected.payload, name))
                   for name in packet_beat(16).members),
-                into.valid.eq(injected.o.valid & (port == p)),
+                into.valid.eq(injected.valid & (port == p)),
             ]
             with m.If(port == p):
-                m.d.comb += injected.o.ready.eq(into.ready)
+                m.d.comb += injected.ready.eq(into.ready)
             if self.packets == "link":
-                wiring.connect(m, nic.o[p], bridge.egress[p])
+                _cut(m, f"egress{p}_register", SkidBuffer, nic.o[p], bridge.egress[p])
             else:
                 wiring.connect(m, nic.o[p], wiring.flipped(self.o[p]))
         if self.packets == "link":
-            wiring.connect(m, nic.exception, bridge.exception)
-            m.d.comb += bridge.exception_port.eq(nic.exception_port)
+            # The port names the packet at the head of the queue: it goes with its beats.
+            layout = data.StructLayout({"beat": packet_beat(16),
+                                        "port": nic.exception_port.shape()})
+            m.submodules.exception_register = register = SkidBuffer(layout)
+            m.d.comb += [
+                register.i.payload.beat.eq(nic.exception.payload),
+                register.i.payload.port.eq(nic.exception_port),
+                register.i.valid.eq(nic.exception.valid),
+                nic.exception.ready.eq(register.i.ready),
+                bridge.exception.payload.eq(register.o.payload.beat),
+                bridge.exception_port.eq(register.o.payload.port),
+                bridge.exception.valid.eq(register.o.valid),
+                register.o.ready.eq(bridge.exception.ready),
+            ]
         else:
             wiring.connect(m, nic.exception, wiring.flipped(self.exception))
             m.d.comb += self.exception_port.eq(nic.exception_port)
+
+
+def _cut(m, name, register, source, sink):
+    """`source` to `sink` through a `register` (:class:`StreamRegister` or
+    :class:`SkidBuffer`) named `name`: no combinational path between them."""
+    m.submodules[name] = cut = register(source.payload.shape())
+    wiring.connect(m, source, cut.i)
+    wiring.connect(m, cut.o, sink)
