@@ -30,6 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..engine.protocol import PROTO_ESP, PROTO_FRAGMENT, PROTO_UDP
 from ..packet.layouts import big_endian, check_width, ones_fold, packet_beat, words16
+from ..packet.register import SkidBuffer
 
 __all__ = ["PacketKind", "PARSED", "NATT_PORT", "IpParser"]
 
@@ -64,6 +65,8 @@ PARSED = data.StructLayout({
 })
 
 _IPV6_HEADER = 40
+#: A beat's eight 16-bit words add up to less than 2**19.
+_BEAT_SUM_BITS = 19
 #: The record is complete once this many bytes after the IP header have passed.
 _L4_BYTES = 12
 
@@ -85,8 +88,10 @@ class IpParser(wiring.Component):
         every beat of ``i`` and ``o`` beside the :func:`packet_beat` ones and
         leave as they came (the egress's ``abort``); none by default.
 
-    Latency: the record and the first beat are offered 2 cycles after the beat
-    that completes the record came in. One beat per cycle.
+    Latency: the record and the first beat are offered 4 cycles after the beat
+    that completes the record came in (2 of them in the two registers in front,
+    for timing: one ends the producer's paths, the other the checksum's adder
+    tree). One beat per cycle.
     """
 
     def __init__(self, *, width: int = 16, depth: int = 8, extra=None):
@@ -121,7 +126,17 @@ class IpParser(wiring.Component):
         m.submodules.beats = beats = SyncFIFOBuffered(width=layout.size, depth=self._depth)
         m.submodules.records = records = SyncFIFO(width=PARSED.size, depth=self._depth)
 
-        beat = self.i.payload
+        # Two registered stages before the record logic, for timing: the beat as it
+        # came (the producer's logic ends there), then with its header checksum words
+        # added up (the adder tree in a cycle of its own).
+        m.submodules.arriving = arriving = SkidBuffer(layout)
+        m.submodules.summed = summed_beats = SkidBuffer(
+            data.StructLayout({"beat": layout, "header_sum": _BEAT_SUM_BITS}))
+        wiring.connect(m, wiring.flipped(self.i), arriving.i)
+        self._sum_header_words(m, arriving.o, summed_beats.i)
+        incoming = summed_beats.o
+
+        beat = incoming.payload.beat
         octet = [beat.data[8 * k:8 * (k + 1)] for k in range(width)]
         word32 = Array(beat.data[32 * k:32 * (k + 1)] for k in range(width // 4))
         record = Signal(PARSED)
@@ -133,12 +148,11 @@ class IpParser(wiring.Component):
         l4_spi = Signal(32)             # the word 8 bytes after it (UDP-ESP's SPI)
 
         kept_version = Signal(4)
-        taken = self.i.valid & self.i.ready
+        taken = incoming.valid & incoming.ready
         first = beat.first
         at = Mux(first, 0, offset)
         version = Mux(first, octet[0][4:], kept_version)
-        header_len = Mux(first, Mux(octet[0][4:] == 6, _IPV6_HEADER, Cat(C(0, 2), octet[0][:4])),
-                         ihl_bytes)
+        header_len = _header_length(beat, ihl_bytes)
 
         def word_at(position):
             """The 32-bit word at packet byte `position` (4-aligned) if this beat holds it."""
@@ -181,8 +195,7 @@ class IpParser(wiring.Component):
             m.d.comb += now_spi.eq(word_at(after + 8))
 
         # IPv4 header checksum over the IHL words.
-        summed = Mux(first, 0, total) + sum(
-            Mux(at + 2 * w < header_len, word, 0) for w, word in enumerate(words16(beat.data)))
+        summed = Mux(first, 0, total) + incoming.payload.header_sum
         complete = at + width >= header_len + _L4_BYTES
         # The IP header is all in (a last beat holds only `count` bytes).
         header_in = at + Mux(beat.last, beat.count, width) >= header_len
@@ -212,7 +225,7 @@ class IpParser(wiring.Component):
         m.d.comb += [
             beats.w_data.eq(beat),
             beats.w_en.eq(taken),
-            self.i.ready.eq(beats.w_rdy & records.w_rdy),
+            incoming.ready.eq(beats.w_rdy & records.w_rdy),
             records.w_data.eq(out),
             records.w_en.eq(write),
         ]
@@ -244,3 +257,32 @@ class IpParser(wiring.Component):
         with m.Elif(first_out):
             m.d.sync += ahead.eq(0)
         return m
+
+    def _sum_header_words(self, m, source, sink):
+        """`source`'s beats on `sink`, each with ``header_sum``: the sum of its 16-bit
+        words that lie within the IP header (the IPv4 checksum's words, added up a
+        beat at a time). Keeps its own count of the beat's place in its packet."""
+        beat = source.payload
+        offset = Signal(8)              # as the record stage's, a stage ahead
+        ihl_bytes = Signal(6)
+        at = Mux(beat.first, 0, offset)
+        header_len = _header_length(beat, ihl_bytes)
+        m.d.comb += [
+            sink.payload.beat.eq(beat),
+            sink.payload.header_sum.eq(sum(
+                Mux(at + 2 * w < header_len, word, 0)
+                for w, word in enumerate(words16(beat.data)))),
+            sink.valid.eq(source.valid),
+            source.ready.eq(sink.ready),
+        ]
+        with m.If(source.valid & source.ready):
+            m.d.sync += offset.eq(Mux(beat.last, 0, Mux(at >= 128, at, at + self._width)))
+            with m.If(beat.first):
+                m.d.sync += ihl_bytes.eq(header_len)
+
+
+def _header_length(beat, kept):
+    """The IP header's length in bytes (IPv6: 40): from the first beat's first byte,
+    or `kept` from the packet's first beat."""
+    octet0 = beat.data[:8]
+    return Mux(beat.first, Mux(octet0[4:] == 6, _IPV6_HEADER, Cat(C(0, 2), octet0[:4])), kept)
