@@ -176,27 +176,28 @@ def run_pipeline(dut, schedule):
     return outputs
 
 
-# (sbox, sbox_latency, input_register): every S-box mapping and latency, and the
-# fast profile's request register.
-PIPELINES = [("rom", 1, False), ("rom", 2, False), ("logic", 1, False), ("logic", 2, False),
-             ("rom", 2, True)]
+# (sbox, sbox_latency, input_register, round_key_register): every S-box mapping and
+# latency, the fast profile's registers, and the round key register alone.
+PIPELINES = [("rom", 1, False, False), ("rom", 2, False, False), ("logic", 1, False, False),
+             ("logic", 2, False, False), ("rom", 2, True, True), ("rom", 1, False, True)]
 
 
-@pytest.mark.parametrize("sbox,sbox_latency,input_register", PIPELINES)
-def test_pipeline_fips(sbox, sbox_latency, input_register):
-    dut = AesPipeline(sbox=sbox, sbox_latency=sbox_latency, input_register=input_register)
-    assert dut.latency == 14 * sbox_latency + 1 + input_register
+@pytest.mark.parametrize("sbox,sbox_latency,input_register,round_key_register", PIPELINES)
+def test_pipeline_fips(sbox, sbox_latency, input_register, round_key_register):
+    dut = AesPipeline(sbox=sbox, sbox_latency=sbox_latency, input_register=input_register,
+                      round_key_register=round_key_register)
+    assert dut.latency == 14 * sbox_latency + 1 + input_register + round_key_register
     requests = fips_requests()
     outputs = run_pipeline(dut, [fields for fields, _ in requests])
     assert [as_bytes(r.block) for r in outputs[dut.latency:dut.latency + 2]] == \
         [ct for _, ct in requests]
 
 
-@pytest.mark.parametrize("sbox,sbox_latency,input_register", PIPELINES)
-def test_pipeline_random_stream(sbox, sbox_latency, input_register):
+@pytest.mark.parametrize("sbox,sbox_latency,input_register,round_key_register", PIPELINES)
+def test_pipeline_random_stream(sbox, sbox_latency, input_register, round_key_register):
     rng = random.Random(3)
     dut = AesPipeline(sideband=SIDEBAND, sbox=sbox, sbox_latency=sbox_latency,
-                      input_register=input_register)
+                      input_register=input_register, round_key_register=round_key_register)
     schedule, expected = [], []
     for n, (fields, ct) in enumerate(random_requests(rng, 30)):
         if rng.random() < 0.2:
@@ -227,6 +228,7 @@ def test_pipeline_int_sideband():
     (lambda: AesPipeline(sbox=None), "sbox"),
     (lambda: AesPipeline(sbox_latency=3), "sbox_latency"),
     (lambda: AesPipeline(input_register=1), "input_register"),
+    (lambda: AesPipeline(round_key_register=None), "round_key_register"),
     (lambda: SubBytes(16, latency=0), "latency"),
     (lambda: AesPipeline(sideband=-1), "sideband"),
     (lambda: AesPipeline(sideband="tag"), "sideband"),

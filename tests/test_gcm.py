@@ -116,6 +116,8 @@ def test_icarus_runs_the_same_vectors():
      "aes_input_register must be False with the iterative"),
     ({"profile": "fast", "aes_input_register": 0},
      "aes_input_register must be True or False with the pipeline"),
+    ({"profile": "compact", "aes_round_key_register": True},
+     "aes_round_key_register must be False with the iterative"),
     ({"profile": "compact", "out_depth": -1}, "out_depth must be an integer >= 0"),
     ({"profile": "compact", "result_depth": 0}, "result_depth must be an integer >= 1"),
 ])

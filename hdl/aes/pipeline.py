@@ -22,8 +22,8 @@ class AesPipeline(wiring.Component):
     followed by the round's logic, then an output register. With
     ``sbox_latency=2`` the S-box data is registered once more (the block RAM's
     output register), so a round takes two cycles and its logic starts from a
-    flip-flop: the path per cycle is ShiftRows, MixColumns and AddRoundKey (with
-    the key step beside it) into the next S-box address, nothing else.
+    flip-flop: the path per cycle is ShiftRows, MixColumns and AddRoundKey (after
+    the key step) into the next S-box address, nothing else.
     AES-128 blocks finish in round 10 and a copy of the ciphertext is carried past
     the remaining rounds, so both key sizes take the same time.
 
@@ -31,21 +31,29 @@ class AesPipeline(wiring.Component):
     addresses (the block XOR the key, the key's last word) come from flip-flops
     rather than from whatever logic drives ``i``.
 
+    With ``round_key_register`` the cipher state starts a cycle after the key
+    schedule and each round key waits for it in a register: AddRoundKey's
+    operand comes from a flip-flop, so the key step (after its own S-box read)
+    and MixColumns no longer follow each other in one cycle.
+
     Latency: ``o.valid`` is ``i.valid`` delayed by exactly :attr:`latency` cycles:
-    ``14 * sbox_latency + 1 + input_register`` (15, 29 or 30).
+    ``14 * sbox_latency + 1 + input_register + round_key_register`` (15 to 31).
     Throughput: one block per cycle; no back-pressure (both streams are always ready).
     With ``sbox="rom"`` each 256x8 ROM serves two lookups (ECP5 DP16KD: 140 of them).
     """
 
-    def __init__(self, *, sideband=0, sbox="rom", sbox_latency=1, input_register=False):
+    def __init__(self, *, sideband=0, sbox="rom", sbox_latency=1, input_register=False,
+                 round_key_register=False):
         check_sbox(sbox)
         if type(sbox_latency) is not int or sbox_latency not in (1, 2):
             raise ValueError(f"sbox_latency must be 1 or 2, not {sbox_latency!r}")
-        if type(input_register) is not bool:
-            raise ValueError(f"input_register must be True or False, not {input_register!r}")
+        for name, value in (("input_register", input_register),
+                            ("round_key_register", round_key_register)):
+            if type(value) is not bool:
+                raise ValueError(f"{name} must be True or False, not {value!r}")
         self._sbox, self._sbox_latency = sbox, sbox_latency
-        self._input_register = input_register
-        self.latency = ROUNDS_256 * sbox_latency + 1 + input_register
+        self._input_register, self._round_key_register = input_register, round_key_register
+        self.latency = ROUNDS_256 * sbox_latency + 1 + input_register + round_key_register
         request, response = AES_PIPE_REQUEST(sideband), AES_PIPE_RESPONSE(sideband)
         self._sideband = "sideband" in request.members
         super().__init__({
@@ -55,36 +63,39 @@ class AesPipeline(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        request, valid = self.i.payload, self.i.valid
-        if self._input_register:
-            registered = Signal.like(request, name="request", reset_less=True)
-            registered_valid = Signal(name="request_valid")
-            m.d.sync += [registered.eq(request), registered_valid.eq(valid)]
-            request, valid = registered, registered_valid
 
-        def stage(value, name):
-            # As many registers as the round's S-box lookup takes. Pipeline
-            # registers carry no reset (no reset fanout); only `valid` does.
-            for n in range(self._sbox_latency):
-                register = Signal.like(value, name=f"{name}_{n}", reset_less=True)
+        def delay(value, name, cycles=1, *, reset_less=True):
+            # Pipeline registers carry no reset (no reset fanout); only `valid` does.
+            for n in range(cycles):
+                register = Signal.like(value, name=f"{name}_{n}", reset_less=reset_less)
                 m.d.sync += register.eq(value)
                 value = register
             return value
+
+        def stage(value, name):
+            # As many registers as the round's S-box lookup takes.
+            return delay(value, name, self._sbox_latency)
+
+        request, valid = self.i.payload, self.i.valid
+        if self._input_register:
+            request = delay(request, "request")
+            valid = delay(valid, "request_valid", reset_less=False)
 
         key_256 = request.key_256
         sideband = request.sideband if self._sideband else None
         state = request.block ^ request.key[:128]
         key_lo, key_hi, sub_addr = key_load(request.key)
+        if self._round_key_register:
+            # The cipher state runs a cycle behind the key schedule, so every
+            # round key waits in a register for its round.
+            state = delay(state, "initial_state")
 
         for rnd in range(1, ROUNDS_256 + 1):
             sub_bytes = SubBytes(16, sbox=self._sbox, ports=2, latency=self._sbox_latency)
             m.submodules[f"sub_bytes{rnd}"] = sub_bytes
             m.d.comb += sub_bytes.addr.eq(state)
 
-            for n in range(self._sbox_latency):
-                valid_reg = Signal(name=f"valid{rnd}_{n}")
-                m.d.sync += valid_reg.eq(valid)
-                valid = valid_reg
+            valid = delay(valid, f"valid{rnd}", self._sbox_latency, reset_less=False)
             key_256 = stage(key_256, f"key_256_{rnd}")
             if sideband is not None:
                 sideband = stage(sideband, f"sideband{rnd}")
@@ -95,6 +106,8 @@ class AesPipeline(wiring.Component):
             key_hi = stage(key_hi, f"key_hi{rnd}")
             round_key, key_lo, key_hi, sub_addr = key_step(
                 m, key_lo, key_hi, sub_word.data, rnd=rnd, key_256=key_256, name=f"key{rnd}")
+            if self._round_key_register:
+                round_key = delay(round_key, f"round_key{rnd}")
 
             if rnd < ROUNDS_256:
                 state = cipher_round(m, sub_bytes.data, round_key, name=f"state{rnd}")
@@ -106,6 +119,12 @@ class AesPipeline(wiring.Component):
             elif rnd > ROUNDS_128:
                 ciphertext_128 = stage(ciphertext_128, f"ciphertext_128_{rnd}")
 
+        if self._round_key_register:
+            # What travelled with the key schedule catches up with the state.
+            valid = delay(valid, "valid_out", reset_less=False)
+            key_256 = delay(key_256, "key_256_out")
+            if sideband is not None:
+                sideband = delay(sideband, "sideband_out")
         m.d.sync += [
             self.o.valid.eq(valid),
             self.o.payload.block.eq(Mux(key_256, state, ciphertext_128)),

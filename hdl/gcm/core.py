@@ -162,7 +162,8 @@ def _aes_unit(profile: GcmProfile, sideband):
     """
     pipelined = profile.aes == "pipeline"
     core = (AesPipeline(sideband=sideband, sbox=profile.sbox, sbox_latency=profile.sbox_latency,
-                        input_register=profile.aes_input_register)
+                        input_register=profile.aes_input_register,
+                        round_key_register=profile.aes_round_key_register)
             if pipelined else AesIterative(sbox=profile.sbox))
     return _SidebandUnit(core, operands={"block": 128, "key": 256, "key_256": 1},
                          result="block", sideband=sideband, pipelined=pipelined)

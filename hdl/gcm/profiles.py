@@ -22,6 +22,7 @@ class GcmProfile:
     sbox: str = "rom"      # "rom": block RAM; "logic": LUTs. Same timing either way.
     sbox_latency: int = 1  # AES pipeline: 2 registers the S-box output (2 cycles a round)
     aes_input_register: bool = False  # AES pipeline: register its request (one cycle more)
+    aes_round_key_register: bool = False  # AES pipeline: round keys a cycle ahead (one more)
     ghash_digit: int = 8   # serial multiplier: bits of the operand per cycle
     ghash_stages: int = 2  # pipelined multiplier: stages (+ input register = GHASH lanes)
     ghash_input_register: bool = False  # pipelined multiplier: register its operands
@@ -48,13 +49,15 @@ PROFILES = {
     # clock-to-output delay nor the GHASH input multiplexers share a cycle with
     # round or Horner logic; that costs 14 cycles of AES latency and a third
     # GHASH lane. The AES pipeline's request register keeps the injector's
-    # multiplexers out of round 1's block RAM address paths (one cycle more).
-    # The output FIFO covers the AES pipeline's latency (30) plus the credit
+    # multiplexers out of round 1's block RAM address paths, and its round key
+    # registers the key step out of the rounds' (a cycle more each).
+    # The output FIFO covers the AES pipeline's latency (31) plus the credit
     # loop, so a consumer that is always ready sees no bubbles.
     # Short messages: a message is in flight for ~40 cycles and can start every
     # 9 + blocks cycles, so 8 results in flight keep 64-byte messages back to back.
     "fast": GcmProfile("fast", aes="pipeline", ghash="pipeline", ghash_stages=2,
-                       sbox_latency=2, aes_input_register=True, ghash_input_register=True,
+                       sbox_latency=2, aes_input_register=True, aes_round_key_register=True,
+                       ghash_input_register=True,
                        out_depth=48, result_depth=8),
 }
 
@@ -84,11 +87,12 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
             or profile.sbox_latency not in ((1, 2) if profile.aes == "pipeline" else (1,))):
         raise ValueError(f"sbox_latency must be 1{' or 2' if profile.aes == 'pipeline' else ''} "
                          f"with the {profile.aes} AES unit, not {profile.sbox_latency!r}")
-    if (type(profile.aes_input_register) is not bool
-            or profile.aes_input_register and profile.aes != "pipeline"):
-        raise ValueError(f"aes_input_register must be "
-                         f"{'True or False' if profile.aes == 'pipeline' else 'False'} "
-                         f"with the {profile.aes} AES unit, not {profile.aes_input_register!r}")
+    for name in ("aes_input_register", "aes_round_key_register"):
+        value = getattr(profile, name)
+        if type(value) is not bool or value and profile.aes != "pipeline":
+            raise ValueError(f"{name} must be "
+                             f"{'True or False' if profile.aes == 'pipeline' else 'False'} "
+                             f"with the {profile.aes} AES unit, not {value!r}")
     if (type(profile.ghash_input_register) is not bool
             or profile.ghash_input_register and profile.ghash != "pipeline"):
         raise ValueError(f"ghash_input_register must be "
