@@ -256,6 +256,7 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
     reasons, expected = model_outcomes(model, sa_configs, traffic)
     received, sources, events, done_cycles, sent, aborts = [], [], [], [], [], []
     counters, seqs, engine_counters = {}, {}, {}
+    configured = []       # set once every SA is written and every packet's metadata given
 
     async def host_and_meta(ctx):
         for slot, config in sa_configs.items():
@@ -265,6 +266,7 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
         # Metadata and packets are two streams, driven independently.
         for slot, _packet in traffic:
             await stream_put(ctx, dut.meta, {"slot": slot}, timeout=_TIMEOUT)
+        configured.append(True)
 
     async def packets(ctx):
         beats = [beat for _slot, packet in traffic for beat in beats_from_bytes(packet, BLOCK_BYTES)]
@@ -276,11 +278,13 @@ def run_engine(sa_configs: dict, traffic, *, profile="compact", slots: int = 4, 
         total = len(expected[False]) + len(expected[True]) + reasons.count("aborted")
         received.extend(await stream_get_packets(ctx, dut.o, total, rng=random.Random(seed),
                                                  stall_prob=stall, timeout=_TIMEOUT))
-        # Every packet in and the last inbound one accounted: read every slot back.
+        # Every packet in and the last inbound one accounted: read every slot back. (When
+        # nothing is expected out, the host port may still be writing SAs: wait for that
+        # too, or the reads race the writes on the same port.)
         quiet = 0
         while quiet < 10:
             await ctx.tick()
-            quiet = quiet + 1 if sent and not ctx.get(dut.inbound.busy) else 0
+            quiet = quiet + 1 if sent and configured and not ctx.get(dut.inbound.busy) else 0
         for slot in range(slots):
             await stream_put(ctx, dut.host, {"op": HostOp.READ_COUNTERS, "slot": slot},
                              timeout=_TIMEOUT)
