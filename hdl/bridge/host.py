@@ -184,7 +184,7 @@ class HostBridge(wiring.Component):
         overlong = Signal()
         kind, tag = header[0], header[1]
         address = Cat(header[2], header[3])
-        channel_number, stream_index = header[2], header[3]
+        channel_number = header[2]
         body_length = Signal.like(position)
         m.d.comb += body_offset.eq(position - HEADER_BYTES)
         # Body bytes since the last whole payload of the channel the header names: 0 at
@@ -192,8 +192,12 @@ class HostBridge(wiring.Component):
         numbers = {c.number for c in channels_in}
         sizes = Array(C(regmap.channels[n].payload_bytes if n in numbers else 1,
                         range(staging_bytes + 1)) for n in range(len(regmap.channels)))
-        channel_bytes = Mux(channel_number < len(regmap.channels), sizes[channel_number], 1)
         partial = Signal(range(staging_bytes))
+        # What executing a frame needs of its header, registered as the header arrives so
+        # that the execution's checks start from flip-flops: the payload bytes of the
+        # channel that byte 2 names, and whether bytes 2 and 3 name an in stream.
+        channel_bytes = Signal(range(staging_bytes + 1))
+        known = Signal()
 
         # ---- response (ACK or DATA) waiting for the transmitter -------------
         response = Signal()               # pending
@@ -285,6 +289,16 @@ class HostBridge(wiring.Component):
                 pass
             with m.Elif(~in_body):
                 m.d.sync += [header[position].eq(byte), partial.eq(0)]
+                with m.If(position == 2):
+                    m.d.sync += channel_bytes.eq(
+                        Mux(byte < len(regmap.channels), sizes[byte], 1))
+                with m.If(position == 3):
+                    m.d.sync += known.eq(0)
+                    with m.Switch(Cat(byte, channel_number)):
+                        for t, (channel, k) in enumerate(targets):
+                            with m.Case(k | channel.number << 8):
+                                m.d.sync += [known.eq(1), send_stream.eq(t),
+                                             send_bytes.eq(channel.payload_bytes)]
             with m.Elif(kind == FrameKind.INJECT):
                 with m.If(passed):
                     m.d.sync += inject_started.eq(1)
@@ -317,8 +331,8 @@ class HostBridge(wiring.Component):
                 count(self.frames_dropped)
             with m.Else():
                 m.d.sync += [complete.eq(1), frame_length.eq(position + 1),
+                             body_length.eq(position + 1 - HEADER_BYTES),
                              frame_overlong.eq(overlong | beyond)]
-        m.d.comb += body_length.eq(frame_length - HEADER_BYTES)
         short = frame_length < HEADER_BYTES
 
         @contextmanager
@@ -363,15 +377,8 @@ class HostBridge(wiring.Component):
                                 m.d.sync += self.control[i].eq(first_word)
                     answer(Status.OK)
             with m.Elif(send_kind):
-                known = Signal()
                 length_ok = Signal()
                 whole = body_length == channel_bytes
-                with m.Switch(Cat(stream_index, channel_number)):
-                    for t, (channel, k) in enumerate(targets):
-                        with m.Case(k | channel.number << 8):
-                            m.d.comb += known.eq(1)
-                            m.d.sync += [send_stream.eq(t),
-                                         send_bytes.eq(channel.payload_bytes)]
                 with m.Switch(kind):
                     with m.Case(FrameKind.SEND):
                         m.d.comb += length_ok.eq(whole)
@@ -423,9 +430,11 @@ class HostBridge(wiring.Component):
         sources = [(c, k) for c in channels_out for k in range(c.count)]
         source = Signal(range(max(1, len(sources))))
         tx_byte = Signal(range(HEADER_BYTES + 4 * MAX_READ_WORDS + 1))
-        tx_length = Signal.like(tx_byte)
-        tx_body = Signal.like(tx_byte)           # body bytes sent before this one
-        m.d.comb += tx_body.eq(tx_byte - HEADER_BYTES)
+        # Counted beside tx_byte rather than derived from it, for timing: the frame's
+        # last byte's index, the body bytes sent before this one, and a DATA's word.
+        tx_last = Signal.like(tx_byte)
+        tx_body = Signal.like(tx_byte)
+        tx_word = Signal.like(response_address)
         source_bytes = Array(Value.cast(getattr(self, c.name)[k].payload)
                              for c, k in sources)
         # Packets: each egress port, then the exception queue.
@@ -448,11 +457,11 @@ class HostBridge(wiring.Component):
 
         with m.FSM(name="transmit"):
             with m.State("IDLE"):
-                m.d.sync += tx_byte.eq(0)
+                m.d.sync += [tx_byte.eq(0), tx_body.eq(0), tx_word.eq(response_address)]
                 with m.If(response):
-                    m.d.sync += tx_length.eq(Mux(response_data,
-                                                 HEADER_BYTES + 4 * response_words,
-                                                 HEADER_BYTES))
+                    m.d.sync += tx_last.eq(Mux(response_data,
+                                               HEADER_BYTES - 1 + 4 * response_words,
+                                               HEADER_BYTES - 1))
                     m.next = "ANSWER"
                 with m.Else():
                     # The last If that holds wins: packets lose to items, and the
@@ -464,18 +473,22 @@ class HostBridge(wiring.Component):
                     for s, (channel, k) in reversed(list(enumerate(sources))):
                         with m.If(getattr(self, channel.name)[k].valid):
                             m.d.sync += [source.eq(s),
-                                         tx_length.eq(HEADER_BYTES + channel.payload_bytes)]
+                                         tx_last.eq(HEADER_BYTES - 1 + channel.payload_bytes)]
                             m.next = "ITEM"
             with m.State("ANSWER"):
-                read = words[response_address + (tx_body >> 2)]
+                read = words[tx_word]
                 frame_byte((Mux(response_data, FrameKind.DATA, FrameKind.ACK), response_tag,
                             Mux(response_data, response_address[:8], response_status),
                             Mux(response_data, response_address[8:], 0)),
                            read.word_select(tx_byte[:2], 8))
                 m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.last.eq(tx_byte == tx_length - 1)]
+                             self.tx.payload.last.eq(tx_byte == tx_last)]
                 with m.If(self.tx.ready):
                     m.d.sync += tx_byte.eq(tx_byte + 1)
+                    with m.If(tx_byte >= HEADER_BYTES):
+                        m.d.sync += tx_body.eq(tx_body + 1)
+                        with m.If(tx_body[:2] == 3):
+                            m.d.sync += tx_word.eq(tx_word + 1)
                     with m.If(self.tx.payload.last):
                         m.d.sync += response.eq(0)
                         m.next = "IDLE"
@@ -486,9 +499,11 @@ class HostBridge(wiring.Component):
                 frame_byte((FrameKind.ITEM, 0, numbers[source], indices[source]),
                            payload.word_select(tx_body, 8))
                 m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.last.eq(tx_byte == tx_length - 1)]
+                             self.tx.payload.last.eq(tx_byte == tx_last)]
                 with m.If(self.tx.ready):
                     m.d.sync += tx_byte.eq(tx_byte + 1)
+                    with m.If(tx_byte >= HEADER_BYTES):
+                        m.d.sync += tx_body.eq(tx_body + 1)
                     with m.If(self.tx.payload.last):
                         m.next = "IDLE"
                         for s, (channel, k) in enumerate(sources):
