@@ -67,7 +67,7 @@ def test_sbox_fips_values():
     assert sorted(SBOX) == list(range(256))
 
 
-@pytest.mark.parametrize("latency", [1, 2])
+@pytest.mark.parametrize("latency", [1, 2, 3])
 @pytest.mark.parametrize("sbox,ports", [("rom", 1), ("rom", 2), ("logic", 1)])
 def test_sub_bytes_latency_and_hold(sbox, ports, latency):
     dut = SubBytes(4, sbox=sbox, ports=ports, latency=latency)
@@ -179,7 +179,7 @@ def run_pipeline(dut, schedule):
 # (sbox, sbox_latency, input_register, round_key_register): every S-box mapping and
 # latency, the fast profile's registers, and the round key register alone.
 PIPELINES = [("rom", 1, False, False), ("rom", 2, False, False), ("logic", 1, False, False),
-             ("logic", 2, False, False), ("rom", 2, True, True), ("rom", 1, False, True)]
+             ("logic", 2, False, False), ("rom", 3, True, True), ("rom", 1, False, True)]
 
 
 @pytest.mark.parametrize("sbox,sbox_latency,input_register,round_key_register", PIPELINES)
@@ -226,10 +226,11 @@ def test_pipeline_int_sideband():
 @pytest.mark.parametrize("make,name", [
     (lambda: AesIterative(sbox="bram"), "sbox"),
     (lambda: AesPipeline(sbox=None), "sbox"),
-    (lambda: AesPipeline(sbox_latency=3), "sbox_latency"),
+    (lambda: AesPipeline(sbox_latency=4), "sbox_latency"),
     (lambda: AesPipeline(input_register=1), "input_register"),
     (lambda: AesPipeline(round_key_register=None), "round_key_register"),
     (lambda: SubBytes(16, latency=0), "latency"),
+    (lambda: SubBytes(16, latency=4), "latency"),
     (lambda: AesPipeline(sideband=-1), "sideband"),
     (lambda: AesPipeline(sideband="tag"), "sideband"),
     (lambda: SboxRom(ports=3), "ports"),

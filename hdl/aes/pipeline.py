@@ -5,7 +5,7 @@ from amaranth.lib.wiring import In, Out
 
 from .round import (AES_PIPE_REQUEST, AES_PIPE_RESPONSE, ROUNDS_128, ROUNDS_256,
                     cipher_round, final_round, key_load, key_step)
-from .sbox import SubBytes, check_sbox
+from .sbox import SBOX_LATENCIES, SubBytes, check_sbox
 
 
 __all__ = ["AesPipeline"]
@@ -23,7 +23,10 @@ class AesPipeline(wiring.Component):
     ``sbox_latency=2`` the S-box data is registered once more (the block RAM's
     output register), so a round takes two cycles and its logic starts from a
     flip-flop: the path per cycle is ShiftRows, MixColumns and AddRoundKey (after
-    the key step) into the next S-box address, nothing else.
+    the key step) into the next S-box address, nothing else. ``sbox_latency=3``
+    adds a fabric register after the block RAM's (three cycles a round), so the
+    wire from one round's block RAMs to the next round's logic has a cycle of
+    its own.
     AES-128 blocks finish in round 10 and a copy of the ciphertext is carried past
     the remaining rounds, so both key sizes take the same time.
 
@@ -37,7 +40,7 @@ class AesPipeline(wiring.Component):
     and MixColumns no longer follow each other in one cycle.
 
     Latency: ``o.valid`` is ``i.valid`` delayed by exactly :attr:`latency` cycles:
-    ``14 * sbox_latency + 1 + input_register + round_key_register`` (15 to 31).
+    ``14 * sbox_latency + 1 + input_register + round_key_register`` (15 to 45).
     Throughput: one block per cycle; no back-pressure (both streams are always ready).
     With ``sbox="rom"`` each 256x8 ROM serves two lookups (ECP5 DP16KD: 140 of them).
     """
@@ -45,8 +48,8 @@ class AesPipeline(wiring.Component):
     def __init__(self, *, sideband=0, sbox="rom", sbox_latency=1, input_register=False,
                  round_key_register=False):
         check_sbox(sbox)
-        if type(sbox_latency) is not int or sbox_latency not in (1, 2):
-            raise ValueError(f"sbox_latency must be 1 or 2, not {sbox_latency!r}")
+        if type(sbox_latency) is not int or sbox_latency not in SBOX_LATENCIES:
+            raise ValueError(f"sbox_latency must be 1, 2 or 3, not {sbox_latency!r}")
         for name, value in (("input_register", input_register),
                             ("round_key_register", round_key_register)):
             if type(value) is not bool:

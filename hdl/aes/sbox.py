@@ -13,10 +13,14 @@ register (ECP5 DP16KD): without it the RAM's clock-to-output delay, several
 nanoseconds, starts every path through the table. Yosys does not pack a fabric
 register into the DP16KD (it leaves ``REGMODE="NOREG"``), so when the platform
 is an ECP5 one (``platform.family == "ecp5"``) a ``"rom"`` S-box with
-``latency=2`` is an explicit DP16KD instance with ``REGMODE="OUTREG"`` and the
-table in its ``INITVAL`` parameters (:func:`dp16kd_initvals`). Without a
+``latency`` 2 or more is an explicit DP16KD instance with ``REGMODE="OUTREG"``
+and the table in its ``INITVAL`` parameters (:func:`dp16kd_initvals`). Without a
 platform (simulation) and on other families it stays a generic
 :class:`~amaranth.lib.memory.Memory`.
+
+``latency=3`` adds a register in the fabric after that: the block RAM's data
+then has a whole cycle to reach it, wherever the placer puts the logic that
+reads it (a pipeline's block RAMs spread over the die).
 
 The ``rom_style`` attribute tells yosys which one is meant: left to itself it
 maps a 256x8 ROM to LUTs on ECP5 and to block RAM on iCE40, whichever way the
@@ -71,9 +75,12 @@ def _check_ports(ports):
         raise ValueError(f"ports must be 1 or 2, not {ports!r}")
 
 
+SBOX_LATENCIES = (1, 2, 3)
+
+
 def _check_latency(latency):
-    if type(latency) is not int or latency not in (1, 2):
-        raise ValueError(f"latency must be 1 or 2, not {latency!r}")
+    if type(latency) is not int or latency not in SBOX_LATENCIES:
+        raise ValueError(f"latency must be 1, 2 or 3, not {latency!r}")
 
 
 # DP16KD in its 2048x9 mode: address bits ADx13..ADx3 (ADx2..0 unused), data
@@ -103,14 +110,14 @@ def _is_ecp5(platform):
     return getattr(platform, "family", None) == "ecp5"
 
 
-def _output_register(m, data, en, latency):
-    """`data`, registered again while `en` when `latency` is 2."""
-    if latency == 1:
-        return data
-    register = Signal.like(data, reset_less=True)
-    with m.If(en):
-        m.d.sync += register.eq(data)
-    return register
+def _output_registers(m, data, en, count):
+    """`data` through `count` registers, each loaded while `en`."""
+    for _ in range(count):
+        register = Signal.like(data, reset_less=True)
+        with m.If(en):
+            m.d.sync += register.eq(data)
+        data = register
+    return data
 
 
 class _Sbox(wiring.Component):
@@ -131,12 +138,12 @@ class SboxRom(_Sbox):
     ``data[p]`` is ``SBOX[addr[p]]`` `latency` cycles after ``addr[p]``; it holds
     while ``en`` is low. On iCE40 only one read port per SB_RAM40_4K maps, so use
     ``ports=1`` there; ECP5 DP16KD serves two. On an ECP5 platform with
-    ``latency=2`` it is a DP16KD instance with the output register packed
+    ``latency`` 2 or 3 it is a DP16KD instance with the output register packed
     (see the module docstring).
     """
 
     def elaborate(self, platform):
-        if self._latency == 2 and _is_ecp5(platform):
+        if self._latency >= 2 and _is_ecp5(platform):
             return self._elaborate_dp16kd()
         m = Module()
         m.submodules.rom = rom = Memory(shape=8, depth=256, init=SBOX,
@@ -146,7 +153,7 @@ class SboxRom(_Sbox):
             m.d.comb += [
                 port.addr.eq(self.addr[p]),
                 port.en.eq(self.en),
-                self.data[p].eq(_output_register(m, port.data, self.en, self._latency)),
+                self.data[p].eq(_output_registers(m, port.data, self.en, self._latency - 1)),
             ]
         return m
 
@@ -157,6 +164,9 @@ class SboxRom(_Sbox):
                       for name, value in dp16kd_initvals(SBOX).items()}
         ports = {}
         for p, side in zip(range(self._ports), "AB"):
+            # The DP16KD's data is two cycles after its address (latch, OUTREG).
+            data = Signal(8, name=f"rom_data{p}")
+            m.d.comb += self.data[p].eq(_output_registers(m, data, self.en, self._latency - 2))
             parameters.update({
                 f"p_DATA_WIDTH_{side}": _DP16KD_WIDTH,
                 f"p_REGMODE_{side}": "OUTREG",
@@ -175,7 +185,7 @@ class SboxRom(_Sbox):
                 **{f"i_AD{side}{n}": C(0) for n in range(3)},
                 **{f"i_AD{side}{n + 3}": self.addr[p][n] for n in range(8)},
                 **{f"i_AD{side}{n}": C(0) for n in range(11, 14)},
-                **{f"o_DO{side}{n}": self.data[p][n] for n in range(8)},
+                **{f"o_DO{side}{n}": data[n] for n in range(8)},
             })
         m.submodules.rom = Instance("DP16KD", p_GSR="DISABLED", p_RESETMODE="SYNC",
                                     p_ASYNC_RESET_RELEASE="SYNC", **parameters, **ports)
@@ -197,7 +207,7 @@ class SboxLogic(_Sbox):
                 m.d.sync += data.eq(lookup.data)
             m.d.comb += [
                 lookup.addr.eq(self.addr[p]),
-                self.data[p].eq(_output_register(m, data, self.en, self._latency)),
+                self.data[p].eq(_output_registers(m, data, self.en, self._latency - 1)),
             ]
         return m
 

@@ -20,7 +20,7 @@ class GcmProfile:
     aes: str               # "iterative" (a round per cycle) | "pipeline" (a block per cycle)
     ghash: str             # "serial" (a digit per cycle) | "pipeline" (a product per cycle)
     sbox: str = "rom"      # "rom": block RAM; "logic": LUTs. Same timing either way.
-    sbox_latency: int = 1  # AES pipeline: 2 registers the S-box output (2 cycles a round)
+    sbox_latency: int = 1  # AES pipeline: cycles a round (2, 3: S-box output registers)
     aes_input_register: bool = False  # AES pipeline: register its request (one cycle more)
     aes_round_key_register: bool = False  # AES pipeline: round keys a cycle ahead (one more)
     ghash_digit: int = 8   # serial multiplier: bits of the operand per cycle
@@ -45,20 +45,21 @@ PROFILES = {
     # takes 10+ cycles here, so deeper ones would only cost flip-flops.
     "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=8),
     # ECP5: one block per cycle at 100 MHz. Every S-box read has its block RAM's
-    # output register and the multiplier its input register, so neither the RAM's
-    # clock-to-output delay nor the GHASH input multiplexers share a cycle with
-    # round or Horner logic; that costs 14 cycles of AES latency and a third
-    # GHASH lane. The AES pipeline's request register keeps the injector's
-    # multiplexers out of round 1's block RAM address paths, and its round key
-    # registers the key step out of the rounds' (a cycle more each).
-    # The output FIFO covers the AES pipeline's latency (31) plus the credit
-    # loop, so a consumer that is always ready sees no bubbles.
-    # Short messages: a message is in flight for ~40 cycles and can start every
-    # 9 + blocks cycles, so 8 results in flight keep 64-byte messages back to back.
+    # output register and then a fabric register (three cycles a round: the
+    # wire from one round's block RAMs to the next round's logic gets a cycle
+    # of its own, the rounds' 140 block RAMs being spread over the die), and the
+    # multiplier its input register, so neither the RAM's clock-to-output delay
+    # nor the GHASH input multiplexers share a cycle with round or Horner logic.
+    # The AES pipeline's request register keeps the injector's multiplexers out
+    # of round 1's block RAM address paths, and its round key register the key
+    # step out of the rounds' (a cycle more each): AES latency 45, and a third
+    # GHASH lane. The output FIFO covers that latency plus the credit loop, so a
+    # consumer that is always ready sees no bubbles. Short messages: a message
+    # is in flight for ~60 cycles and can start every 9 + blocks cycles, so 8
+    # results in flight keep 64-byte messages back to back.
     "fast": GcmProfile("fast", aes="pipeline", ghash="pipeline", ghash_stages=2,
-                       sbox_latency=2, aes_input_register=True, aes_round_key_register=True,
-                       ghash_input_register=True,
-                       out_depth=48, result_depth=8),
+                       sbox_latency=3, aes_input_register=True, aes_round_key_register=True,
+                       ghash_input_register=True, out_depth=64, result_depth=8),
 }
 
 
@@ -84,8 +85,8 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
         raise ValueError(f"ghash_stages must be one of {GHASH_STAGES}, not {profile.ghash_stages!r}")
     # The iterative unit's round loop and the serial multiplier have no such registers.
     if (type(profile.sbox_latency) is not int
-            or profile.sbox_latency not in ((1, 2) if profile.aes == "pipeline" else (1,))):
-        raise ValueError(f"sbox_latency must be 1{' or 2' if profile.aes == 'pipeline' else ''} "
+            or profile.sbox_latency not in ((1, 2, 3) if profile.aes == "pipeline" else (1,))):
+        raise ValueError(f"sbox_latency must be 1{', 2 or 3' if profile.aes == 'pipeline' else ''} "
                          f"with the {profile.aes} AES unit, not {profile.sbox_latency!r}")
     for name in ("aes_input_register", "aes_round_key_register"):
         value = getattr(profile, name)
