@@ -192,9 +192,17 @@ class EspEngine(wiring.Component):
 
         wiring.connect(m, table.events, wiring.flipped(self.events))
         wiring.connect(m, inbound.account, table.account)
-        wiring.connect(m, decap.header, inbound.header)
+        # The decapsulator's ESP header and ICV result reach the inbound control
+        # through registers: its length checks and bank state fed the replay unit's
+        # first stage and back into the decapsulator in one cycle (the engine's
+        # deepest path, docs/performance.md). A cycle more for each, once a packet.
+        m.submodules.headers = headers = StreamRegister(decap.header.payload.shape())
+        m.submodules.settles = settles = StreamRegister(decap.settle.payload.shape())
+        wiring.connect(m, decap.header, headers.i)
+        wiring.connect(m, headers.o, inbound.header)
         wiring.connect(m, inbound.admit, decap.admit)
-        wiring.connect(m, decap.settle, inbound.settle)
+        wiring.connect(m, decap.settle, settles.i)
+        wiring.connect(m, settles.o, inbound.settle)
         wiring.connect(m, inbound.settled, decap.settled)
         wiring.connect(m, decap.verdict, inbound.verdict)
         wiring.connect(m, decap.o, merger.i[1])
