@@ -2,7 +2,7 @@
 """The IPv4 header checksum of each packet, known when its first beat leaves."""
 
 from amaranth import *
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
@@ -27,9 +27,10 @@ class Ipv4HeaderCheck(wiring.Component):
     depth : beats of FIFO; enough for the header of the next packet to be in
         while the current one leaves (8 keeps back-to-back packets back to back).
 
-    Latency: a packet's first beat leaves 2 cycles after the beat that completes
-    its header came in (1 beat later for a 20-byte header in 16-byte beats); one
-    beat per cycle.
+    Latency: a packet's first beat leaves 3 cycles after the beat that completes
+    its header came in (1 beat later for a 20-byte header in 16-byte beats): a beat's
+    header words are summed in the cycle it is taken, the packet's sum folded and
+    checked in the next. One beat per cycle.
     """
 
     def __init__(self, *, width: int = 16, depth: int = 8):
@@ -59,34 +60,52 @@ class Ipv4HeaderCheck(wiring.Component):
         decided = Signal()              # this packet's verdict is in `verdicts`
         is_v4 = Signal()
         ihl_bytes = Signal(6)
-        total = Signal(22)              # the header's 16-bit words so far
         first_v4 = beat.data[4:8] == 4
         first_ihl = Cat(C(0, 2), beat.data[0:4])
         v4 = Mux(beat.first, first_v4, is_v4)
         header_len = Mux(beat.first, first_ihl, ihl_bytes)
         at = Mux(beat.first, 0, offset)
-        # Words of this beat inside the header (bytes past `count` are zero).
-        summed = Mux(beat.first, 0, total) + sum(
-            Mux(at + 2 * w < header_len, word, 0) for w, word in enumerate(words16(beat.data)))
-        complete = at + Mux(beat.last, beat.count, width) >= header_len   # the header is in
-        wrong = ~complete | (ones_fold(summed) != 0xffff) | (header_len < 20)
         taken = self.i.valid & self.i.ready
-        undecided = beat.first | ~decided
+
+        # Stage 1, as a beat is taken: its words inside the header (bytes past `count`
+        # are zero) summed, and whether the header is complete with it. Stage 2, a cycle
+        # later: the packet's running sum, folded and compared. The adder tree and the
+        # fold were one path from the beat FIFO's output; now each has a cycle.
+        staged = Signal(data.StructLayout({
+            "valid": 1, "first": 1, "last": 1, "v4": 1, "complete": 1, "short": 1, "sum": 20}))
+        m.d.sync += [
+            staged.valid.eq(taken),
+            staged.first.eq(beat.first),
+            staged.last.eq(beat.last),
+            staged.v4.eq(v4),
+            staged.complete.eq(at + Mux(beat.last, beat.count, width) >= header_len),
+            staged.short.eq(header_len < 20),
+            staged.sum.eq(sum(Mux(at + 2 * w < header_len, word, 0)
+                              for w, word in enumerate(words16(beat.data)))),
+        ]
+        with m.If(taken):
+            m.d.sync += offset.eq(Mux(beat.last, 0, Mux(at >= 64, at, at + width)))
+            with m.If(beat.first):
+                m.d.sync += [is_v4.eq(first_v4), ihl_bytes.eq(first_ihl)]
+
+        total = Signal(22)              # the header's 16-bit words so far
+        summed = Mux(staged.first, 0, total) + staged.sum
+        wrong = ~staged.complete | (ones_fold(summed) != 0xffff) | staged.short
+        undecided = staged.first | ~decided
         m.d.comb += [
             beats.w_data.eq(beat),
             beats.w_en.eq(taken),
-            self.i.ready.eq(beats.w_rdy & verdicts.w_rdy),
-            verdicts.w_data.eq(v4 & wrong),
-            verdicts.w_en.eq(taken & undecided & (~v4 | complete | beat.last)),
+            # Room for the verdict stage 2 may write this cycle as well.
+            self.i.ready.eq(beats.w_rdy & (verdicts.level < self._depth - 1)),
+            verdicts.w_data.eq(staged.v4 & wrong),
+            verdicts.w_en.eq(staged.valid & undecided
+                             & (~staged.v4 | staged.complete | staged.last)),
         ]
-        with m.If(taken):
+        with m.If(staged.valid):
             m.d.sync += [
-                offset.eq(Mux(beat.last, 0, Mux(at >= 64, at, at + width))),
                 total.eq(summed),
-                decided.eq(~beat.last & (decided & ~beat.first | verdicts.w_en)),
+                decided.eq(~staged.last & (decided & ~staged.first | verdicts.w_en)),
             ]
-            with m.If(beat.first):
-                m.d.sync += [is_v4.eq(first_v4), ihl_bytes.eq(first_ihl)]
 
         out = layout(beats.r_data)
         m.d.comb += [
