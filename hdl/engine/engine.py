@@ -256,10 +256,12 @@ class EspEngine(wiring.Component):
         wait_idle = Signal()                 # RETRY once no inbound packet is in flight
         slot = looked_up.slot
         length = looked_up.bytes             # the cleartext length, from the first beat
-        sent = Signal(17)                # bytes of the packet handed to the encapsulator
-        # What the encapsulator gets next: up to a beat of what is left of the IP length
-        # (a beat that reaches it is cut there; every other beat is full).
-        left = length - sent
+        # Bytes of the IP length not yet handed to the encapsulator: a register counted
+        # down (not the length minus a count of bytes sent: that subtraction led the
+        # beat's masking and the encapsulator's splitter into one long path). What the
+        # encapsulator gets next is up to a beat of it (a beat that reaches it is cut
+        # there; every other beat is full).
+        left = Signal(17)
         to_encap = Mux(left < BLOCK_BYTES, left, BLOCK_BYTES)
         ends_here = left <= BLOCK_BYTES
         # Two bits per packet through the encapsulator, in order (it holds at most two):
@@ -373,7 +375,7 @@ class EspEngine(wiring.Component):
                                                          & outer_v6),
                                          fills.w_en.eq(encap.job.ready)]
                             with m.If(encap.job.ready):
-                                m.d.sync += sent.eq(0)
+                                m.d.sync += left.eq(length)
                                 m.next = "ENCAP"
                         with m.Case(Action.INBOUND):
                             self._decide_inbound(m, table, decap, inbound, wait_idle, packets)
@@ -387,7 +389,7 @@ class EspEngine(wiring.Component):
                 # The encapsulator gets exactly the IP length: bytes past it are
                 # discarded (the model ignores them too), a stream that ends short is
                 # padded with zero bytes and the ESP packet aborted (see `o_abort`).
-                reaches = sent + beat.count >= length
+                reaches = beat.count >= left
                 m.d.comb += [
                     encap.i.payload.data.eq(beat.data & Cat(Mux(to_encap > k, 0xff, 0)
                                                             for k in range(BLOCK_BYTES))),
@@ -398,7 +400,7 @@ class EspEngine(wiring.Component):
                     packets.ready.eq(encap.i.ready),
                 ]
                 with m.If(packets.valid & packets.ready):
-                    m.d.sync += sent.eq(sent + BLOCK_BYTES)
+                    m.d.sync += left.eq(left - BLOCK_BYTES)
                     with m.If(reaches):
                         m.next = "LOOKUP"
                         with m.If(~beat.last):
@@ -418,7 +420,7 @@ class EspEngine(wiring.Component):
                     abort_bit.eq(1),
                 ]
                 with m.If(encap.i.ready):
-                    m.d.sync += sent.eq(sent + BLOCK_BYTES)
+                    m.d.sync += left.eq(left - BLOCK_BYTES)
                     with m.If(ends_here):
                         m.next = "LOOKUP"
             with m.State("DECAP"):
