@@ -84,7 +84,7 @@ def _check_latency(latency):
 
 
 # DP16KD in its 2048x9 mode: address bits ADx13..ADx3 (ADx2..0 unused), data
-# DOx8..0. INITVAL_00..3F are 320 bits each: 16 fields of 20 bits, each field
+# DOx8..0 (an S-box uses DOx7..0). INITVAL_00..3F are 320 bits each: 16 fields of 20 bits, each field
 # two 9-bit words (the lower address in the low bits) and two unused bits.
 _DP16KD_WIDTH = 9
 _DP16KD_WORDS_PER_INITVAL = 32
@@ -156,7 +156,6 @@ class SboxRom(_Sbox):
                 self.data[p].eq(_output_registers(m, port.data, self.en, self._latency - 1)),
             ]
         return m
-
 
     def _elaborate_dp16kd(self):
         m = Module()
