@@ -261,25 +261,36 @@ class IpParser(wiring.Component):
     def _sum_header_words(self, m, source, sink):
         """`source`'s beats on `sink`, each with ``header_sum``: the sum of its 16-bit
         words that lie within the IP header (the IPv4 checksum's words, added up a
-        beat at a time). Keeps its own count of the beat's place in its packet."""
+        beat at a time). Keeps its own count of the beat's place in its packet, and
+        which words of the next beat are header words, decided a beat ahead so that
+        the adder tree starts from flip-flops (a first beat's from its first byte)."""
         beat = source.payload
+        words = words16(beat.data)
         offset = Signal(8)              # as the record stage's, a stage ahead
         ihl_bytes = Signal(6)
+        next_in_header = Signal(len(words))     # of a beat that is not a packet's first
         at = Mux(beat.first, 0, offset)
         header_len = _header_length(beat, ihl_bytes)
+        following = Mux(beat.last, 0, Mux(at >= 128, at, at + self._width))
+        version, ihl = beat.data[4:8], beat.data[:4]
+        in_header = Mux(beat.first,
+                        Cat((version == 6) | (ihl > w // 2) for w in range(len(words))),
+                        next_in_header)
         m.d.comb += [
             sink.payload.beat.eq(beat),
-            sink.payload.header_sum.eq(sum(
-                Mux(at + 2 * w < header_len, word, 0)
-                for w, word in enumerate(words16(beat.data)))),
+            sink.payload.header_sum.eq(sum(Mux(in_header[w], word, 0)
+                                           for w, word in enumerate(words))),
             sink.valid.eq(source.valid),
             source.ready.eq(sink.ready),
         ]
         with m.If(source.valid & source.ready):
-            m.d.sync += offset.eq(Mux(beat.last, 0, Mux(at >= 128, at, at + self._width)))
+            m.d.sync += [
+                offset.eq(following),
+                next_in_header.eq(Cat(following + 2 * w < header_len
+                                      for w in range(len(words)))),
+            ]
             with m.If(beat.first):
                 m.d.sync += ihl_bytes.eq(header_len)
-
 
 def _header_length(beat, kept):
     """The IP header's length in bytes (IPv6: 40): from the first beat's first byte,
