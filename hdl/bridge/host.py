@@ -441,6 +441,10 @@ class HostBridge(wiring.Component):
         packet_sources = [*self.egress, self.exception]
         packet_source = Signal(range(len(packet_sources)))
         beat_byte = Signal(range(16))
+        # Also counted beside tx_byte and beat_byte, for timing: a packet's header bytes
+        # are going out, and the bytes of the beat out once this one is.
+        packet_header = Signal()
+        beat_bytes_out = Signal(range(17))
         trailer = Signal()                      # the packet is out: its status byte next
         beats = Array(packet_sources)
         beat = beats[packet_source].payload
@@ -468,7 +472,8 @@ class HostBridge(wiring.Component):
                     # lowest source first: replies before events, engines in order.
                     for q, packets in reversed(list(enumerate(packet_sources))):
                         with m.If(packets.valid):
-                            m.d.sync += [packet_source.eq(q), beat_byte.eq(0)]
+                            m.d.sync += [packet_source.eq(q), beat_byte.eq(0),
+                                         beat_bytes_out.eq(1), packet_header.eq(1)]
                             m.next = "PACKET"
                     for s, (channel, k) in reversed(list(enumerate(sources))):
                         with m.If(getattr(self, channel.name)[k].valid):
@@ -517,22 +522,25 @@ class HostBridge(wiring.Component):
                            Mux(trailer, aborted, beat.data.word_select(beat_byte, 8)))
                 # A packet's beats may come with gaps: a body byte waits for its beat.
                 m.d.comb += [
-                    self.tx.valid.eq((tx_byte < HEADER_BYTES) | trailer | beat_valid),
+                    self.tx.valid.eq(packet_header | trailer | beat_valid),
                     self.tx.payload.last.eq(trailer),
                 ]
                 with m.If(self.tx.valid & self.tx.ready):
-                    with m.If(tx_byte < HEADER_BYTES):
-                        m.d.sync += tx_byte.eq(tx_byte + 1)
+                    with m.If(packet_header):
+                        m.d.sync += [tx_byte.eq(tx_byte + 1),
+                                     packet_header.eq(tx_byte != HEADER_BYTES - 1)]
                     with m.Elif(trailer):
                         m.d.sync += trailer.eq(0)
                         m.next = "IDLE"
-                    with m.Elif(beat_byte == beat.count - 1):
+                    with m.Elif(beat_bytes_out == beat.count):
                         # The beat's last byte: take the beat; after a packet's last
                         # beat comes its status byte (the abort flag seen only now).
-                        m.d.sync += [beat_byte.eq(0), trailer.eq(beat.last)]
+                        m.d.sync += [beat_byte.eq(0), beat_bytes_out.eq(1),
+                                     trailer.eq(beat.last)]
                         for q, packets in enumerate(packet_sources):
                             with m.If(packet_source == q):
                                 m.d.comb += packets.ready.eq(1)
                     with m.Else():
-                        m.d.sync += beat_byte.eq(beat_byte + 1)
+                        m.d.sync += [beat_byte.eq(beat_byte + 1),
+                                     beat_bytes_out.eq(beat_bytes_out + 1)]
         return m
