@@ -333,19 +333,15 @@ class EspDecap(wiring.Component):
         is_v6 = version == 6
         header_len = Mux(is_v6, _IPV6_HEADER, Cat(C(0, 2), ihl))
         is_udp = proto == PROTO_UDP
+        # The packet's lengths, worked out from its first beat as it is taken and kept in
+        # registers: derived from the captured fields instead, their adder chains led into
+        # every comparison of the input side and on into the GCM core's command.
         esp_start = Signal(7)          # E: always a multiple of 4
         text_start = Signal(7)
         total_len = Signal(17)
-        m.d.comb += [
-            esp_start.eq(header_len + Mux(is_udp, UDP_HEADER_BYTES, 0)),
-            text_start.eq(esp_start + ESP_HEADER_BYTES),
-            total_len.eq(Mux(is_v6, v6_plen + _IPV6_HEADER, ip_total)),
-        ]
         # Both only meaningful once CHECK has passed the lengths.
         text_len = Signal(16)
         text_end = Signal(17)
-        m.d.comb += [text_len.eq(total_len - esp_start - ESP_HEADER_BYTES - ICV_BYTES),
-                     text_end.eq(total_len - ICV_BYTES)]
         blocks_sent = Signal(range(blocks + 1))
         truncated = Signal()
         icv = Signal(128)
@@ -454,6 +450,19 @@ class EspDecap(wiring.Component):
                         outer_ttl.eq(octet[8]),
                         outer_checksum.eq(Cat(octet[11], octet[10])),
                         header_sum.eq(sum(words16(beat.data))),
+                    ]
+                    first_v6 = octet[0][4:] == 6
+                    first_proto = Mux(first_v6, octet[6], octet[9])
+                    first_esp_start = (Mux(first_v6, _IPV6_HEADER, Cat(C(0, 2), octet[0][:4]))
+                                       + Mux(first_proto == PROTO_UDP, UDP_HEADER_BYTES, 0))
+                    first_total = Mux(first_v6, Cat(octet[5], octet[4]) + _IPV6_HEADER,
+                                      Cat(octet[3], octet[2]))
+                    m.d.sync += [
+                        esp_start.eq(first_esp_start),
+                        text_start.eq(first_esp_start + ESP_HEADER_BYTES),
+                        total_len.eq(first_total),
+                        text_len.eq(first_total - first_esp_start - ESP_HEADER_BYTES - ICV_BYTES),
+                        text_end.eq(first_total - ICV_BYTES),
                     ]
                     with m.If(beat.last):
                         m.next = "BAD_HEADER"
