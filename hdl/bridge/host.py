@@ -125,7 +125,8 @@ class HostBridge(wiring.Component):
     was executed (or the payload before it was taken), 158 for an SA record, and the
     ``ACK`` goes once the last was taken. Throughput: one byte per cycle on each side,
     independently; answers go first, then items, then packets (egress ports in order,
-    then the exception queue), a whole frame at a time.
+    then the exception queue), a whole frame at a time. A ``DATA`` answer's words are
+    each read whole, the cycle before their first byte goes out.
 
     The body buffer is one block RAM of ``MAX_BODY`` bytes (2,044: 4 iCE40 EBRs, one
     ECP5 DP16KD), read and written a byte at a time; the staging register is the
@@ -431,10 +432,16 @@ class HostBridge(wiring.Component):
         source = Signal(range(max(1, len(sources))))
         tx_byte = Signal(range(HEADER_BYTES + 4 * MAX_READ_WORDS + 1))
         # Counted beside tx_byte rather than derived from it, for timing: the frame's
-        # last byte's index, the body bytes sent before this one, and a DATA's word.
+        # last byte's index and the body bytes sent before this one. A DATA's words go
+        # out of a register, `answer_word`, each read whole from the register map a
+        # cycle before its first byte is due (`next_word`, the word at `tx_word`), so
+        # the register map's read is not in the transmitted byte's path.
         tx_last = Signal.like(tx_byte)
         tx_body = Signal.like(tx_byte)
         tx_word = Signal.like(response_address)
+        next_word = Signal(32)
+        answer_word = Signal(32)
+        m.d.sync += next_word.eq(words[tx_word])
         source_bytes = Array(Value.cast(getattr(self, c.name)[k].payload)
                              for c, k in sources)
         # Packets: each egress port, then the exception queue.
@@ -481,19 +488,17 @@ class HostBridge(wiring.Component):
                                          tx_last.eq(HEADER_BYTES - 1 + channel.payload_bytes)]
                             m.next = "ITEM"
             with m.State("ANSWER"):
-                read = words[tx_word]
                 frame_byte((Mux(response_data, FrameKind.DATA, FrameKind.ACK), response_tag,
                             Mux(response_data, response_address[:8], response_status),
                             Mux(response_data, response_address[8:], 0)),
-                           read.word_select(tx_byte[:2], 8))
+                           answer_word.word_select(tx_byte[:2], 8))
                 m.d.comb += [self.tx.valid.eq(1),
                              self.tx.payload.last.eq(tx_byte == tx_last)]
                 with m.If(self.tx.ready):
                     m.d.sync += tx_byte.eq(tx_byte + 1)
-                    with m.If(tx_byte >= HEADER_BYTES):
-                        m.d.sync += tx_body.eq(tx_body + 1)
-                        with m.If(tx_body[:2] == 3):
-                            m.d.sync += tx_word.eq(tx_word + 1)
+                    # The header's or a word's last byte: the next word is due.
+                    with m.If(tx_byte[:2] == 3):
+                        m.d.sync += [answer_word.eq(next_word), tx_word.eq(tx_word + 1)]
                     with m.If(self.tx.payload.last):
                         m.d.sync += response.eq(0)
                         m.next = "IDLE"
