@@ -85,8 +85,9 @@ class SpiTable(wiring.Component):
 
     Latency and throughput: a lookup's result is offered 2 cycles after the
     lookup is taken, one lookup per cycle. A host operation takes the read port
-    for 2 cycles once the lookup in flight has left (reply 4 cycles after the
-    operation is taken, with no lookup waiting).
+    for 3 cycles once the lookup in flight has left (reply 5 cycles after the
+    operation is taken, with no lookup waiting): its bucket is read, compared
+    with its key, and the way and status chosen a cycle after the compare.
     """
 
     def __init__(self, *, entries: int, ways: int = 4, value: data.StructLayout):
@@ -152,8 +153,10 @@ class SpiTable(wiring.Component):
         # ---- host operations ----------------------------------------------------------
         op = Signal.like(self.host.payload)
         status = Signal(SpiStatus)
-        found = matches(op.key)
-        free = [~way.valid for way in row]
+        # The bucket's ways compared with the operation's key, registered: the choice of
+        # way and status a cycle later does not follow the wide compare in one cycle.
+        found = Signal(ways)
+        free = Signal(ways)
         target = Signal(range(ways))
         new = Signal(entry)
         with m.FSM(name="host"):
@@ -170,23 +173,28 @@ class SpiTable(wiring.Component):
                     m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.comb += [host_owns.eq(1), rd.en.eq(0)]
+                m.d.sync += [found.eq(Cat(matches(op.key))),
+                             free.eq(Cat(~way.valid for way in row))]
+                m.next = "CHOOSE"
+            with m.State("CHOOSE"):
+                m.d.comb += [host_owns.eq(1), rd.en.eq(0)]
                 # The first matching way, else the first free one.
                 for k in reversed(range(ways)):
-                    with m.If(found[k] | ~Cat(found).any() & free[k]):
+                    with m.If(found[k] | ~found.any() & free[k]):
                         m.d.sync += target.eq(k)
                 with m.Switch(op.op):
                     with m.Case(SpiOp.INSERT):
                         m.d.sync += [new.valid.eq(1), new.key.eq(op.key), new.value.eq(op.value),
-                                     status.eq(Mux(Cat(found).any(), SpiStatus.COLLISION,
-                                                   Mux(Cat(free).any(), SpiStatus.OK,
+                                     status.eq(Mux(found.any(), SpiStatus.COLLISION,
+                                                   Mux(free.any(), SpiStatus.OK,
                                                        SpiStatus.FULL)))]
                     with m.Case(SpiOp.REMOVE):
                         m.d.sync += [new.eq(0),
-                                     status.eq(Mux(Cat(found).any(), SpiStatus.OK,
+                                     status.eq(Mux(found.any(), SpiStatus.OK,
                                                    SpiStatus.NOT_FOUND))]
                     with m.Case(SpiOp.REPLACE):
                         m.d.sync += [new.valid.eq(1), new.key.eq(op.key), new.value.eq(op.value),
-                                     status.eq(Mux(Cat(found).any(), SpiStatus.OK,
+                                     status.eq(Mux(found.any(), SpiStatus.OK,
                                                    SpiStatus.NOT_FOUND))]
                 m.next = "WRITE"
             with m.State("WRITE"):
