@@ -30,6 +30,7 @@ beats, full but the last).
 
 from amaranth import *
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..gcm.core import GcmCore
@@ -58,6 +59,11 @@ ENCAP_JOB = data.StructLayout({
 
 #: The longest IP header kept in transport mode: IPv4 with 40 bytes of options.
 _MAX_HEADER_BEATS = 60 // BLOCK_BYTES + 1
+
+#: Descriptors queued for the output side with overlap (*fast*): the packet being sent
+#: and two whose headers are complete. The core's latency (about 50 cycles) is longer
+#: than a short packet, so with only the one being sent the input side waited for it.
+_OVERLAP_DESCRIPTORS = 3
 
 #: Per packet state: what the output side needs, filled by the input side.
 _DESC = data.StructLayout({
@@ -151,9 +157,10 @@ class EspEncap(wiring.Component):
     the first beat are there; the text runs at the GCM core's block rate; a
     packet costs the core's fixed cycles plus about 7 more (taking the job, the
     Repacker's cycle, the trailer, the skid buffers in front of and behind the
-    core). On *fast* two packets are in flight: the
-    input side splits packet N+1 while the output side sends packet N; on
-    *compact* the next job waits for the ICV (``bench/engine.py`` measures it).
+    core). On *fast* up to four packets are in flight: the input side splits
+    packet N+3 while packets N+1 and N+2 wait in the descriptor queue and the output
+    side sends packet N; on *compact* the next job waits for the ICV
+    (``bench/engine.py`` measures it).
     """
 
     def __init__(self, *, profile="compact"):
@@ -196,12 +203,19 @@ class EspEncap(wiring.Component):
             esp_len = ESP_HEADER_BYTES + text_len + ICV_BYTES
             return text_len, esp_len, Mux(d.natt.encap == Encap.UDP, esp_len + 8, esp_len)
 
-        # The input side works on `cur`; the output side on `desc`, a copy taken
-        # when the header is complete (overlap) or `cur` itself.
+        # The input side works on `cur`; the output side on `desc`: with overlap the
+        # head of a queue of descriptors that `cur` joins once its header is complete,
+        # without it `cur` itself.
         # What only the input side needs; the rest of the job goes into `cur`.
         cipher = Signal(data.StructLayout({"key": 256, "key_256": 1, "salt": 32, "esn": 1}))
         cur = Signal(_DESC)
-        desc = Signal(_DESC) if self._overlap else cur
+        if self._overlap:
+            m.submodules.descriptors = descriptors = SyncFIFOBuffered(
+                width=_DESC.size, depth=_OVERLAP_DESCRIPTORS)
+            desc = _DESC(descriptors.r_data)
+            m.d.comb += descriptors.w_data.eq(cur)
+        else:
+            desc = cur
         pushed = Signal()        # `cur` has been handed to the output side
         out_busy = Signal()      # the output side has not sent the ICV of `desc` yet
         header_kept = Signal()   # every header byte of `cur` is in `cur.header`
@@ -404,12 +418,16 @@ class EspEncap(wiring.Component):
         last_count = Mux(text_len[:4] == 0, BLOCK_BYTES, text_len[:4])
         with m.FSM(name="output"):
             with m.State("IDLE"):
-                # `cur` goes over once its header is complete.
-                with m.If(header_kept & ~pushed):
-                    if self._overlap:
-                        m.d.sync += desc.eq(cur)
-                    m.d.sync += [pushed.eq(1), out_busy.eq(1), sent.eq(0)]
-                    m.next = "HEADER"
+                if self._overlap:
+                    # The next descriptor in the queue (popped with its ICV).
+                    with m.If(descriptors.r_rdy):
+                        m.d.sync += [out_busy.eq(1), sent.eq(0)]
+                        m.next = "HEADER"
+                else:
+                    # `cur` goes over once its header is complete.
+                    with m.If(header_kept & ~pushed):
+                        m.d.sync += [pushed.eq(1), out_busy.eq(1), sent.eq(0)]
+                        m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += [
                     out.i.payload.data.eq(Array(value for value, _c, _p in segments)[segment]),
@@ -441,5 +459,12 @@ class EspEncap(wiring.Component):
                 ]
                 with m.If(gcm.result.valid & out.i.ready):
                     m.d.sync += out_busy.eq(0)
+                    if self._overlap:
+                        m.d.comb += descriptors.r_en.eq(1)
                     m.next = "IDLE"
+        if self._overlap:
+            # `cur` joins the queue once its header is complete.
+            with m.If(header_kept & ~pushed & descriptors.w_rdy):
+                m.d.comb += descriptors.w_en.eq(1)
+                m.d.sync += pushed.eq(1)
         return m

@@ -264,11 +264,12 @@ class EspEngine(wiring.Component):
         left = Signal(17)
         to_encap = Mux(left < BLOCK_BYTES, left, BLOCK_BYTES)
         ends_here = left <= BLOCK_BYTES
-        # Two bits per packet through the encapsulator, in order (it holds at most two):
+        # Two bits per packet through the encapsulator, in order (it holds at most five:
+        # one being split, three descriptors queued, one leaving its output buffers):
         # fill in its IPv6 UDP checksum (from the job), abort it at its end (from its
         # last input beat).
-        m.submodules.aborts = aborts = SyncFIFO(width=1, depth=4)
-        m.submodules.fills = fills = SyncFIFO(width=1, depth=4)
+        m.submodules.aborts = aborts = SyncFIFO(width=1, depth=8)
+        m.submodules.fills = fills = SyncFIFO(width=1, depth=8)
         m.submodules.udp6 = udp6 = Udp6ChecksumFill()
         abort_bit = Signal()
         ended = encap.o.valid & encap.o.ready & encap.o.payload.last
