@@ -245,7 +245,19 @@ class EspEncap(wiring.Component):
                                        Mux(cur.inner_v6, C(PROTO_IPV6, 8), C(PROTO_IPV4, 8)))),
         ]
 
-        beat = self.i.payload
+        # The splitter takes the beats from a skid buffer, so that whether it can take
+        # one (the text Repacker's room, the header bytes still to skip) does not reach
+        # the dispatcher in the same cycle. `i` is ready only while a packet is being
+        # split and its last beat is not in yet: the next packet's first beat stays on
+        # `i`, where the next job is taken with a look at it.
+        m.submodules.beats = beats = SkidBuffer(packet_beat(BLOCK_BYTES))
+        last_in = Signal()       # the packet's last beat has gone into `beats`
+        m.d.comb += [beats.i.payload.eq(self.i.payload),
+                     beats.i.valid.eq(self.i.valid & self.i.ready)]
+        with m.If(self.i.valid & self.i.ready & self.i.payload.last):
+            m.d.sync += last_in.eq(1)
+        splitter = beats.o
+        beat = splitter.payload
         # The text bytes of this beat: from max(position, header_len) on.
         skip = Signal(range(BLOCK_BYTES + 1))
         with m.If(cur.header_len >= position + BLOCK_BYTES):
@@ -313,6 +325,7 @@ class EspEncap(wiring.Component):
                         header_kept.eq(~first_transport),
                         pushed.eq(0),
                         position.eq(0),
+                        last_in.eq(0),
                         cmd_pending.eq(1),
                         aad_pending.eq(1),
                     ]
@@ -322,13 +335,14 @@ class EspEncap(wiring.Component):
                 # A beat that holds no text and is not the last sends nothing on.
                 sends_text = (text_count != 0) | beat.last
                 m.d.comb += [
+                    self.i.ready.eq(beats.i.ready & ~last_in),
                     text.i.payload.data.eq(beat.data >> (8 * skip)),
                     text.i.payload.count.eq(text_count),
                     text.i.payload.last.eq(beat.last),
-                    text.i.valid.eq(self.i.valid & sends_text),
-                    self.i.ready.eq(text.i.ready | ~sends_text),
+                    text.i.valid.eq(splitter.valid & sends_text),
+                    splitter.ready.eq(text.i.ready | ~sends_text),
                 ]
-                with m.If(self.i.valid & self.i.ready):
+                with m.If(splitter.valid & splitter.ready):
                     with m.If(position < cur.header_len):
                         m.d.sync += [
                             cur.header[position[4:6]].eq(beat.data),
