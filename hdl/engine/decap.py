@@ -427,9 +427,12 @@ class EspDecap(wiring.Component):
 
         with m.FSM(name="decap_in"):
             with m.State("IDLE"):
-                # The first beat is taken with the job.
+                # The first beat is taken with the job. `job.ready` does not wait for
+                # `job.valid` (only the beat does), so the dispatcher's decision to send
+                # the job and the taking of it are not one chain.
+                m.d.comb += self.job.ready.eq(self.i.valid & room)
                 with m.If(self.job.valid & self.i.valid & room):
-                    m.d.comb += [self.job.ready.eq(1), self.i.ready.eq(1)]
+                    m.d.comb += self.i.ready.eq(1)
                     m.d.sync += [
                         job.eq(self.job.payload),
                         bank.eq(next_bank),

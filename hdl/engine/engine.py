@@ -453,7 +453,9 @@ class EspEngine(wiring.Component):
             # The decapsulator takes the job with a look at the first beat (it consumes
             # no beat before it has taken a job).
             wiring.connect(m, packets, decap.i)
-        taken = Mux(expired, inbound.start.ready, decap.job.ready)
+        # (The decapsulator's `job.ready` does not look at `job.valid`, so the control's
+        # `start.ready`, part of `job.valid`, is checked here too.)
+        taken = Mux(expired, inbound.start.ready, decap.job.ready & inbound.start.ready)
         with m.If(allowed & taken):
             m.d.comb += [inbound.start.valid.eq(1), table.reply.ready.eq(1)]
             with m.If(expired):
