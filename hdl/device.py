@@ -31,7 +31,7 @@ from .packet.fifo import PacketFifo
 from .packet.gather import BytesToBeats
 from .packet.layouts import packet_beat
 from .packet.merge import PacketMerger
-from .packet.register import SkidBuffer, StreamRegister
+from .packet.register import SkidBuffer, StreamRegister, cut
 from .top import EspNic
 
 __all__ = ["EspNicDevice", "LINKS", "PACKET_PATHS", "INJECT_DEPTH"]
@@ -72,7 +72,7 @@ class EspNicDevice(wiring.Component):
 
     For timing, every stream between the bridge and the ``EspNic`` crosses a
     register, so that no ``ready`` or ``valid`` chain runs from the link's
-    transmitter through the bridge into the tables and back (:func:`_cut`): each
+    transmitter through the bridge into the tables and back (:func:`~.packet.register.cut`): each
     channel's stream, each way, a :class:`~.packet.register.StreamRegister` (a
     cycle more, an item every 2 cycles, far above a host's rate), and the packet
     streams (injected packets, and with ``packets="link"`` the egress ports and
@@ -144,9 +144,9 @@ class EspNicDevice(wiring.Component):
                 ours = getattr(bridge, channel.name)[k]
                 name = f"{channel.name}{k}_register"
                 if channel.direction == "in":
-                    _cut(m, name, StreamRegister, ours, theirs)
+                    cut(m, name, StreamRegister, ours, theirs)
                 else:
-                    _cut(m, name, StreamRegister, theirs, ours)
+                    cut(m, name, StreamRegister, theirs, ours)
         return m
 
     def _frame_link(self, m, bridge) -> dict:
@@ -169,7 +169,7 @@ class EspNicDevice(wiring.Component):
         wiring.connect(m, decoder.o, bridge.rx)
         # The encoder's `ready` depends on the byte (an escape holds it): not into the
         # bridge's choice of what to send in the same cycle.
-        _cut(m, "tx_register", SkidBuffer, bridge.tx, encoder.i)
+        cut(m, "tx_register", SkidBuffer, bridge.tx, encoder.i)
         return {"bad_crc": decoder.bad_crc, "too_short": decoder.too_short,
                 "too_long": decoder.too_long, "bad_command": bridge.bad_command,
                 "duplicates": bridge.duplicates, "inject_aborted": self._inject_aborted,
@@ -185,7 +185,7 @@ class EspNicDevice(wiring.Component):
         wiring.connect(m, gather.o, injected.i)
         # The FIFO's read out of its RAM, then the port's choice, not into the parser.
         injected_beats = stream.Signature(injected.o.payload.shape()).create()
-        _cut(m, "injected_register", SkidBuffer, injected.o, wiring.flipped(injected_beats))
+        cut(m, "injected_register", SkidBuffer, injected.o, wiring.flipped(injected_beats))
         injected = injected_beats
         port = injected.payload.port
         for p in range(nic.ports):
@@ -204,7 +204,7 @@ class EspNicDevice(wiring.Component):
             with m.If(port == p):
                 m.d.comb += injected.ready.eq(into.ready)
             if self.packets == "link":
-                _cut(m, f"egress{p}_register", SkidBuffer, nic.o[p], bridge.egress[p])
+                cut(m, f"egress{p}_register", SkidBuffer, nic.o[p], bridge.egress[p])
             else:
                 wiring.connect(m, nic.o[p], wiring.flipped(self.o[p]))
         if self.packets == "link":
@@ -225,11 +225,3 @@ class EspNicDevice(wiring.Component):
         else:
             wiring.connect(m, nic.exception, wiring.flipped(self.exception))
             m.d.comb += self.exception_port.eq(nic.exception_port)
-
-
-def _cut(m, name, register, source, sink):
-    """`source` to `sink` through a `register` (:class:`StreamRegister` or
-    :class:`SkidBuffer`) named `name`: no combinational path between them."""
-    m.submodules[name] = cut = register(source.payload.shape())
-    wiring.connect(m, source, cut.i)
-    wiring.connect(m, cut.o, sink)

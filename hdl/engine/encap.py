@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 from ..gcm.core import GcmCore
 from ..gcm.layouts import BLOCK_BYTES, GCM_OUTPUT
 from ..packet.layouts import big_endian, ip_length, octets, ones_fold, packet_beat, words16
-from ..packet.register import SkidBuffer
+from ..packet.register import SkidBuffer, cut
 from ..packet.repack import Repacker
 from .protocol import (ESP_HEADER_BYTES, ICV_BYTES, OUTER_TTL, PROTO_ESP, PROTO_IPV4, PROTO_IPV6,
                        PROTO_UDP)
@@ -188,11 +188,9 @@ class EspEncap(wiring.Component):
         # splitter in one cycle: that chain was the engine's deepest path.
         m.submodules.to_gcm = to_gcm = SkidBuffer(128)
         m.submodules.from_gcm = from_gcm = SkidBuffer(GCM_OUTPUT)
-        m.submodules.to_out = to_out = SkidBuffer(packet_beat(BLOCK_BYTES))
         wiring.connect(m, to_gcm.o, gcm.data_in)
         wiring.connect(m, gcm.data_out, from_gcm.i)
-        wiring.connect(m, out.o, to_out.i)
-        wiring.connect(m, to_out.o, wiring.flipped(self.o))
+        cut(m, "to_out", SkidBuffer, out.o, wiring.flipped(self.o))
 
         def be(value, nbytes):
             return big_endian(value, nbytes)

@@ -78,7 +78,7 @@ from ..gcm.layouts import BLOCK_BYTES
 from ..packet.layouts import ip_length, packet_beat
 from ..packet.ipv4 import Ipv4HeaderCheck
 from ..packet.merge import PacketMerger
-from ..packet.register import StreamRegister
+from ..packet.register import StreamRegister, cut
 from .decap import EspDecap
 from .encap import EspEncap
 from .inbound import InboundControl
@@ -200,13 +200,9 @@ class EspEngine(wiring.Component):
         # through registers: its length checks and bank state fed the replay unit's
         # first stage and back into the decapsulator in one cycle (the engine's
         # deepest path, docs/performance.md). A cycle more for each, once a packet.
-        m.submodules.headers = headers = StreamRegister(decap.header.payload.shape())
-        m.submodules.settles = settles = StreamRegister(decap.settle.payload.shape())
-        wiring.connect(m, decap.header, headers.i)
-        wiring.connect(m, headers.o, inbound.header)
+        cut(m, "headers", StreamRegister, decap.header, inbound.header)
         wiring.connect(m, inbound.admit, decap.admit)
-        wiring.connect(m, decap.settle, settles.i)
-        wiring.connect(m, settles.o, inbound.settle)
+        cut(m, "settles", StreamRegister, decap.settle, inbound.settle)
         wiring.connect(m, inbound.settled, decap.settled)
         wiring.connect(m, decap.verdict, inbound.verdict)
         wiring.connect(m, decap.o, merger.i[1])

@@ -1,13 +1,13 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """Stream registers that cut a stream's combinational paths, for timing: one item held
 (`StreamRegister`, for requests) or a two-entry skid buffer at full rate (`SkidBuffer`,
-for beats)."""
+for beats), and :func:`cut`, which puts one between a source and a sink."""
 
 from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["StreamRegister", "SkidBuffer"]
+__all__ = ["StreamRegister", "SkidBuffer", "cut"]
 
 
 def _signature(shape):
@@ -68,3 +68,13 @@ class SkidBuffer(wiring.Component):
         with m.Elif(self.i.valid & self.i.ready):
             m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
         return m
+
+
+def cut(m, name, register, source, sink):
+    """Connect `source` to `sink` through a `register` (:class:`StreamRegister` or
+    :class:`SkidBuffer`), a submodule of `m` named `name`: no combinational path
+    between them. Returns the register."""
+    m.submodules[name] = between = register(source.payload.shape())
+    wiring.connect(m, source, between.i)
+    wiring.connect(m, between.o, sink)
+    return between
