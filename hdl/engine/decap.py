@@ -330,8 +330,11 @@ class EspDecap(wiring.Component):
         esp_header = Signal(128)       # SPI, seq, IV as on the wire (byte i at bits 8i)
         spi_wire, seq_wire, iv_wire = esp_header[:32], esp_header[32:64], esp_header[64:]
 
+        def ip_header_len(v6, ihl):
+            return Mux(v6, _IPV6_HEADER, Cat(C(0, 2), ihl))
+
         is_v6 = version == 6
-        header_len = Mux(is_v6, _IPV6_HEADER, Cat(C(0, 2), ihl))
+        header_len = ip_header_len(is_v6, ihl)
         is_udp = proto == PROTO_UDP
         # The packet's lengths, worked out from its first beat as it is taken and kept in
         # registers: derived from the captured fields instead, their adder chains led into
@@ -442,24 +445,26 @@ class EspDecap(wiring.Component):
                         esp_header.eq(0), udp_len.eq(0),
                     ]
                     keep_header(next_bank, self.job.payload.transport, C(0, 2))
+                    first_version, first_ihl = octet[0][4:], octet[0][:4]
+                    first_v6 = first_version == 6
+                    first_ip_total = Cat(octet[3], octet[2])
+                    first_v6_plen = Cat(octet[5], octet[4])
+                    first_proto = Mux(first_v6, octet[6], octet[9])
                     m.d.sync += [
-                        version.eq(octet[0][4:]),
-                        ihl.eq(octet[0][:4]),
-                        ip_total.eq(Cat(octet[3], octet[2])),
-                        v6_plen.eq(Cat(octet[5], octet[4])),
-                        proto.eq(Mux(octet[0][4:] == 6, octet[6], octet[9])),
+                        version.eq(first_version),
+                        ihl.eq(first_ihl),
+                        ip_total.eq(first_ip_total),
+                        v6_plen.eq(first_v6_plen),
+                        proto.eq(first_proto),
                         fragment.eq(Cat(octet[7], octet[6][:6]) != 0),
-                        outer_ecn.eq(Mux(octet[0][4:] == 6, octet[1][4:6], octet[1][:2])),
+                        outer_ecn.eq(Mux(first_v6, octet[1][4:6], octet[1][:2])),
                         outer_ttl.eq(octet[8]),
                         outer_checksum.eq(Cat(octet[11], octet[10])),
                         header_sum.eq(sum(words16(beat.data))),
                     ]
-                    first_v6 = octet[0][4:] == 6
-                    first_proto = Mux(first_v6, octet[6], octet[9])
-                    first_esp_start = (Mux(first_v6, _IPV6_HEADER, Cat(C(0, 2), octet[0][:4]))
+                    first_esp_start = (ip_header_len(first_v6, first_ihl)
                                        + Mux(first_proto == PROTO_UDP, UDP_HEADER_BYTES, 0))
-                    first_total = Mux(first_v6, Cat(octet[5], octet[4]) + _IPV6_HEADER,
-                                      Cat(octet[3], octet[2]))
+                    first_total = Mux(first_v6, first_v6_plen + _IPV6_HEADER, first_ip_total)
                     m.d.sync += [
                         esp_start.eq(first_esp_start),
                         text_start.eq(first_esp_start + ESP_HEADER_BYTES),
