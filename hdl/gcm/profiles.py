@@ -7,6 +7,8 @@ overridden one by one (``GcmCore("fast", ghash_stages=4)``).
 
 from dataclasses import dataclass, fields, replace
 
+from ..aes.sbox import SBOX_LATENCIES
+
 __all__ = ["GcmProfile", "PROFILES", "resolve_profile"]
 
 SBOX_MAPPINGS = ("rom", "logic")
@@ -85,7 +87,7 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
         raise ValueError(f"ghash_stages must be one of {GHASH_STAGES}, not {profile.ghash_stages!r}")
     # The iterative unit's round loop and the serial multiplier have no such registers.
     if (type(profile.sbox_latency) is not int
-            or profile.sbox_latency not in ((1, 2, 3) if profile.aes == "pipeline" else (1,))):
+            or profile.sbox_latency not in (SBOX_LATENCIES if profile.aes == "pipeline" else (1,))):
         raise ValueError(f"sbox_latency must be 1{', 2 or 3' if profile.aes == 'pipeline' else ''} "
                          f"with the {profile.aes} AES unit, not {profile.sbox_latency!r}")
     for name in ("aes_input_register", "aes_round_key_register"):
