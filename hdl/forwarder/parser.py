@@ -292,6 +292,7 @@ class IpParser(wiring.Component):
             with m.If(beat.first):
                 m.d.sync += ihl_bytes.eq(header_len)
 
+
 def _header_length(beat, kept):
     """The IP header's length in bytes (IPv6: 40): from the first beat's first byte,
     or `kept` from the packet's first beat."""
