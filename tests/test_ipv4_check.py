@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """Ipv4HeaderCheck alone (Amaranth simulator): every packet leaves unchanged and in
-order, marked ``bad`` exactly when its IPv4 header checksum is wrong (or its header
-is cut short), with 0..40 bytes of options, IPv6 and non-IP packets never marked;
-input gaps and output back-pressure."""
+order, and its verdict says "wrong" exactly when its IPv4 header checksum is wrong (or
+its header is cut short), with 0..40 bytes of options, IPv6 and non-IP packets never
+wrong; input gaps, output back-pressure, and verdicts taken before each packet's first
+beat (as the engine's lookup does) or long after it."""
 
 import random
 import struct
@@ -44,7 +45,10 @@ def _expected_bad(packet):
     return ihl < 20 or len(packet) < ihl or internet_checksum(packet[:ihl]) != 0
 
 
-def _run(packets, *, gap, stall, seed):
+def _run(packets, *, gap, stall, seed, verdict_first=True):
+    """Feed `packets`; collect the beats and the verdicts. With `verdict_first`, a
+    packet's first beat is taken only after its verdict (the engine's order); without,
+    the verdicts are read by their own process, with stalls of their own."""
     dut = Ipv4HeaderCheck(width=WIDTH)
     beats = [beat for packet in packets for beat in beats_from_bytes(packet, WIDTH)]
     out, marks = [], []
@@ -56,16 +60,34 @@ def _run(packets, *, gap, stall, seed):
     async def collect(ctx):
         rng = random.Random(seed + 1)
         while len(out) < len(beats):
-            ready = not (stall and rng.random() < stall)
+            # Between packets, with `verdict_first`, the next packet's verdict is due.
+            between = not out or out[-1].last
+            due = verdict_first and between and len(marks) == sum(beat.first for beat in out)
+            ready = not due and not (stall and rng.random() < stall)
             ctx.set(dut.o.ready, ready)
-            _clk, _rst, valid, beat, bad = await ctx.tick().sample(dut.o.valid, dut.o.payload,
-                                                                   dut.bad)
+            ctx.set(dut.verdict.ready, due)
+            _clk, _rst, valid, beat, v_valid, bad = await ctx.tick().sample(
+                dut.o.valid, dut.o.payload, dut.verdict.valid, dut.verdict.payload)
+            if due and v_valid:
+                marks.append(bool(bad))
             if valid and ready:
                 out.append(beat)
-                if beat.first:
-                    marks.append(bool(bad))
 
-    run_sim(dut, feed, collect)
+    async def verdicts(ctx):
+        rng = random.Random(seed + 2)
+        while len(marks) < len(packets):
+            ready = not (stall and rng.random() < stall)
+            ctx.set(dut.verdict.ready, ready)
+            _clk, _rst, valid, bad = await ctx.tick().sample(dut.verdict.valid,
+                                                             dut.verdict.payload)
+            if valid and ready:
+                marks.append(bool(bad))
+
+    if verdict_first:
+        run_sim(dut, feed, collect)
+    else:
+        run_sim(dut, feed, collect, verdicts)
+    assert len(marks) == len(packets)
     return bytes_from_beats(out, WIDTH), marks
 
 
@@ -74,8 +96,8 @@ def _run(packets, *, gap, stall, seed):
                                 st.integers(0, 10), st.integers(0, 100), st.booleans()),
                       min_size=1, max_size=8),
        gap=st.sampled_from([0.0, 0.3]), stall=st.sampled_from([0.0, 0.4]),
-       seed=st.integers(0, 2**16))
-def test_ipv4_header_check(cases, gap, stall, seed):
+       seed=st.integers(0, 2**16), verdict_first=st.booleans())
+def test_ipv4_header_check(cases, gap, stall, seed, verdict_first):
     packets = []
     for kind, options, size, corrupt in cases:
         if kind == "v4":
@@ -86,7 +108,8 @@ def test_ipv4_header_check(cases, gap, stall, seed):
             packets.append(_ipv4(4 * options, 0, False)[:max(1, 20 + 4 * options - 1 - size)])
         else:
             packets.append(bytes([0x12] * (size + 1)))
-    released, marks = _run(packets, gap=gap, stall=stall, seed=seed)
+    released, marks = _run(packets, gap=gap, stall=stall, seed=seed,
+                           verdict_first=verdict_first)
     assert released == packets
     assert marks == [_expected_bad(packet) for packet in packets]
 

@@ -21,9 +21,11 @@ table checks the SA (:class:`SaTable`) and the dispatcher sends the packet
 The two data paths' outputs are merged a packet at a time into ``o``;
 ``o_inbound`` (valid with each beat) says the packet is a decapsulated one.
 
-Packets come in through an :class:`Ipv4HeaderCheck`, which lets a packet's
-first beat go only once its whole IPv4 header is in and says whether its
-header checksum is right. The encapsulator is given exactly the packet's IP
+Packets come in through an :class:`Ipv4HeaderCheck`, which holds a few beats
+and says, once a packet's whole IPv4 header is in, whether its header checksum
+is right; the facts the SA table needs from a packet's first beat are taken
+as it comes in. So the dispatcher looks the next packet up while the current
+one streams, and the SA table's latency is hidden. The encapsulator is given exactly the packet's IP
 length: bytes past it are discarded (as the model ignores them). A packet
 whose first beat shows a bad IP header (or whose IPv4 header checksum is
 wrong), or which ends in its first beat before its IP length, is dropped as
@@ -64,9 +66,10 @@ packet would not fit the fill stage), and IPv6 extension headers in front of
 ESP (an outbound transport-mode packet's, an inbound packet's outer header).
 
 Throughput: the SA table needs 4 cycles per packet (its request reaches it
-through a register, a cycle more of latency), and the dispatcher looks up the
-next packet once the current one has entered its data path, so the data paths
-set the rate (``bench/engine.py``).
+through a register and its reply goes into one), and
+the dispatcher asks about the next packet as soon as the current one has taken
+its job, so the data paths set the rate (``bench/engine.py``); packets of a
+beat or two are bound by the lookup, 5 cycles from one ask to the next.
 """
 
 from amaranth import *
@@ -92,9 +95,17 @@ from ..fabric.mover import HOLD, MIGRATE_ARM, SaMover, slot_report
 __all__ = ["EspEngine", "engine_meta"]
 
 
+#: What the SA table needs to know of a packet from its first beat (the fields of its
+#: request but the slot), taken as the beat comes in.
+_FACTS = data.StructLayout({"bytes": 16, "ipv6": 1, "v6_ext": 1, "fragment": 1, "malformed": 1})
+
+#: Beats the IPv4 header check holds, and first-beat facts queued: the next packets' facts
+#: and verdicts are there while the current one leaves.
+_CHECK_DEPTH = 8
+
+
 def _first_beat_facts(beat):
-    """What the SA table needs to know of a packet from its first beat (fields of its
-    request): IPv6, IPv6 with extension headers in front, a fragment (IPv4 MF or offset, IPv6
+    """:data:`_FACTS` of a packet, from its first beat: its IP length, IPv6, IPv6 with extension headers in front, a fragment (IPv4 MF or offset, IPv6
     fragment header first), a header the model calls malformed (neither IPv4 nor
     IPv6, IPv4 IHL < 5 or total length < IHL, IPv6 payload length 0, or a packet
     that ends in this beat before its IP length)."""
@@ -106,6 +117,7 @@ def _first_beat_facts(beat):
     malformed = (Mux(ipv6, length == 40, Mux(octet[0][4:] == 4, bad_v4, 1))
                  | beat.last & (beat.count < length))
     return {
+        "bytes": length,
         "malformed": malformed,
         "ipv6": ipv6,
         # A packet cut before byte 6 is the decapsulator's to call malformed.
@@ -233,13 +245,26 @@ class EspEngine(wiring.Component):
                      self.held_slot.eq(mover.held_slot)]
         loading = mover.loading
         self._mover = mover
-        m.submodules.checked = checked = Ipv4HeaderCheck(width=BLOCK_BYTES)
-        wiring.connect(m, wiring.flipped(self.i), checked.i)
-        self._dispatch(m, table, encap, decap, inbound, merger, loading, checked)
+        # Each packet's first-beat facts and IPv4 header verdict are known while the
+        # packet before it still streams (the checker's FIFO holds its beats meanwhile),
+        # so the dispatcher looks a packet up before its first beat is due.
+        m.submodules.checked = checked = Ipv4HeaderCheck(width=BLOCK_BYTES, depth=_CHECK_DEPTH)
+        m.submodules.firsts = firsts = SyncFIFO(width=_FACTS.size, depth=_CHECK_DEPTH)
+        first_in = self.i.payload.first
+        facts = Signal(_FACTS)
+        m.d.comb += [
+            *(facts[name].eq(value) for name, value in _first_beat_facts(self.i.payload).items()),
+            checked.i.payload.eq(self.i.payload),
+            checked.i.valid.eq(self.i.valid & (firsts.w_rdy | ~first_in)),
+            self.i.ready.eq(checked.i.ready & (firsts.w_rdy | ~first_in)),
+            firsts.w_data.eq(facts),
+            firsts.w_en.eq(self.i.valid & self.i.ready & first_in),
+        ]
+        self._dispatch(m, table, encap, decap, inbound, merger, loading, checked, firsts)
         return m
 
-    def _dispatch(self, m, table, encap, decap, inbound, merger, loading, checked):
-        packets = checked.o             # the input, once its IPv4 header checksum is known
+    def _dispatch(self, m, table, encap, decap, inbound, merger, loading, checked, firsts):
+        packets = checked.o             # the beats; a packet's facts and verdict come first
         beat = packets.payload
         # Requests reach the table through a register: whether the table takes one
         # depends on its arbitration (host operations and accounting first), and the
@@ -252,10 +277,24 @@ class EspEngine(wiring.Component):
                      requests.o.ready.eq(table.request.ready & ~loading)]
         to_table = requests.i
         request = to_table.payload
-        looked_up = Signal.like(request)     # the packet's request, kept for RETRY
-        wait_idle = Signal()                 # RETRY once no inbound packet is in flight
-        slot = looked_up.slot
-        length = looked_up.bytes             # the cleartext length, from the first beat
+        looked_up = Signal.like(request)     # the last request, kept for RETRY
+        # Replies land in a register of the dispatcher's own, with the request and
+        # whether an inbound packet was in flight when the table read the SA: the table
+        # must never wait with a reply (the accounting that frees the data paths needs
+        # it), and a job and decision from a register, not from the table's read port
+        # and decision logic, is what the encapsulator and decapsulator take.
+        m.submodules.replies = replies = StreamRegister(data.StructLayout({
+            "reply": table.reply.payload.shape(), "request": request.shape(), "busy": 1}))
+        m.d.comb += [
+            replies.i.payload.reply.eq(table.reply.payload),
+            replies.i.payload.request.eq(looked_up),
+            replies.i.payload.busy.eq(inbound.busy),
+            replies.i.valid.eq(table.reply.valid),
+            table.reply.ready.eq(replies.i.ready),
+        ]
+        held = replies.o.payload
+        reply = held.reply
+        length = held.request.bytes          # the cleartext length, from the first beat
         # Bytes of the IP length not yet handed to the encapsulator: a register counted
         # down (not the length minus a count of bytes sent: that subtraction led the
         # beat's masking and the encapsulator's splitter into one long path). What the
@@ -295,7 +334,6 @@ class EspEngine(wiring.Component):
             self.o_abort.eq(self.o.valid & self.o.payload.last & (merger.source == 0)
                             & udp6.o.payload.flag),
         ]
-        reply = table.reply.payload
         start = inbound.start.payload
         m.d.comb += [
             encap.job.payload.eq(reply.job),
@@ -305,7 +343,7 @@ class EspEngine(wiring.Component):
             decap.job.payload.esn.eq(reply.job.esn),
             decap.job.payload.encap.eq(reply.job.natt.encap),
             decap.job.payload.transport.eq(reply.job.mode == Mode.TRANSPORT),
-            start.slot.eq(slot),
+            start.slot.eq(held.request.slot),
             start.spi.eq(reply.job.spi),
             start.esn.eq(reply.job.esn),
             start.window.eq(reply.window),
@@ -318,30 +356,57 @@ class EspEngine(wiring.Component):
         job_out = encap.job.valid & encap.job.ready
         left_out = self.o.valid & self.o.ready & self.o.payload.last & ~self.o_inbound
         m.d.sync += outbound.eq(outbound + job_out - left_out)
-        fence = Signal.like(self.meta.payload.slot)
 
-        with m.FSM(name="dispatch"):
-            with m.State("LOOKUP"):
+        # Two state machines: `lookup` asks the table about the next packet (from its
+        # facts, verdict and slot) while `packet` sends the current one on, so the table's
+        # latency is hidden behind a packet's beats. One lookup at a time: the next is
+        # asked once the reply before it has left the register.
+        deciding = Signal()      # `packet` is between packets
+        retry = Signal()         # `packet` sends the held reply's packet back to be asked again
+        fence = Signal.like(self.meta.payload.slot)
+        verdict = checked.verdict
+        first = _FACTS(firsts.r_data)
+        with m.FSM(name="lookup"):
+            with m.State("ASK"):
                 marker = self.meta.payload.fence
                 # (A slot on hold is held at the ports' hold gates, `EspNic`, not here:
                 # waiting in this engine's queue would hold the whole queue.)
-                take = self.meta.valid & ~marker & packets.valid & ~loading
-                facts = _first_beat_facts(beat)
-                facts["malformed"] = facts["malformed"] | checked.bad   # the IPv4 checksum too
+                take = (self.meta.valid & ~marker & firsts.r_rdy & verdict.valid
+                        & ~replies.o.valid & ~loading)
+                taken = take & to_table.ready
+                # A fence's marker waits until every packet before it is past `packet`.
+                quiet = deciding & ~replies.o.valid
                 m.d.comb += [
                     request.slot.eq(self.meta.payload.slot),
-                    request.bytes.eq(ip_length(beat.data)),
-                    *(request[name].eq(value) for name, value in facts.items()),
+                    *(request[name].eq(first[name]) for name, _field in _FACTS
+                      if name != "malformed"),
+                    # A wrong IPv4 header checksum makes it malformed too.
+                    request.malformed.eq(first.malformed | verdict.payload),
                     to_table.valid.eq(take),
-                    # A fence's marker comes with no packet and asks the table nothing.
-                    self.meta.ready.eq(Mux(marker, 1, take & to_table.ready)),
+                    self.meta.ready.eq(Mux(marker, quiet, taken)),
+                    firsts.r_en.eq(taken),
+                    verdict.ready.eq(taken),
                 ]
-                with m.If(self.meta.valid & marker):
+                with m.If(self.meta.valid & marker & quiet):
                     m.d.sync += fence.eq(self.meta.payload.slot)
                     m.next = "FENCE"
-                with m.If(take & to_table.ready):
+                with m.If(taken):
                     m.d.sync += looked_up.eq(request)
-                    m.next = "DECIDE"
+                    m.next = "WAIT"
+                with m.If(retry):
+                    m.next = "RETRY"
+
+            with m.State("WAIT"):
+                with m.If(table.reply.valid):    # into `replies`, empty since the ask
+                    m.next = "ASK"
+
+            with m.State("RETRY"):
+                # An inbound packet whose verdict could depend on packets in flight:
+                # look it up again once they have been accounted.
+                go = ~loading & ~inbound.busy
+                m.d.comb += [request.eq(looked_up), to_table.valid.eq(go)]
+                with m.If(go & to_table.ready):
+                    m.next = "WAIT"
 
             with m.State("FENCE"):
                 # Every packet that came before the fence has left or been dropped
@@ -350,18 +415,12 @@ class EspEngine(wiring.Component):
                 passed = self._mover.passed
                 m.d.comb += [passed.payload.slot.eq(fence), passed.valid.eq(drained)]
                 with m.If(drained & passed.ready):
-                    m.next = "LOOKUP"
+                    m.next = "ASK"
 
-            with m.State("RETRY"):
-                # An inbound packet that could not go on: look it up again once the
-                # packets it must follow have been accounted (`wait_idle`), or at once.
-                go = ~loading & (~wait_idle | ~inbound.busy)
-                m.d.comb += [request.eq(looked_up), to_table.valid.eq(go)]
-                with m.If(go & to_table.ready):
-                    m.next = "DECIDE"
-
+        with m.FSM(name="packet"):
             with m.State("DECIDE"):
-                with m.If(table.reply.valid):
+                m.d.comb += deciding.eq(1)
+                with m.If(replies.o.valid):
                     with m.Switch(reply.action):
                         with m.Case(Action.PROTECT):
                             # The encapsulator takes a job together with a look at the
@@ -369,9 +428,9 @@ class EspEngine(wiring.Component):
                             wiring.connect(m, packets, encap.i)
                             outer_v6 = Mux(reply.job.mode == Mode.TUNNEL,
                                            reply.job.tunnel.ip_version == IpVersion.IPV6,
-                                           looked_up.ipv6)
+                                           held.request.ipv6)
                             m.d.comb += [encap.job.valid.eq(1),
-                                         table.reply.ready.eq(encap.job.ready),
+                                         replies.o.ready.eq(encap.job.ready),
                                          fills.w_data.eq((reply.job.natt.encap == Encap.UDP)
                                                          & outer_v6),
                                          fills.w_en.eq(encap.job.ready)]
@@ -379,9 +438,9 @@ class EspEngine(wiring.Component):
                                 m.d.sync += left.eq(length)
                                 m.next = "ENCAP"
                         with m.Case(Action.INBOUND):
-                            self._decide_inbound(m, table, decap, inbound, wait_idle, packets)
+                            self._decide_inbound(m, held, decap, inbound, replies, retry, packets)
                         with m.Default():
-                            m.d.comb += table.reply.ready.eq(1)
+                            m.d.comb += replies.o.ready.eq(1)
                             with m.If(reply.reason == Reason.UNSUPPORTED):
                                 m.d.sync += self.unsupported.eq(self.unsupported + 1)
                             m.next = "DISCARD"
@@ -403,13 +462,13 @@ class EspEngine(wiring.Component):
                 with m.If(packets.valid & packets.ready):
                     m.d.sync += left.eq(left - BLOCK_BYTES)
                     with m.If(reaches):
-                        m.next = "LOOKUP"
+                        m.next = "DECIDE"
                         with m.If(~beat.last):
                             m.next = "DISCARD"
                     with m.Elif(beat.last):
                         m.d.sync += self.truncated.eq(self.truncated + 1)
                         with m.If(ends_here):
-                            m.next = "LOOKUP"
+                            m.next = "DECIDE"
                         with m.Else():
                             m.next = "PAD"
                 m.d.comb += abort_bit.eq(~reaches & beat.last)
@@ -423,27 +482,29 @@ class EspEngine(wiring.Component):
                 with m.If(encap.i.ready):
                     m.d.sync += left.eq(left - BLOCK_BYTES)
                     with m.If(ends_here):
-                        m.next = "LOOKUP"
+                        m.next = "DECIDE"
             with m.State("DECAP"):
                 wiring.connect(m, packets, decap.i)
                 with m.If(packets.valid & packets.ready & beat.last):
-                    m.next = "LOOKUP"
+                    m.next = "DECIDE"
             with m.State("DISCARD"):
                 m.d.comb += packets.ready.eq(1)
                 with m.If(packets.valid & beat.last):
-                    m.next = "LOOKUP"
+                    m.next = "DECIDE"
 
-    def _decide_inbound(self, m, table, decap, inbound, wait_idle, packets):
+    def _decide_inbound(self, m, held, decap, inbound, replies, retry, packets):
         """An inbound packet goes to the decapsulator and the inbound control together,
         behind the packets in flight if its verdict cannot depend on them: its SA is
         far from its hard lifetime (``headroom``) and without ESN (its high half comes
-        from a check that must see every earlier commit). Otherwise it waits until
-        they have been accounted. An expired SA stays expired: its packet goes at once.
-        The reply is never held while the decapsulator or the control is full (their
-        accounting needs the table): the packet is looked up again instead."""
-        reply = table.reply.payload
+        from a check that must see every earlier commit), or none was in flight when
+        the table read the SA (``busy``: packets started since then are none, and the
+        reply counts every packet accounted before). Otherwise it is looked up again
+        once they have been accounted. An expired SA stays expired: its packet goes at
+        once. The reply waits in the dispatcher's register for room in the
+        decapsulator; the table goes on meanwhile."""
+        reply = held.reply
         expired = reply.reason == Reason.HARD_EXPIRED
-        allowed = expired | ~inbound.busy | (reply.headroom & ~reply.job.esn)
+        allowed = expired | ~held.busy | (reply.headroom & ~reply.job.esn)
         m.d.comb += decap.job.valid.eq(allowed & ~expired & inbound.start.ready)
         with m.If(allowed & ~expired):
             # The decapsulator takes the job with a look at the first beat (it consumes
@@ -452,15 +513,13 @@ class EspEngine(wiring.Component):
         # (The decapsulator's `job.ready` does not look at `job.valid`, so the control's
         # `start.ready`, part of `job.valid`, is checked here too.)
         taken = Mux(expired, inbound.start.ready, decap.job.ready & inbound.start.ready)
-        with m.If(allowed & taken):
-            m.d.comb += [inbound.start.valid.eq(1), table.reply.ready.eq(1)]
+        with m.If(~allowed):
+            m.d.comb += [replies.o.ready.eq(1), retry.eq(1)]
+        with m.Elif(taken):
+            m.d.comb += [inbound.start.valid.eq(1), replies.o.ready.eq(1)]
             with m.If(expired):
                 m.next = "DISCARD"
             with m.Elif(packets.payload.last):
-                m.next = "LOOKUP"        # a one-beat packet, taken with the job
+                m.next = "DECIDE"        # a one-beat packet, taken with the job
             with m.Else():
                 m.next = "DECAP"
-        with m.Else():
-            m.d.comb += table.reply.ready.eq(1)     # no side effect: asked again
-            m.d.sync += wait_idle.eq(~allowed)
-            m.next = "RETRY"

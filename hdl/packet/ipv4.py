@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""The IPv4 header checksum of each packet, known when its first beat leaves."""
+"""The IPv4 header checksum of each packet, known as soon as its header is in."""
 
 from amaranth import *
 from amaranth.lib import data, stream, wiring
@@ -12,25 +12,29 @@ __all__ = ["Ipv4HeaderCheck"]
 
 
 class Ipv4HeaderCheck(wiring.Component):
-    """Passes packets through a short FIFO and marks each one whose IPv4 header
-    checksum is wrong (``bad``, valid with every beat on ``o``).
+    """Passes packets through a short FIFO and says, per packet, whether its IPv4
+    header checksum is wrong: one item on ``verdict`` per packet, in order, high
+    when it is wrong.
 
-    A packet's first beat leaves only once its whole IPv4 header (IHL words, up
-    to 60 bytes) is in, so whoever looks at the first beat -- an engine's SA
-    lookup, before it allocates a sequence number -- knows the verdict. Not
-    IPv4 (the version nibble is not 4): never ``bad``. A packet that ends before
-    its header does is ``bad`` (it is malformed anyway).
+    A packet's verdict comes once its whole IPv4 header (IHL words, up to 60
+    bytes) is in, usually while earlier packets are still leaving: whoever
+    takes a packet's verdict before its first beat -- an engine's SA lookup,
+    before it allocates a sequence number -- knows it in time, and can look the
+    next packet up while the current one streams. Beats do not wait for
+    verdicts: a consumer that needs one must take it first. Not IPv4 (the
+    version nibble is not 4): never wrong. A packet that ends before its header
+    does is wrong (it is malformed anyway).
 
     Parameters
     ----------
     width : beat width in bytes (16: the header takes up to four beats).
-    depth : beats of FIFO; enough for the header of the next packet to be in
-        while the current one leaves (8 keeps back-to-back packets back to back).
+    depth : beats of FIFO, and verdicts; enough for the header of the next packet to
+        be in while the current one leaves (8 keeps back-to-back packets back to back).
 
-    Latency: a packet's first beat leaves 3 cycles after the beat that completes
-    its header came in (1 beat later for a 20-byte header in 16-byte beats): a beat's
-    header words are summed in the cycle it is taken, the packet's sum folded and
-    checked in the next. One beat per cycle.
+    Latency: a packet's verdict is there 2 cycles after the beat that completes its
+    header came in (a beat's header words are summed in the cycle it is taken, the
+    packet's sum folded and checked in the next); a beat is on ``o`` the cycle after
+    it came in. One beat per cycle.
     """
 
     def __init__(self, *, width: int = 16, depth: int = 8):
@@ -43,8 +47,8 @@ class Ipv4HeaderCheck(wiring.Component):
         self._width, self._depth = width, depth
         super().__init__({
             "i":   In(stream.Signature(packet_beat(width))),
-            "o":   Out(stream.Signature(packet_beat(width))),
-            "bad": Out(1),
+            "o":       Out(stream.Signature(packet_beat(width))),
+            "verdict": Out(stream.Signature(1)),     # 1: the header checksum is wrong
         })
 
     def elaborate(self, platform):
@@ -52,7 +56,8 @@ class Ipv4HeaderCheck(wiring.Component):
         width = self._width
         layout = packet_beat(width)
         m.submodules.beats = beats = SyncFIFOBuffered(width=layout.size, depth=self._depth)
-        # One verdict per packet, in order; a packet has at least one beat in `beats`.
+        # One verdict per packet, in order. Beats may leave before their verdict is
+        # taken; a full `verdicts` stops the input (`i.ready`), so none is lost.
         m.submodules.verdicts = verdicts = SyncFIFO(width=1, depth=self._depth)
 
         beat = self.i.payload
@@ -107,12 +112,12 @@ class Ipv4HeaderCheck(wiring.Component):
                 decided.eq(~staged.last & (decided & ~staged.first | verdicts.w_en)),
             ]
 
-        out = layout(beats.r_data)
         m.d.comb += [
-            self.o.payload.eq(out),
-            self.o.valid.eq(beats.r_rdy & verdicts.r_rdy),
-            beats.r_en.eq(self.o.ready & verdicts.r_rdy),
-            verdicts.r_en.eq(self.o.valid & self.o.ready & out.last),
-            self.bad.eq(self.o.valid & verdicts.r_data),
+            self.o.payload.eq(beats.r_data),
+            self.o.valid.eq(beats.r_rdy),
+            beats.r_en.eq(self.o.ready),
+            self.verdict.payload.eq(verdicts.r_data),
+            self.verdict.valid.eq(verdicts.r_rdy),
+            verdicts.r_en.eq(self.verdict.ready),
         ]
         return m
