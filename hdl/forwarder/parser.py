@@ -29,7 +29,8 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..engine.protocol import PROTO_ESP, PROTO_FRAGMENT, PROTO_UDP
-from ..packet.layouts import big_endian, check_width, ones_fold, packet_beat, words16
+from ..packet.layouts import big_endian, check_width, ones_fold, packet_beat
+from ..packet.ipv4 import IPV6_HEADER_BYTES, header_word_sum, ip_header_length
 from ..packet.register import SkidBuffer
 
 __all__ = ["PacketKind", "PARSED", "NATT_PORT", "IpParser"]
@@ -64,7 +65,6 @@ PARSED = data.StructLayout({
     "length":    17,    # the IP length the header announces (IPv6: 40 + payload length)
 })
 
-_IPV6_HEADER = 40
 #: A beat's eight 16-bit words add up to less than 2**19.
 _BEAT_SUM_BITS = 19
 #: The record is complete once this many bytes after the IP header have passed.
@@ -133,7 +133,13 @@ class IpParser(wiring.Component):
         m.submodules.summed = summed_beats = SkidBuffer(
             data.StructLayout({"beat": layout, "header_sum": _BEAT_SUM_BITS}))
         wiring.connect(m, wiring.flipped(self.i), arriving.i)
-        self._sum_header_words(m, arriving.o, summed_beats.i)
+        m.d.comb += [
+            summed_beats.i.payload.beat.eq(arriving.o.payload),
+            summed_beats.i.payload.header_sum.eq(header_word_sum(
+                m, arriving.o.payload, arriving.o.valid & arriving.o.ready, width)),
+            summed_beats.i.valid.eq(arriving.o.valid),
+            arriving.o.ready.eq(summed_beats.i.ready),
+        ]
         incoming = summed_beats.o
 
         beat = incoming.payload.beat
@@ -152,7 +158,7 @@ class IpParser(wiring.Component):
         first = beat.first
         at = Mux(first, 0, offset)
         version = Mux(first, octet[0][4:], kept_version)
-        header_len = _header_length(beat, ihl_bytes)
+        header_len = ip_header_length(beat, ihl_bytes)
 
         def word_at(position):
             """The 32-bit word at packet byte `position` (4-aligned) if this beat holds it."""
@@ -171,7 +177,7 @@ class IpParser(wiring.Component):
             v6 = octet[0][4:] == 6
             m.d.comb += [
                 now.ipv6.eq(v6),
-                now.length.eq(Mux(v6, Cat(octet[5], octet[4]) + _IPV6_HEADER,
+                now.length.eq(Mux(v6, Cat(octet[5], octet[4]) + IPV6_HEADER_BYTES,
                                   Cat(octet[3], octet[2]))),
                 now.proto.eq(Mux(v6, octet[6], octet[9])),
                 now.fragment.eq(Mux(v6, octet[6] == PROTO_FRAGMENT,
@@ -210,7 +216,7 @@ class IpParser(wiring.Component):
         esp = (now.proto == PROTO_ESP) & ~now.fragment
         v4_bad = ((header_len < 20) | (now.length < header_len)
                   | header_in & (ones_fold(summed) != 0xffff) | ~header_in)
-        v6_bad = now.length == _IPV6_HEADER
+        v6_bad = now.length == IPV6_HEADER_BYTES
         m.d.comb += [
             out.eq(now),
             out.malformed.eq(Mux(version == 6, v6_bad, Mux(version == 4, v4_bad, 1))
@@ -257,44 +263,3 @@ class IpParser(wiring.Component):
         with m.Elif(first_out):
             m.d.sync += ahead.eq(0)
         return m
-
-    def _sum_header_words(self, m, source, sink):
-        """`source`'s beats on `sink`, each with ``header_sum``: the sum of its 16-bit
-        words that lie within the IP header (the IPv4 checksum's words, added up a
-        beat at a time). Keeps its own count of the beat's place in its packet, and
-        which words of the next beat are header words, decided a beat ahead so that
-        the adder tree starts from flip-flops (a first beat's from its first byte)."""
-        beat = source.payload
-        words = words16(beat.data)
-        offset = Signal(8)              # as the record stage's, a stage ahead
-        ihl_bytes = Signal(6)
-        next_in_header = Signal(len(words))     # of a beat that is not a packet's first
-        at = Mux(beat.first, 0, offset)
-        header_len = _header_length(beat, ihl_bytes)
-        following = Mux(beat.last, 0, Mux(at >= 128, at, at + self._width))
-        version, ihl = beat.data[4:8], beat.data[:4]
-        in_header = Mux(beat.first,
-                        Cat((version == 6) | (ihl > w // 2) for w in range(len(words))),
-                        next_in_header)
-        m.d.comb += [
-            sink.payload.beat.eq(beat),
-            sink.payload.header_sum.eq(sum(Mux(in_header[w], word, 0)
-                                           for w, word in enumerate(words))),
-            sink.valid.eq(source.valid),
-            source.ready.eq(sink.ready),
-        ]
-        with m.If(source.valid & source.ready):
-            m.d.sync += [
-                offset.eq(following),
-                next_in_header.eq(Cat(following + 2 * w < header_len
-                                      for w in range(len(words)))),
-            ]
-            with m.If(beat.first):
-                m.d.sync += ihl_bytes.eq(header_len)
-
-
-def _header_length(beat, kept):
-    """The IP header's length in bytes (IPv6: 40): from the first beat's first byte,
-    or `kept` from the packet's first beat."""
-    octet0 = beat.data[:8]
-    return Mux(beat.first, Mux(octet0[4:] == 6, _IPV6_HEADER, Cat(C(0, 2), octet0[:4])), kept)

@@ -8,7 +8,43 @@ from amaranth.lib.wiring import In, Out
 
 from .layouts import check_width, ones_fold, packet_beat, words16
 
-__all__ = ["Ipv4HeaderCheck"]
+__all__ = ["Ipv4HeaderCheck", "IPV6_HEADER_BYTES", "ip_header_length", "header_word_sum"]
+
+#: An IPv6 header's length in bytes (its IP header length, extension headers aside).
+IPV6_HEADER_BYTES = 40
+
+
+def ip_header_length(beat, kept):
+    """The IP header's length in bytes (IPv6: 40): from a first beat's first byte, or
+    `kept` (what this gave for the packet's first beat) for any other beat."""
+    octet0 = beat.data[:8]
+    return Mux(beat.first, Mux(octet0[4:] == 6, IPV6_HEADER_BYTES, Cat(C(0, 2), octet0[:4])),
+               kept)
+
+
+def header_word_sum(m, beat, taken, width):
+    """The sum of `beat`'s 16-bit words that lie within its packet's IP header (the IPv4
+    header checksum's words, a beat at a time; bytes past ``count`` must be zero), with
+    the state it keeps in `m` advanced when `taken`. Which words of the next beat are
+    header words is decided a beat ahead, so the adder tree starts from flip-flops (a
+    first beat's from its first byte)."""
+    words = words16(beat.data)
+    offset = Signal(8)                      # of the beat in its packet (saturates)
+    ihl_bytes = Signal(6)
+    next_in_header = Signal(len(words))     # of a beat that is not a packet's first
+    at = Mux(beat.first, 0, offset)
+    header_len = ip_header_length(beat, ihl_bytes)
+    following = Mux(beat.last, 0, Mux(at >= 128, at, at + width))
+    version, ihl = beat.data[4:8], beat.data[:4]
+    in_header = Mux(beat.first, Cat((version == 6) | (ihl > w // 2) for w in range(len(words))),
+                    next_in_header)
+    with m.If(taken):
+        m.d.sync += [offset.eq(following),
+                     next_in_header.eq(Cat(following + 2 * w < header_len
+                                           for w in range(len(words))))]
+        with m.If(beat.first):
+            m.d.sync += ihl_bytes.eq(header_len)
+    return sum(Mux(in_header[w], word, 0) for w, word in enumerate(words))
 
 
 class Ipv4HeaderCheck(wiring.Component):
@@ -85,8 +121,7 @@ class Ipv4HeaderCheck(wiring.Component):
             staged.v4.eq(v4),
             staged.complete.eq(at + Mux(beat.last, beat.count, width) >= header_len),
             staged.short.eq(header_len < 20),
-            staged.sum.eq(sum(Mux(at + 2 * w < header_len, word, 0)
-                              for w, word in enumerate(words16(beat.data)))),
+            staged.sum.eq(header_word_sum(m, beat, taken, width)),
         ]
         with m.If(taken):
             m.d.sync += offset.eq(Mux(beat.last, 0, Mux(at >= 64, at, at + width)))
