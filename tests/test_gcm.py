@@ -100,6 +100,25 @@ def test_icarus_runs_the_same_vectors():
     assert [(o.text, o.tag) for o in run.outcomes] == [(v.ct, v.tag) for v in vectors]
 
 
+def test_tag_check_register_in_the_compact_profile():
+    """The registered tag check (the fast profile's) with one lane, so that
+    both settings run with both lane counts: decrypts that pass and fail, and
+    encrypts, back to back."""
+    vectors = load_vectors("gcmDecrypt128.rsp")[::15] + load_vectors("gcmDecrypt256.rsp")[::15]
+    assert any(v.fail for v in vectors) and not all(v.fail for v in vectors)
+    messages = []
+    for v in vectors:
+        messages.append(GcmMessage(key=v.key, nonce=v.iv, aad=v.aad, text=v.ct,
+                                   decrypt=True, tag=v.tag))
+        messages.append(GcmMessage(key=v.key, nonce=v.iv, aad=v.aad, text=v.ct))
+    run = run_gcm(messages, profile="compact", tag_check_register=True)
+    for index, (message, outcome) in enumerate(zip(messages, run.outcomes, strict=True)):
+        expected = reference(message)
+        assert (outcome.tag_ok, outcome.tag) == (expected.tag_ok, expected.tag), f"message {index}"
+        if expected.tag_ok:
+            assert outcome.text == expected.text, f"message {index}"
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"profile": "tiny"}, "profile must be one of"),
     ({"profile": "compact", "sbox": "lut"}, "sbox must be one of"),
@@ -120,6 +139,7 @@ def test_icarus_runs_the_same_vectors():
      "aes_round_key_register must be False with the iterative"),
     ({"profile": "compact", "out_depth": -1}, "out_depth must be an integer >= 0"),
     ({"profile": "compact", "result_depth": 0}, "result_depth must be an integer >= 1"),
+    ({"profile": "fast", "tag_check_register": 1}, "tag_check_register must be True or False"),
 ])
 def test_bad_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -173,10 +173,18 @@ def _mul_unit(profile: GcmProfile, sideband):
     """GF(2^128) multiplier with a sideband, for either profile."""
     pipelined = profile.ghash == "pipeline"
     core = (GfMulPipeline(stages=profile.ghash_stages, sideband=sideband,
-                          input_register=profile.ghash_input_register) if pipelined
+                          input_register=profile.ghash_input_register,
+                          karatsuba=profile.ghash_karatsuba) if pipelined
             else GfMulSerial(digit=profile.ghash_digit))
     return _SidebandUnit(core, operands={"a": 128, "b": 128}, result="p", sideband=sideband,
                          pipelined=pipelined)
+
+
+def _register(m, value, name, *, reset_less=True):
+    """`value` one cycle later, in a register of `m` named `name`."""
+    register = Signal(len(Value.cast(value)), name=name, reset_less=reset_less)
+    m.d.sync += register.eq(value)
+    return register
 
 
 def _tag_mask_needs_copy(aes_core, mul_core):
@@ -586,19 +594,30 @@ class GcmCore(wiring.Component):
         if lanes > 1:
             with m.If(ret_power):
                 m.d.sync += h_power[ret_side.power - 1].eq(ret.p)
-        # With one lane the last product is the only final one.
-        hashed = tag_acc ^ ret.p
+        # With one lane the last product is the only final one. `difference` is
+        # zero exactly when the hash matches the mask (a decrypt's tag is good).
+        difference = tag_acc ^ ret.p ^ mask_of_last
+        check_decrypt, check_valid = ret_side.decrypt, ret_data & ret_side.final & ret_side.last
+        if self._profile.tag_check_register:
+            # The 128-bit zero test and the result FIFO get a cycle of their own
+            # instead of following the product and the XORs. The result credit
+            # was reserved when the command was taken, so a write a cycle later
+            # still finds room.
+            difference = _register(m, difference, "tag_difference")
+            check_decrypt = _register(m, check_decrypt, "tag_check_decrypt")
+            check_valid = _register(m, check_valid, "tag_check_valid", reset_less=False)
         res_in = Signal(GCM_RESULT)
         m.d.comb += [
-            res_in.tag.eq(Mux(ret_side.decrypt, 0, hashed ^ mask_of_last)),
-            res_in.tag_ok.eq(~ret_side.decrypt | (hashed == mask_of_last)),
+            res_in.tag.eq(Mux(check_decrypt, 0, difference)),
+            res_in.tag_ok.eq(~check_decrypt | (difference == 0)),
             res_fifo.w_data.eq(res_in),
+            res_fifo.w_en.eq(check_valid),
         ]
         with m.If(ret_data):
             with m.If(~ret_side.final):
                 m.d.sync += lane_acc[ret_side.lane].eq(ret.p)
             with m.Elif(ret_side.last):
-                m.d.comb += [res_fifo.w_en.eq(1), mask_taken.eq(1)]
+                m.d.comb += mask_taken.eq(1)
                 if lanes > 1:
                     m.d.sync += tag_acc.eq(0)
             if lanes > 1:

@@ -28,8 +28,10 @@ class GcmProfile:
     ghash_digit: int = 8   # serial multiplier: bits of the operand per cycle
     ghash_stages: int = 2  # pipelined multiplier: stages (+ input register = GHASH lanes)
     ghash_input_register: bool = False  # pipelined multiplier: register its operands
+    ghash_karatsuba: int = 0  # pipelined multiplier, 2 stages: Karatsuba levels (0: Horner)
     out_depth: int = 0     # output FIFO blocks; 0: none, the AES unit waits for the consumer
     result_depth: int = 1  # result FIFO; bounds the messages in flight
+    tag_check_register: bool = False  # register the tag check ahead of the result FIFO
 
     @property
     def lanes(self) -> int:
@@ -58,10 +60,12 @@ PROFILES = {
     # GHASH lane. The output FIFO covers that latency plus the credit loop, so a
     # consumer that is always ready sees no bubbles. Short messages: a message
     # is in flight for ~60 cycles and can start every 9 + blocks cycles, so 8
-    # results in flight keep 64-byte messages back to back.
+    # results in flight keep 64-byte messages back to back. The tag check (a
+    # 128-bit zero test) has a register of its own in front of the result FIFO.
     "fast": GcmProfile("fast", aes="pipeline", ghash="pipeline", ghash_stages=2,
                        sbox_latency=3, aes_input_register=True, aes_round_key_register=True,
-                       ghash_input_register=True, out_depth=64, result_depth=8),
+                       ghash_input_register=True, out_depth=64, result_depth=8,
+                       tag_check_register=True),
 }
 
 
@@ -102,6 +106,14 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
                          f"{'True or False' if profile.ghash == 'pipeline' else 'False'} "
                          f"with the {profile.ghash} multiplier, "
                          f"not {profile.ghash_input_register!r}")
+    if (type(profile.ghash_karatsuba) is not int or profile.ghash_karatsuba not in (0, 1, 2)
+            or profile.ghash_karatsuba and (profile.ghash != "pipeline"
+                                            or profile.ghash_stages != 2)):
+        raise ValueError(f"ghash_karatsuba must be 0, 1 or 2 with the pipelined multiplier "
+                         f"of 2 stages, 0 otherwise, not {profile.ghash_karatsuba!r}")
+    if type(profile.tag_check_register) is not bool:
+        raise ValueError(f"tag_check_register must be True or False, "
+                         f"not {profile.tag_check_register!r}")
     # The pipelined AES unit cannot wait, so its blocks need a place reserved
     # in a FIFO; every profile needs one for results (see GcmCore).
     for name, least in (("out_depth", 1 if profile.aes == "pipeline" else 0),
