@@ -81,7 +81,7 @@ from ..gcm.layouts import BLOCK_BYTES
 from ..packet.layouts import ip_length, packet_beat
 from ..packet.ipv4 import Ipv4HeaderCheck
 from ..packet.merge import PacketMerger
-from ..packet.register import StreamRegister, cut
+from ..packet.register import SkidBuffer, StreamRegister, cut
 from .decap import EspDecap
 from .encap import EspEncap
 from .inbound import InboundControl
@@ -334,15 +334,24 @@ class EspEngine(wiring.Component):
             self.o_abort.eq(self.o.valid & self.o.payload.last & (merger.source == 0)
                             & udp6.o.payload.flag),
         ]
+        # The decapsulator takes its job and beats from registers: whether it can take a
+        # beat is a function of its whole input side (the core's credits, its banks),
+        # which ran into the dispatcher's state and the table's reply register in one
+        # path, the engine's deepest (docs/performance.md).
+        m.submodules.decap_jobs = decap_jobs = StreamRegister(decap.job.payload.shape())
+        m.submodules.decap_beats = decap_beats = SkidBuffer(packet_beat(BLOCK_BYTES))
+        wiring.connect(m, decap_jobs.o, decap.job)
+        wiring.connect(m, decap_beats.o, decap.i)
+        job_in = decap_jobs.i.payload
         start = inbound.start.payload
         m.d.comb += [
             encap.job.payload.eq(reply.job),
-            decap.job.payload.key.eq(reply.job.key),
-            decap.job.payload.key_256.eq(reply.job.key_256),
-            decap.job.payload.salt.eq(reply.job.salt),
-            decap.job.payload.esn.eq(reply.job.esn),
-            decap.job.payload.encap.eq(reply.job.natt.encap),
-            decap.job.payload.transport.eq(reply.job.mode == Mode.TRANSPORT),
+            job_in.key.eq(reply.job.key),
+            job_in.key_256.eq(reply.job.key_256),
+            job_in.salt.eq(reply.job.salt),
+            job_in.esn.eq(reply.job.esn),
+            job_in.encap.eq(reply.job.natt.encap),
+            job_in.transport.eq(reply.job.mode == Mode.TRANSPORT),
             start.slot.eq(held.request.slot),
             start.spi.eq(reply.job.spi),
             start.esn.eq(reply.job.esn),
@@ -438,7 +447,8 @@ class EspEngine(wiring.Component):
                                 m.d.sync += left.eq(length)
                                 m.next = "ENCAP"
                         with m.Case(Action.INBOUND):
-                            self._decide_inbound(m, held, decap, inbound, replies, retry, packets)
+                            self._decide_inbound(m, held, decap_jobs.i, decap_beats.i, inbound,
+                                                 replies, retry, packets)
                         with m.Default():
                             m.d.comb += replies.o.ready.eq(1)
                             with m.If(reply.reason == Reason.UNSUPPORTED):
@@ -484,7 +494,7 @@ class EspEngine(wiring.Component):
                     with m.If(ends_here):
                         m.next = "DECIDE"
             with m.State("DECAP"):
-                wiring.connect(m, packets, decap.i)
+                wiring.connect(m, packets, decap_beats.i)
                 with m.If(packets.valid & packets.ready & beat.last):
                     m.next = "DECIDE"
             with m.State("DISCARD"):
@@ -492,7 +502,7 @@ class EspEngine(wiring.Component):
                 with m.If(packets.valid & beat.last):
                     m.next = "DECIDE"
 
-    def _decide_inbound(self, m, held, decap, inbound, replies, retry, packets):
+    def _decide_inbound(self, m, held, decap_job, decap_beat, inbound, replies, retry, packets):
         """An inbound packet goes to the decapsulator and the inbound control together,
         behind the packets in flight if its verdict cannot depend on them: its SA is
         far from its hard lifetime (``headroom``) and without ESN (its high half comes
@@ -500,26 +510,38 @@ class EspEngine(wiring.Component):
         the table read the SA (``busy``: packets started since then are none, and the
         reply counts every packet accounted before). Otherwise it is looked up again
         once they have been accounted. An expired SA stays expired: its packet goes at
-        once. The reply waits in the dispatcher's register for room in the
-        decapsulator; the table goes on meanwhile."""
+        once, to be discarded. The reply waits in the dispatcher's register for room in
+        the decapsulator's registers and the control; the table goes on meanwhile.
+        The job, the control's start and the first beat go in the same cycle."""
         reply = held.reply
         expired = reply.reason == Reason.HARD_EXPIRED
         allowed = expired | ~held.busy | (reply.headroom & ~reply.job.esn)
-        m.d.comb += decap.job.valid.eq(allowed & ~expired & inbound.start.ready)
-        with m.If(allowed & ~expired):
-            # The decapsulator takes the job with a look at the first beat (it consumes
-            # no beat before it has taken a job).
-            wiring.connect(m, packets, decap.i)
-        # (The decapsulator's `job.ready` does not look at `job.valid`, so the control's
-        # `start.ready`, part of `job.valid`, is checked here too.)
-        taken = Mux(expired, inbound.start.ready, decap.job.ready & inbound.start.ready)
         with m.If(~allowed):
             m.d.comb += [replies.o.ready.eq(1), retry.eq(1)]
-        with m.Elif(taken):
-            m.d.comb += [inbound.start.valid.eq(1), replies.o.ready.eq(1)]
-            with m.If(expired):
+        with m.Elif(expired):
+            m.d.comb += [inbound.start.valid.eq(1), replies.o.ready.eq(inbound.start.ready)]
+            with m.If(inbound.start.ready):
                 m.next = "DISCARD"
-            with m.Elif(packets.payload.last):
-                m.next = "DECIDE"        # a one-beat packet, taken with the job
-            with m.Else():
-                m.next = "DECAP"
+        with m.Else():
+            # Each of the three is offered once the other two can take it too.
+            room = {"job": decap_job.ready, "start": inbound.start.ready,
+                    "beat": decap_beat.ready}
+
+            def others(name):
+                return packets.valid & Cat(ready for key, ready in room.items()
+                                           if key != name).all()
+
+            go = others("job") & decap_job.ready
+            m.d.comb += [
+                decap_job.valid.eq(others("job")),
+                inbound.start.valid.eq(others("start")),
+                decap_beat.valid.eq(others("beat")),
+                decap_beat.payload.eq(packets.payload),
+                packets.ready.eq(go),
+                replies.o.ready.eq(go),
+            ]
+            with m.If(go):
+                with m.If(packets.payload.last):
+                    m.next = "DECIDE"        # a one-beat packet
+                with m.Else():
+                    m.next = "DECAP"
