@@ -140,6 +140,9 @@ def test_tag_check_register_in_the_compact_profile():
     ({"profile": "compact", "out_depth": -1}, "out_depth must be an integer >= 0"),
     ({"profile": "compact", "result_depth": 0}, "result_depth must be an integer >= 1"),
     ({"profile": "fast", "tag_check_register": 1}, "tag_check_register must be True or False"),
+    ({"profile": "compact", "input_registers": 1}, "input_registers must be True or False"),
+    ({"profile": "fast", "ghash_karatsuba": 1, "ghash_stages": 4}, "ghash_karatsuba must be 0, 1 or 2"),
+    ({"profile": "compact", "ghash_karatsuba": 2}, "ghash_karatsuba must be 0, 1 or 2"),
 ])
 def test_bad_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -45,6 +45,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..aes import ROUNDS_128, AesIterative, AesPipeline
 from ..packet.layouts import big_endian
+from ..packet.register import SkidBuffer, StreamRegister
 from .ghash import GfMulPipeline, GfMulSerial
 from .layouts import BLOCK_BYTES, GCM_COMMAND, GCM_OUTPUT, GCM_RESULT
 from .profiles import GcmProfile, resolve_profile
@@ -284,6 +285,15 @@ class GcmCore(wiring.Component):
             ]
 
         # ---- injector -------------------------------------------------------
+        cmd_in, data_in = self.cmd, self.data_in
+        if self._profile.input_registers:
+            # The injector's handshakes and multiplexers then start from flip-flops
+            # of the core's own rather than from wherever the producer is placed.
+            m.submodules.cmd_register = cmd_register = StreamRegister(GCM_COMMAND)
+            m.submodules.data_register = data_register = SkidBuffer(128)
+            wiring.connect(m, wiring.flipped(self.cmd), cmd_register.i)
+            wiring.connect(m, wiring.flipped(self.data_in), data_register.i)
+            cmd_in, data_in = cmd_register.o, data_register.o
         cmd = Signal(GCM_COMMAND)
         aad_left = Signal(range(2**16 // BLOCK_BYTES + 2))
         text_left = Signal.like(aad_left)
@@ -342,12 +352,12 @@ class GcmCore(wiring.Component):
             return Mux(length[:4] == 0, BLOCK_BYTES, length[:4])
 
         with m.FSM(name="injector"):
-            c = self.cmd.payload
+            c = cmd_in.payload
             aad_blocks = (c.aad_len + BLOCK_BYTES - 1) >> 4
             text_blocks = (c.text_len + BLOCK_BYTES - 1) >> 4
 
             def accept_command():
-                m.d.comb += [self.cmd.ready.eq(1), cmd_accept.eq(1)]
+                m.d.comb += [cmd_in.ready.eq(1), cmd_accept.eq(1)]
                 m.d.sync += [
                     cmd.eq(c),
                     aad_left.eq(aad_blocks),
@@ -361,7 +371,7 @@ class GcmCore(wiring.Component):
                     m.d.sync += remaining.eq(aad_blocks + text_blocks + 1)
 
             with m.State("IDLE"):
-                can_start = self.cmd.valid & (res_credits != 0)
+                can_start = cmd_in.valid & (res_credits != 0)
                 if self._profile.aes == "pipeline":
                     # H goes in with the command's own key in the cycle the
                     # command is taken: one cycle less per message for a 256-bit
@@ -403,15 +413,15 @@ class GcmCore(wiring.Component):
                     with m.If(bubbles == 0):
                         m.next = "BLOCKS"
             with m.State("BLOCKS"):
-                m.d.comb += item.data.eq(self.data_in.payload)
+                m.d.comb += item.data.eq(data_in.payload)
                 with m.If(aad_left != 0):
                     m.d.comb += [
                         item.kind.eq(_Kind.AAD),
                         item.nbytes.eq(Mux(aad_left == 1, last_bytes(cmd.aad_len), BLOCK_BYTES)),
-                        aes.i.valid.eq(self.data_in.valid),
-                        self.data_in.ready.eq(aes.i.ready),
+                        aes.i.valid.eq(data_in.valid),
+                        data_in.ready.eq(aes.i.ready),
                     ]
-                    with m.If(self.data_in.valid & aes.i.ready):
+                    with m.If(data_in.valid & aes.i.ready):
                         m.d.sync += aad_left.eq(aad_left - 1)
                         ghash_block_injected()
                 with m.Elif(text_left != 0):
@@ -420,10 +430,10 @@ class GcmCore(wiring.Component):
                         req.block.eq(Cat(cmd.nonce, big_endian(counter, 4))),
                         item.nbytes.eq(Mux(text_left == 1, last_bytes(cmd.text_len), BLOCK_BYTES)),
                         item.text_last.eq(text_left == 1),
-                        aes.i.valid.eq(self.data_in.valid & text_room),
-                        self.data_in.ready.eq(aes.i.ready & text_room),
+                        aes.i.valid.eq(data_in.valid & text_room),
+                        data_in.ready.eq(aes.i.ready & text_room),
                     ]
-                    with m.If(self.data_in.valid & aes.i.ready & text_room):
+                    with m.If(data_in.valid & aes.i.ready & text_room):
                         m.d.comb += text_inject.eq(1)
                         m.d.sync += [text_left.eq(text_left - 1), counter.eq(counter + 1)]
                         ghash_block_injected()
@@ -434,10 +444,10 @@ class GcmCore(wiring.Component):
                     m.d.comb += [
                         item.kind.eq(_Kind.TAG),
                         req.block.eq(Cat(cmd.nonce, big_endian(1, 4))),
-                        aes.i.valid.eq(self.data_in.valid),
-                        self.data_in.ready.eq(aes.i.ready),
+                        aes.i.valid.eq(data_in.valid),
+                        data_in.ready.eq(aes.i.ready),
                     ]
-                    with m.If(self.data_in.valid & aes.i.ready):
+                    with m.If(data_in.valid & aes.i.ready):
                         m.d.sync += tag_left.eq(0)
                 with m.Else():
                     m.d.comb += [

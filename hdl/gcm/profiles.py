@@ -32,6 +32,7 @@ class GcmProfile:
     out_depth: int = 0     # output FIFO blocks; 0: none, the AES unit waits for the consumer
     result_depth: int = 1  # result FIFO; bounds the messages in flight
     tag_check_register: bool = False  # register the tag check ahead of the result FIFO
+    input_registers: bool = False  # cmd and data_in through registers (a cycle each)
 
     @property
     def lanes(self) -> int:
@@ -64,8 +65,8 @@ PROFILES = {
     # 128-bit zero test) has a register of its own in front of the result FIFO.
     "fast": GcmProfile("fast", aes="pipeline", ghash="pipeline", ghash_stages=2,
                        sbox_latency=3, aes_input_register=True, aes_round_key_register=True,
-                       ghash_input_register=True, out_depth=64, result_depth=8,
-                       tag_check_register=True),
+                       ghash_input_register=True, ghash_karatsuba=2, out_depth=64, result_depth=8,
+                       tag_check_register=True, input_registers=True),
 }
 
 
@@ -111,9 +112,9 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
                                             or profile.ghash_stages != 2)):
         raise ValueError(f"ghash_karatsuba must be 0, 1 or 2 with the pipelined multiplier "
                          f"of 2 stages, 0 otherwise, not {profile.ghash_karatsuba!r}")
-    if type(profile.tag_check_register) is not bool:
-        raise ValueError(f"tag_check_register must be True or False, "
-                         f"not {profile.tag_check_register!r}")
+    for name in ("tag_check_register", "input_registers"):
+        if type(getattr(profile, name)) is not bool:
+            raise ValueError(f"{name} must be True or False, not {getattr(profile, name)!r}")
     # The pipelined AES unit cannot wait, so its blocks need a place reserved
     # in a FIFO; every profile needs one for results (see GcmCore).
     for name, least in (("out_depth", 1 if profile.aes == "pipeline" else 0),
