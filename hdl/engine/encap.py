@@ -364,19 +364,34 @@ class EspEncap(wiring.Component):
                     m.next = "IDLE"
 
         # ---- the header segments of `desc`, in wire order ------------------------
-        text_len, esp_len, after_ip = lengths(desc)
+        # The lengths and both header checksums are worked out while the output side
+        # waits in IDLE (`desc` is there by then) and kept in registers (`sized`): the
+        # length adders, the checksums' adder trees and folds ran into the output
+        # Repacker in one path, the encapsulator's deepest (docs/performance.md).
+        text_len_now, esp_len_now, after_ip_now = lengths(desc)
         udp = desc.natt.encap == Encap.UDP
         proto = Mux(udp, C(PROTO_UDP, 8), C(PROTO_ESP, 8))
         # Tunnel mode: a constructed outer header.
         outer_v6 = desc.tunnel.ip_version == IpVersion.IPV6
         src, dst = desc.tunnel.src, desc.tunnel.dst
-        v4_total = after_ip + 20
         v4_flags = Mux(desc.inner_df, C(0x40, 8), C(0, 8))
-        v4_words = [Const(0x4500, 16) | desc.inner_tos, v4_total[:16], desc.seq[:16],
+        v4_words = [Const(0x4500, 16) | desc.inner_tos, (after_ip_now + 20)[:16], desc.seq[:16],
                     Cat(Const(0, 8), v4_flags), Const(OUTER_TTL << 8, 16) | proto,
                     src[16:32], src[:16], dst[16:32], dst[:16]]
-        v4_checksum = Signal(16)
-        m.d.comb += v4_checksum.eq(~ones_fold(sum(v4_words[1:], v4_words[0])))
+        new_total_now = desc.header_len + after_ip_now
+        sized = Signal(data.StructLayout({
+            "text_len": 16, "esp_len": 16, "after_ip": 16, "v4_total": 16, "new_total": 16,
+            "v4_checksum": 16, "kept_checksum": 16}))
+        sized_now = {
+            "text_len": text_len_now, "esp_len": esp_len_now, "after_ip": after_ip_now,
+            "v4_total": after_ip_now + 20, "new_total": new_total_now,
+            "v4_checksum": ~ones_fold(sum(v4_words[1:], v4_words[0])),
+            "kept_checksum": ~ones_fold(desc.header_sum + new_total_now[:16]
+                                        + Cat(proto, desc.inner_ttl)),
+        }
+        text_len, esp_len, after_ip = sized.text_len, sized.esp_len, sized.after_ip
+        v4_total, new_total = sized.v4_total, sized.new_total
+        v4_checksum, kept_checksum = sized.v4_checksum, sized.kept_checksum
         v4_header = Cat(Const(0x45, 8), desc.inner_tos, be(v4_total, 2), be(desc.seq[:16], 2),
                         v4_flags, Const(0, 8), Const(OUTER_TTL, 8), proto,
                         be(v4_checksum, 2), be(src[:32], 4), be(dst[:32], 4))
@@ -386,10 +401,6 @@ class EspEncap(wiring.Component):
                         be(after_ip, 2), proto, Const(OUTER_TTL, 8), be(src, 16), be(dst, 16))
         # Transport mode: the kept header, its first beat rewritten.
         kept = octets(desc.header[0])
-        new_total = desc.header_len + after_ip
-        kept_checksum = Signal(16)
-        m.d.comb += kept_checksum.eq(~ones_fold(desc.header_sum + new_total[:16]
-                                            + Cat(proto, desc.inner_ttl)))
         kept_first = Mux(desc.inner_v6,
                          Cat(*kept[:4], be(after_ip, 2), proto, *kept[7:]),
                          Cat(*kept[:2], be(new_total, 2), *kept[4:9], proto,
@@ -430,6 +441,7 @@ class EspEncap(wiring.Component):
         last_count = Mux(text_len[:4] == 0, BLOCK_BYTES, text_len[:4])
         with m.FSM(name="output"):
             with m.State("IDLE"):
+                m.d.sync += (sized[name].eq(value) for name, value in sized_now.items())
                 if self._overlap:
                     # The next descriptor in the queue (popped with its ICV).
                     with m.If(descriptors.r_rdy):
