@@ -85,6 +85,7 @@ from amaranth.lib.wiring import In, Out
 from ..gcm.core import GcmCore
 from ..gcm.layouts import BLOCK_BYTES
 from ..packet.layouts import big_endian, octets, ones_fold, packet_beat, words16
+from ..packet.register import SkidBuffer
 from .protocol import (ECN_CE, ESP_HEADER_BYTES, ESP_MIN_BYTES, ICV_BYTES, PROTO_ESP, PROTO_IPV4,
                        PROTO_IPV6, PROTO_NONE, PROTO_UDP, UDP_HEADER_BYTES)
 from .sa import Encap
@@ -284,7 +285,7 @@ class EspDecap(wiring.Component):
         header_write = self._input_side(m, gcm, ports, descriptors, messages, layout,
                                         room=in_flight < banks)
         self._writer(m, gcm, ports, messages, inner, header_write)
-        self._output_side(m, gcm, ports, descriptors, layout, inner)
+        self._output_side(m, gcm, ports, descriptors, messages, layout, inner)
         return m
 
     def _input_side(self, m, gcm, ports, descriptors, messages, layout, *, room):
@@ -637,7 +638,13 @@ class EspDecap(wiring.Component):
         blocks = self._buffer_blocks
         row = Signal(range(blocks + 1))
         bank = messages.r_data
-        out = gcm.data_out
+        # The plaintext through a skid buffer: the inner header's sums and the bank's
+        # write port were one path with the core's keystream XOR (the compact core's
+        # output comes straight from its AES state). The output side waits for the
+        # last block to be written (`written` there).
+        m.submodules.from_gcm = from_gcm = SkidBuffer(gcm.data_out.payload.shape())
+        wiring.connect(m, gcm.data_out, from_gcm.i)
+        out = from_gcm.o
         plain = out.payload.data
         octet = octets(plain)
         with m.If(~header_write):
@@ -666,7 +673,7 @@ class EspDecap(wiring.Component):
                             Mux(Cat(C(2 * w, 4), row) < Cat(C(0, 2), fields.ihl), word, 0)
                             for w, word in enumerate(words16(plain))))
 
-    def _output_side(self, m, gcm, ports, descriptors, layout, inner):
+    def _output_side(self, m, gcm, ports, descriptors, messages, layout, inner):
         """Verdict, settlement, trailer and inner checks and release, a packet at a time."""
         blocks = self._buffer_blocks
         rd = ports.rd
@@ -797,11 +804,15 @@ class EspDecap(wiring.Component):
             with m.State("TAG"):
                 # A packet admitted and whole is settled with the engine; the others
                 # only need the core's result out of the way.
+                # The core's result comes after the message's last plaintext block, which
+                # may still be in the writer's skid buffer: the bank is whole once the
+                # writer has moved on from it (it writes the messages in order).
                 settles = desc.go & ~desc.truncated
+                written = ~messages.r_rdy | (messages.r_data != desc.bank)
                 m.d.comb += [
                     self.settle.payload.authentic.eq(gcm.result.payload.tag_ok),
-                    self.settle.valid.eq(gcm.result.valid & settles),
-                    gcm.result.ready.eq(~settles | self.settle.ready),
+                    self.settle.valid.eq(gcm.result.valid & settles & written),
+                    gcm.result.ready.eq(written & (~settles | self.settle.ready)),
                 ]
                 with m.If(gcm.result.valid & gcm.result.ready):
                     m.d.sync += tag_ok.eq(gcm.result.payload.tag_ok)
