@@ -475,8 +475,16 @@ class GcmCore(wiring.Component):
         count_credits(res_credits, cmd_accept, res_fifo.r_en & res_fifo.r_rdy)
 
         # ---- post: after the AES unit ---------------------------------------
-        got = aes.o.payload.sideband
-        keystream = aes.o.payload.block
+        aes_out, aes_valid = aes.o.payload, aes.o.valid
+        if self._profile.post_register:
+            # The item's control fields select 128-bit multiplexers in front of the
+            # multiplier (lane accumulator, power of H); from a register placed
+            # near them rather than from the AES unit's last round.
+            aes_out = Signal(aes.o.payload.shape(), name="post", reset_less=True)
+            aes_valid = Signal(name="post_valid")
+            m.d.sync += [aes_out.eq(aes.o.payload), aes_valid.eq(aes.o.valid)]
+        got = aes_out.sideband
+        keystream = aes_out.block
         mask = _byte_mask(got.nbytes)
         ciphered = keystream ^ got.data
         text_out = ciphered & mask
@@ -501,7 +509,7 @@ class GcmCore(wiring.Component):
         chain_issue = Signal()
         chain_a = Signal(128)
         chain_power = Signal(range(1, lanes + 2))
-        chain_from_h = aes.o.valid & (got.kind == _Kind.H)
+        chain_from_h = aes_valid & (got.kind == _Kind.H)
         chain_from_power = ret_power & (ret_side.power < lanes)
         if lanes > 1:
             with m.If(chain_from_h):
@@ -526,8 +534,8 @@ class GcmCore(wiring.Component):
 
         if self._profile.aes == "pipeline":
             # The pipeline cannot wait; the schedule guarantees it never has to.
-            data_issue = aes.o.valid & is_ghash
-            fire = aes.o.valid
+            data_issue = aes_valid & is_ghash
+            fire = aes_valid
             with m.If(data_issue & ~data_ready):
                 m.d.sync += self.overrun.eq(1)
         else:

@@ -209,7 +209,9 @@ class GfMulPipeline(wiring.Component):
     the 3**karatsuba carry-less products of Karatsuba's split (64x64 or 32x32
     bits) and the second joins them and reduces: 3/4 or 9/16 of the Horner
     stages' AND terms, each operand bit feeding fewer of them, so fewer and
-    shorter wires between the operand registers and the product trees.
+    shorter wires between the operand registers and the product trees. The
+    input register then holds the split operands (the sums of halves computed
+    before it), one pair per product.
 
     Latency: `latency` = `stages` cycles, one more with `input_register`; `o.valid`
     is `i.valid` delayed by as much. Throughput: one product per cycle, no
@@ -255,6 +257,8 @@ class GfMulPipeline(wiring.Component):
         valid = self.i.valid
         sideband = Value.cast(self.i.payload.sideband)
         a, b = block_to_poly(self.i.payload.a), block_to_poly(self.i.payload.b)
+        if self.karatsuba:
+            return self._elaborate_karatsuba(m, stage_register, a, b, sideband, valid)
         if self._input_register:
             a, b = (stage_register(a, "a_in", reset_less=True),
                     stage_register(b, "b_in", reset_less=True))
@@ -264,8 +268,6 @@ class GfMulPipeline(wiring.Component):
             a_comb, b_comb = Signal(128), Signal(128)
             m.d.comb += [a_comb.eq(a), b_comb.eq(b)]
             a, b = a_comb, b_comb
-        if self.karatsuba:
-            return self._elaborate_karatsuba(m, stage_register, a, b, sideband, valid)
         z = C(0, 128)
         for s in range(self.stages):
             z = stage_register(horner_step(m, z, b, a[-d:]), f"z_{s}", reset_less=True)
@@ -285,8 +287,18 @@ class GfMulPipeline(wiring.Component):
 
     def _elaborate_karatsuba(self, m, stage_register, a, b, sideband, valid):
         levels = self.karatsuba
+        operands = karatsuba_operands(a, b, levels)
+        if self._input_register:
+            # The split operands are registered, not a and b: each register then
+            # feeds one product's AND terms (a bit of a feeds four registers through
+            # the sums), so no operand bit fans out over the whole multiplier.
+            operands = [(stage_register(x, f"a_in_{k}", reset_less=True),
+                         stage_register(y, f"b_in_{k}", reset_less=True))
+                        for k, (x, y) in enumerate(operands)]
+            sideband = stage_register(sideband, "sideband_in", reset_less=True)
+            valid = stage_register(valid, "valid_in")
         products = [stage_register(clmul(x, y), f"product_{k}", reset_less=True)
-                    for k, (x, y) in enumerate(karatsuba_operands(a, b, levels))]
+                    for k, (x, y) in enumerate(operands)]
         sideband = stage_register(sideband, "sideband_0", reset_less=True)
         valid = stage_register(valid, "valid_0")
         z = stage_register(mod_p(m, karatsuba_combine(products, 128, levels)), "z",

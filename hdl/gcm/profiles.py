@@ -33,6 +33,7 @@ class GcmProfile:
     result_depth: int = 1  # result FIFO; bounds the messages in flight
     tag_check_register: bool = False  # register the tag check ahead of the result FIFO
     input_registers: bool = False  # cmd and data_in through registers (a cycle each)
+    post_register: bool = False  # AES pipeline: its output registered once more (a cycle)
 
     @property
     def lanes(self) -> int:
@@ -66,7 +67,7 @@ PROFILES = {
     "fast": GcmProfile("fast", aes="pipeline", ghash="pipeline", ghash_stages=2,
                        sbox_latency=3, aes_input_register=True, aes_round_key_register=True,
                        ghash_input_register=True, ghash_karatsuba=2, out_depth=64, result_depth=8,
-                       tag_check_register=True, input_registers=True),
+                       tag_check_register=True, input_registers=True, post_register=True),
 }
 
 
@@ -95,7 +96,7 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
             or profile.sbox_latency not in (SBOX_LATENCIES if profile.aes == "pipeline" else (1,))):
         raise ValueError(f"sbox_latency must be 1{', 2 or 3' if profile.aes == 'pipeline' else ''} "
                          f"with the {profile.aes} AES unit, not {profile.sbox_latency!r}")
-    for name in ("aes_input_register", "aes_round_key_register"):
+    for name in ("aes_input_register", "aes_round_key_register", "post_register"):
         value = getattr(profile, name)
         if type(value) is not bool or value and profile.aes != "pipeline":
             raise ValueError(f"{name} must be "
