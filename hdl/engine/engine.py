@@ -232,7 +232,12 @@ class EspEngine(wiring.Component):
         wiring.connect(m, mover.host_reply, wiring.flipped(self.host_reply))
         wiring.connect(m, mover.table, table.host)
         wiring.connect(m, table.host_reply, mover.table_reply)
-        wiring.connect(m, mover.load, inbound.load)
+        # Window rows reach the replay unit through a skid buffer: whether the mover
+        # offers one (an import's next beat) and the unit's arbitration into the inbound
+        # admission were one path. A row in it still counts as loading; a row of an
+        # import is in the unit a cycle or two after the mover lifts the slot's hold
+        # (loads go first there), long before a packet let through can reach its check.
+        loads = cut(m, "loads", SkidBuffer, mover.load, inbound.load)
         wiring.connect(m, mover.read, inbound.read)
         wiring.connect(m, inbound.read_result, mover.read_result)
         wiring.connect(m, wiring.flipped(self.arm), mover.arm)
@@ -243,7 +248,7 @@ class EspEngine(wiring.Component):
         wiring.connect(m, mover.fenced, wiring.flipped(self.fenced))
         m.d.comb += [self.refused.eq(mover.refused), self.held.eq(mover.held),
                      self.held_slot.eq(mover.held_slot)]
-        loading = mover.loading
+        loading = mover.loading | loads.o.valid
         self._mover = mover
         # Each packet's first-beat facts and IPv4 header verdict are known while the
         # packet before it still streams (the checker's FIFO holds its beats meanwhile),
