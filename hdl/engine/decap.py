@@ -684,6 +684,11 @@ class EspDecap(wiring.Component):
         authentic = Signal()
         tag_ok = Signal()
         text_len = desc.text_len
+        # The trailer's places (its last, second-to-last and third-to-last byte) worked
+        # out while the packet waits for its tag: the padding checks read a byte of the
+        # bank at them, and the subtractions in front of those byte choices and of the
+        # compares made one path with the block RAM's read.
+        trailer_at = Signal(data.StructLayout({"last": 16, "pad_length": 16, "pad_end": 16}))
         header_len = desc.header_len
         transport = desc.transport
 
@@ -802,6 +807,9 @@ class EspDecap(wiring.Component):
                         m.next = "VERDICT"
 
             with m.State("TAG"):
+                m.d.sync += [trailer_at.last.eq(text_len - 1),
+                             trailer_at.pad_length.eq(text_len - 2),
+                             trailer_at.pad_end.eq(text_len - 3)]
                 # A packet admitted and whole is settled with the engine; the others
                 # only need the core's result out of the way.
                 # The core's result comes after the message's last plaintext block, which
@@ -832,25 +840,25 @@ class EspDecap(wiring.Component):
                         finish(DecapStatus.REFUSED)     # a replay after all
                     with m.Else():
                         m.d.sync += authentic.eq(1)
-                        read((text_len - 1)[4:])
+                        read(trailer_at.last[4:])
                         m.next = "PAD_LENGTH"
 
             # Authentic from here on: the trailer and the padding are read back.
             with m.State("PAD_LENGTH"):
-                m.d.sync += next_header.eq(rd_octet[(text_len - 1)[:4]])
-                read((text_len - 2)[4:])
+                m.d.sync += next_header.eq(rd_octet[trailer_at.last[:4]])
+                read(trailer_at.pad_length[4:])
                 m.next = "PAD_START"
 
             with m.State("PAD_START"):
-                length_now = rd_octet[(text_len - 2)[:4]]
-                first_blk = (text_len - 3)[4:]
+                length_now = rd_octet[trailer_at.pad_length[:4]]
+                first_blk = trailer_at.pad_end[4:]
                 m.d.sync += [
                     pad_len.eq(length_now),
                     pad_blk.eq(first_blk),
-                    pad_base.eq(Cat(C(0, 4), first_blk) - (text_len - 2 - length_now) + 1),
+                    pad_base.eq(Cat(C(0, 4), first_blk) - (trailer_at.pad_length - length_now) + 1),
                 ]
-                read((text_len - 3)[4:])
-                with m.If(length_now > text_len - 2):
+                read(first_blk)
+                with m.If(length_now > trailer_at.pad_length):
                     m.d.sync += pad_bad.eq(1)
                     m.next = "INNER"
                 with m.Elif(length_now == 0):
