@@ -185,7 +185,7 @@ SIDEBAND_TAG = data.StructLayout({"accumulator": 3, "last": 1})
 @pytest.mark.parametrize("stages,sideband,input_register,karatsuba", [
     (1, 0, False, 0), (2, 7, False, 0), (4, SIDEBAND_TAG, False, 0), (4, 0, False, 0),
     (8, 1, False, 0), (1, 0, True, 0), (2, SIDEBAND_TAG, True, 0),
-    (2, 5, False, 1), (2, SIDEBAND_TAG, True, 2),
+    (2, 5, False, 1), (2, SIDEBAND_TAG, True, 2), (2, 3, True, 3),
 ])
 def test_pipeline_back_to_back(stages, sideband, input_register, karatsuba):
     rng = random.Random(stages)
@@ -221,7 +221,7 @@ def test_pipeline_back_to_back(stages, sideband, input_register, karatsuba):
 @pytest.mark.parametrize("kwargs", [
     {"stages": 3}, {"stages": 0}, {"stages": 16}, {"stages": 4.0}, {"stages": True},
     {"sideband": -1}, {"sideband": "8"}, {"sideband": 2.0}, {"input_register": 1},
-    {"karatsuba": 3}, {"karatsuba": True}, {"karatsuba": 1, "stages": 4},
+    {"karatsuba": 4}, {"karatsuba": True}, {"karatsuba": 1, "stages": 4},
 ])
 def test_pipeline_bad_parameters(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):

@@ -205,10 +205,10 @@ class GfMulPipeline(wiring.Component):
     per-stage reduction keeps every stage alike: per output bit, at most
     ~5·(128/stages) AND terms in a balanced XOR tree.
 
-    With ``karatsuba`` = 1 or 2 (``stages`` must be 2) the first stage computes
-    the 3**karatsuba carry-less products of Karatsuba's split (64x64 or 32x32
-    bits) and the second joins them and reduces: 3/4 or 9/16 of the Horner
-    stages' AND terms, each operand bit feeding fewer of them, so fewer and
+    With ``karatsuba`` = 1, 2 or 3 (``stages`` must be 2) the first stage computes
+    the 3**karatsuba carry-less products of Karatsuba's split (64x64, 32x32 or
+    16x16 bits) and the second joins them and reduces: 3/4, 9/16 or 27/64 of the
+    Horner stages' AND terms, each operand bit feeding fewer of them, so fewer and
     shorter wires between the operand registers and the product trees. The
     input register then holds the split operands (the sums of halves computed
     before it), one pair per product.
@@ -223,7 +223,7 @@ class GfMulPipeline(wiring.Component):
     def __init__(self, *, stages: int = 4, sideband=0, input_register: bool = False,
                  karatsuba: int = 0):
         _check_int("stages", stages, (1, 2, 4, 8), "1, 2, 4 or 8")
-        _check_int("karatsuba", karatsuba, (0, 1, 2), "0, 1 or 2")
+        _check_int("karatsuba", karatsuba, (0, 1, 2, 3), "0, 1, 2 or 3")
         if karatsuba and stages != 2:
             raise ValueError(f"karatsuba needs stages=2 (products, then their sum), "
                              f"not stages={stages}")

@@ -63,7 +63,7 @@ PROFILES = {
     # consumer that is always ready sees no bubbles. Short messages: a message
     # is in flight for ~60 cycles and can start every 9 + blocks cycles, so 8
     # results in flight keep 64-byte messages back to back. For routing: the
-    # multiplier is Karatsuba's (9 products of 32x32 bits instead of two Horner
+    # multiplier is Karatsuba's (27 products of 16x16 bits, not two Horner
     # steps of 64x128: the Horner multiplier with the GCM glue around it did
     # not route), the core's inputs and the AES output are registered once more
     # (the injector and the post stage's multiplexers start from nearby
@@ -71,7 +71,7 @@ PROFILES = {
     # the result FIFO. None of these cycles shows in the throughput.
     "fast": GcmProfile("fast", aes="pipeline", ghash="pipeline", ghash_stages=2,
                        sbox_latency=3, aes_input_register=True, aes_round_key_register=True,
-                       ghash_input_register=True, ghash_karatsuba=2, out_depth=64, result_depth=8,
+                       ghash_input_register=True, ghash_karatsuba=3, out_depth=64, result_depth=8,
                        tag_check_register=True, input_registers=True, post_register=True),
 }
 
@@ -113,10 +113,10 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
                          f"{'True or False' if profile.ghash == 'pipeline' else 'False'} "
                          f"with the {profile.ghash} multiplier, "
                          f"not {profile.ghash_input_register!r}")
-    if (type(profile.ghash_karatsuba) is not int or profile.ghash_karatsuba not in (0, 1, 2)
+    if (type(profile.ghash_karatsuba) is not int or profile.ghash_karatsuba not in (0, 1, 2, 3)
             or profile.ghash_karatsuba and (profile.ghash != "pipeline"
                                             or profile.ghash_stages != 2)):
-        raise ValueError(f"ghash_karatsuba must be 0, 1 or 2 with the pipelined multiplier "
+        raise ValueError(f"ghash_karatsuba must be 0 to 3 with the pipelined multiplier "
                          f"of 2 stages, 0 otherwise, not {profile.ghash_karatsuba!r}")
     for name in ("tag_check_register", "input_registers"):
         if type(getattr(profile, name)) is not bool:
