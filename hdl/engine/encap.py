@@ -439,6 +439,11 @@ class EspEncap(wiring.Component):
             with m.If(remaining[k]):
                 m.d.comb += segment.eq(k)
         last_count = Mux(text_len[:4] == 0, BLOCK_BYTES, text_len[:4])
+        # The output state machine's beats reach the output Repacker through a skid
+        # buffer: choosing the header segment (from the descriptor) and the Repacker's
+        # shift into its buffer were one path.
+        m.submodules.to_repack = to_repack = SkidBuffer(out.i.payload.shape())
+        wiring.connect(m, to_repack.o, out.i)
         with m.FSM(name="output"):
             with m.State("IDLE"):
                 m.d.sync += (sized[name].eq(value) for name, value in sized_now.items())
@@ -454,11 +459,13 @@ class EspEncap(wiring.Component):
                         m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += [
-                    out.i.payload.data.eq(Array(value for value, _c, _p in segments)[segment]),
-                    out.i.payload.count.eq(Array(count for _v, count, _p in segments)[segment]),
-                    out.i.valid.eq(1),
+                    to_repack.i.payload.data.eq(
+                        Array(value for value, _c, _p in segments)[segment]),
+                    to_repack.i.payload.count.eq(
+                        Array(count for _v, count, _p in segments)[segment]),
+                    to_repack.i.valid.eq(1),
                 ]
-                with m.If(out.i.ready):
+                with m.If(to_repack.i.ready):
                     m.d.sync += sent.eq(sent | (1 << segment))
                     # The ESP header is always there and always last.
                     with m.If(segment == len(segments) - 1):
@@ -466,22 +473,22 @@ class EspEncap(wiring.Component):
             with m.State("TEXT"):
                 ct = from_gcm.o.payload
                 m.d.comb += [
-                    out.i.payload.data.eq(ct.data),
-                    out.i.payload.count.eq(Mux(ct.last, last_count, BLOCK_BYTES)),
-                    out.i.valid.eq(from_gcm.o.valid),
-                    from_gcm.o.ready.eq(out.i.ready),
+                    to_repack.i.payload.data.eq(ct.data),
+                    to_repack.i.payload.count.eq(Mux(ct.last, last_count, BLOCK_BYTES)),
+                    to_repack.i.valid.eq(from_gcm.o.valid),
+                    from_gcm.o.ready.eq(to_repack.i.ready),
                 ]
-                with m.If(from_gcm.o.valid & out.i.ready & ct.last):
+                with m.If(from_gcm.o.valid & to_repack.i.ready & ct.last):
                     m.next = "ICV"
             with m.State("ICV"):
                 m.d.comb += [
-                    out.i.payload.data.eq(gcm.result.payload.tag),
-                    out.i.payload.count.eq(BLOCK_BYTES),
-                    out.i.payload.last.eq(1),
-                    out.i.valid.eq(gcm.result.valid),
-                    gcm.result.ready.eq(out.i.ready),
+                    to_repack.i.payload.data.eq(gcm.result.payload.tag),
+                    to_repack.i.payload.count.eq(BLOCK_BYTES),
+                    to_repack.i.payload.last.eq(1),
+                    to_repack.i.valid.eq(gcm.result.valid),
+                    gcm.result.ready.eq(to_repack.i.ready),
                 ]
-                with m.If(gcm.result.valid & out.i.ready):
+                with m.If(gcm.result.valid & to_repack.i.ready):
                     m.d.sync += out_busy.eq(0)
                     if self._overlap:
                         m.d.comb += descriptors.r_en.eq(1)
