@@ -105,10 +105,11 @@ _CHECK_DEPTH = 8
 
 
 def _first_beat_facts(beat):
-    """:data:`_FACTS` of a packet, from its first beat: its IP length, IPv6, IPv6 with extension headers in front, a fragment (IPv4 MF or offset, IPv6
-    fragment header first), a header the model calls malformed (neither IPv4 nor
-    IPv6, IPv4 IHL < 5 or total length < IHL, IPv6 payload length 0, or a packet
-    that ends in this beat before its IP length)."""
+    """:data:`_FACTS` of a packet, from its first beat: its IP length, IPv6, IPv6 with
+    extension headers in front, a fragment (IPv4 MF or offset, IPv6 fragment header
+    first), a header the model calls malformed (neither IPv4 nor IPv6, IPv4 IHL < 5
+    or total length < IHL, IPv6 payload length 0, or a packet that ends in this beat
+    before its IP length)."""
     octet = [beat.data[8 * k:8 * (k + 1)] for k in range(8)]
     ipv6 = octet[0][4:] == 6
     ihl_bytes = Cat(C(0, 2), octet[0][:4])
