@@ -84,6 +84,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..gcm.core import GcmCore
 from ..gcm.layouts import BLOCK_BYTES
+from ..packet.ipv4 import IPV6_HEADER_BYTES, ip_header_bytes
 from ..packet.layouts import big_endian, octets, ones_fold, packet_beat, words16
 from ..packet.register import SkidBuffer
 from .protocol import (ECN_CE, ESP_HEADER_BYTES, ESP_MIN_BYTES, ICV_BYTES, PROTO_ESP, PROTO_IPV4,
@@ -150,7 +151,6 @@ DECAP_VERDICT = data.StructLayout({
 })
 
 _IPV4_MIN_HEADER = 20
-_IPV6_HEADER = 40
 _HEADER_ROWS = 4          # buffer rows for an outer header of up to 60 bytes
 
 
@@ -331,11 +331,8 @@ class EspDecap(wiring.Component):
         esp_header = Signal(128)       # SPI, seq, IV as on the wire (byte i at bits 8i)
         spi_wire, seq_wire, iv_wire = esp_header[:32], esp_header[32:64], esp_header[64:]
 
-        def ip_header_len(v6, ihl):
-            return Mux(v6, _IPV6_HEADER, Cat(C(0, 2), ihl))
-
         is_v6 = version == 6
-        header_len = ip_header_len(is_v6, ihl)
+        header_len = ip_header_bytes(is_v6, ihl)
         is_udp = proto == PROTO_UDP
         # The packet's lengths, worked out from its first beat as it is taken and kept in
         # registers: derived from the captured fields instead, their adder chains led into
@@ -463,9 +460,9 @@ class EspDecap(wiring.Component):
                         outer_checksum.eq(Cat(octet[11], octet[10])),
                         header_sum.eq(sum(words16(beat.data))),
                     ]
-                    first_esp_start = (ip_header_len(first_v6, first_ihl)
+                    first_esp_start = (ip_header_bytes(first_v6, first_ihl)
                                        + Mux(first_proto == PROTO_UDP, UDP_HEADER_BYTES, 0))
-                    first_total = Mux(first_v6, first_v6_plen + _IPV6_HEADER, first_ip_total)
+                    first_total = Mux(first_v6, first_v6_plen + IPV6_HEADER_BYTES, first_ip_total)
                     m.d.sync += [
                         esp_start.eq(first_esp_start),
                         text_start.eq(first_esp_start + ESP_HEADER_BYTES),
@@ -714,7 +711,7 @@ class EspDecap(wiring.Component):
                        & (in_ihl_bytes >= _IPV4_MIN_HEADER) & (in_ihl_bytes <= found.total)
                        & (found.total <= payload_len) & (ones_fold(found.sum) == 0xffff))
         inner_v6_ok = ((next_header == PROTO_IPV6) & (found.version == 6)
-                       & (found.plen != 0) & (found.plen + _IPV6_HEADER <= payload_len))
+                       & (found.plen != 0) & (found.plen + IPV6_HEADER_BYTES <= payload_len))
         release_len = Signal(17)
         mark_ce = Signal()
         new_word0 = found.word0 | ECN_CE     # IPv4: TOS is the low byte of word 0
@@ -753,7 +750,7 @@ class EspDecap(wiring.Component):
                                  + release_len[:16] + Cat(~Cat(desc.proto, desc.ttl), C(0, 5))
                                  + Cat(next_header, desc.ttl))[:16]
         rebuilt = Mux(desc.v6,
-                      Cat(rd.data[:32], big_endian(release_len - _IPV6_HEADER, 2), next_header,
+                      Cat(rd.data[:32], big_endian(release_len - IPV6_HEADER_BYTES, 2), next_header,
                           rd.data[56:]),
                       Cat(rd.data[:16], big_endian(release_len, 2), rd.data[32:72], next_header,
                           big_endian(new_v4_checksum, 2), rd.data[96:]))
@@ -881,7 +878,7 @@ class EspDecap(wiring.Component):
             with m.State("INNER"):
                 m.d.sync += [
                     release_len.eq(Mux(transport, header_len + payload_len,
-                                       Mux(found.version == 6, found.plen + _IPV6_HEADER,
+                                       Mux(found.version == 6, found.plen + IPV6_HEADER_BYTES,
                                            found.total))),
                     # RFC 6040 normal mode: CE on the outer header reaches an ECN-capable inner one.
                     mark_ce.eq(~transport & (desc.ecn == ECN_CE) & ((in_ecn == 1) | (in_ecn == 2))),

@@ -35,6 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..gcm.core import GcmCore
 from ..gcm.layouts import BLOCK_BYTES, GCM_OUTPUT
+from ..packet.ipv4 import ip_header_bytes
 from ..packet.layouts import big_endian, ip_length, octets, ones_fold, packet_beat, words16
 from ..packet.register import SkidBuffer, cut
 from ..packet.repack import Repacker
@@ -225,7 +226,7 @@ class EspEncap(wiring.Component):
         is_v6 = first[0][4:] == 6
         first_len = ip_length(self.i.payload.data)
         first_transport = self.job.payload.mode == Mode.TRANSPORT
-        first_header_len = Mux(first_transport, Mux(is_v6, 40, Cat(C(0, 2), first[0][:4])), 0)
+        first_header_len = Mux(first_transport, ip_header_bytes(is_v6, first[0][:4]), 0)
         first_payload_len = first_len - first_header_len
 
         # ---- input side: command, AAD, then the splitter ------------------------

@@ -16,6 +16,7 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..gcm.layouts import BLOCK_BYTES
+from ..packet.ipv4 import IPV6_HEADER_BYTES
 from ..packet.layouts import big_endian, ones_fold, packet_beat, words16
 from .protocol import ESP_HEADER_BYTES, ESP_TRAILER_BYTES, ICV_BYTES, PROTO_UDP, UDP_HEADER_BYTES
 
@@ -24,12 +25,12 @@ __all__ = ["UDP6_FILL_BEATS", "udp6_fill_limit", "FILL_IN", "FILL_OUT", "Udp6Che
 #: Beats a :class:`Udp6ChecksumFill` holds by default (2 KiB).
 UDP6_FILL_BEATS = 128
 
-_IPV6_HEADER = 40
 #: Where the UDP checksum of a packet with a plain 40-byte IPv6 header sits.
-_CHECKSUM_AT = _IPV6_HEADER + 6
+_CHECKSUM_AT = IPV6_HEADER_BYTES + 6
 #: Most an ESP packet adds to its cleartext packet: (tunnel) an outer IPv6 header, the
 #: UDP header, the ESP header and IV, 3 bytes of padding, the trailer, the ICV.
-_GROWTH = _IPV6_HEADER + UDP_HEADER_BYTES + ESP_HEADER_BYTES + 3 + ESP_TRAILER_BYTES + ICV_BYTES
+_GROWTH = (IPV6_HEADER_BYTES + UDP_HEADER_BYTES + ESP_HEADER_BYTES + 3 + ESP_TRAILER_BYTES
+           + ICV_BYTES)
 
 #: One beat in: the packet beat, ``fill`` (this packet needs its checksum; the same on
 #: every beat of a packet) and ``flag`` (carried to the output beat, for the caller).

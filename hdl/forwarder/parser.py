@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..engine.protocol import PROTO_ESP, PROTO_FRAGMENT, PROTO_UDP
 from ..packet.layouts import big_endian, check_width, ones_fold, packet_beat
-from ..packet.ipv4 import IPV6_HEADER_BYTES, header_word_sum, ip_header_length
+from ..packet.ipv4 import IPV6_HEADER_BYTES, header_words, ip_header_length
 from ..packet.register import SkidBuffer
 
 __all__ = ["PacketKind", "PARSED", "NATT_PORT", "IpParser"]
@@ -135,8 +135,8 @@ class IpParser(wiring.Component):
         wiring.connect(m, wiring.flipped(self.i), arriving.i)
         m.d.comb += [
             summed_beats.i.payload.beat.eq(arriving.o.payload),
-            summed_beats.i.payload.header_sum.eq(header_word_sum(
-                m, arriving.o.payload, arriving.o.valid & arriving.o.ready, width)),
+            summed_beats.i.payload.header_sum.eq(header_words(
+                m, arriving.o.payload, arriving.o.valid & arriving.o.ready, width).sum),
             summed_beats.i.valid.eq(arriving.o.valid),
             arriving.o.ready.eq(summed_beats.i.ready),
         ]

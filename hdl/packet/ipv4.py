@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """The IPv4 header checksum of each packet, known as soon as its header is in."""
 
+from typing import NamedTuple
+
 from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
@@ -8,26 +10,38 @@ from amaranth.lib.wiring import In, Out
 
 from .layouts import check_width, ones_fold, packet_beat, words16
 
-__all__ = ["Ipv4HeaderCheck", "IPV6_HEADER_BYTES", "ip_header_length", "header_word_sum"]
+__all__ = ["Ipv4HeaderCheck", "IPV6_HEADER_BYTES", "HeaderWords", "ip_header_bytes",
+           "ip_header_length", "header_words"]
 
 #: An IPv6 header's length in bytes (its IP header length, extension headers aside).
 IPV6_HEADER_BYTES = 40
+
+
+def ip_header_bytes(v6, ihl):
+    """The IP header's length in bytes: 40 for IPv6 (`v6`), else the IHL field's words."""
+    return Mux(v6, IPV6_HEADER_BYTES, Cat(C(0, 2), ihl))
 
 
 def ip_header_length(beat, kept):
     """The IP header's length in bytes (IPv6: 40): from a first beat's first byte, or
     `kept` (what this gave for the packet's first beat) for any other beat."""
     octet0 = beat.data[:8]
-    return Mux(beat.first, Mux(octet0[4:] == 6, IPV6_HEADER_BYTES, Cat(C(0, 2), octet0[:4])),
-               kept)
+    return Mux(beat.first, ip_header_bytes(octet0[4:] == 6, octet0[:4]), kept)
 
 
-def header_word_sum(m, beat, taken, width):
+class HeaderWords(NamedTuple):
+    """What :func:`header_words` gives for a beat."""
+    sum: Value           # its 16-bit words within the IP header, added up
+    at: Value            # its byte offset in its packet (saturates at 128)
+    header_len: Value    # its packet's IP header length in bytes (IPv6: 40)
+
+
+def header_words(m, beat, taken, width) -> HeaderWords:
     """The sum of `beat`'s 16-bit words that lie within its packet's IP header (the IPv4
-    header checksum's words, a beat at a time; bytes past ``count`` must be zero), with
-    the state it keeps in `m` advanced when `taken`. Which words of the next beat are
-    header words is decided a beat ahead, so the adder tree starts from flip-flops (a
-    first beat's from its first byte)."""
+    header checksum's words, a beat at a time; bytes past ``count`` must be zero), and
+    where the beat and the header are, with the state it keeps in `m` advanced when
+    `taken`. Which words of the next beat are header words is decided a beat ahead, so
+    the adder tree starts from flip-flops (a first beat's from its first byte)."""
     words = words16(beat.data)
     offset = Signal(8)                      # of the beat in its packet (saturates)
     ihl_bytes = Signal(6)
@@ -44,7 +58,8 @@ def header_word_sum(m, beat, taken, width):
                                            for w in range(len(words))))]
         with m.If(beat.first):
             m.d.sync += ihl_bytes.eq(header_len)
-    return sum(Mux(in_header[w], word, 0) for w, word in enumerate(words))
+    return HeaderWords(sum(Mux(in_header[w], word, 0) for w, word in enumerate(words)),
+                       at, header_len)
 
 
 class Ipv4HeaderCheck(wiring.Component):
@@ -97,16 +112,13 @@ class Ipv4HeaderCheck(wiring.Component):
         m.submodules.verdicts = verdicts = SyncFIFO(width=1, depth=self._depth)
 
         beat = self.i.payload
-        offset = Signal(7)              # of the beat in its packet, bytes (saturates at 64)
         decided = Signal()              # this packet's verdict is in `verdicts`
         is_v4 = Signal()
-        ihl_bytes = Signal(6)
         first_v4 = beat.data[4:8] == 4
-        first_ihl = Cat(C(0, 2), beat.data[0:4])
         v4 = Mux(beat.first, first_v4, is_v4)
-        header_len = Mux(beat.first, first_ihl, ihl_bytes)
-        at = Mux(beat.first, 0, offset)
         taken = self.i.valid & self.i.ready
+        # (Its header length is 40 for IPv6, whose verdict is never wrong.)
+        words = header_words(m, beat, taken, width)
 
         # Stage 1, as a beat is taken: its words inside the header (bytes past `count`
         # are zero) summed, and whether the header is complete with it. Stage 2, a cycle
@@ -119,14 +131,12 @@ class Ipv4HeaderCheck(wiring.Component):
             staged.first.eq(beat.first),
             staged.last.eq(beat.last),
             staged.v4.eq(v4),
-            staged.complete.eq(at + Mux(beat.last, beat.count, width) >= header_len),
-            staged.short.eq(header_len < 20),
-            staged.sum.eq(header_word_sum(m, beat, taken, width)),
+            staged.complete.eq(words.at + Mux(beat.last, beat.count, width) >= words.header_len),
+            staged.short.eq(words.header_len < 20),
+            staged.sum.eq(words.sum),
         ]
-        with m.If(taken):
-            m.d.sync += offset.eq(Mux(beat.last, 0, Mux(at >= 64, at, at + width)))
-            with m.If(beat.first):
-                m.d.sync += [is_v4.eq(first_v4), ihl_bytes.eq(first_ihl)]
+        with m.If(taken & beat.first):
+            m.d.sync += is_v4.eq(first_v4)
 
         total = Signal(22)              # the header's 16-bit words so far
         summed = Mux(staged.first, 0, total) + staged.sum
