@@ -376,7 +376,8 @@ class EspEncap(wiring.Component):
         outer_v6 = desc.tunnel.ip_version == IpVersion.IPV6
         src, dst = desc.tunnel.src, desc.tunnel.dst
         v4_flags = Mux(desc.inner_df, C(0x40, 8), C(0, 8))
-        v4_words = [Const(0x4500, 16) | desc.inner_tos, (after_ip_now + 20)[:16], desc.seq[:16],
+        v4_total_now = after_ip_now + 20
+        v4_words = [Const(0x4500, 16) | desc.inner_tos, v4_total_now[:16], desc.seq[:16],
                     Cat(Const(0, 8), v4_flags), Const(OUTER_TTL << 8, 16) | proto,
                     src[16:32], src[:16], dst[16:32], dst[:16]]
         new_total_now = desc.header_len + after_ip_now
@@ -385,7 +386,7 @@ class EspEncap(wiring.Component):
             "v4_checksum": 16, "kept_checksum": 16}))
         sized_now = {
             "text_len": text_len_now, "esp_len": esp_len_now, "after_ip": after_ip_now,
-            "v4_total": after_ip_now + 20, "new_total": new_total_now,
+            "v4_total": v4_total_now, "new_total": new_total_now,
             "v4_checksum": ~ones_fold(sum(v4_words[1:], v4_words[0])),
             "kept_checksum": ~ones_fold(desc.header_sum + new_total_now[:16]
                                         + Cat(proto, desc.inner_ttl)),
