@@ -80,8 +80,14 @@ _DESC = data.StructLayout({
     "header_len":  range(61),   # the kept header (transport), 0 in tunnel mode
     "payload_len": 16,          # bytes after the kept header: the text before its trailer
     "pad_len":     2,
-    "header_sum":  24,          # transport IPv4: header words but length, TTL/proto, checksum
+    "header_sum":  24,          # transport IPv4: header words but length and checksum
     "header":      data.ArrayLayout(128, _MAX_HEADER_BEATS),
+    # Worked out by the input side a cycle after it takes the job (see `sized_in`):
+    "text_len":    16,          # the text with its trailer
+    "after_ip":    16,          # bytes after the (outer or kept) IP header
+    "v4_total":    16,          # tunnel mode: the outer IPv4 total length
+    "new_total":   16,          # transport mode: the rewritten IPv4 total length
+    "v4_sum":      20,          # tunnel mode: the outer IPv4 header's words but its length
 })
 
 
@@ -196,11 +202,8 @@ class EspEncap(wiring.Component):
         def be(value, nbytes):
             return big_endian(value, nbytes)
 
-        def lengths(d):
-            """(text length, ESP length, bytes after the IP header) of descriptor `d`."""
-            text_len = d.payload_len + d.pad_len + 2
-            esp_len = ESP_HEADER_BYTES + text_len + ICV_BYTES
-            return text_len, esp_len, Mux(d.natt.encap == Encap.UDP, esp_len + 8, esp_len)
+        def text_length(d):
+            return d.payload_len + d.pad_len + 2
 
         # The input side works on `cur`; the output side on `desc`: with overlap the
         # head of a queue of descriptors that `cur` joins once its header is complete,
@@ -216,28 +219,55 @@ class EspEncap(wiring.Component):
         else:
             desc = cur
         pushed = Signal()        # `cur` has been handed to the output side
+        sized_in = Signal()      # the lengths and `v4_sum` of `cur` are in
         out_busy = Signal()      # the output side has not sent the ICV of `desc` yet
         header_kept = Signal()   # every header byte of `cur` is in `cur.header`
         position = Signal(16)    # byte offset of the input beat in the packet
         inner_proto = Signal(8)  # transport: the protocol the header announced
 
+        def outer_proto(natt):
+            return Mux(natt.encap == Encap.UDP, C(PROTO_UDP, 8), C(PROTO_ESP, 8))
+
+        def outer_flags(d):
+            return Mux(d.inner_df, C(0x40, 8), C(0, 8))
+
+        def sizes(d):
+            """The lengths and the outer IPv4 header's fixed words' sum of `d`, from the
+            fields the input side takes with the job: worked out in its first cycle
+            after that, so that the output side only folds the checksums."""
+            trailer_and_headers = 2 + ESP_HEADER_BYTES + ICV_BYTES
+            after_ip = (d.payload_len + d.pad_len
+                        + Mux(d.natt.encap == Encap.UDP, trailer_and_headers + 8,
+                              trailer_and_headers))
+            src, dst = d.tunnel.src, d.tunnel.dst
+            v4_words = [Const(0x4500, 16) | d.inner_tos, d.seq[:16], Cat(Const(0, 8), outer_flags(d)),
+                        Const(OUTER_TTL << 8, 16) | outer_proto(d.natt),
+                        src[16:32], src[:16], dst[16:32], dst[:16]]
+            return {
+                "text_len": text_length(d),
+                "after_ip": after_ip,
+                "v4_total": after_ip + 20,
+                "new_total": d.header_len + after_ip,
+                "v4_sum": sum(v4_words[1:], v4_words[0]),
+            }
+
         # ---- the inner header, from the first beat ---------------------------
         first = octets(self.i.payload.data)
         is_v6 = first[0][4:] == 6
         first_len = ip_length(self.i.payload.data)
+        first_ttl = Mux(is_v6, first[7], first[8])
         first_transport = self.job.payload.mode == Mode.TRANSPORT
         first_header_len = Mux(first_transport, ip_header_bytes(is_v6, first[0][:4]), 0)
         first_payload_len = first_len - first_header_len
 
         # ---- input side: command, AAD, then the splitter ------------------------
-        text_len, _esp_len, _after_ip = lengths(cur)
         cmd = gcm.cmd.payload
         m.d.comb += [
             cmd.key.eq(cipher.key),
             cmd.key_256.eq(cipher.key_256),
             cmd.nonce.eq(Cat(cipher.salt, be(cur.seq, 8))),
             cmd.aad_len.eq(Mux(cipher.esn, 12, 8)),
-            cmd.text_len.eq(text_len),
+            cmd.text_len.eq(text_length(cur)),
             cmd.decrypt.eq(0),
             trailer.pad_len.eq(cur.pad_len),
             trailer.next_header.eq(Mux(cur.mode == Mode.TRANSPORT, inner_proto,
@@ -315,14 +345,15 @@ class EspEncap(wiring.Component):
                         cur.inner_v6.eq(is_v6),
                         cur.inner_tos.eq(Mux(is_v6, Cat(first[1][4:], first[0][:4]), first[1])),
                         cur.inner_df.eq(Mux(is_v6, 1, first[6][6])),
-                        cur.inner_ttl.eq(Mux(is_v6, first[7], first[8])),
+                        cur.inner_ttl.eq(first_ttl),
                         cur.header_len.eq(first_header_len),
                         cur.payload_len.eq(first_payload_len),
                         cur.pad_len.eq((-(first_payload_len + 2))[:2]),
-                        cur.header_sum.eq(0),
+                        cur.header_sum.eq(Cat(outer_proto(payload.natt), first_ttl)),
                         inner_proto.eq(Mux(is_v6, first[6], first[9])),
                         header_kept.eq(~first_transport),
                         pushed.eq(0),
+                        sized_in.eq(0),
                         position.eq(0),
                         last_in.eq(0),
                         cmd_pending.eq(1),
@@ -331,6 +362,8 @@ class EspEncap(wiring.Component):
                     m.next = "SPLIT"
             with m.State("SPLIT"):
                 feed_gcm()
+                m.d.sync += [cur[name].eq(value) for name, value in sizes(cur).items()]
+                m.d.sync += sized_in.eq(1)
                 # A beat that holds no text and is not the last sends nothing on.
                 sends_text = (text_count != 0) | beat.last
                 m.d.comb += [
@@ -365,34 +398,22 @@ class EspEncap(wiring.Component):
                     m.next = "IDLE"
 
         # ---- the header segments of `desc`, in wire order ------------------------
-        # The lengths and both header checksums are worked out while the output side
-        # waits in IDLE (`desc` is there by then) and kept in registers (`sized`): the
-        # length adders, the checksums' adder trees and folds ran into the output
-        # Repacker in one path, the encapsulator's deepest (docs/performance.md).
-        text_len_now, esp_len_now, after_ip_now = lengths(desc)
         udp = desc.natt.encap == Encap.UDP
-        proto = Mux(udp, C(PROTO_UDP, 8), C(PROTO_ESP, 8))
+        proto = outer_proto(desc.natt)
         # Tunnel mode: a constructed outer header.
         outer_v6 = desc.tunnel.ip_version == IpVersion.IPV6
         src, dst = desc.tunnel.src, desc.tunnel.dst
-        v4_flags = Mux(desc.inner_df, C(0x40, 8), C(0, 8))
-        v4_total_now = after_ip_now + 20
-        v4_words = [Const(0x4500, 16) | desc.inner_tos, v4_total_now[:16], desc.seq[:16],
-                    Cat(Const(0, 8), v4_flags), Const(OUTER_TTL << 8, 16) | proto,
-                    src[16:32], src[:16], dst[16:32], dst[:16]]
-        new_total_now = desc.header_len + after_ip_now
-        sized = Signal(data.StructLayout({
-            "text_len": 16, "esp_len": 16, "after_ip": 16, "v4_total": 16, "new_total": 16,
-            "v4_checksum": 16, "kept_checksum": 16}))
+        v4_flags = outer_flags(desc)
+        text_len, after_ip = desc.text_len, desc.after_ip
+        v4_total, new_total = desc.v4_total, desc.new_total
+        # Both header checksums are folded while the output side waits in IDLE (`desc`
+        # is there by then) and kept in registers: their folds ran into the output
+        # Repacker in one path.
+        sized = Signal(data.StructLayout({"v4_checksum": 16, "kept_checksum": 16}))
         sized_now = {
-            "text_len": text_len_now, "esp_len": esp_len_now, "after_ip": after_ip_now,
-            "v4_total": v4_total_now, "new_total": new_total_now,
-            "v4_checksum": ~ones_fold(sum(v4_words[1:], v4_words[0])),
-            "kept_checksum": ~ones_fold(desc.header_sum + new_total_now[:16]
-                                        + Cat(proto, desc.inner_ttl)),
+            "v4_checksum": ~ones_fold(desc.v4_sum + v4_total),
+            "kept_checksum": ~ones_fold(desc.header_sum + new_total),
         }
-        text_len, esp_len, after_ip = sized.text_len, sized.esp_len, sized.after_ip
-        v4_total, new_total = sized.v4_total, sized.new_total
         v4_checksum, kept_checksum = sized.v4_checksum, sized.kept_checksum
         v4_header = Cat(Const(0x45, 8), desc.inner_tos, be(v4_total, 2), be(desc.seq[:16], 2),
                         v4_flags, Const(0, 8), Const(OUTER_TTL, 8), proto,
@@ -412,7 +433,7 @@ class EspEncap(wiring.Component):
             remaining = desc.header_len - BLOCK_BYTES * k
             return Mux(remaining >= BLOCK_BYTES, BLOCK_BYTES, remaining)
 
-        udp_header = Cat(be(desc.natt.sport, 2), be(desc.natt.dport, 2), be(esp_len + 8, 2),
+        udp_header = Cat(be(desc.natt.sport, 2), be(desc.natt.dport, 2), be(after_ip, 2),
                          Const(0, 16))
         esp_header = Cat(be(desc.spi, 4), be(desc.seq[:32], 4), be(desc.seq, 8))
 
@@ -434,8 +455,10 @@ class EspEncap(wiring.Component):
 
         # ---- output side: header segments, ciphertext, ICV ----------------------
         # One beat per cycle: the lowest present segment not sent yet goes next.
+        # Which segments the packet has is settled in IDLE, from the descriptor alone.
+        present = Signal(len(segments))
         sent = Signal(len(segments))
-        remaining = Cat(present for _v, _c, present in segments) & ~sent
+        remaining = present & ~sent
         segment = Signal(range(len(segments)))
         for k in reversed(range(len(segments))):
             with m.If(remaining[k]):
@@ -449,6 +472,7 @@ class EspEncap(wiring.Component):
         with m.FSM(name="output"):
             with m.State("IDLE"):
                 m.d.sync += (sized[name].eq(value) for name, value in sized_now.items())
+                m.d.sync += present.eq(Cat(present for _v, _c, present in segments))
                 if self._overlap:
                     # The next descriptor in the queue (popped with its ICV).
                     with m.If(descriptors.r_rdy):
@@ -456,7 +480,7 @@ class EspEncap(wiring.Component):
                         m.next = "HEADER"
                 else:
                     # `cur` goes over once its header is complete.
-                    with m.If(header_kept & ~pushed):
+                    with m.If(header_kept & sized_in & ~pushed):
                         m.d.sync += [pushed.eq(1), out_busy.eq(1), sent.eq(0)]
                         m.next = "HEADER"
             with m.State("HEADER"):
@@ -497,7 +521,7 @@ class EspEncap(wiring.Component):
                     m.next = "IDLE"
         if self._overlap:
             # `cur` joins the queue once its header is complete.
-            with m.If(header_kept & ~pushed & descriptors.w_rdy):
+            with m.If(header_kept & sized_in & ~pushed & descriptors.w_rdy):
                 m.d.comb += descriptors.w_en.eq(1)
                 m.d.sync += pushed.eq(1)
         return m
