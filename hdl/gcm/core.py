@@ -203,6 +203,58 @@ def _tag_mask_needs_copy(aes_core, mul_core):
     return mul_core.cycles >= 2 * ROUNDS_128
 
 
+class _Countdown:
+    """Blocks of one kind (AAD, text) still to inject, with "some left" and "one left"
+    kept in flip-flops beside the count, so that the injector's multiplexers select on
+    registers instead of comparing a 13-bit count in the same cycle."""
+
+    def __init__(self, name):
+        self.left = Signal(range(2**16 // BLOCK_BYTES + 2), name=f"{name}_left")
+        self.more = Signal(name=f"{name}_more")     # left != 0
+        self.final = Signal(name=f"{name}_final")   # left == 1
+
+    def load(self, m, length):
+        """Start with the blocks of `length` bytes."""
+        m.d.sync += [
+            self.left.eq((length + BLOCK_BYTES - 1) >> 4),
+            self.more.eq(length != 0),
+            self.final.eq((length != 0) & (length <= BLOCK_BYTES)),
+        ]
+
+    def step(self, m):
+        """One block injected (only while `more`)."""
+        m.d.sync += [
+            self.left.eq(self.left - 1),
+            self.more.eq(~self.final),
+            self.final.eq(self.left == 2),
+        ]
+
+
+def _credit_counter(m, name, depth, *, spent, freed, registered):
+    """Places of a FIFO of `depth` entries not yet promised to an item.
+
+    `spent` promises one, `freed` (the FIFO's read) gives one back. Returns
+    whether a place is free. With `registered`, `freed` is counted a cycle late
+    (the consumer's ready then ends at a flip-flop, not in the counter) and
+    "a place is free" is a flip-flop too; counting a freed place late only ever
+    makes the count smaller than the room there is, never larger.
+    """
+    credits = Signal(range(depth + 1), init=depth, name=f"{name}_credits")
+    if registered:
+        freed = _register(m, freed, f"{name}_freed", reset_less=False)
+    with m.Switch(Cat(spent, freed)):
+        with m.Case(0b01):
+            m.d.sync += credits.eq(credits - 1)
+        with m.Case(0b10):
+            m.d.sync += credits.eq(credits + 1)
+    if not registered:
+        return credits != 0
+    # credits - spent + freed != 0, with `spent` only ever when credits != 0.
+    room = Signal(init=1, name=f"{name}_room")
+    m.d.sync += room.eq(freed | (credits > 1) | (credits == 1) & ~spent)
+    return room
+
+
 class GcmCore(wiring.Component):
     """AES-GCM encrypt/decrypt of back-to-back messages, each with its own key.
 
@@ -219,8 +271,9 @@ class GcmCore(wiring.Component):
         decrypt the received tag; see :data:`GCM_COMMAND`.
     data_out : stream of :data:`GCM_OUTPUT`, one per text block.
     result : stream of :data:`GCM_RESULT`, one per message, after its text.
-    overrun : sticky; set if the fixed schedule of the fast profile was ever
-        violated. It never is by construction; exported for status and tests.
+    overrun : sticky; set (a cycle after the event) if the fixed schedule of the
+        fast profile was ever violated. It never is by construction; exported for
+        status and tests.
 
     Throughput: *fast* takes one 16-byte block per cycle, *compact* one per 10
     (AES-128) or 14 (AES-256) cycles; every message also pays a fixed number of
@@ -295,8 +348,7 @@ class GcmCore(wiring.Component):
             wiring.connect(m, wiring.flipped(self.data_in), data_register.i)
             cmd_in, data_in = cmd_register.o, data_register.o
         cmd = Signal(GCM_COMMAND)
-        aad_left = Signal(range(2**16 // BLOCK_BYTES + 2))
-        text_left = Signal.like(aad_left)
+        aad, text = _Countdown("aad"), _Countdown("text")
         tag_left = Signal()
         # GCM's inc32 counter of the next text block. It starts at 2 and a
         # 16-bit text length takes it at most 4096 blocks further, so the
@@ -309,13 +361,23 @@ class GcmCore(wiring.Component):
         first_left = Signal(range(lanes + 1))      # lanes that have not seen a block yet
         bubbles = Signal(range(self.power_bubbles + 1))
 
+        text_inject = Signal()
+        cmd_accept = Signal()
+        # The pipeline cannot wait, so its text blocks and results need a place
+        # reserved in their FIFOs (credits); there the credit loop is counted from
+        # registers, for timing. The iterative unit keeps the plain count: with
+        # its one-entry result FIFO a credit back a cycle late would be a cycle
+        # per message.
+        registered_credits = self._profile.aes == "pipeline"
         if out_depth:
-            out_credits = Signal(range(out_depth + 1), init=out_depth)
-            text_room = out_credits != 0
+            text_room = _credit_counter(m, "out", out_depth, spent=text_inject,
+                                        freed=out_fifo.r_en & out_fifo.r_rdy,
+                                        registered=registered_credits)
         else:
             text_room = C(1)
-        res_credits = Signal(range(self._profile.result_depth + 1),
-                             init=self._profile.result_depth)
+        res_room = _credit_counter(m, "res", self._profile.result_depth, spent=cmd_accept,
+                                   freed=res_fifo.r_en & res_fifo.r_rdy,
+                                   registered=registered_credits)
 
         item = Signal(self._item)
         req = aes.i.payload
@@ -337,8 +399,6 @@ class GcmCore(wiring.Component):
                 item.last.eq(remaining == 1),
                 item.power.eq(Mux(remaining < lanes, remaining, lanes)),
             ]
-        text_inject = Signal()
-        cmd_accept = Signal()
 
         def ghash_block_injected():
             m.d.sync += [
@@ -353,25 +413,24 @@ class GcmCore(wiring.Component):
 
         with m.FSM(name="injector"):
             c = cmd_in.payload
-            aad_blocks = (c.aad_len + BLOCK_BYTES - 1) >> 4
-            text_blocks = (c.text_len + BLOCK_BYTES - 1) >> 4
 
             def accept_command():
                 m.d.comb += [cmd_in.ready.eq(1), cmd_accept.eq(1)]
                 m.d.sync += [
                     cmd.eq(c),
-                    aad_left.eq(aad_blocks),
-                    text_left.eq(text_blocks),
                     tag_left.eq(c.decrypt),
                     counter.eq(2),
                     lane.eq(0),
                     first_left.eq(lanes),
                 ]
+                aad.load(m, c.aad_len)
+                text.load(m, c.text_len)
                 if remaining is not None:
-                    m.d.sync += remaining.eq(aad_blocks + text_blocks + 1)
+                    m.d.sync += remaining.eq(((c.aad_len + BLOCK_BYTES - 1) >> 4)
+                                             + ((c.text_len + BLOCK_BYTES - 1) >> 4) + 1)
 
             with m.State("IDLE"):
-                can_start = cmd_in.valid & (res_credits != 0)
+                can_start = cmd_in.valid & res_room
                 if self._profile.aes == "pipeline":
                     # H goes in with the command's own key in the cycle the
                     # command is taken: one cycle less per message for a 256-bit
@@ -414,28 +473,29 @@ class GcmCore(wiring.Component):
                         m.next = "BLOCKS"
             with m.State("BLOCKS"):
                 m.d.comb += item.data.eq(data_in.payload)
-                with m.If(aad_left != 0):
+                with m.If(aad.more):
                     m.d.comb += [
                         item.kind.eq(_Kind.AAD),
-                        item.nbytes.eq(Mux(aad_left == 1, last_bytes(cmd.aad_len), BLOCK_BYTES)),
+                        item.nbytes.eq(Mux(aad.final, last_bytes(cmd.aad_len), BLOCK_BYTES)),
                         aes.i.valid.eq(data_in.valid),
                         data_in.ready.eq(aes.i.ready),
                     ]
                     with m.If(data_in.valid & aes.i.ready):
-                        m.d.sync += aad_left.eq(aad_left - 1)
+                        aad.step(m)
                         ghash_block_injected()
-                with m.Elif(text_left != 0):
+                with m.Elif(text.more):
                     m.d.comb += [
                         item.kind.eq(_Kind.TEXT),
                         req.block.eq(Cat(cmd.nonce, big_endian(counter, 4))),
-                        item.nbytes.eq(Mux(text_left == 1, last_bytes(cmd.text_len), BLOCK_BYTES)),
-                        item.text_last.eq(text_left == 1),
+                        item.nbytes.eq(Mux(text.final, last_bytes(cmd.text_len), BLOCK_BYTES)),
+                        item.text_last.eq(text.final),
                         aes.i.valid.eq(data_in.valid & text_room),
                         data_in.ready.eq(aes.i.ready & text_room),
                     ]
                     with m.If(data_in.valid & aes.i.ready & text_room):
                         m.d.comb += text_inject.eq(1)
-                        m.d.sync += [text_left.eq(text_left - 1), counter.eq(counter + 1)]
+                        m.d.sync += counter.eq(counter + 1)
+                        text.step(m)
                         ghash_block_injected()
                 with m.Elif(tag_left):
                     # Before the length block, so that the tag is in place when
@@ -463,18 +523,15 @@ class GcmCore(wiring.Component):
                         ghash_block_injected()
                         m.next = "IDLE"
 
-        def count_credits(credits, spent, returned):
-            with m.Switch(Cat(spent, returned)):
-                with m.Case(0b01):
-                    m.d.sync += credits.eq(credits - 1)
-                with m.Case(0b10):
-                    m.d.sync += credits.eq(credits + 1)
-
-        if out_depth:
-            count_credits(out_credits, text_inject, out_fifo.r_en & out_fifo.r_rdy)
-        count_credits(res_credits, cmd_accept, res_fifo.r_en & res_fifo.r_rdy)
-
         # ---- post: after the AES unit ---------------------------------------
+        # Each way the schedule could break is registered where it arises and
+        # only the registers meet in the sticky flag: it is status, a cycle late
+        # is harmless, and the conditions come from all over the core.
+        schedule_breaks = []
+
+        def schedule_broken(condition, name):
+            schedule_breaks.append(_register(m, condition, f"overrun_{name}", reset_less=False))
+
         aes_out, aes_valid = aes.o.payload, aes.o.valid
         if self._profile.post_register:
             # The item's control fields select 128-bit multiplexers in front of the
@@ -517,8 +574,7 @@ class GcmCore(wiring.Component):
             with m.Elif(chain_from_power):
                 m.d.comb += [chain_issue.eq(1), chain_a.eq(ret.p),
                              chain_power.eq(ret_side.power + 1)]
-            with m.If(chain_from_h & chain_from_power):
-                m.d.sync += self.overrun.eq(1)
+            schedule_broken(chain_from_h & chain_from_power, "chain")
 
         is_ghash = (got.kind == _Kind.AAD) | (got.kind == _Kind.TEXT) | (got.kind == _Kind.LEN)
         # GHASH takes the ciphertext: what leaves when encrypting, what came in
@@ -536,8 +592,7 @@ class GcmCore(wiring.Component):
             # The pipeline cannot wait; the schedule guarantees it never has to.
             data_issue = aes_valid & is_ghash
             fire = aes_valid
-            with m.If(data_issue & ~data_ready):
-                m.d.sync += self.overrun.eq(1)
+            schedule_broken(data_issue & ~data_ready, "mul_busy")
         else:
             # A text block goes to the multiplier and out in the same cycle.
             text_wait = is_text & ~self.data_out.ready if not out_depth else C(0)
@@ -577,8 +632,7 @@ class GcmCore(wiring.Component):
                 out_fifo.w_data.eq(text_block),
                 out_fifo.w_en.eq(fire & is_text),
             ]
-            with m.If(out_fifo.w_en & ~out_fifo.w_rdy):
-                m.d.sync += self.overrun.eq(1)
+            schedule_broken(out_fifo.w_en & ~out_fifo.w_rdy, "out_full")
         else:
             m.d.comb += [
                 self.data_out.payload.eq(text_block),
@@ -594,8 +648,7 @@ class GcmCore(wiring.Component):
             # blocks (H, J0) against one multiply -- so two never wait at once.
             m.submodules.pending = pending = fifo.SyncFIFO(width=128, depth=1)
             m.d.comb += [pending.w_data.eq(tag_mask), pending.w_en.eq(length_fire)]
-            with m.If(pending.w_en & ~pending.w_rdy):
-                m.d.sync += self.overrun.eq(1)
+            schedule_broken(pending.w_en & ~pending.w_rdy, "mask_pending")
             mask_of_last, mask_taken = pending.r_data, pending.r_en
         else:
             # `_tag_mask_needs_copy` says why the register itself lasts.
@@ -605,8 +658,10 @@ class GcmCore(wiring.Component):
                 m.d.sync += awaiting.eq(1)
             with m.Elif(mask_taken):
                 m.d.sync += awaiting.eq(0)
-            with m.If(awaiting & fire & (got.kind == _Kind.J0)):
-                m.d.sync += self.overrun.eq(1)
+            schedule_broken(awaiting & fire & (got.kind == _Kind.J0), "mask_overwritten")
+
+        with m.If(Cat(*schedule_breaks).any()):
+            m.d.sync += self.overrun.eq(1)
 
         # ---- GHASH results ---------------------------------------------------
         if lanes > 1:

@@ -129,4 +129,9 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
         if type(depth) is not int or depth < least:
             raise ValueError(f"{name} must be an integer >= {least} with the {profile.aes} "
                              f"AES unit, not {depth!r}")
+        # A 2-entry buffered FIFO (one memory entry and its output register) cannot
+        # take two writes in a row, however its places are counted.
+        if depth == 2:
+            raise ValueError(f"{name} must not be 2 (a 2-entry FIFO takes no two writes "
+                             f"in a row), not {depth!r}")
     return profile
