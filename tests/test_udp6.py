@@ -35,9 +35,9 @@ def _filled(packet):
     return bytes(parsed)
 
 
-def _run(packets, *, gap=0.0, stall=0.0, seed=0):
+def _run(packets, *, gap=0.0, stall=0.0, seed=0, beats=None):
     """``packets`` = [(bytes, fill, flag)]; returns the output packets and their flags."""
-    dut = Udp6ChecksumFill()
+    dut = Udp6ChecksumFill() if beats is None else Udp6ChecksumFill(beats=beats)
     beats = []
     for packet, fill, flag in packets:
         for beat in beats_from_bytes(packet, BLOCK_BYTES):
@@ -90,6 +90,17 @@ def test_udp6_fill_largest_and_zero_sum():
     released, _ = _run([(largest, True, False), (candidate, True, True)], stall=0.3)
     assert released == [_filled(largest), _filled(candidate)]
     assert released[1][46:48] == b"\xff\xff"
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.9])
+def test_udp6_fill_checksum_queue_full(stall):
+    """The shortest filled packets (3 beats, an empty datagram) back to back in a small
+    stage (16 rows), whose checksum queue (4 entries) fills before its rows do: the
+    input waits for room rather than losing a checksum still on its way to the queue."""
+    packets = [(_udp6(0, seed), True, seed % 2 == 0) for seed in range(12)]
+    released, flags = _run(packets, stall=stall, beats=16)
+    assert released == [_filled(packet) for packet, _, _ in packets]
+    assert flags == [flag for _, _, flag in packets]
 
 
 def test_udp6_fill_parameters():

@@ -223,6 +223,7 @@ class EspEncap(wiring.Component):
         out_busy = Signal()      # the output side has not sent the ICV of `desc` yet
         header_kept = Signal()   # every header byte of `cur` is in `cur.header`
         position = Signal(16)    # byte offset of the input beat in the packet
+        header_left = Signal(range(61))  # header bytes of `cur` from that beat on
         inner_proto = Signal(8)  # transport: the protocol the header announced
 
         def outer_proto(natt):
@@ -289,19 +290,21 @@ class EspEncap(wiring.Component):
         beat = splitter.payload
         # The text bytes of this beat: from max(position, header_len) on.
         skip = Signal(range(BLOCK_BYTES + 1))
-        with m.If(cur.header_len >= position + BLOCK_BYTES):
-            m.d.comb += skip.eq(BLOCK_BYTES)
-        with m.Elif(cur.header_len > position):
-            m.d.comb += skip.eq(cur.header_len - position)
+        m.d.comb += skip.eq(Mux(header_left >= BLOCK_BYTES, BLOCK_BYTES, header_left))
         text_count = Signal(range(BLOCK_BYTES + 1))
         m.d.comb += text_count.eq(Mux(beat.count > skip, beat.count - skip, 0))
-        # Header words of this beat that the checksum keeps (not length, TTL/proto, checksum).
-        word_sum = Signal(20)
+        # Header words of this beat that the checksum keeps (not length, TTL/proto,
+        # checksum). Their sum goes into a register (`beat_sum`) and into the header's
+        # sum a cycle later: the adder tree and the accumulator were one path.
+        beat_sum = Signal(20)
+        summing = Signal()             # `beat_sum` is still to be added
         rewritten = position == 0      # words 1, 4 and 5 of the first beat
-        m.d.comb += word_sum.eq(sum(
-            Mux((position + 2 * j < cur.header_len) & ~(rewritten if j in (1, 4, 5) else C(0)),
-                word, 0)
-            for j, word in enumerate(words16(beat.data))))
+        word_sum = sum(
+            Mux((header_left > 2 * j) & ~(rewritten if j in (1, 4, 5) else C(0)), word, 0)
+            for j, word in enumerate(words16(beat.data)))
+        m.d.sync += summing.eq(0)
+        with m.If(summing):
+            m.d.sync += cur.header_sum.eq(cur.header_sum + beat_sum)
 
         # The command and the AAD block wait beside the splitter, which fills the
         # text Repacker meanwhile: the first text block is there when the AAD is taken.
@@ -352,6 +355,7 @@ class EspEncap(wiring.Component):
                         cur.header_sum.eq(Cat(outer_proto(payload.natt), first_ttl)),
                         inner_proto.eq(Mux(is_v6, first[6], first[9])),
                         header_kept.eq(~first_transport),
+                        header_left.eq(first_header_len),
                         pushed.eq(0),
                         sized_in.eq(0),
                         position.eq(0),
@@ -375,14 +379,19 @@ class EspEncap(wiring.Component):
                     splitter.ready.eq(text.i.ready | ~sends_text),
                 ]
                 with m.If(splitter.valid & splitter.ready):
-                    with m.If(position < cur.header_len):
+                    with m.If(header_left != 0):
                         m.d.sync += [
                             cur.header[position[4:6]].eq(beat.data),
-                            cur.header_sum.eq(cur.header_sum + word_sum),
+                            beat_sum.eq(word_sum),
+                            summing.eq(1),
                         ]
-                    with m.If(position + BLOCK_BYTES >= cur.header_len):
+                    with m.If(header_left <= BLOCK_BYTES):
                         m.d.sync += header_kept.eq(1)
-                    m.d.sync += position.eq(position + BLOCK_BYTES)
+                    m.d.sync += [
+                        position.eq(position + BLOCK_BYTES),
+                        header_left.eq(Mux(header_left > BLOCK_BYTES,
+                                           header_left - BLOCK_BYTES, 0)),
+                    ]
                     with m.If(beat.last):
                         m.next = "DRAIN"
             with m.State("DRAIN"):
@@ -480,7 +489,7 @@ class EspEncap(wiring.Component):
                         m.next = "HEADER"
                 else:
                     # `cur` goes over once its header is complete.
-                    with m.If(header_kept & sized_in & ~pushed):
+                    with m.If(header_kept & sized_in & ~summing & ~pushed):
                         m.d.sync += [pushed.eq(1), out_busy.eq(1), sent.eq(0)]
                         m.next = "HEADER"
             with m.State("HEADER"):
@@ -521,7 +530,7 @@ class EspEncap(wiring.Component):
                     m.next = "IDLE"
         if self._overlap:
             # `cur` joins the queue once its header is complete.
-            with m.If(header_kept & sized_in & ~pushed & descriptors.w_rdy):
+            with m.If(header_kept & sized_in & ~summing & ~pushed & descriptors.w_rdy):
                 m.d.comb += descriptors.w_en.eq(1)
                 m.d.sync += pushed.eq(1)
         return m

@@ -62,8 +62,10 @@ size, and reason ``HARD_EXPIRED`` when the hard lifetime has been reached (the
 engine then drops the packet and accounts it as ``EXPIRED``); ``headroom`` says
 whether the lifetime is far enough from its hard limit for the answer to hold
 with up to :data:`INBOUND_OVERLAP` earlier packets still to be accounted. Each request takes
-3 cycles (read, decide, write), an outbound one 4 (read, decide, reply, write: the
-decision is registered before it is offered); host requests have priority, then
+3 cycles (read, decide, write), an account request 4 (read, sum, compare, write: the
+counters' sums are registered before the lifetime compares), an outbound one 4 (read,
+decide, reply, write: the decision is registered before it is offered); host requests
+have priority, then
 accounting, then outbound requests.
 """
 
@@ -251,9 +253,13 @@ class SaTable(wiring.Component):
         m.d.comb += [new_cnt.eq(cnt), cnt_write.data.eq(new_cnt), rec_write.data.eq(rec)]
         reply = self.reply.payload
 
-        # Accounting, from the counters just read.
-        packets = _saturating_add(cnt.packets, 1)
-        octets = _saturating_add(cnt.bytes, length)
+        # Accounting, from the counters read a cycle before: the 64-bit sums go into
+        # registers first, since the sums, the lifetime compares on them and the
+        # write-back were one path (the engine's deepest, docs/performance.md).
+        packets = Signal.like(cnt.packets)
+        octets = Signal.like(cnt.bytes)
+        m.d.sync += [packets.eq(_saturating_add(cnt.packets, 1)),
+                     octets.eq(_saturating_add(cnt.bytes, length))]
         soft_now = (_reached(packets, life.packets_soft) | _reached(octets, life.bytes_soft))
         hard_now = (_reached(packets, life.packets_hard) | _reached(octets, life.bytes_hard))
         raise_soft = Signal()
@@ -330,6 +336,9 @@ class SaTable(wiring.Component):
                     m.next = "IDLE"
 
             with m.State("ACCOUNT"):
+                # The read port has the counters now; their sums are in a cycle later.
+                m.next = "TALLY"
+            with m.State("TALLY"):
                 with m.Switch(tally.tally):
                     with m.Case(Tally.PACKET):
                         account_packet()

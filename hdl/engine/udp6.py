@@ -56,8 +56,8 @@ class Udp6ChecksumFill(wiring.Component):
     A ``fill`` packet must fit (``beats`` beats; :func:`udp6_fill_limit` for the
     cleartext length that guarantees it), or it would never leave.
 
-    Latency: 2 cycles for a cut-through packet, its last beat's arrival + 2 for a
-    filled one. One beat per cycle in and out.
+    Latency: 2 cycles for a cut-through packet, its last beat's arrival + 4 for a
+    filled one (its checksum is summed and folded in three steps). One beat per cycle in and out.
     """
 
     def __init__(self, *, beats: int = UDP6_FILL_BEATS):
@@ -72,29 +72,45 @@ class Udp6ChecksumFill(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.rows = rows = SyncFIFOBuffered(width=FILL_IN.size, depth=self._beats)
-        # One checksum per filled packet that is all in; a packet needs at least
-        # three beats to reach its checksum, so a quarter of the rows is plenty.
+        # One checksum per filled packet that is all in. A filled packet has at least
+        # three beats, so a quarter of the rows seldom fills; when it does, the input
+        # waits.
         m.submodules.sums = sums = SyncFIFO(width=16, depth=max(4, self._beats // 4))
 
         # ---- in: every beat into the rows; a filled packet's words summed -------------
+        # Three steps a cycle apart, so that the adder tree, the running total and the
+        # fold are not one path: a beat's words are summed as it is taken; the sums are
+        # added up; after a filled packet's last beat, its total is folded into `sums`.
         beat = self.i.payload
         words = words16(beat.data)
-        total = Signal(32)
+        taken = self.i.valid & self.i.ready
         # Beat 0: the payload length (= the UDP length: no extension header) and the
         # source address's first half; the next-header word of the pseudo-header.
-        first_sum = words[2] + sum(words[4:]) + PROTO_UDP
-        now = Mux(beat.first, first_sum, total + sum(words))
-        checksum = ~ones_fold(now)[:16]
-        taken = self.i.valid & self.i.ready
+        beat_sum = Signal(20)
+        beat_first = Signal()
+        beat_in = Signal()
+        beat_closes = Signal()   # the last beat of a filled packet
+        m.d.sync += [
+            beat_sum.eq(Mux(beat.first, words[2] + sum(words[4:]) + PROTO_UDP, sum(words))),
+            beat_first.eq(beat.first),
+            beat_in.eq(taken),
+            beat_closes.eq(taken & beat.fill & beat.last),
+        ]
+        total = Signal(32)
+        summed = Signal()        # `total` is a filled packet's, all of it
+        m.d.sync += summed.eq(beat_closes)
+        with m.If(beat_in):
+            m.d.sync += total.eq(Mux(beat_first, 0, total) + beat_sum)
+        checksum = ~ones_fold(total)[:16]
+        # Up to two checksums are on their way to `sums` behind the beat being taken.
+        room = sums.level < sums.depth - 2
         m.d.comb += [
             rows.w_data.eq(beat),
             rows.w_en.eq(taken),
-            self.i.ready.eq(rows.w_rdy & sums.w_rdy),
+            self.i.ready.eq(rows.w_rdy & room),
             sums.w_data.eq(Mux(checksum == 0, 0xffff, checksum)),
-            sums.w_en.eq(taken & beat.fill & beat.last),
+            sums.w_en.eq(summed),
         ]
-        with m.If(taken):
-            m.d.sync += total.eq(now)
 
         # ---- out: a filled packet waits for its checksum ------------------------------
         row = FILL_IN(rows.r_data)
