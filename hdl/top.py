@@ -70,6 +70,7 @@ from .forwarder.ethernet import EthernetStrip
 from .packet.layouts import packet_beat
 from .packet.fifo import PacketFifo
 from .packet.merge import PacketMerger
+from .packet.register import SkidBuffer, cut
 
 __all__ = ["EspNic", "host_layouts", "PORT_COUNTERS", "ENGINE_COUNTERS", "EGRESS_COUNTERS",
            "FABRIC_COUNTERS", "LOCAL_COUNTERS", "LOCAL_DEPTH"]
@@ -322,7 +323,10 @@ class EspNic(wiring.Component):
 
         # ---- egress --------------------------------------------------------------------------
         m.submodules.egress = egress = self._egress
-        wiring.connect(m, self._merged(m, "egress_merge", egress_sources, EGRESS_BEAT), egress.i)
+        # A skid buffer between the merge and the egress: the merge's choice among the
+        # engines' and bypass outputs and the egress parser's input were one path.
+        cut(m, "to_egress", SkidBuffer, self._merged(m, "egress_merge", egress_sources, EGRESS_BEAT),
+            egress.i)
         for p in range(ports):
             wiring.connect(m, egress.o[p], wiring.flipped(self.o[p]))
         if self.nested:
