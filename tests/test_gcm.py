@@ -156,6 +156,8 @@ def test_tag_check_register_in_the_compact_profile():
     ({"profile": "compact", "out_depth": -1}, "out_depth must be an integer >= 0"),
     ({"profile": "compact", "result_depth": 0}, "result_depth must be an integer >= 1"),
     ({"profile": "fast", "out_depth": 2}, "out_depth must not be 2"),
+    ({"profile": "compact", "output_register": True}, "output_register must be False with out_depth=0"),
+    ({"profile": "fast", "output_register": 1}, "output_register must be True or False"),
     ({"profile": "compact", "result_depth": 2}, "result_depth must not be 2"),
     ({"profile": "fast", "tag_check_register": 1}, "tag_check_register must be True or False"),
     ({"profile": "compact", "input_registers": 1}, "input_registers must be True or False"),

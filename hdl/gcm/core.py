@@ -331,10 +331,17 @@ class GcmCore(wiring.Component):
         if out_depth:
             m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(
                 width=GCM_OUTPUT.size, depth=out_depth)
+            out_head = self.data_out
+            if self._profile.output_register:
+                # The FIFO's block RAM has no output register (5.8 ns from clock to
+                # data on ECP5): the consumer gets `data_out` from flip-flops instead.
+                m.submodules.out_register = out_register = SkidBuffer(GCM_OUTPUT)
+                wiring.connect(m, out_register.o, wiring.flipped(self.data_out))
+                out_head = wiring.flipped(out_register.i)
             m.d.comb += [
-                self.data_out.payload.eq(out_fifo.r_data),
-                self.data_out.valid.eq(out_fifo.r_rdy),
-                out_fifo.r_en.eq(self.data_out.ready),
+                out_head.payload.eq(out_fifo.r_data),
+                out_head.valid.eq(out_fifo.r_rdy),
+                out_fifo.r_en.eq(out_head.ready),
             ]
 
         # ---- injector -------------------------------------------------------
