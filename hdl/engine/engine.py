@@ -21,9 +21,9 @@ table checks the SA (:class:`SaTable`) and the dispatcher sends the packet
 The two data paths' outputs are merged a packet at a time into ``o``;
 ``o_inbound`` (valid with each beat) says the packet is a decapsulated one.
 
-Packets come in through an :class:`Ipv4HeaderCheck`, which holds a few beats
-and says, once a packet's whole IPv4 header is in, whether its header checksum
-is right; the facts the SA table needs from a packet's first beat are taken
+Packets come in through a skid buffer (a cycle) and an
+:class:`Ipv4HeaderCheck`, which holds a few beats and says, once a packet's
+whole IPv4 header is in, whether its header checksum is right; the facts the SA table needs from a packet's first beat are taken
 as it comes in. So the dispatcher looks the next packet up while the current
 one streams, and the SA table's latency is hidden. The encapsulator is given exactly the packet's IP
 length: bytes past it are discarded (as the model ignores them). A packet
@@ -256,15 +256,21 @@ class EspEngine(wiring.Component):
         # so the dispatcher looks a packet up before its first beat is due.
         m.submodules.checked = checked = Ipv4HeaderCheck(width=BLOCK_BYTES, depth=_CHECK_DEPTH)
         m.submodules.firsts = firsts = SyncFIFO(width=_FACTS.size, depth=_CHECK_DEPTH)
-        first_in = self.i.payload.first
+        # The beats come in through a skid buffer: the queue in front reads them from
+        # block RAM, whose output was the start of the checker's header sums (the
+        # device's deepest path).
+        m.submodules.arriving = arriving = SkidBuffer(packet_beat(BLOCK_BYTES))
+        wiring.connect(m, wiring.flipped(self.i), arriving.i)
+        beat = arriving.o
+        first_in = beat.payload.first
         facts = Signal(_FACTS)
         m.d.comb += [
-            *(facts[name].eq(value) for name, value in _first_beat_facts(self.i.payload).items()),
-            checked.i.payload.eq(self.i.payload),
-            checked.i.valid.eq(self.i.valid & (firsts.w_rdy | ~first_in)),
-            self.i.ready.eq(checked.i.ready & (firsts.w_rdy | ~first_in)),
+            *(facts[name].eq(value) for name, value in _first_beat_facts(beat.payload).items()),
+            checked.i.payload.eq(beat.payload),
+            checked.i.valid.eq(beat.valid & (firsts.w_rdy | ~first_in)),
+            beat.ready.eq(checked.i.ready & (firsts.w_rdy | ~first_in)),
             firsts.w_data.eq(facts),
-            firsts.w_en.eq(self.i.valid & self.i.ready & first_in),
+            firsts.w_en.eq(beat.valid & beat.ready & first_in),
         ]
         self._dispatch(m, table, encap, decap, inbound, merger, loading, checked, firsts)
         return m
