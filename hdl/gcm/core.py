@@ -423,18 +423,23 @@ class GcmCore(wiring.Component):
 
             def accept_command():
                 m.d.comb += [cmd_in.ready.eq(1), cmd_accept.eq(1)]
+                m.d.sync += cmd.eq(c)
+
+            def load_counts():
+                # In J0, from the latched command: the counters' enables then never
+                # wait for the command handshake (and its result credit), only for
+                # the state and the block handshake.
                 m.d.sync += [
-                    cmd.eq(c),
-                    tag_left.eq(c.decrypt),
+                    tag_left.eq(cmd.decrypt),
                     counter.eq(2),
                     lane.eq(0),
                     first_left.eq(lanes),
                 ]
-                aad.load(m, c.aad_len)
-                text.load(m, c.text_len)
+                aad.load(m, cmd.aad_len)
+                text.load(m, cmd.text_len)
                 if remaining is not None:
-                    m.d.sync += remaining.eq(((c.aad_len + BLOCK_BYTES - 1) >> 4)
-                                             + ((c.text_len + BLOCK_BYTES - 1) >> 4) + 1)
+                    m.d.sync += remaining.eq(((cmd.aad_len + BLOCK_BYTES - 1) >> 4)
+                                             + ((cmd.text_len + BLOCK_BYTES - 1) >> 4) + 1)
 
             with m.State("IDLE"):
                 can_start = cmd_in.valid & res_room
@@ -467,6 +472,7 @@ class GcmCore(wiring.Component):
                     item.kind.eq(_Kind.J0),
                     aes.i.valid.eq(1),
                 ]
+                load_counts()
                 with m.If(aes.i.ready):
                     if self.power_bubbles:
                         m.d.sync += bubbles.eq(self.power_bubbles - 1)
