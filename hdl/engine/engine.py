@@ -65,8 +65,9 @@ of a cleartext packet longer than :func:`udp6_fill_limit` (1,963 bytes: its ESP
 packet would not fit the fill stage), and IPv6 extension headers in front of
 ESP (an outbound transport-mode packet's, an inbound packet's outer header).
 
-Throughput: the SA table needs 4 cycles per packet (its request reaches it
-through a register and its reply goes into one), and
+Throughput: the SA table needs 5 cycles per packet (its request reaches it
+through a register, the request's slot is registered before it addresses the
+table's memories, and its reply goes into a register), and
 the dispatcher asks about the next packet as soon as the current one has taken
 its job, so the data paths set the rate (``bench/engine.py``); packets of a
 beat or two are bound by the lookup, 5 cycles from one ask to the next.
@@ -97,6 +98,12 @@ __all__ = ["EspEngine", "engine_meta"]
 
 #: What the SA table needs to know of a packet from its first beat (the fields of its
 #: request but the slot), taken as the beat comes in.
+#: A beat leaving the engine, with whether it is a decapsulated packet's and whether
+#: its packet is aborted (with its last beat).
+_LEAVING = data.StructLayout({**{name: field.shape
+                                 for name, field in packet_beat(BLOCK_BYTES)},
+                              "inbound": 1, "abort": 1})
+
 _FACTS = data.StructLayout({"bytes": 16, "ipv6": 1, "v6_ext": 1, "fragment": 1, "malformed": 1})
 
 #: Beats the IPv4 header check holds, and first-beat facts queued: the next packets' facts
@@ -219,9 +226,7 @@ class EspEngine(wiring.Component):
         wiring.connect(m, inbound.settled, decap.settled)
         wiring.connect(m, decap.verdict, inbound.verdict)
         wiring.connect(m, decap.o, merger.i[1])
-        wiring.connect(m, merger.o, wiring.flipped(self.o))
         m.d.comb += [
-            self.o_inbound.eq(merger.source == 1),
             self.no_sa.eq(table.no_sa),
             self.unknown_spi.eq(inbound.unknown_spi),
         ]
@@ -343,8 +348,27 @@ class EspEngine(wiring.Component):
             merger.i[0].payload.last.eq(udp6.o.payload.last),
             merger.i[0].valid.eq(udp6.o.valid),
             udp6.o.ready.eq(merger.i[0].ready),
-            self.o_abort.eq(self.o.valid & self.o.payload.last & (merger.source == 0)
-                            & udp6.o.payload.flag),
+        ]
+        # The merged beats leave through a skid buffer, with the two bits that go with
+        # them: the egress's choice among engines and the bypass ran back through this
+        # merger into the UDP6 fill's FIFOs in one path.
+        m.submodules.leaving = leaving = SkidBuffer(_LEAVING)
+        for name in packet_beat(BLOCK_BYTES).members:
+            m.d.comb += leaving.i.payload[name].eq(merger.o.payload[name])
+        m.d.comb += [
+            leaving.i.payload.inbound.eq(merger.source == 1),
+            leaving.i.payload.abort.eq(merger.o.payload.last & (merger.source == 0)
+                                       & udp6.o.payload.flag),
+            leaving.i.valid.eq(merger.o.valid),
+            merger.o.ready.eq(leaving.i.ready),
+        ]
+        for name in packet_beat(BLOCK_BYTES).members:
+            m.d.comb += self.o.payload[name].eq(leaving.o.payload[name])
+        m.d.comb += [
+            self.o.valid.eq(leaving.o.valid),
+            leaving.o.ready.eq(self.o.ready),
+            self.o_inbound.eq(leaving.o.payload.inbound),
+            self.o_abort.eq(leaving.o.valid & leaving.o.payload.abort),
         ]
         # The decapsulator takes its job and beats from registers: whether it can take a
         # beat is a function of its whole input side (the core's credits, its banks),
@@ -432,7 +456,9 @@ class EspEngine(wiring.Component):
             with m.State("FENCE"):
                 # Every packet that came before the fence has left or been dropped
                 # and been accounted; then the fence has passed.
-                drained = (outbound == 0) & ~inbound.busy
+                # (An inbound packet is accounted once its last beat is past the
+                # decapsulator: it may still be in `leaving`.)
+                drained = (outbound == 0) & ~inbound.busy & ~leaving.o.valid
                 passed = self._mover.passed
                 m.d.comb += [passed.payload.slot.eq(fence), passed.valid.eq(drained)]
                 with m.If(drained & passed.ready):

@@ -62,11 +62,11 @@ size, and reason ``HARD_EXPIRED`` when the hard lifetime has been reached (the
 engine then drops the packet and accounts it as ``EXPIRED``); ``headroom`` says
 whether the lifetime is far enough from its hard limit for the answer to hold
 with up to :data:`INBOUND_OVERLAP` earlier packets still to be accounted. Each request takes
-3 cycles (read, decide, write), an account request 4 (read, sum, compare, write: the
-counters' sums are registered before the lifetime compares), an outbound one 4 (read,
-decide, reply, write: the decision is registered before it is offered); host requests
-have priority, then
-accounting, then outbound requests.
+4 cycles (take, read, decide, write: the slot of the request taken is registered
+before it addresses the memories), an account request 5 (the counters' sums are
+registered before the lifetime compares), an outbound one 5 (the decision is
+registered before it is offered); host requests have priority, then accounting,
+then outbound requests.
 """
 
 from amaranth import *
@@ -221,14 +221,11 @@ class SaTable(wiring.Component):
         rec_write, cnt_write = records.write_port(), counters.write_port()
 
         slot = Signal(range(self._slots))
-        # The read ports get the slot of a request in the cycle it is taken, so
-        # the record is there in the next.
-        read_slot = Signal.like(slot)
         host_op = Signal.like(self.host.payload)
         length = Signal(16)      # of the packet being accounted
         request = Signal.like(self.request.payload)   # the outbound request being decided
         tally = Signal.like(self.account.payload)
-        m.d.comb += [read_slot.eq(slot), rec_read.addr.eq(read_slot), cnt_read.addr.eq(read_slot),
+        m.d.comb += [rec_read.addr.eq(slot), cnt_read.addr.eq(slot),
                      rec_write.addr.eq(slot), cnt_write.addr.eq(slot)]
         rec = control(rec_read.data)
         cnt = SA_COUNTERS(cnt_read.data)
@@ -275,27 +272,39 @@ class SaTable(wiring.Component):
                 m.d.comb += new_cnt.hard_expired.eq(1)
                 m.d.sync += raise_hard.eq(1)
 
+        # A request is taken in IDLE and its slot registered; the read ports get it in
+        # READ, so the record and counters are there in the state after. (Taking the
+        # slot straight from the winning request ran the three requests' arbitration
+        # into the ports' address: the engine's deepest path, docs/performance.md.)
+        granted = Signal(range(3))
         with m.FSM(name="table"):
             with m.State("IDLE"):
                 with m.If(self.host.valid):
                     m.d.comb += self.host.ready.eq(1)
-                    m.d.comb += read_slot.eq(self.host.payload.slot)
-                    m.d.sync += [slot.eq(self.host.payload.slot), host_op.eq(self.host.payload)]
-                    m.next = "HOST"
+                    m.d.sync += [slot.eq(self.host.payload.slot), host_op.eq(self.host.payload),
+                                 granted.eq(0)]
+                    m.next = "READ"
                 with m.Elif(self.account.valid):
                     m.d.comb += self.account.ready.eq(1)
-                    m.d.comb += read_slot.eq(self.account.payload.slot)
                     m.d.sync += [slot.eq(self.account.payload.slot),
                                  length.eq(self.account.payload.bytes),
-                                 tally.eq(self.account.payload)]
-                    m.next = "ACCOUNT"
+                                 tally.eq(self.account.payload), granted.eq(1)]
+                    m.next = "READ"
                 with m.Elif(self.request.valid):
                     m.d.comb += self.request.ready.eq(1)
-                    m.d.comb += read_slot.eq(self.request.payload.slot)
                     m.d.sync += [slot.eq(self.request.payload.slot),
                                  length.eq(self.request.payload.bytes),
-                                 request.eq(self.request.payload)]
-                    m.next = "OUTBOUND"
+                                 request.eq(self.request.payload), granted.eq(2)]
+                    m.next = "READ"
+
+            with m.State("READ"):
+                with m.Switch(granted):
+                    with m.Case(0):
+                        m.next = "HOST"
+                    with m.Case(1):
+                        m.next = "ACCOUNT"
+                    with m.Default():
+                        m.next = "OUTBOUND"
 
             with m.State("HOST"):
                 # The read port has the slot's record and counters now.
