@@ -369,7 +369,10 @@ class GcmCore(wiring.Component):
         bubbles = Signal(range(self.power_bubbles + 1))
 
         text_inject = Signal()
-        cmd_accept = Signal()
+        # A message's result place is taken when it leaves J0, not when its
+        # command is taken: no other command can be taken in between, and the
+        # count then never waits for the command's valid.
+        result_promised = Signal()
         # The pipeline cannot wait, so its text blocks and results need a place
         # reserved in their FIFOs (credits); there the credit loop is counted from
         # registers, for timing. The iterative unit keeps the plain count: with
@@ -382,7 +385,7 @@ class GcmCore(wiring.Component):
                                         registered=registered_credits)
         else:
             text_room = C(1)
-        res_room = _credit_counter(m, "res", self._profile.result_depth, spent=cmd_accept,
+        res_room = _credit_counter(m, "res", self._profile.result_depth, spent=result_promised,
                                    freed=res_fifo.r_en & res_fifo.r_rdy,
                                    registered=registered_credits)
 
@@ -422,7 +425,7 @@ class GcmCore(wiring.Component):
             c = cmd_in.payload
 
             def accept_command():
-                m.d.comb += [cmd_in.ready.eq(1), cmd_accept.eq(1)]
+                m.d.comb += cmd_in.ready.eq(1)
                 m.d.sync += cmd.eq(c)
 
             def load_counts():
@@ -474,6 +477,7 @@ class GcmCore(wiring.Component):
                 ]
                 load_counts()
                 with m.If(aes.i.ready):
+                    m.d.comb += result_promised.eq(1)
                     if self.power_bubbles:
                         m.d.sync += bubbles.eq(self.power_bubbles - 1)
                         m.next = "POWERS"
