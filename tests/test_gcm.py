@@ -162,6 +162,8 @@ def test_tag_check_register_in_the_compact_profile():
     ({"profile": "fast", "tag_check_register": 1}, "tag_check_register must be True or False"),
     ({"profile": "compact", "input_registers": 1}, "input_registers must be True or False"),
     ({"profile": "compact", "post_register": True}, "post_register must be False with the iterative"),
+    ({"profile": "compact", "injector_register": True},
+     "injector_register must be False with the iterative"),
     ({"profile": "fast", "ghash_karatsuba": 1, "ghash_stages": 4}, "ghash_karatsuba must be 0 to 3"),
     ({"profile": "compact", "ghash_karatsuba": 2}, "ghash_karatsuba must be 0 to 3"),
 ])

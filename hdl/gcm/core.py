@@ -390,7 +390,17 @@ class GcmCore(wiring.Component):
                                    registered=registered_credits)
 
         item = Signal(self._item)
-        req = aes.i.payload
+        # What the injector sends the AES unit, straight or through a register.
+        req = Signal(aes.i.payload.shape())
+        req_valid, req_ready = Signal(), aes.i.ready
+        if self._profile.injector_register:
+            # The pipeline cannot stall, so a register in front of it is only a
+            # cycle: the injector's multiplexers and the AES unit's request
+            # register (beside round 1's block RAMs) get a wire each.
+            m.d.comb += aes.i.payload.eq(_register(m, req, "injected"))
+            m.d.sync += aes.i.valid.eq(req_valid)
+        else:
+            m.d.comb += [aes.i.payload.eq(req), aes.i.valid.eq(req_valid)]
         m.d.comb += [
             req.key.eq(cmd.key),
             req.key_256.eq(cmd.key_256),
@@ -455,7 +465,7 @@ class GcmCore(wiring.Component):
                         req.key_256.eq(c.key_256),
                         req.block.eq(0),
                         item.kind.eq(_Kind.H),
-                        aes.i.valid.eq(can_start),
+                        req_valid.eq(can_start),
                     ]
                     with m.If(can_start):
                         accept_command()
@@ -466,17 +476,17 @@ class GcmCore(wiring.Component):
                         m.next = "H"
             if self._profile.aes != "pipeline":
                 with m.State("H"):
-                    m.d.comb += [req.block.eq(0), item.kind.eq(_Kind.H), aes.i.valid.eq(1)]
-                    with m.If(aes.i.ready):
+                    m.d.comb += [req.block.eq(0), item.kind.eq(_Kind.H), req_valid.eq(1)]
+                    with m.If(req_ready):
                         m.next = "J0"
             with m.State("J0"):
                 m.d.comb += [
                     req.block.eq(Cat(cmd.nonce, big_endian(1, 4))),
                     item.kind.eq(_Kind.J0),
-                    aes.i.valid.eq(1),
+                    req_valid.eq(1),
                 ]
                 load_counts()
-                with m.If(aes.i.ready):
+                with m.If(req_ready):
                     m.d.comb += result_promised.eq(1)
                     if self.power_bubbles:
                         m.d.sync += bubbles.eq(self.power_bubbles - 1)
@@ -494,10 +504,10 @@ class GcmCore(wiring.Component):
                     m.d.comb += [
                         item.kind.eq(_Kind.AAD),
                         item.nbytes.eq(Mux(aad.final, last_bytes(cmd.aad_len), BLOCK_BYTES)),
-                        aes.i.valid.eq(data_in.valid),
-                        data_in.ready.eq(aes.i.ready),
+                        req_valid.eq(data_in.valid),
+                        data_in.ready.eq(req_ready),
                     ]
-                    with m.If(data_in.valid & aes.i.ready):
+                    with m.If(data_in.valid & req_ready):
                         aad.step(m)
                         ghash_block_injected()
                 with m.Elif(text.more):
@@ -506,10 +516,10 @@ class GcmCore(wiring.Component):
                         req.block.eq(Cat(cmd.nonce, big_endian(counter, 4))),
                         item.nbytes.eq(Mux(text.final, last_bytes(cmd.text_len), BLOCK_BYTES)),
                         item.text_last.eq(text.final),
-                        aes.i.valid.eq(data_in.valid & text_room),
-                        data_in.ready.eq(aes.i.ready & text_room),
+                        req_valid.eq(data_in.valid & text_room),
+                        data_in.ready.eq(req_ready & text_room),
                     ]
-                    with m.If(data_in.valid & aes.i.ready & text_room):
+                    with m.If(data_in.valid & req_ready & text_room):
                         m.d.comb += text_inject.eq(1)
                         m.d.sync += counter.eq(counter + 1)
                         text.step(m)
@@ -521,10 +531,10 @@ class GcmCore(wiring.Component):
                     m.d.comb += [
                         item.kind.eq(_Kind.TAG),
                         req.block.eq(Cat(cmd.nonce, big_endian(1, 4))),
-                        aes.i.valid.eq(data_in.valid),
-                        data_in.ready.eq(aes.i.ready),
+                        req_valid.eq(data_in.valid),
+                        data_in.ready.eq(req_ready),
                     ]
-                    with m.If(data_in.valid & aes.i.ready):
+                    with m.If(data_in.valid & req_ready):
                         m.d.sync += tag_left.eq(0)
                 with m.Else():
                     m.d.comb += [
@@ -532,11 +542,11 @@ class GcmCore(wiring.Component):
                         item.data.eq(Cat(big_endian(cmd.aad_len << 3, 8),
                                          big_endian(cmd.text_len << 3, 8))),
                         item.nbytes.eq(BLOCK_BYTES),
-                        aes.i.valid.eq(1),
+                        req_valid.eq(1),
                     ]
                     if remaining is None:
                         m.d.comb += [item.final.eq(1), item.last.eq(1)]
-                    with m.If(aes.i.ready):
+                    with m.If(req_ready):
                         ghash_block_injected()
                         m.next = "IDLE"
 
