@@ -45,7 +45,7 @@ def _expected_bad(packet):
     return ihl < 20 or len(packet) < ihl or internet_checksum(packet[:ihl]) != 0
 
 
-def _run(packets, *, gap, stall, seed, verdict_first=True):
+def _run(packets, *, gap, stall, seed, verdict_first=True, verdict_stall=None):
     """Feed `packets`; collect the beats and the verdicts. With `verdict_first`, a
     packet's first beat is taken only after its verdict (the engine's order); without,
     the verdicts are read by their own process, with stalls of their own."""
@@ -73,10 +73,14 @@ def _run(packets, *, gap, stall, seed, verdict_first=True):
             if valid and ready:
                 out.append(beat)
 
+    verdict_stall = stall if verdict_stall is None else verdict_stall
+
     async def verdicts(ctx):
         rng = random.Random(seed + 2)
-        while len(marks) < len(packets):
-            ready = not (stall and rng.random() < stall)
+        for _cycle in range(20_000):       # a lost verdict ends the run here
+            if len(marks) == len(packets):
+                break
+            ready = not (verdict_stall and rng.random() < verdict_stall)
             ctx.set(dut.verdict.ready, ready)
             _clk, _rst, valid, bad = await ctx.tick().sample(dut.verdict.valid,
                                                              dut.verdict.payload)
@@ -122,6 +126,20 @@ def test_ipv4_header_check_cut_where_the_rest_is_zero():
     released, marks = _run(packets, gap=0.0, stall=0.0, seed=0)
     assert released == packets
     assert marks == [True, False, True]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_ipv4_header_check_verdicts_pile_up(seed):
+    """One-beat packets whose verdicts are taken seldom while their beats leave at
+    once: the verdict queue fills, the input waits, and no verdict is lost (those of
+    the beats still in the summing stages included)."""
+    rng = random.Random(seed)
+    packets = [_ipv4(0, 0, False)[:rng.randrange(1, WIDTH + 1)] if rng.random() < 0.5
+               else bytes([0x12] * rng.randrange(1, WIDTH + 1)) for _ in range(40)]
+    released, marks = _run(packets, gap=0.0, stall=0.0, seed=seed, verdict_first=False,
+                           verdict_stall=0.9)
+    assert released == packets
+    assert marks == [_expected_bad(packet) for packet in packets]
 
 
 def test_ipv4_header_check_parameters():

@@ -31,7 +31,8 @@ def ip_header_length(beat, kept):
 
 class HeaderWords(NamedTuple):
     """What :func:`header_words` gives for a beat."""
-    sum: Value           # its 16-bit words within the IP header, added up
+    words: list          # its 16-bit words, those outside the IP header as zero
+    sum: Value           # the same, added up
     at: Value            # its byte offset in its packet (saturates at 128)
     header_len: Value    # its packet's IP header length in bytes (IPv6: 40)
 
@@ -58,8 +59,8 @@ def header_words(m, beat, taken, width) -> HeaderWords:
                                            for w in range(len(words))))]
         with m.If(beat.first):
             m.d.sync += ihl_bytes.eq(header_len)
-    return HeaderWords(sum(Mux(in_header[w], word, 0) for w, word in enumerate(words)),
-                       at, header_len)
+    kept = [Mux(in_header[w], word, 0) for w, word in enumerate(words)]
+    return HeaderWords(kept, sum(kept), at, header_len)
 
 
 class Ipv4HeaderCheck(wiring.Component):
@@ -82,10 +83,10 @@ class Ipv4HeaderCheck(wiring.Component):
     depth : beats of FIFO, and verdicts; enough for the header of the next packet to
         be in while the current one leaves (8 keeps back-to-back packets back to back).
 
-    Latency: a packet's verdict is there 2 cycles after the beat that completes its
-    header came in (a beat's header words are summed in the cycle it is taken, the
-    packet's sum folded and checked in the next); a beat is on ``o`` the cycle after
-    it came in. One beat per cycle.
+    Latency: a packet's verdict is there 3 cycles after the beat that completes its
+    header came in (a beat's header words are added in pairs in the cycle it is
+    taken, the pairs in the next, the packet's sum folded and checked in the third);
+    a beat is on ``o`` the cycle after it came in. One beat per cycle.
     """
 
     def __init__(self, *, width: int = 16, depth: int = 8):
@@ -121,20 +122,25 @@ class Ipv4HeaderCheck(wiring.Component):
         words = header_words(m, beat, taken, width)
 
         # Stage 1, as a beat is taken: its words inside the header (bytes past `count`
-        # are zero) summed, and whether the header is complete with it. Stage 2, a cycle
-        # later: the packet's running sum, folded and compared. The adder tree and the
-        # fold were one path from the beat FIFO's output; now each has a cycle.
-        staged = Signal(data.StructLayout({
-            "valid": 1, "first": 1, "last": 1, "v4": 1, "complete": 1, "short": 1, "sum": 20}))
+        # are zero) added in pairs, and whether the header is complete with it; stage
+        # 2: the pairs added up; stage 3: the packet's running sum, folded and compared.
+        # The adder tree and the fold were one path from the beat FIFO's output, and
+        # then the tree alone, after the choice of a first beat's header words.
+        flags = {"valid": 1, "first": 1, "last": 1, "v4": 1, "complete": 1, "short": 1}
+        pairs = (len(words16(beat.data)) + 1) // 2
+        paired = Signal(data.StructLayout({**flags, "sums": data.ArrayLayout(17, pairs)}))
         m.d.sync += [
-            staged.valid.eq(taken),
-            staged.first.eq(beat.first),
-            staged.last.eq(beat.last),
-            staged.v4.eq(v4),
-            staged.complete.eq(words.at + Mux(beat.last, beat.count, width) >= words.header_len),
-            staged.short.eq(words.header_len < 20),
-            staged.sum.eq(words.sum),
+            paired.valid.eq(taken),
+            paired.first.eq(beat.first),
+            paired.last.eq(beat.last),
+            paired.v4.eq(v4),
+            paired.complete.eq(words.at + Mux(beat.last, beat.count, width) >= words.header_len),
+            paired.short.eq(words.header_len < 20),
+            *(paired.sums[k].eq(sum(words.words[2 * k:2 * k + 2])) for k in range(pairs)),
         ]
+        staged = Signal(data.StructLayout({**flags, "sum": 20}))
+        m.d.sync += [*(staged[name].eq(paired[name]) for name in flags),
+                     staged.sum.eq(sum(paired.sums[k] for k in range(pairs)))]
         with m.If(taken & beat.first):
             m.d.sync += is_v4.eq(first_v4)
 
@@ -145,8 +151,8 @@ class Ipv4HeaderCheck(wiring.Component):
         m.d.comb += [
             beats.w_data.eq(beat),
             beats.w_en.eq(taken),
-            # Room for the verdict stage 2 may write this cycle as well.
-            self.i.ready.eq(beats.w_rdy & (verdicts.level < self._depth - 1)),
+            # Room for the verdicts of the beats in stages 2 and 3 as well.
+            self.i.ready.eq(beats.w_rdy & (verdicts.level < self._depth - 2)),
             verdicts.w_data.eq(staged.v4 & wrong),
             verdicts.w_en.eq(staged.valid & undecided
                              & (~staged.v4 | staged.complete | staged.last)),
