@@ -67,7 +67,7 @@ from .forwarder.egress import EGRESS_BEAT, Egress, route_layouts
 from .forwarder.policy import policy_layouts
 from .forwarder.spi_table import spi_table_layouts
 from .forwarder.ethernet import EthernetStrip
-from .packet.layouts import packet_beat
+from .packet.layouts import beats_as, packet_beat
 from .packet.fifo import PacketFifo
 from .packet.merge import PacketMerger
 from .packet.register import SkidBuffer, cut
@@ -238,7 +238,7 @@ class EspNic(wiring.Component):
             m.d.comb += [self.local_aborted.eq(local.dropped),
                          self.local_oversize.eq(local.oversize)]
             # (a PacketFifo has passed whole packets only: no abort to carry on)
-            inputs.append(self._beats_as(m, local.o, packet_beat(_WIDTH)))
+            inputs.append(beats_as(m, local.o, packet_beat(_WIDTH)))
         for p, classifier in enumerate(self._classifiers):
             m.submodules[f"classifier{p}"] = classifier
             m.submodules[f"dispatcher{p}"] = dispatcher = Dispatcher(engines=engines,
@@ -302,7 +302,7 @@ class EspNic(wiring.Component):
                 wiring.connect(m, queue.meta, engine.meta)
             else:
                 self._split(m, feed, engine)
-            egress_sources.append(self._beats_as(m, engine.o, EGRESS_BEAT, abort=engine.o_abort))
+            egress_sources.append(beats_as(m, engine.o, EGRESS_BEAT, abort=engine.o_abort))
 
         m.d.sync += self.arm_refused.eq(self.arm_refused + sum(refused_arms))
 
@@ -311,7 +311,7 @@ class EspNic(wiring.Component):
             bypass = dispatcher.bypass
             if depth:
                 bypass = self._queued(m, f"bypass{p}_queue", bypass, depth)
-            egress_sources.append(self._beats_as(m, bypass, EGRESS_BEAT, abort=C(0)))
+            egress_sources.append(beats_as(m, bypass, EGRESS_BEAT, abort=C(0)))
         if len(dispatchers) > 1:
             m.submodules.exceptions = merger = PacketMerger(width=_WIDTH, count=len(dispatchers))
             for p, dispatcher in enumerate(dispatchers):
@@ -371,18 +371,6 @@ class EspNic(wiring.Component):
             fifo.w_data.eq(source.payload), fifo.w_en.eq(source.valid), source.ready.eq(fifo.w_rdy),
             out.payload.eq(fifo.r_data), out.valid.eq(fifo.r_rdy), fifo.r_en.eq(out.ready),
         ]
-        return out
-
-    @staticmethod
-    def _beats_as(m, source, layout, **extra):
-        """`source`'s packet beats as beats of `layout` (:data:`EGRESS_BEAT` or a plain
-        packet beat): the packet beat's fields copied, `extra` fields set (``abort``,
-        valid with the last beat), any other field of `source` left behind."""
-        out = stream.Signature(layout).create()
-        for name in packet_beat(_WIDTH).members:
-            m.d.comb += out.payload[name].eq(source.payload[name])
-        m.d.comb += [out.payload[name].eq(value) for name, value in extra.items()]
-        m.d.comb += [out.valid.eq(source.valid), source.ready.eq(out.ready)]
         return out
 
     def _split(self, m, feed, engine):

@@ -23,8 +23,8 @@ The two data paths' outputs are merged a packet at a time into ``o``;
 
 Packets come in through a skid buffer (a cycle) and an
 :class:`Ipv4HeaderCheck`, which holds a few beats and says, once a packet's
-whole IPv4 header is in, whether its header checksum is right; the facts the SA table needs from a packet's first beat are taken
-as it comes in. So the dispatcher looks the next packet up while the current
+whole IPv4 header is in, whether its header checksum is right; the facts the SA
+table needs from a packet's first beat are taken as it comes in. So the dispatcher looks the next packet up while the current
 one streams, and the SA table's latency is hidden. The encapsulator is given exactly the packet's IP
 length: bytes past it are discarded (as the model ignores them). A packet
 whose first beat shows a bad IP header (or whose IPv4 header checksum is
@@ -79,7 +79,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..gcm.layouts import BLOCK_BYTES
-from ..packet.layouts import ip_length, packet_beat
+from ..packet.layouts import beats_as, ip_length, packet_beat
 from ..packet.ipv4 import Ipv4HeaderCheck
 from ..packet.merge import PacketMerger
 from ..packet.register import SkidBuffer, StreamRegister, cut
@@ -96,14 +96,14 @@ from ..fabric.mover import HOLD, MIGRATE_ARM, SaMover, slot_report
 __all__ = ["EspEngine", "engine_meta"]
 
 
-#: What the SA table needs to know of a packet from its first beat (the fields of its
-#: request but the slot), taken as the beat comes in.
 #: A beat leaving the engine, with whether it is a decapsulated packet's and whether
 #: its packet is aborted (with its last beat).
 _LEAVING = data.StructLayout({**{name: field.shape
                                  for name, field in packet_beat(BLOCK_BYTES)},
                               "inbound": 1, "abort": 1})
 
+#: What the SA table needs to know of a packet from its first beat (the fields of its
+#: request but the slot), taken as the beat comes in.
 _FACTS = data.StructLayout({"bytes": 16, "ipv6": 1, "v6_ext": 1, "fragment": 1, "malformed": 1})
 
 #: Beats the IPv4 header check holds, and first-beat facts queued: the next packets' facts
@@ -345,31 +345,18 @@ class EspEngine(wiring.Component):
             udp6.i.payload.flag.eq(aborts.r_data),
             udp6.i.valid.eq(encap.o.valid),
             encap.o.ready.eq(udp6.i.ready),
-            merger.i[0].payload.data.eq(udp6.o.payload.data),
-            merger.i[0].payload.count.eq(udp6.o.payload.count),
-            merger.i[0].payload.first.eq(udp6.o.payload.first),
-            merger.i[0].payload.last.eq(udp6.o.payload.last),
-            merger.i[0].valid.eq(udp6.o.valid),
-            udp6.o.ready.eq(merger.i[0].ready),
         ]
+        wiring.connect(m, beats_as(m, udp6.o, packet_beat(BLOCK_BYTES)), merger.i[0])
         # The merged beats leave through a skid buffer, with the two bits that go with
         # them: the egress's choice among engines and the bypass ran back through this
         # merger into the UDP6 fill's FIFOs in one path.
         m.submodules.leaving = leaving = SkidBuffer(_LEAVING)
-        for name in packet_beat(BLOCK_BYTES).members:
-            m.d.comb += leaving.i.payload[name].eq(merger.o.payload[name])
+        wiring.connect(m, beats_as(m, merger.o, _LEAVING, inbound=merger.source == 1,
+                                   abort=merger.o.payload.last & (merger.source == 0)
+                                   & udp6.o.payload.flag), leaving.i)
+        wiring.connect(m, beats_as(m, leaving.o, packet_beat(BLOCK_BYTES)),
+                       wiring.flipped(self.o))
         m.d.comb += [
-            leaving.i.payload.inbound.eq(merger.source == 1),
-            leaving.i.payload.abort.eq(merger.o.payload.last & (merger.source == 0)
-                                       & udp6.o.payload.flag),
-            leaving.i.valid.eq(merger.o.valid),
-            merger.o.ready.eq(leaving.i.ready),
-        ]
-        for name in packet_beat(BLOCK_BYTES).members:
-            m.d.comb += self.o.payload[name].eq(leaving.o.payload[name])
-        m.d.comb += [
-            self.o.valid.eq(leaving.o.valid),
-            leaving.o.ready.eq(self.o.ready),
             self.o_inbound.eq(leaving.o.payload.inbound),
             self.o_abort.eq(leaving.o.valid & leaving.o.payload.abort),
         ]

@@ -273,38 +273,32 @@ class SaTable(wiring.Component):
                 m.d.sync += raise_hard.eq(1)
 
         # A request is taken in IDLE and its slot registered; the read ports get it in
-        # READ, so the record and counters are there in the state after. (Taking the
-        # slot straight from the winning request ran the three requests' arbitration
-        # into the ports' address: the engine's deepest path, docs/performance.md.)
-        granted = Signal(range(3))
+        # the READ_* state, so the record and counters are there in the state after.
+        # (Taking the slot straight from the winning request ran the three requests'
+        # arbitration into the ports' address: the engine's deepest path,
+        # docs/performance.md.)
         with m.FSM(name="table"):
             with m.State("IDLE"):
                 with m.If(self.host.valid):
                     m.d.comb += self.host.ready.eq(1)
-                    m.d.sync += [slot.eq(self.host.payload.slot), host_op.eq(self.host.payload),
-                                 granted.eq(0)]
-                    m.next = "READ"
+                    m.d.sync += [slot.eq(self.host.payload.slot), host_op.eq(self.host.payload)]
+                    m.next = "READ_HOST"
                 with m.Elif(self.account.valid):
                     m.d.comb += self.account.ready.eq(1)
                     m.d.sync += [slot.eq(self.account.payload.slot),
                                  length.eq(self.account.payload.bytes),
-                                 tally.eq(self.account.payload), granted.eq(1)]
-                    m.next = "READ"
+                                 tally.eq(self.account.payload)]
+                    m.next = "READ_ACCOUNT"
                 with m.Elif(self.request.valid):
                     m.d.comb += self.request.ready.eq(1)
                     m.d.sync += [slot.eq(self.request.payload.slot),
                                  length.eq(self.request.payload.bytes),
-                                 request.eq(self.request.payload), granted.eq(2)]
-                    m.next = "READ"
+                                 request.eq(self.request.payload)]
+                    m.next = "READ_OUTBOUND"
 
-            with m.State("READ"):
-                with m.Switch(granted):
-                    with m.Case(0):
-                        m.next = "HOST"
-                    with m.Case(1):
-                        m.next = "ACCOUNT"
-                    with m.Default():
-                        m.next = "OUTBOUND"
+            for kind in ("HOST", "ACCOUNT", "OUTBOUND"):
+                with m.State(f"READ_{kind}"):
+                    m.next = kind
 
             with m.State("HOST"):
                 # The read port has the slot's record and counters now.

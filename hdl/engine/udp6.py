@@ -57,7 +57,8 @@ class Udp6ChecksumFill(wiring.Component):
     cleartext length that guarantees it), or it would never leave.
 
     Latency: 2 cycles for a cut-through packet, its last beat's arrival + 4 for a
-    filled one (its checksum is summed and folded in three steps). One beat per cycle in and out.
+    filled one (its checksum is summed and folded in three steps). One beat per cycle
+    in and out.
     """
 
     def __init__(self, *, beats: int = UDP6_FILL_BEATS):

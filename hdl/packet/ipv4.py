@@ -127,7 +127,7 @@ class Ipv4HeaderCheck(wiring.Component):
         # The adder tree and the fold were one path from the beat FIFO's output, and
         # then the tree alone, after the choice of a first beat's header words.
         flags = {"valid": 1, "first": 1, "last": 1, "v4": 1, "complete": 1, "short": 1}
-        pairs = (len(words16(beat.data)) + 1) // 2
+        pairs = (len(words.words) + 1) // 2
         paired = Signal(data.StructLayout({**flags, "sums": data.ArrayLayout(17, pairs)}))
         m.d.sync += [
             paired.valid.eq(taken),

@@ -16,9 +16,9 @@ Python, for benches, the model and the host.
 """
 
 from amaranth.hdl import Cat, Const, Mux
-from amaranth.lib import data
+from amaranth.lib import data, stream
 
-__all__ = ["BEAT_WIDTHS", "packet_beat", "check_width", "big_endian", "ip_length",
+__all__ = ["BEAT_WIDTHS", "packet_beat", "beats_as", "check_width", "big_endian", "ip_length",
            "octets", "words16", "ones_fold", "beats_from_bytes", "bytes_from_beats"]
 
 #: Beat widths the data path is built for, in bytes.
@@ -41,6 +41,18 @@ def packet_beat(width: int) -> data.StructLayout:
         "first": 1,
         "last":  1,
     })
+
+
+def beats_as(m, source, layout, **extra):
+    """`source`'s packet beats as a stream of beats of `layout` (a packet beat with
+    fields of its own, or a plain one): the packet beat's fields copied, `extra` fields
+    set to the values given, any other field of `source` left behind. Combinational."""
+    out = stream.Signature(layout).create()
+    for name in packet_beat(len(source.payload.data) // 8).members:
+        m.d.comb += out.payload[name].eq(source.payload[name])
+    m.d.comb += [out.payload[name].eq(value) for name, value in extra.items()]
+    m.d.comb += [out.valid.eq(source.valid), source.ready.eq(out.ready)]
+    return out
 
 
 def big_endian(value, nbytes):
