@@ -203,6 +203,11 @@ def _tag_mask_needs_copy(aes_core, mul_core):
     return mul_core.cycles >= 2 * ROUNDS_128
 
 
+def _blocks(length):
+    """The 16-byte blocks `length` bytes take (the last one partial)."""
+    return (length + BLOCK_BYTES - 1) >> 4
+
+
 class _Countdown:
     """Blocks of one kind (AAD, text) still to inject, with "some left" and "one left"
     kept in flip-flops beside the count, so that the injector's multiplexers select on
@@ -216,7 +221,7 @@ class _Countdown:
     def load(self, m, length):
         """Start with the blocks of `length` bytes."""
         m.d.sync += [
-            self.left.eq((length + BLOCK_BYTES - 1) >> 4),
+            self.left.eq(_blocks(length)),
             self.more.eq(length != 0),
             self.final.eq((length != 0) & (length <= BLOCK_BYTES)),
         ]
@@ -451,8 +456,7 @@ class GcmCore(wiring.Component):
                 aad.load(m, cmd.aad_len)
                 text.load(m, cmd.text_len)
                 if remaining is not None:
-                    m.d.sync += remaining.eq(((cmd.aad_len + BLOCK_BYTES - 1) >> 4)
-                                             + ((cmd.text_len + BLOCK_BYTES - 1) >> 4) + 1)
+                    m.d.sync += remaining.eq(_blocks(cmd.aad_len) + _blocks(cmd.text_len) + 1)
 
             with m.State("IDLE"):
                 can_start = cmd_in.valid & res_room
