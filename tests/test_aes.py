@@ -132,29 +132,42 @@ def run_iterative(dut, requests, *, rng=None, gap=0.0, stall=0.0):
     return outputs, in_cycles, out_cycles
 
 
+@pytest.mark.parametrize("output_register", [False, True])
 @pytest.mark.parametrize("sbox", ["rom", "logic"])
-def test_iterative_fips(sbox):
+def test_iterative_fips(sbox, output_register):
     requests = fips_requests()
-    outputs, in_cycles, out_cycles = run_iterative(AesIterative(sbox=sbox), requests)
+    outputs, in_cycles, out_cycles = run_iterative(
+        AesIterative(sbox=sbox, output_register=output_register), requests)
     assert outputs == [ct for _, ct in requests]
 
 
-def test_iterative_back_to_back_timing():
-    # Always valid, always ready: latency 10/14 and the next block loads in the
-    # cycle of the previous o handshake, so one block per 10/14 cycles.
+@pytest.mark.parametrize("output_register", [False, True])
+def test_iterative_back_to_back_timing(output_register):
+    # Always valid, always ready: latency 10/14 (a cycle more with the output
+    # register) and the next block loads in the cycle of the previous o
+    # handshake, so one block per 10/14 (11/15) cycles.
     requests = random_requests(random.Random(1), 8)
-    outputs, in_cycles, out_cycles = run_iterative(AesIterative(), requests)
+    outputs, in_cycles, out_cycles = run_iterative(
+        AesIterative(output_register=output_register), requests)
     assert outputs == [ct for _, ct in requests]
-    assert [o - i for i, o in zip(in_cycles, out_cycles)] == [rounds(r) for r, _ in requests]
+    assert ([o - i for i, o in zip(in_cycles, out_cycles)]
+            == [rounds(r) + output_register for r, _ in requests])
     assert in_cycles[1:] == out_cycles[:-1]
 
 
+@pytest.mark.parametrize("output_register", [False, True])
 @pytest.mark.parametrize("sbox", ["rom", "logic"])
-def test_iterative_random_stream(sbox):
+def test_iterative_random_stream(sbox, output_register):
     rng = random.Random(2)
     requests = random_requests(rng, 30)
-    outputs, _, _ = run_iterative(AesIterative(sbox=sbox), requests, rng=rng, gap=0.3, stall=0.4)
+    outputs, _, _ = run_iterative(AesIterative(sbox=sbox, output_register=output_register),
+                                  requests, rng=rng, gap=0.3, stall=0.4)
     assert outputs == [ct for _, ct in requests]
+
+
+def test_iterative_output_register_checked():
+    with pytest.raises(TypeError, match="output_register must be True or False, not 1"):
+        AesIterative(output_register=1)
 
 
 # --- Pipeline ----------------------------------------------------------------------------------

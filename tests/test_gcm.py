@@ -161,7 +161,7 @@ def test_tag_check_register_in_the_compact_profile():
     ({"profile": "compact", "result_depth": 2}, "result_depth must not be 2"),
     ({"profile": "fast", "tag_check_register": 1}, "tag_check_register must be True or False"),
     ({"profile": "compact", "input_registers": 1}, "input_registers must be True or False"),
-    ({"profile": "compact", "post_register": True}, "post_register must be False with the iterative"),
+    ({"profile": "compact", "post_register": 1}, "post_register must be True or False, not 1"),
     ({"profile": "compact", "injector_register": True},
      "injector_register must be False with the iterative"),
     ({"profile": "fast", "ghash_karatsuba": 1, "ghash_stages": 4}, "ghash_karatsuba must be 0 to 3"),

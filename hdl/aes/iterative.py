@@ -21,21 +21,27 @@ class AesIterative(wiring.Component):
     (``sbox="rom"``: 20 block RAMs, one read port each).
 
     Latency: the ``o`` handshake can happen 10 (AES-128) / 14 (AES-256) clock edges
-    after the ``i`` handshake. ``o.payload`` comes from the last round's logic,
-    unregistered.
+    after the ``i`` handshake, one more with ``output_register``. Without it
+    ``o.payload`` comes from the last round's logic (the S-box read, the key step,
+    AddRoundKey); with it from a register, so a consumer's logic does not share a
+    cycle with the last round.
 
-    Throughput: one block per 10 / 14 cycles. ``i.ready`` is high while idle and
-    during an ``o`` handshake (combinationally from ``o.ready``), so the next block
-    loads as the last round is delivered. While ``o.valid`` and not ``o.ready``
-    everything holds.
+    Throughput: one block per 10 / 14 cycles (11 / 15 with ``output_register``).
+    ``i.ready`` is high while idle and during an ``o`` handshake (combinationally
+    from ``o.ready``), so the next block loads as the last one is delivered: the
+    core holds one block at a time, in its rounds or in its output register.
+    While ``o.valid`` and not ``o.ready`` everything holds.
     """
 
     i: In(stream.Signature(AES_REQUEST))
     o: Out(stream.Signature(128))
 
-    def __init__(self, *, sbox="rom"):
+    def __init__(self, *, sbox="rom", output_register: bool = False):
         check_sbox(sbox)
+        if type(output_register) is not bool:
+            raise TypeError(f"output_register must be True or False, not {output_register!r}")
         self._sbox = sbox
+        self._output_register = output_register
         super().__init__()
 
     def elaborate(self, platform):
@@ -59,16 +65,29 @@ class AesIterative(wiring.Component):
         # The S-box address registers hold the state: they take the next round's
         # input or, once this block is done (or none is running), the new block's.
         running = (rnd != 0) & ~last
-        advance = ~last | self.o.ready
+        result = final_round(m, sub_bytes.data, round_key)
+        if self._output_register:
+            # `last` moves the result into the register and the core to idle; the
+            # next block loads as the register is read, so one block at a time.
+            held = Signal()
+            ciphertext = Signal(128, reset_less=True)
+            advance = 1
+            idle = (rnd == 0) & (~held | self.o.ready)
+            with m.If(last):
+                m.d.sync += [ciphertext.eq(result), held.eq(1)]
+            with m.Elif(self.o.ready):
+                m.d.sync += held.eq(0)
+            m.d.comb += [self.o.payload.eq(ciphertext), self.o.valid.eq(held)]
+        else:
+            advance = ~last | self.o.ready
+            idle = (rnd == 0) | (last & self.o.ready)
+            m.d.comb += [self.o.payload.eq(result), self.o.valid.eq(last)]
         m.d.comb += [
             sub_bytes.addr.eq(Mux(running, state, request.block ^ request.key[:128])),
             sub_word.addr.eq(Mux(running, next_sub_addr, load_sub_addr)),
             sub_bytes.en.eq(advance),
             sub_word.en.eq(advance),
-
-            self.o.payload.eq(final_round(m, sub_bytes.data, round_key)),
-            self.o.valid.eq(last),
-            self.i.ready.eq((rnd == 0) | (last & self.o.ready)),
+            self.i.ready.eq(idle),
         ]
 
         with m.If(running):
@@ -78,12 +97,12 @@ class AesIterative(wiring.Component):
                 rnd.eq(rnd + 1),
                 last.eq(rnd + 1 == Mux(key_256, ROUNDS_256, ROUNDS_128)),
             ]
-        with m.Elif(advance):  # idle or delivering: i.ready is high
+        with m.Elif(advance):  # idle, delivering, or (output register) done
             m.d.sync += [
                 key_lo.eq(load_lo),
                 key_hi.eq(load_hi),
                 key_256.eq(request.key_256),
-                rnd.eq(self.i.valid),
+                rnd.eq(self.i.valid & self.i.ready),
                 last.eq(0),
             ]
         return m

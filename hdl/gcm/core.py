@@ -165,7 +165,7 @@ def _aes_unit(profile: GcmProfile, sideband):
     core = (AesPipeline(sideband=sideband, sbox=profile.sbox, sbox_latency=profile.sbox_latency,
                         input_register=profile.aes_input_register,
                         round_key_register=profile.aes_round_key_register)
-            if pipelined else AesIterative(sbox=profile.sbox))
+            if pipelined else AesIterative(sbox=profile.sbox, output_register=profile.post_register))
     return _SidebandUnit(core, operands={"block": 128, "key": 256, "key_256": 1},
                          result="block", sideband=sideband, pipelined=pipelined)
 
@@ -564,10 +564,11 @@ class GcmCore(wiring.Component):
             schedule_breaks.append(_register(m, condition, f"overrun_{name}", reset_less=False))
 
         aes_out, aes_valid = aes.o.payload, aes.o.valid
-        if self._profile.post_register:
+        if self._profile.post_register and self._profile.aes == "pipeline":
             # The item's control fields select 128-bit multiplexers in front of the
             # multiplier (lane accumulator, power of H); from a register placed
-            # near them rather than from the AES unit's last round.
+            # near them rather than from the AES unit's last round. (The iterative
+            # unit, which can be held, registers its result itself.)
             aes_out = Signal(aes.o.payload.shape(), name="post", reset_less=True)
             aes_valid = Signal(name="post_valid")
             m.d.sync += [aes_out.eq(aes.o.payload), aes_valid.eq(aes.o.valid)]

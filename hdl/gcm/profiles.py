@@ -33,7 +33,7 @@ class GcmProfile:
     result_depth: int = 1  # result FIFO; bounds the messages in flight
     tag_check_register: bool = False  # register the tag check ahead of the result FIFO
     input_registers: bool = False  # cmd and data_in through registers (a cycle each)
-    post_register: bool = False  # AES pipeline: its output registered once more (a cycle)
+    post_register: bool = False  # the AES unit's output registered once more (a cycle)
     output_register: bool = False  # data_out from a register after the output FIFO (a cycle)
     injector_register: bool = False  # AES pipeline: the injector's request registered (a cycle)
 
@@ -51,7 +51,11 @@ PROFILES = {
     # 8 bits/cycle target. No output FIFO (the iterative AES unit holds its
     # block until the consumer takes it) and a one-entry result FIFO: a block
     # takes 10+ cycles here, so deeper ones would only cost flip-flops.
-    "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=8),
+    # The AES unit's result is registered, so the last round (an S-box read, the
+    # key step and AddRoundKey) does not share a cycle with the keystream XOR and
+    # the multiplier's or the consumer's input (a cycle a block: 11 of the 16).
+    "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=8,
+                          post_register=True),
     # ECP5: one block per cycle at 100 MHz. Every S-box read has its block RAM's
     # output register and then a fabric register (three cycles a round: the
     # wire from one round's block RAMs to the next round's logic gets a cycle
@@ -108,8 +112,9 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
             or profile.sbox_latency not in (SBOX_LATENCIES if profile.aes == "pipeline" else (1,))):
         raise ValueError(f"sbox_latency must be 1{', 2 or 3' if profile.aes == 'pipeline' else ''} "
                          f"with the {profile.aes} AES unit, not {profile.sbox_latency!r}")
-    for name in ("aes_input_register", "aes_round_key_register", "post_register",
-                 "injector_register"):
+    if type(profile.post_register) is not bool:
+        raise ValueError(f"post_register must be True or False, not {profile.post_register!r}")
+    for name in ("aes_input_register", "aes_round_key_register", "injector_register"):
         value = getattr(profile, name)
         if type(value) is not bool or value and profile.aes != "pipeline":
             raise ValueError(f"{name} must be "
