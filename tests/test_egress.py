@@ -420,8 +420,8 @@ def test_route_writes_while_traffic_flows(data, stages, seed):
 @pytest.mark.parametrize("stages", [1, 2, 4])
 def test_egress_throughput_and_latency(stages):
     """Back-to-back packets of two beats (the shortest IPv4), every port ready: one
-    beat out per cycle, and the first beat offered stages + 6 cycles after the beat
-    that completed its record (the second) came in: the parser's 4 and the route
+    beat out per cycle, and the first beat offered stages + 7 cycles after the beat
+    that completed its record (the second) came in: the parser's 5 and the route
     table's stages + 2."""
     ports = 2
     dut = Egress(ports=ports, routes=8, stages=stages)
@@ -456,7 +456,7 @@ def test_egress_throughput_and_latency(stages):
     run_sim(dut, bench)
     assert taken_in == list(range(taken_in[0], taken_in[0] + len(beats)))
     assert offered == list(range(offered[0], offered[0] + len(beats)))
-    assert offered[0] - taken_in[1] == stages + 6
+    assert offered[0] - taken_in[1] == stages + 7
 
 
 def test_parser_extra_fields():

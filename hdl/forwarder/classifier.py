@@ -84,7 +84,7 @@ class Classifier(wiring.Component):
     spi_entries, spi_ways : the :class:`SpiTable`'s size.
     rules, stages : the :class:`PolicyTable`'s size.
 
-    Latency: the parser's (4 cycles after the beat that completes the record),
+    Latency: the parser's (5 cycles after the beat that completes the record),
     then ``stages + 2`` cycles of lookup (the policy table's; the SPI table's 2 are
     fewer); a packet's first beat leaves the cycle after its decision. The beats wait
     in a FIFO of ``stages + 6`` so the

@@ -171,8 +171,8 @@ class Egress(wiring.Component):
     Throughput: one beat per cycle in and out, with no cycle lost between
     packets of two beats or more (every well-formed IP packet); a dropped
     packet's beats are taken one a cycle too. Latency: a packet's first beat
-    is offered on its port ``stages + 6`` cycles after the beat that completes its
-    parser record came in (the parser's 4, then the route table's ``stages + 2``; the
+    is offered on its port ``stages + 7`` cycles after the beat that completes its
+    parser record came in (the parser's 5, then the route table's ``stages + 2``; the
     record is complete with the first 72 bytes at most).
     Packets leave in order: a stalled port holds the egress, and with it every
     other port, until it takes the beat at the head. The bytes pass as they came:

@@ -88,10 +88,10 @@ class IpParser(wiring.Component):
         every beat of ``i`` and ``o`` beside the :func:`packet_beat` ones and
         leave as they came (the egress's ``abort``); none by default.
 
-    Latency: the record and the first beat are offered 4 cycles after the beat
-    that completes the record came in (2 of them in the two registers in front,
-    for timing: one ends the producer's paths, the other the checksum's adder
-    tree). One beat per cycle.
+    Latency: the record and the first beat are offered 5 cycles after the beat
+    that completes the record came in (3 of them in the registers in front, for
+    timing: one ends the producer's paths, two the checksum's adder tree). One
+    beat per cycle.
     """
 
     def __init__(self, *, width: int = 16, depth: int = 8, extra=None):
@@ -126,19 +126,30 @@ class IpParser(wiring.Component):
         m.submodules.beats = beats = SyncFIFOBuffered(width=layout.size, depth=self._depth)
         m.submodules.records = records = SyncFIFO(width=PARSED.size, depth=self._depth)
 
-        # Two registered stages before the record logic, for timing: the beat as it
+        # Three registered stages before the record logic, for timing: the beat as it
         # came (the producer's logic ends there), then with its header checksum words
-        # added up (the adder tree in a cycle of its own).
+        # added in pairs, then with the pairs added up (the adder tree in two cycles:
+        # whole, after the choice of a first beat's header words, it was the
+        # parser's deepest path).
         m.submodules.arriving = arriving = SkidBuffer(layout)
+        words = header_words(m, arriving.o.payload, arriving.o.valid & arriving.o.ready, width)
+        pairs = (len(words.words) + 1) // 2
+        m.submodules.paired = paired_beats = SkidBuffer(
+            data.StructLayout({"beat": layout, "pair_sums": data.ArrayLayout(17, pairs)}))
         m.submodules.summed = summed_beats = SkidBuffer(
             data.StructLayout({"beat": layout, "header_sum": _BEAT_SUM_BITS}))
         wiring.connect(m, wiring.flipped(self.i), arriving.i)
+        paired = paired_beats.o.payload
         m.d.comb += [
-            summed_beats.i.payload.beat.eq(arriving.o.payload),
-            summed_beats.i.payload.header_sum.eq(header_words(
-                m, arriving.o.payload, arriving.o.valid & arriving.o.ready, width).sum),
-            summed_beats.i.valid.eq(arriving.o.valid),
-            arriving.o.ready.eq(summed_beats.i.ready),
+            paired_beats.i.payload.beat.eq(arriving.o.payload),
+            *(paired_beats.i.payload.pair_sums[k].eq(sum(words.words[2 * k:2 * k + 2]))
+              for k in range(pairs)),
+            paired_beats.i.valid.eq(arriving.o.valid),
+            arriving.o.ready.eq(paired_beats.i.ready),
+            summed_beats.i.payload.beat.eq(paired.beat),
+            summed_beats.i.payload.header_sum.eq(sum(paired.pair_sums[k] for k in range(pairs))),
+            summed_beats.i.valid.eq(paired_beats.o.valid),
+            paired_beats.o.ready.eq(summed_beats.i.ready),
         ]
         incoming = summed_beats.o
 
