@@ -432,18 +432,23 @@ class HostBridge(wiring.Component):
         source = Signal(range(max(1, len(sources))))
         tx_byte = Signal(range(HEADER_BYTES + 4 * MAX_READ_WORDS + 1))
         # Counted beside tx_byte rather than derived from it, for timing: the frame's
-        # last byte's index and the body bytes sent before this one. A DATA's words go
-        # out of a register, `answer_word`, each read whole from the register map a
-        # cycle before its first byte is due (`next_word`, the word at `tx_word`), so
-        # the register map's read is not in the transmitted byte's path.
+        # last byte's index. A DATA's words and an ITEM's payload go out of a
+        # register, `answer_word`, each word read whole (from the register map, or
+        # the channel's payload) a cycle before its first byte is due (`next_word`,
+        # the word at `tx_word`), so neither the register map's read nor the choice
+        # of the channel and of a byte of its payload (156 bytes for an SA record)
+        # is in the transmitted byte's path.
         tx_last = Signal.like(tx_byte)
-        tx_body = Signal.like(tx_byte)
         tx_word = Signal.like(response_address)
         next_word = Signal(32)
         answer_word = Signal(32)
-        m.d.sync += next_word.eq(words[tx_word])
         source_bytes = Array(Value.cast(getattr(self, c.name)[k].payload)
                              for c, k in sources)
+        item_words = max([1] + [(c.payload_bytes + 3) // 4 for c, _ in sources])
+        item_word = tx_word[:max(1, (item_words - 1).bit_length())]
+        sending_item = Signal()             # the frame going out is an ITEM
+        m.d.sync += next_word.eq(Mux(sending_item, source_bytes[source].word_select(item_word, 32),
+                                     words[tx_word]))
         # Packets: each egress port, then the exception queue.
         packet_sources = [*self.egress, self.exception]
         packet_source = Signal(range(len(packet_sources)))
@@ -457,6 +462,13 @@ class HostBridge(wiring.Component):
         beat = beats[packet_source].payload
         beat_valid = beats[packet_source].valid
         aborted = Array([*(e.payload.abort for e in self.egress), C(0)])[packet_source]
+        def next_byte():
+            # A DATA or an ITEM byte went out; after the header's or a word's last
+            # byte the next word is due (HEADER_BYTES is a whole word).
+            m.d.sync += tx_byte.eq(tx_byte + 1)
+            with m.If(tx_byte[:2] == 3):
+                m.d.sync += [answer_word.eq(next_word), tx_word.eq(tx_word + 1)]
+
         def frame_byte(header, body):
             # The byte at `tx_byte` of a frame: 4 header bytes, then the body.
             with m.Switch(tx_byte):
@@ -468,7 +480,7 @@ class HostBridge(wiring.Component):
 
         with m.FSM(name="transmit"):
             with m.State("IDLE"):
-                m.d.sync += [tx_byte.eq(0), tx_body.eq(0), tx_word.eq(response_address)]
+                m.d.sync += [tx_byte.eq(0), tx_word.eq(response_address), sending_item.eq(0)]
                 with m.If(response):
                     m.d.sync += tx_last.eq(Mux(response_data,
                                                HEADER_BYTES - 1 + 4 * response_words,
@@ -484,7 +496,7 @@ class HostBridge(wiring.Component):
                             m.next = "PACKET"
                     for s, (channel, k) in reversed(list(enumerate(sources))):
                         with m.If(getattr(self, channel.name)[k].valid):
-                            m.d.sync += [source.eq(s),
+                            m.d.sync += [source.eq(s), tx_word.eq(0), sending_item.eq(1),
                                          tx_last.eq(HEADER_BYTES - 1 + channel.payload_bytes)]
                             m.next = "ITEM"
             with m.State("ANSWER"):
@@ -495,25 +507,19 @@ class HostBridge(wiring.Component):
                 m.d.comb += [self.tx.valid.eq(1),
                              self.tx.payload.last.eq(tx_byte == tx_last)]
                 with m.If(self.tx.ready):
-                    m.d.sync += tx_byte.eq(tx_byte + 1)
-                    # The header's or a word's last byte: the next word is due.
-                    with m.If(tx_byte[:2] == 3):
-                        m.d.sync += [answer_word.eq(next_word), tx_word.eq(tx_word + 1)]
+                    next_byte()
                     with m.If(self.tx.payload.last):
                         m.d.sync += response.eq(0)
                         m.next = "IDLE"
             with m.State("ITEM"):
                 numbers = Array(C(c.number, 8) for c, _ in sources)
                 indices = Array(C(k, 8) for _, k in sources)
-                payload = source_bytes[source]
                 frame_byte((FrameKind.ITEM, 0, numbers[source], indices[source]),
-                           payload.word_select(tx_body, 8))
+                           answer_word.word_select(tx_byte[:2], 8))
                 m.d.comb += [self.tx.valid.eq(1),
                              self.tx.payload.last.eq(tx_byte == tx_last)]
                 with m.If(self.tx.ready):
-                    m.d.sync += tx_byte.eq(tx_byte + 1)
-                    with m.If(tx_byte >= HEADER_BYTES):
-                        m.d.sync += tx_body.eq(tx_body + 1)
+                    next_byte()
                     with m.If(self.tx.payload.last):
                         m.next = "IDLE"
                         for s, (channel, k) in enumerate(sources):
