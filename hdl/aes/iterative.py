@@ -26,11 +26,14 @@ class AesIterative(wiring.Component):
     AddRoundKey); with it from a register, so a consumer's logic does not share a
     cycle with the last round.
 
-    Throughput: one block per 10 / 14 cycles (11 / 15 with ``output_register``).
-    ``i.ready`` is high while idle and during an ``o`` handshake (combinationally
-    from ``o.ready``), so the next block loads as the last one is delivered: the
-    core holds one block at a time, in its rounds or in its output register.
-    While ``o.valid`` and not ``o.ready`` everything holds.
+    Throughput: one block per 10 / 14 cycles (12 / 16 with ``output_register``).
+    Without the register ``i.ready`` is high while idle and during an ``o``
+    handshake (combinationally from ``o.ready``), so the next block loads as the
+    last one is delivered; with it ``i.ready`` is high while idle (the register
+    empty and no round running), from registers only, and the next block loads
+    the cycle after the last one was delivered. The core holds one block at a
+    time, in its rounds or in its output register. While ``o.valid`` and not
+    ``o.ready`` everything holds.
     """
 
     i: In(stream.Signature(AES_REQUEST))
@@ -68,11 +71,13 @@ class AesIterative(wiring.Component):
         result = final_round(m, sub_bytes.data, round_key)
         if self._output_register:
             # `last` moves the result into the register and the core to idle; the
-            # next block loads as the register is read, so one block at a time.
+            # next block loads once the register has been read, so one block at a
+            # time, and `i.ready` is a function of the core's own registers only:
+            # the consumer's `o.ready` does not reach the producer's logic.
             held = Signal()
             ciphertext = Signal(128, reset_less=True)
             advance = 1
-            idle = (rnd == 0) & (~held | self.o.ready)
+            idle = (rnd == 0) & ~held
             with m.If(last):
                 m.d.sync += [ciphertext.eq(result), held.eq(1)]
             with m.Elif(self.o.ready):

@@ -53,7 +53,8 @@ PROFILES = {
     # takes 10+ cycles here, so deeper ones would only cost flip-flops.
     # The AES unit's result is registered, so the last round (an S-box read, the
     # key step and AddRoundKey) does not share a cycle with the keystream XOR and
-    # the multiplier's or the consumer's input (a cycle a block: 11 of the 16).
+    # the multiplier's or the consumer's input, and its input's ready comes from
+    # registers (two cycles a block: 12 / 16 of the multiplier's 16).
     "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=8,
                           post_register=True),
     # ECP5: one block per cycle at 100 MHz. Every S-box read has its block RAM's
