@@ -464,10 +464,21 @@ class ReplayWindowUnit(wiring.Component):
 
         s2_flags = {name: Signal(name=f"s2_{name}") for name in
                     ("no_fit", "zero", "right", "in_window", "head_bit", "ring_bit", "same_block", "far",
-                     "seq_match", "wraps")}
+                     "seq_match")}
         s2_top, s2_word, s2_ring_valid = Signal(64), Signal(32), Signal(n)
         s2_stored = Signal(32)
         s2_seq_hi = Signal(32)
+        # Which ring words a move of the window clears, but for `far` (all of them):
+        # the indices strictly between the top's block and `full`'s, mod N. Decided
+        # here from stage 1's own values, so stage 2's path into the head row's
+        # write is a few gates after its registers rather than these compares too.
+        top_block = tl[5:5 + log_n]
+        wraps = top_block >= index
+        between = Signal(n)
+        m.d.comb += between.eq(Cat(
+            Mux(wraps, (top_block < k) | (index > k), (top_block < k) & (index > k))
+            for k in range(n)))
+        s2_between = Signal(n)
         with m.If(advance):
             for key in s2:
                 m.d.sync += s2[key].eq(c[key])
@@ -480,8 +491,7 @@ class ReplayWindowUnit(wiring.Component):
                 s2_flags["head_bit"].eq(head_row.word.bit_select(seq_lo[:5], 1)),
                 s2_flags["ring_bit"].eq(ring_stored.bit_select(seq_lo[:5], 1)),
                 s2_flags["far"].eq(blocks > n),
-                # the blocks cleared by a move, (Tb, Fb) mod N, wrap around
-                s2_flags["wraps"].eq(tl[5:5 + log_n] >= index),
+                s2_between.eq(between),
                 s2_flags["seq_match"].eq(Mux(c["esn"],
                                              (plus & (th == c_hi_m1)) | (minus & (th == c_hi_p1)) |
                                              (same & (th == c["seq"][32:])),
@@ -521,9 +531,7 @@ class ReplayWindowUnit(wiring.Component):
         top_block = s2_top[5:5 + log_n]
         index = s2["seq"][5:5 + log_n]
         cleared = Signal(n)
-        m.d.comb += cleared.eq(Cat(
-            far | Mux(s2_flags["wraps"], (top_block < k) | (index > k), (top_block < k) & (index > k))
-            for k in range(n)))
+        m.d.comb += cleared.eq(Mux(far, (1 << n) - 1, s2_between))
         moved_valid = Signal(n)
         m.d.comb += moved_valid.eq((s2_ring_valid & ~cleared) |
                                    Mux(far, 0, _one_hot(top_block, n)))
