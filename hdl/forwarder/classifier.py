@@ -37,7 +37,7 @@ deletes or moves an SA whose entries it has just changed).
 
 from amaranth import *
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..packet.layouts import packet_beat
@@ -128,7 +128,11 @@ class Classifier(wiring.Component):
         m.submodules.parser = parser = self._parser
         m.submodules.spi = spi = self._spi
         m.submodules.policy = policy = self._policy
-        m.submodules.records = records = SyncFIFO(width=self._pending.size, depth=8)
+        # The record and result FIFOs read out of registers: the decision's logic, and
+        # the dispatcher's behind it, start from flip-flops rather than from LUT-RAM
+        # reads. The cycle that costs a record is hidden behind the lookups; a result's
+        # is a cycle of latency.
+        m.submodules.records = records = SyncFIFOBuffered(width=self._pending.size, depth=8)
         # The parser hands on a packet's first beat only after its record, and the next
         # record only after that beat: taking the beats into a FIFO at once lets the next
         # packet's lookups start while this one's first beat waits for its decision.
@@ -138,8 +142,8 @@ class Classifier(wiring.Component):
         # Results wait here for their packet's decision rather than in the filters, whose
         # whole pipelines stop while their last result waits.
         spi_result, rule_result = spi.result.payload.shape(), policy.result.payload.shape()
-        m.submodules.spi_found = spi_found = SyncFIFO(width=spi_result.size, depth=4)
-        m.submodules.rule_found = rule_found = SyncFIFO(width=rule_result.size, depth=4)
+        m.submodules.spi_found = spi_found = SyncFIFOBuffered(width=spi_result.size, depth=4)
+        m.submodules.rule_found = rule_found = SyncFIFOBuffered(width=rule_result.size, depth=4)
         for table, fifo in ((spi, spi_found), (policy, rule_found)):
             m.d.comb += [fifo.w_data.eq(table.result.payload), fifo.w_en.eq(table.result.valid),
                          table.result.ready.eq(fifo.w_rdy)]
@@ -178,7 +182,7 @@ class Classifier(wiring.Component):
             # Every record taken has been decided (a lookup in flight has its record
             # in the FIFO): with `pause`, the point where the host may change an entry
             # and send a fence with no decision between them.
-            self.idle.eq(~records.r_rdy),
+            self.idle.eq(records.level == 0),
         ]
 
         # ---- join: the record and both results, in packet order ------------------------
