@@ -226,9 +226,11 @@ class EspDecap(wiring.Component):
     AES-128): the input is taken at the GCM core's block rate (one 16-byte beat
     per cycle *fast*, about one per 16 *compact*, its serial GHASH), plus about
     four cycles per packet (the header check, the command, the AAD block, the
-    ICV block); the core's verdict comes 21 (*fast*) / 52 (*compact*) cycles
-    after the last input beat; the first inner beat leaves 6 cycles after that
-    verdict (one more per further block of padding: 21 for 255 bytes), the others
+    ICV block); the core's verdict comes 21 (*fast*) / 52 (*compact*, measured
+    before its AES unit's output register, which adds a few) cycles after the last
+    input beat; the first inner beat leaves 6 cycles after that verdict, 7 when
+    the packet has padding (one more per further block of padding: 22 for 255
+    bytes), the others
     follow at one beat per cycle, and the packet's verdict one cycle after its
     last beat. With one bank the next packet is taken in the cycle after the
     verdict; with ``banks`` banks ``banks`` packets are in flight. Cycles per
@@ -699,6 +701,12 @@ class EspDecap(wiring.Component):
         # Which padding byte (1-based) lane 0 of block `pad_blk` would be: -15..270 in
         # the blocks visited, so each lane needs only a small adder and two compares.
         pad_base = Signal(signed(10))
+        # Of the block the padding check reads next: which lanes are padding bytes and
+        # what each must be (RFC 4303 2.4: 1, 2, 3, ...), worked out a cycle ahead from
+        # `pad_base` and `pad_len`, so the check is a byte compare after the block
+        # RAM's read and not the adders and range compares too.
+        pad_lanes = Signal(BLOCK_BYTES)
+        pad_expect = Signal(data.ArrayLayout(8, BLOCK_BYTES))
         pad_bad = Signal()
         payload_len = Signal(signed(18))
         m.d.comb += payload_len.eq(text_len - 2 - pad_len)
@@ -861,15 +869,26 @@ class EspDecap(wiring.Component):
                 with m.Elif(length_now == 0):
                     m.next = "INNER"
                 with m.Else():
-                    m.next = "PAD"
+                    m.next = "PAD_LANES"
+
+            def lanes_of(base):
+                # The padding lanes of the block whose lane 0 is padding byte `base`.
+                for k in range(BLOCK_BYTES):
+                    index = base + k
+                    m.d.sync += [pad_lanes[k].eq((index >= 1) & (index <= pad_len)),
+                                 pad_expect[k].eq(index[:8])]
+
+            with m.State("PAD_LANES"):
+                lanes_of(pad_base)
+                read(pad_blk)
+                m.next = "PAD"
 
             with m.State("PAD"):
                 # RFC 4303 2.4: padding bytes 1, 2, 3, ... pad_len.
-                for k in range(BLOCK_BYTES):
-                    index = Signal(signed(11), name=f"pad_index_{k}")
-                    m.d.comb += index.eq(pad_base + k)
-                    with m.If((index >= 1) & (index <= pad_len) & (rd_octet[k] != index[:8])):
-                        m.d.sync += pad_bad.eq(1)
+                with m.If(Cat(pad_lanes[k] & (rd_octet[k] != pad_expect[k])
+                              for k in range(BLOCK_BYTES)).any()):
+                    m.d.sync += pad_bad.eq(1)
+                lanes_of(pad_base - BLOCK_BYTES)
                 read(pad_blk - 1)
                 m.d.sync += [pad_blk.eq(pad_blk - 1), pad_base.eq(pad_base - BLOCK_BYTES)]
                 with m.If(pad_base <= 1):     # this block holds the first padding byte
