@@ -4,7 +4,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .round import (AES_REQUEST, ROUNDS_128, ROUNDS_256, cipher_round, final_round,
-                    key_load, key_step)
+                    key_control_word, key_load, key_step)
 from .sbox import SubBytes, check_sbox
 
 
@@ -58,9 +58,13 @@ class AesIterative(wiring.Component):
         key_256 = Signal()
         key_lo  = Signal(128, reset_less=True)
         key_hi  = Signal(128, reset_less=True)
+        # The key step's control (Rcon, rotate) for round `rnd`, kept in a register
+        # beside it: decoding the round counter was in front of the key step's XOR
+        # chain, on the path from the counter to the next round's S-box address.
+        control = Signal(10, reset_less=True)
 
         round_key, next_lo, next_hi, next_sub_addr = key_step(
-            m, key_lo, key_hi, sub_word.data, rnd=rnd, key_256=key_256)
+            m, key_lo, key_hi, sub_word.data, control=control, key_256=key_256)
         state = cipher_round(m, sub_bytes.data, round_key)
 
         request = self.i.payload
@@ -100,6 +104,7 @@ class AesIterative(wiring.Component):
                 key_lo.eq(next_lo),
                 key_hi.eq(next_hi),
                 rnd.eq(rnd + 1),
+                control.eq(key_control_word(rnd + 1, key_256)),
                 last.eq(rnd + 1 == Mux(key_256, ROUNDS_256, ROUNDS_128)),
             ]
         with m.Elif(advance):  # idle, delivering, or (output register) done
@@ -107,6 +112,7 @@ class AesIterative(wiring.Component):
                 key_lo.eq(load_lo),
                 key_hi.eq(load_hi),
                 key_256.eq(request.key_256),
+                control.eq(key_control_word(1, request.key_256)),
                 rnd.eq(self.i.valid & self.i.ready),
                 last.eq(0),
             ]

@@ -30,7 +30,7 @@ from amaranth.lib import data
 __all__ = [
     "AES_REQUEST", "AES_PIPE_REQUEST", "AES_PIPE_RESPONSE", "ROUNDS_128", "ROUNDS_256",
     "shift_rows", "mix_columns", "cipher_round", "final_round",
-    "rcon", "key_control", "key_load", "key_step",
+    "rcon", "key_control", "key_control_word", "key_load", "key_step",
 ]
 
 
@@ -139,14 +139,20 @@ def _key_control_entry(rnd, key_256):
     return 0
 
 
+def key_control_word(rnd, key_256):
+    """The key step's control for round ``rnd`` (int or value, 1..14) as one 10-bit
+    value (``zero``, ``rotate``, then the 8-bit ``rcon``), for a unit that keeps it in
+    a register ahead of its round (:func:`key_step`'s ``control``)."""
+    if isinstance(rnd, int):
+        return Mux(key_256, Const(_key_control_entry(rnd, True), 10),
+                   Const(_key_control_entry(rnd, False), 10))
+    return Array(Const(_key_control_entry(r, k), 10)
+                 for k in (False, True) for r in range(16))[Cat(rnd[:4], key_256)]
+
+
 def key_control(rnd, key_256):
     """``(zero, rotate, rcon)`` for the key step of round ``rnd`` (int or value, 1..14)."""
-    if isinstance(rnd, int):
-        control = Mux(key_256, Const(_key_control_entry(rnd, True), 10),
-                      Const(_key_control_entry(rnd, False), 10))
-    else:
-        control = Array(Const(_key_control_entry(r, k), 10)
-                        for k in (False, True) for r in range(16))[Cat(rnd[:4], key_256)]
+    control = key_control_word(rnd, key_256)
     return control[9], control[8], control[:8]
 
 
@@ -158,13 +164,18 @@ def key_load(key):
     return differences, key[:128], words[3]
 
 
-def key_step(m, lo, hi, sub, *, rnd, key_256, name="key"):
-    """``(round_key, next_lo, next_hi, sub_addr)`` in round ``rnd`` (int or value).
+def key_step(m, lo, hi, sub, *, rnd=None, key_256, control=None, name="key"):
+    """``(round_key, next_lo, next_hi, sub_addr)`` in round ``rnd`` (int or value), or
+    with ``control``, :func:`key_control_word` of the round, given instead.
 
     ``sub`` is SubWord(hi[3]), looked up a cycle earlier; ``sub_addr`` is the word
     to look up for the next step. Comb logic in ``m``.
     """
-    zero, rotate, round_constant = key_control(rnd, key_256)
+    if (rnd is None) == (control is None):
+        raise TypeError("key_step needs either rnd or control")
+    if control is None:
+        control = key_control_word(rnd, key_256)
+    zero, rotate, round_constant = control[9], control[8], control[:8]
     # SubWord(RotWord(w)) = RotWord(SubWord(w)): the S-box needs no rotated address.
     temp = Signal(32, name=f"{name}_temp")
     base = Signal(128, name=f"{name}_base")
