@@ -54,9 +54,11 @@ PROFILES = {
     # The AES unit's result is registered, so the last round (an S-box read, the
     # key step and AddRoundKey) does not share a cycle with the keystream XOR and
     # the multiplier's or the consumer's input, and its input's ready comes from
-    # registers (two cycles a block: 12 / 16 of the multiplier's 16).
+    # registers (two cycles a block: 12 / 16 of the multiplier's 16). The tag
+    # check has a cycle of its own after the last product (a decrypt's 128-bit
+    # compare was one path with the multiplier's last step and the lane XORs).
     "compact": GcmProfile("compact", aes="iterative", ghash="serial", ghash_digit=8,
-                          post_register=True),
+                          post_register=True, tag_check_register=True),
     # ECP5: one block per cycle at 100 MHz. Every S-box read has its block RAM's
     # output register and then a fabric register (three cycles a round: the
     # wire from one round's block RAMs to the next round's logic gets a cycle
