@@ -187,10 +187,29 @@ class PllDomain(Elaboratable):
                 i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
                 o_CLKOP=clk, o_LOCK=locked)
         platform.add_clock_constraint(clk, self.frequency * 1e6)
-        m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
+        if self.family == "ecp5":
+            self._global_reset(m, clk, ~locked)
+        else:
+            # nextpnr-ice40 puts a high-fanout reset on a global buffer itself.
+            m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
         for name in self.extra:
             m.submodules[f"reset_{name}"] = ResetSynchronizer(~locked, domain=name)
         return m
+
+    @staticmethod
+    def _global_reset(m, clk, arst):
+        """``sync``'s reset, synchronized as :class:`ResetSynchronizer` does, then through
+        a ``DCCA`` onto a global network. nextpnr-ecp5 promotes only clocks to global
+        networks; ``sync``'s reset goes to nearly every flip-flop of the design, and in
+        the general routing it was one of the two most congested nets of the whole ULX3S
+        build and one cycle's wire across the die."""
+        m.domains.reset_stages = stages = ClockDomain("reset_stages", async_reset=True,
+                                                      local=True)
+        first, last = Signal(init=1), Signal(init=1)
+        m.d.reset_stages += [first.eq(0), last.eq(first)]
+        m.d.comb += [stages.clk.eq(clk), stages.rst.eq(arst)]
+        m.submodules.reset_buffer = Instance("DCCA", i_CLKI=last, i_CE=1,
+                                             o_CLKO=ResetSignal("sync"))
 
     def _secondary(self, m, platform, dividers) -> dict:
         """The EHXPLLL ports and parameters of the extra domains' outputs."""
