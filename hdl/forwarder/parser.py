@@ -133,7 +133,7 @@ class IpParser(wiring.Component):
         # parser's deepest path).
         m.submodules.arriving = arriving = SkidBuffer(layout)
         words = header_words(m, arriving.o.payload, arriving.o.valid & arriving.o.ready, width)
-        pairs = (len(words.words) + 1) // 2
+        pairs = len(words.pairs)
         m.submodules.paired = paired_beats = SkidBuffer(
             data.StructLayout({"beat": layout, "pair_sums": data.ArrayLayout(17, pairs)}))
         m.submodules.summed = summed_beats = SkidBuffer(
@@ -142,8 +142,7 @@ class IpParser(wiring.Component):
         paired = paired_beats.o.payload
         m.d.comb += [
             paired_beats.i.payload.beat.eq(arriving.o.payload),
-            *(paired_beats.i.payload.pair_sums[k].eq(sum(words.words[2 * k:2 * k + 2]))
-              for k in range(pairs)),
+            *(paired_beats.i.payload.pair_sums[k].eq(pair) for k, pair in enumerate(words.pairs)),
             paired_beats.i.valid.eq(arriving.o.valid),
             arriving.o.ready.eq(paired_beats.i.ready),
             summed_beats.i.payload.beat.eq(paired.beat),

@@ -31,18 +31,20 @@ def ip_header_length(beat, kept):
 
 class HeaderWords(NamedTuple):
     """What :func:`header_words` gives for a beat."""
-    words: list          # its 16-bit words, those outside the IP header as zero
-    sum: Value           # the same, added up
+    pairs: list          # its 16-bit words, those outside the IP header as zero, added
+                         # in pairs (the last alone when odd): 17-bit sums
     at: Value            # its byte offset in its packet (saturates at 128)
     header_len: Value    # its packet's IP header length in bytes (IPv6: 40)
 
 
 def header_words(m, beat, taken, width) -> HeaderWords:
-    """The sum of `beat`'s 16-bit words that lie within its packet's IP header (the IPv4
-    header checksum's words, a beat at a time; bytes past ``count`` must be zero), and
-    where the beat and the header are, with the state it keeps in `m` advanced when
-    `taken`. Which words of the next beat are header words is decided a beat ahead, so
-    the adder tree starts from flip-flops (a first beat's from its first byte)."""
+    """`beat`'s 16-bit words that lie within its packet's IP header (the IPv4 header
+    checksum's words, a beat at a time; bytes past ``count`` must be zero) added in
+    pairs, and where the beat and the header are, with the state it keeps in `m`
+    advanced when `taken`. Which words of the next beat are header words is decided a
+    beat ahead, so the adder tree starts from flip-flops (a first beat's from its first
+    byte); its first level is the pairs, which a caller registers before adding them
+    up, so the tree never takes one cycle whole."""
     words = words16(beat.data)
     offset = Signal(8)                      # of the beat in its packet (saturates)
     ihl_bytes = Signal(6)
@@ -60,7 +62,7 @@ def header_words(m, beat, taken, width) -> HeaderWords:
         with m.If(beat.first):
             m.d.sync += ihl_bytes.eq(header_len)
     kept = [Mux(in_header[w], word, 0) for w, word in enumerate(words)]
-    return HeaderWords(kept, sum(kept), at, header_len)
+    return HeaderWords([sum(kept[w:w + 2]) for w in range(0, len(kept), 2)], at, header_len)
 
 
 class Ipv4HeaderCheck(wiring.Component):
@@ -127,7 +129,7 @@ class Ipv4HeaderCheck(wiring.Component):
         # The adder tree and the fold were one path from the beat FIFO's output, and
         # then the tree alone, after the choice of a first beat's header words.
         flags = {"valid": 1, "first": 1, "last": 1, "v4": 1, "complete": 1, "short": 1}
-        pairs = (len(words.words) + 1) // 2
+        pairs = len(words.pairs)
         paired = Signal(data.StructLayout({**flags, "sums": data.ArrayLayout(17, pairs)}))
         m.d.sync += [
             paired.valid.eq(taken),
@@ -136,7 +138,7 @@ class Ipv4HeaderCheck(wiring.Component):
             paired.v4.eq(v4),
             paired.complete.eq(words.at + Mux(beat.last, beat.count, width) >= words.header_len),
             paired.short.eq(words.header_len < 20),
-            *(paired.sums[k].eq(sum(words.words[2 * k:2 * k + 2])) for k in range(pairs)),
+            *(paired.sums[k].eq(pair) for k, pair in enumerate(words.pairs)),
         ]
         staged = Signal(data.StructLayout({**flags, "sum": 20}))
         m.d.sync += [*(staged[name].eq(paired[name]) for name in flags),
