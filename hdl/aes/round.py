@@ -30,7 +30,7 @@ from amaranth.lib import data
 __all__ = [
     "AES_REQUEST", "AES_PIPE_REQUEST", "AES_PIPE_RESPONSE", "ROUNDS_128", "ROUNDS_256",
     "shift_rows", "mix_columns", "cipher_round", "final_round",
-    "rcon", "key_control", "key_control_word", "key_load", "key_step",
+    "rcon", "key_control_word", "key_load", "key_step",
 ]
 
 
@@ -148,12 +148,6 @@ def key_control_word(rnd, key_256):
                    Const(_key_control_entry(rnd, False), 10))
     return Array(Const(_key_control_entry(r, k), 10)
                  for k in (False, True) for r in range(16))[Cat(rnd[:4], key_256)]
-
-
-def key_control(rnd, key_256):
-    """``(zero, rotate, rcon)`` for the key step of round ``rnd`` (int or value, 1..14)."""
-    control = key_control_word(rnd, key_256)
-    return control[9], control[8], control[:8]
 
 
 def key_load(key):
