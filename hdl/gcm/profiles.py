@@ -115,8 +115,6 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
             or profile.sbox_latency not in (SBOX_LATENCIES if profile.aes == "pipeline" else (1,))):
         raise ValueError(f"sbox_latency must be 1{', 2 or 3' if profile.aes == 'pipeline' else ''} "
                          f"with the {profile.aes} AES unit, not {profile.sbox_latency!r}")
-    if type(profile.post_register) is not bool:
-        raise ValueError(f"post_register must be True or False, not {profile.post_register!r}")
     for name in ("aes_input_register", "aes_round_key_register", "injector_register"):
         value = getattr(profile, name)
         if type(value) is not bool or value and profile.aes != "pipeline":
@@ -134,7 +132,7 @@ def resolve_profile(profile, **overrides) -> GcmProfile:
                                             or profile.ghash_stages != 2)):
         raise ValueError(f"ghash_karatsuba must be 0 to 3 with the pipelined multiplier "
                          f"of 2 stages, 0 otherwise, not {profile.ghash_karatsuba!r}")
-    for name in ("tag_check_register", "input_registers"):
+    for name in ("tag_check_register", "input_registers", "post_register"):
         if type(getattr(profile, name)) is not bool:
             raise ValueError(f"{name} must be True or False, not {getattr(profile, name)!r}")
     # The pipelined AES unit cannot wait, so its blocks need a place reserved
