@@ -201,14 +201,14 @@ class PllDomain(Elaboratable):
         """``sync``'s reset, synchronized as :class:`ResetSynchronizer` does, then through
         a ``DCCA`` onto a global network. nextpnr-ecp5 promotes only clocks to global
         networks; ``sync``'s reset goes to nearly every flip-flop of the design, and in
-        the general routing it was one of the two most congested nets of the whole ULX3S
-        build and one cycle's wire across the die."""
-        m.domains.reset_stages = stages = ClockDomain("reset_stages", async_reset=True,
-                                                      local=True)
-        first, last = Signal(init=1), Signal(init=1)
-        m.d.reset_stages += [first.eq(0), last.eq(first)]
-        m.d.comb += [stages.clk.eq(clk), stages.rst.eq(arst)]
-        m.submodules.reset_buffer = Instance("DCCA", i_CLKI=last, i_CE=1,
+        the general routing it was among the three most congested nets of the whole
+        ULX3S build and one cycle's wire across the die."""
+        # A domain of `sync`'s clock whose reset is the synchronizer's output before
+        # the global buffer.
+        m.domains.sync_reset = local = ClockDomain("sync_reset", local=True)
+        m.d.comb += local.clk.eq(clk)
+        m.submodules.reset = ResetSynchronizer(arst, domain="sync_reset")
+        m.submodules.reset_buffer = Instance("DCCA", i_CLKI=local.rst, i_CE=1,
                                              o_CLKO=ResetSignal("sync"))
 
     def _secondary(self, m, platform, dividers) -> dict:
