@@ -116,10 +116,10 @@ def test_icarus_runs_the_same_vectors():
     assert [(o.text, o.tag) for o in run.outcomes] == [(v.ct, v.tag) for v in vectors]
 
 
-def test_tag_check_register_in_the_compact_profile():
-    """The registered tag check (the fast profile's) with one lane, so that
-    both settings run with both lane counts: decrypts that pass and fail, and
-    encrypts, back to back."""
+def test_unregistered_tag_check_in_the_compact_profile():
+    """The tag check without its register (both profiles have it) with one lane, so
+    that both settings run with one lane: decrypts that pass and fail, and encrypts,
+    back to back."""
     vectors = load_vectors("gcmDecrypt128.rsp")[::15] + load_vectors("gcmDecrypt256.rsp")[::15]
     assert any(v.fail for v in vectors) and not all(v.fail for v in vectors)
     messages = []
@@ -127,7 +127,7 @@ def test_tag_check_register_in_the_compact_profile():
         messages.append(GcmMessage(key=v.key, nonce=v.iv, aad=v.aad, text=v.ct,
                                    decrypt=True, tag=v.tag))
         messages.append(GcmMessage(key=v.key, nonce=v.iv, aad=v.aad, text=v.ct))
-    run = run_gcm(messages, profile="compact", tag_check_register=True)
+    run = run_gcm(messages, profile="compact", tag_check_register=False)
     for index, (message, outcome) in enumerate(zip(messages, run.outcomes, strict=True)):
         expected = reference(message)
         assert (outcome.tag_ok, outcome.tag) == (expected.tag_ok, expected.tag), f"message {index}"
