@@ -420,9 +420,10 @@ def test_route_writes_while_traffic_flows(data, stages, seed):
 @pytest.mark.parametrize("stages", [1, 2, 4])
 def test_egress_throughput_and_latency(stages):
     """Back-to-back packets of two beats (the shortest IPv4), every port ready: one
-    beat out per cycle, and the first beat offered stages + 7 cycles after the beat
-    that completed its record (the second) came in: the parser's 5 and the route
-    table's stages + 2."""
+    beat out per cycle, and the first beat offered stages + 8 cycles after the beat
+    that completed its record (the second) came in: the parser's record 4 cycles
+    after that beat, then the route table's stages + 4 (its result queue's 2
+    included)."""
     ports = 2
     dut = Egress(ports=ports, routes=8, stages=stages)
     packets = [_packet("udp", False, _address(False, k % 2, 0), ident=k + 1, size=4)
@@ -456,7 +457,7 @@ def test_egress_throughput_and_latency(stages):
     run_sim(dut, bench)
     assert taken_in == list(range(taken_in[0], taken_in[0] + len(beats)))
     assert offered == list(range(offered[0], offered[0] + len(beats)))
-    assert offered[0] - taken_in[1] == stages + 7
+    assert offered[0] - taken_in[1] == stages + 8
 
 
 def test_parser_extra_fields():

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""The GCM core's credit count (`_credit_counter`) in front of a real FIFO, in Amaranth's simulator.
+"""The GCM core's credit count (`credit_counter`) in front of a real FIFO, in Amaranth's simulator.
 
 Items are promised a place when they enter a fixed-latency pipeline and written to
 the FIFO when they leave it, as the fast core's text blocks are (AES unit, then
@@ -15,7 +15,7 @@ import pytest
 from amaranth import *
 from amaranth.lib import fifo
 
-from espnic.hdl.gcm.core import _credit_counter
+from espnic.hdl.packet.credit import credit_counter
 from espnic.sim.amaranth_sim import run_sim
 
 
@@ -36,7 +36,7 @@ class CreditedFifo(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.fifo = out = fifo.SyncFIFOBuffered(width=16, depth=self.depth)
-        room = _credit_counter(m, "out", self.depth, spent=self.spent,
+        room = credit_counter(m, "out", self.depth, spent=self.spent,
                                freed=out.r_en & out.r_rdy, registered=self.registered)
         sequence = Signal(16)
         m.d.comb += self.spent.eq(self.want & room)

@@ -152,7 +152,7 @@ def test_policy_latency_and_a_rule_rewritten_under_lookups(stages):
     action and value all change together): each result is the model's with that rule
     either old or new, never a mix of the two (an old match with the new value)."""
     dut = PolicyTable(rules=8, stages=stages, value=VALUE)
-    assert dut.latency == stages + 2
+    assert dut.latency == stages + 4
     key = {"ipv6": False, "src": _address(False, 0, 3), "dst": _address(False, 1, 5),
            "proto": 17, "sport": 500, "dport": 4500}
     rule = {"valid": True, "ipv6": False, "src": bytes(16), "src_len": 0, "dst": bytes(16),

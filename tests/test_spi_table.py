@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from amaranth.lib import data
 
-from espnic.hdl.forwarder.spi_table import SPI_KEY, SpiOp, SpiTable, bucket_of
+from espnic.hdl.forwarder.spi_table import SPI_KEY, SpiOp, SpiStatus, SpiTable, bucket_of
 from espnic.sim.amaranth_sim import run_sim, stream_get, stream_put
 from espnic.sim.model.forwarder import SpiTableModel
 
@@ -128,6 +128,51 @@ def test_spi_table_replace_under_lookups():
         assert value in (settled, pending), (taken, value, settled, pending)
     # And the lookups did overlap the operations.
     assert any(replies[0][0] - 6 < taken < replies[-1][0] for taken, _, _ in lookups)
+
+
+def test_spi_table_rate_and_latency():
+    """Lookups back to back with the result always taken: one taken every cycle (the
+    result queue's credits never run out), each result offered 4 cycles after its
+    lookup, in order; then, with the result held, the table takes exactly as many
+    lookups as its queue has places and loses none of them."""
+    dut = SpiTable(entries=16, ways=4, value=VALUE)
+    key = _key(0x1234, 0x0a000002, 0)
+    taken, offered, held_taken, held_results = [], [], [], []
+
+    async def bench(ctx):
+        await stream_put(ctx, dut.host, {"op": SpiOp.INSERT, "key": SPI_KEY.from_bits(key),
+                                         "value": _value(0x155)}, timeout=50)
+        assert (await stream_get(ctx, dut.host_reply, timeout=50)).status == SpiStatus.OK
+        ctx.set(dut.lookup.payload, SPI_KEY.from_bits(key))
+        ctx.set(dut.result.ready, 1)
+        for cycle in range(30):
+            ctx.set(dut.lookup.valid, cycle < 20)
+            _clk, _rst, l_ready, r_valid, payload = await ctx.tick().sample(
+                dut.lookup.ready, dut.result.valid, dut.result.payload)
+            if cycle < 20 and l_ready:
+                taken.append(cycle)
+            if r_valid:
+                assert payload.hit and _as_number(payload.value) == 0x155
+                offered.append(cycle)
+        ctx.set(dut.result.ready, 0)
+        ctx.set(dut.lookup.valid, 1)
+        for cycle in range(40):
+            _clk, _rst, l_ready = await ctx.tick().sample(dut.lookup.ready)
+            held_taken.append(l_ready)
+        ctx.set(dut.lookup.valid, 0)
+        ctx.set(dut.result.ready, 1)
+        for cycle in range(40):
+            _clk, _rst, r_valid, payload = await ctx.tick().sample(dut.result.valid,
+                                                                   dut.result.payload)
+            if r_valid:
+                held_results.append(_as_number(payload.value))
+
+    run_sim(dut, bench)
+    assert taken == list(range(20))
+    assert offered == [cycle + 4 for cycle in taken]
+    # The queue's places: the pipeline's 2 cycles, the FIFO's 2, the credit's 2.
+    assert sum(held_taken) == len(held_results) == 2 + 2 + 2
+    assert held_results == [0x155] * len(held_results)
 
 
 def test_spi_table_parameters_and_hash():

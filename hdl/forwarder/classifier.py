@@ -85,10 +85,9 @@ class Classifier(wiring.Component):
     rules, stages : the :class:`PolicyTable`'s size.
 
     Latency: the parser's (5 cycles after the beat that completes the record),
-    then ``stages + 2`` cycles of lookup (the policy table's; the SPI table's 2 are
-    fewer); a packet's first beat leaves the cycle after its decision. The beats wait
-    in a FIFO of ``stages + 6`` so the
-    lookups of the packets behind overlap with this one's: a packet costs as many
+    then ``stages + 4`` cycles of lookup (the policy table's, its result queue
+    included; the SPI table's 4 are fewer); a packet's first beat leaves the cycle
+    after its decision. The beats wait in a FIFO of ``stages + 6`` so the lookups of the packets behind overlap with this one's: a packet costs as many
     cycles as it has beats, 2 at least (its decision and its first beat take
     one cycle each), so one beat per cycle for packets of two beats or more.
     """
@@ -138,15 +137,10 @@ class Classifier(wiring.Component):
         # packet's lookups start while this one's first beat waits for its decision.
         beat_layout = packet_beat(16)
         m.submodules.beats = beats = SyncFIFOBuffered(width=beat_layout.size,
-                                                      depth=self._policy.latency + 4)
-        # Results wait here for their packet's decision rather than in the filters, whose
-        # whole pipelines stop while their last result waits.
-        spi_result, rule_result = spi.result.payload.shape(), policy.result.payload.shape()
-        m.submodules.spi_found = spi_found = SyncFIFOBuffered(width=spi_result.size, depth=4)
-        m.submodules.rule_found = rule_found = SyncFIFOBuffered(width=rule_result.size, depth=4)
-        for table, fifo in ((spi, spi_found), (policy, rule_found)):
-            m.d.comb += [fifo.w_data.eq(table.result.payload), fifo.w_en.eq(table.result.valid),
-                         table.result.ready.eq(fifo.w_rdy)]
+                                                      depth=self._policy.latency + 2)
+        # The results wait in the filters' result queues (read from registers too), and
+        # the filters' pipelines run on while they wait.
+        spi_found, rule_found = spi.result, policy.result
         wiring.connect(m, wiring.flipped(self.i), parser.i)
         wiring.connect(m, wiring.flipped(self.spi_host), spi.host)
         wiring.connect(m, spi.host_reply, wiring.flipped(self.spi_reply))
@@ -189,7 +183,7 @@ class Classifier(wiring.Component):
         pending = self._pending(records.r_data)
         kept = pending.record
         inbound = (kept.kind == PacketKind.ESP) | (kept.kind == PacketKind.UDP_ESP)
-        found, rule = spi_result(spi_found.r_data), rule_result(rule_found.r_data)
+        found, rule = spi_found.payload, rule_found.payload
         out = self.decision.payload
         miss = Mux(self.miss_to_host, Decision.HOST, Decision.DROP)
         with m.If(pending.fence):
@@ -210,15 +204,15 @@ class Classifier(wiring.Component):
                     m.d.comb += out.decision.eq(Decision.BYPASS)
                 with m.Default():
                     m.d.comb += out.decision.eq(Decision.DROP)
-        all_in = records.r_rdy & spi_found.r_rdy & rule_found.r_rdy
+        all_in = records.r_rdy & spi_found.valid & rule_found.valid
         decided = self.decision.valid & self.decision.ready
         # One decision ahead of the beats at most (`ahead`, below).
         ahead = Signal()
         m.d.comb += [
             self.decision.valid.eq(all_in & ~ahead),
             records.r_en.eq(decided),
-            spi_found.r_en.eq(decided),
-            rule_found.r_en.eq(decided),
+            spi_found.ready.eq(decided),
+            rule_found.ready.eq(decided),
         ]
         with m.If(decided & ~pending.fence):
             with m.If(kept.malformed):

@@ -93,8 +93,8 @@ class RouteTable(wiring.Component):
     stages : pipeline stages; ``routes / stages`` routes are compared in each.
     ports : the ports a route can name (a route to port ``ports`` or above is refused).
 
-    Latency :attr:`latency` = ``stages + 2`` cycles from a lookup taken to its result
-    offered (a :class:`PolicyTable`'s), one lookup per cycle; a miss is ``hit = 0``.
+    Latency :attr:`latency` = ``stages + 4`` cycles from a lookup taken to its result
+    offered (a :class:`PolicyTable`'s, its result queue included), one lookup per cycle; a miss is ``hit = 0``.
     A host write is taken in one cycle and answered in the next; ``ok = 0``
     (nothing written) for a prefix longer than the address or a port that does
     not exist. A lookup sees each route
@@ -171,9 +171,9 @@ class Egress(wiring.Component):
     Throughput: one beat per cycle in and out, with no cycle lost between
     packets of two beats or more (every well-formed IP packet); a dropped
     packet's beats are taken one a cycle too. Latency: a packet's first beat
-    is offered on its port ``stages + 7`` cycles after the beat that completes its
-    parser record came in (the parser's 5, then the route table's ``stages + 2``; the
-    record is complete with the first 72 bytes at most).
+    is offered on its port ``stages + 8`` cycles after the beat that completes its
+    parser record came in (the record 4 cycles after that beat, then the route
+    table's ``stages + 4``; the record is complete with the first 72 bytes at most).
     Packets leave in order: a stalled port holds the egress, and with it every
     other port, until it takes the beat at the head. The bytes pass as they came:
     a stream longer than its IP length (Ethernet padding) keeps its tail.
@@ -205,16 +205,13 @@ class Egress(wiring.Component):
         m.submodules.parser = parser = self._parser
         m.submodules.routes = routes = self._routes
         # The `malformed` flags of the packets in the route table or in `found`.
-        m.submodules.verdicts = verdicts = SyncFIFO(width=1, depth=lookup + 4)
-        # Results wait here for their packet's first beat rather than in the route
-        # table, whose whole pipeline stops while its last result waits.
-        result_layout = routes.result.payload.shape()
-        m.submodules.found = found_fifo = SyncFIFO(width=result_layout.size, depth=4)
+        m.submodules.verdicts = verdicts = SyncFIFO(width=1, depth=lookup + 2)
+        # The results wait in the route table's result queue, read from registers.
         # The parser hands on a packet's first beat only after its record, and the next
         # record only after that beat: taking the beats into a FIFO at once lets the next
         # lookup start while this packet waits for its route.
         m.submodules.beats = beats = SyncFIFOBuffered(width=EGRESS_BEAT.size,
-                                                      depth=lookup + 4)
+                                                      depth=lookup + 2)
         wiring.connect(m, wiring.flipped(self.i), parser.i)
         wiring.connect(m, wiring.flipped(self.host), routes.host)
         wiring.connect(m, routes.host_reply, wiring.flipped(self.host_reply))
@@ -229,9 +226,6 @@ class Egress(wiring.Component):
             parser.parsed.ready.eq(routes.lookup.ready & verdicts.w_rdy),
             routes.lookup.valid.eq(parser.parsed.valid & verdicts.w_rdy),
             verdicts.w_en.eq(parser.parsed.valid & routes.lookup.ready),
-            found_fifo.w_data.eq(routes.result.payload),
-            found_fifo.w_en.eq(routes.result.valid),
-            routes.result.ready.eq(found_fifo.w_rdy),
             beats.w_data.eq(parser.o.payload),
             beats.w_en.eq(parser.o.valid),
             parser.o.ready.eq(beats.w_rdy),
@@ -239,8 +233,8 @@ class Egress(wiring.Component):
 
         # ---- steer: a packet's first beat with its route, the rest where it went ---------
         head = EGRESS_BEAT(beats.r_data)
-        found = result_layout(found_fifo.r_data)
-        known = verdicts.r_rdy & found_fifo.r_rdy
+        found = routes.result.payload
+        known = verdicts.r_rdy & routes.result.valid
         drop_new = verdicts.r_data[0] | ~found.hit
         kept_drop = Signal()
         kept_port = Signal.like(found.port)
@@ -258,7 +252,7 @@ class Egress(wiring.Component):
         m.d.comb += [
             beats.r_en.eq(take),
             verdicts.r_en.eq(new_packet),
-            found_fifo.r_en.eq(new_packet),
+            routes.result.ready.eq(new_packet),
         ]
         with m.If(new_packet):
             m.d.sync += [kept_drop.eq(drop_new), kept_port.eq(found.port)]

@@ -10,9 +10,11 @@ and the lookup is registered before the first compare, so no cycle has a
 memory read, a 128-bit compare and a priority chain in series. A rule matches
 when it is valid, of the packet's IP version, its source and destination
 prefixes cover the packet's addresses, its protocol is the packet's (or it
-takes any), and the ports are inside its ranges. The match with the highest ``priority`` wins; among equal
-priorities the lowest index. No match is a miss (``hit = 0``): the forwarder
-fails closed.
+takes any), and the ports are inside its ranges. The match with the highest
+``priority`` wins; among equal priorities the lowest index. No match is a miss
+(``hit = 0``): the forwarder fails closed. The pipeline never stops: its
+results wait in a :class:`ResultQueue`, which takes a lookup only when it has
+a place for the result.
 
 A host write replaces one rule in one cycle (its prefix lengths turned into
 masks on the way in), so a lookup sees each rule old or new, never a mix;
@@ -22,6 +24,8 @@ rules are independent, so the table needs no ordering by the host.
 from amaranth import *
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from ..packet.credit import ResultQueue
 
 __all__ = ["PolicyAction", "SELECTOR", "policy_layouts", "prefix_mask", "PolicyTable"]
 
@@ -87,8 +91,8 @@ class PolicyTable(wiring.Component):
     stages : pipeline stages; ``rules / stages`` rules are compared in each.
     value : the layout a PROTECT rule carries (the forwarder's: engine and SA slot).
 
-    Latency :attr:`latency` = ``stages + 2`` cycles from a lookup taken to its result
-    offered, one lookup per cycle. A host write is taken in one cycle and answered in
+    Latency :attr:`latency` = ``stages + 4`` cycles from a lookup taken to its result
+    offered (``stages + 2`` of pipeline, 2 of the result queue's), one lookup per cycle. A host write is taken in one cycle and answered in
     the next (``ok = 0``: a prefix longer than the address, nothing written).
     """
 
@@ -110,9 +114,14 @@ class PolicyTable(wiring.Component):
         })
 
     @property
+    def _steps(self) -> int:
+        # The lookup registered, then each stage's compare, then the last choice.
+        return self._stages + 2
+
+    @property
     def latency(self) -> int:
         """Cycles from a lookup taken to its result offered."""
-        return self._stages + 2
+        return self._steps + ResultQueue.DELAY
 
     def elaborate(self, platform):
         m = Module()
@@ -168,15 +177,18 @@ class PolicyTable(wiring.Component):
         # Step 0 registers the lookup; step s + 1 compares stage s's rules with the key;
         # step s + 2 chooses among their matches and the best so far (in index order: a
         # later rule replaces the match so far only with a strictly higher priority, so
-        # the lowest index wins a tie). The last step's register is the result.
-        last_valid = Signal()
-        advance = ~last_valid | self.result.ready
-        m.d.comb += self.lookup.ready.eq(advance)
-        key, valid = self.lookup.payload, self.lookup.valid
+        # the lowest index wins a tie). The last step's register goes to the result
+        # queue. The steps never stop (no enable on their registers: see
+        # `packet/credit.py`); a lookup is taken only with a place for its result.
+        m.submodules.results = results = ResultQueue(layouts["RESULT"], latency=self._steps)
+        wiring.connect(m, results.o, wiring.flipped(self.result))
+        taken = self.lookup.valid & self.lookup.ready
+        m.d.comb += [self.lookup.ready.eq(results.room), results.taken.eq(taken)]
+        key, valid = self.lookup.payload, taken
         best = Signal(best_layout)          # no match before the first choice (always zero)
         found = []                          # (index, candidate) compared in the step before
         per_stage = self._rules // self._stages
-        for step in range(self.latency):
+        for step in range(self._steps):
             chosen = best
             for k, match in found:
                 better = match.hit & (~chosen.hit | (match.priority > chosen.priority))
@@ -194,27 +206,23 @@ class PolicyTable(wiring.Component):
                 for k in range(stage * per_stage, (stage + 1) * per_stage):
                     rule = rules[k]
                     match = Signal(candidate, name=f"match_{k}")
-                    with m.If(advance):
-                        m.d.sync += [match.hit.eq(matches(rule, key)),
-                                     match.priority.eq(rule.priority),
-                                     match.action.eq(rule.action), match.value.eq(rule.value)]
+                    m.d.sync += [match.hit.eq(matches(rule, key)),
+                                 match.priority.eq(rule.priority),
+                                 match.action.eq(rule.action), match.value.eq(rule.value)]
                     found.append((k, match))
-            last = step == self.latency - 1
-            next_valid = last_valid if last else Signal(name=f"valid_{step}")
+            next_valid = Signal(name=f"valid_{step}")
             next_best = Signal(best_layout, name=f"best_{step}")
-            with m.If(advance):
-                m.d.sync += [next_valid.eq(valid), next_best.eq(chosen)]
+            m.d.sync += [next_valid.eq(valid), next_best.eq(chosen)]
             if step < self._stages:     # the last compare is in step `stages`
                 next_key = Signal(SELECTOR, name=f"key_{step}")
-                with m.If(advance):
-                    m.d.sync += next_key.eq(key)
+                m.d.sync += next_key.eq(key)
                 key = next_key
             valid, best = next_valid, next_best
         m.d.comb += [
-            self.result.valid.eq(last_valid),
-            self.result.payload.hit.eq(best.hit),
-            self.result.payload.index.eq(best.index),
-            self.result.payload.action.eq(best.action),
-            self.result.payload.value.eq(best.value),
+            results.i_valid.eq(valid),
+            results.i.hit.eq(best.hit),
+            results.i.index.eq(best.index),
+            results.i.action.eq(best.action),
+            results.i.value.eq(best.value),
         ]
         return m

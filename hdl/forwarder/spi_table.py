@@ -25,6 +25,8 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..packet.credit import ResultQueue
+
 __all__ = ["SPI_KEY", "SpiOp", "SpiStatus", "spi_table_layouts", "bucket_of", "SpiTable"]
 
 #: What an inbound packet is looked up by. ``udp``: RFC 3948 UDP-encapsulated.
@@ -83,8 +85,9 @@ class SpiTable(wiring.Component):
     ways : entries per bucket (1 to 8, a power of two): more ways, fewer ``FULL``.
     value : the layout an entry maps its key to (the forwarder's: engine and SA slot).
 
-    Latency and throughput: a lookup's result is offered 2 cycles after the
-    lookup is taken, one lookup per cycle. A host operation takes the read port
+    Latency and throughput: a lookup's result is offered 4 cycles after the
+    lookup is taken (2 of read and compare, 2 of the result queue's), one lookup
+    per cycle. A host operation takes the read port
     for 3 cycles once the lookup in flight has left (reply 5 cycles after the
     operation is taken, with no lookup waiting): its bucket is read, compared
     with its key, and the way and status chosen a cycle after the compare.
@@ -130,25 +133,28 @@ class SpiTable(wiring.Component):
             return [way.valid & (way.key.as_value() == key.as_value()) for way in row]
 
         # ---- lookups: read, compare, result -------------------------------------------
+        # The two steps never stop (no enable on their registers: see `packet/credit.py`);
+        # a lookup is taken only with a place for its result in the queue.
+        m.submodules.results = results = ResultQueue(self._layouts["RESULT"], latency=2)
+        wiring.connect(m, results.o, wiring.flipped(self.result))
         host_owns = Signal()           # the host operation has the read port
+        taken = self.lookup.valid & self.lookup.ready
         key_b = Signal(SPI_KEY)
         valid_b = Signal()
-        advance = ~self.result.valid | self.result.ready
         m.d.comb += [
-            self.lookup.ready.eq(advance & ~host_owns),
+            self.lookup.ready.eq(results.room & ~host_owns),
+            results.taken.eq(taken),
             rd.addr.eq(bucket(self.lookup.payload)),
-            rd.en.eq(advance),
         ]
         hit_way = matches(key_b)
-        with m.If(advance):
-            m.d.sync += [key_b.eq(self.lookup.payload),
-                         valid_b.eq(self.lookup.valid & self.lookup.ready),
-                         self.result.valid.eq(valid_b),
-                         self.result.payload.hit.eq(Cat(hit_way).any()),
-                         self.result.payload.value.eq(0)]
-            for k in range(ways):
-                with m.If(hit_way[k]):
-                    m.d.sync += self.result.payload.value.eq(row[k].value)
+        m.d.sync += [key_b.eq(self.lookup.payload),
+                     valid_b.eq(taken),
+                     results.i_valid.eq(valid_b),
+                     results.i.hit.eq(Cat(hit_way).any()),
+                     results.i.value.eq(0)]
+        for k in range(ways):
+            with m.If(hit_way[k]):
+                m.d.sync += results.i.value.eq(row[k].value)
 
         # ---- host operations ----------------------------------------------------------
         op = Signal.like(self.host.payload)

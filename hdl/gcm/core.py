@@ -44,6 +44,7 @@ from amaranth.lib import data, enum, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..aes import ROUNDS_128, AesIterative, AesPipeline
+from ..packet.credit import credit_counter
 from ..packet.layouts import big_endian
 from ..packet.register import SkidBuffer, StreamRegister
 from .ghash import GfMulPipeline, GfMulSerial
@@ -235,31 +236,6 @@ class _Countdown:
         ]
 
 
-def _credit_counter(m, name, depth, *, spent, freed, registered):
-    """Places of a FIFO of `depth` entries not yet promised to an item.
-
-    `spent` promises one, `freed` (the FIFO's read) gives one back. Returns
-    whether a place is free. With `registered`, `freed` is counted a cycle late
-    (the consumer's ready then ends at a flip-flop, not in the counter) and
-    "a place is free" is a flip-flop too; counting a freed place late only ever
-    makes the count smaller than the room there is, never larger.
-    """
-    credits = Signal(range(depth + 1), init=depth, name=f"{name}_credits")
-    if registered:
-        freed = _register(m, freed, f"{name}_freed", reset_less=False)
-    with m.Switch(Cat(spent, freed)):
-        with m.Case(0b01):
-            m.d.sync += credits.eq(credits - 1)
-        with m.Case(0b10):
-            m.d.sync += credits.eq(credits + 1)
-    if not registered:
-        return credits != 0
-    # credits - spent + freed != 0, with `spent` only ever when credits != 0.
-    room = Signal(init=1, name=f"{name}_room")
-    m.d.sync += room.eq(freed | (credits > 1) | (credits == 1) & ~spent)
-    return room
-
-
 class GcmCore(wiring.Component):
     """AES-GCM encrypt/decrypt of back-to-back messages, each with its own key.
 
@@ -385,12 +361,12 @@ class GcmCore(wiring.Component):
         # per message.
         registered_credits = self._profile.aes == "pipeline"
         if out_depth:
-            text_room = _credit_counter(m, "out", out_depth, spent=text_inject,
+            text_room = credit_counter(m, "out", out_depth, spent=text_inject,
                                         freed=out_fifo.r_en & out_fifo.r_rdy,
                                         registered=registered_credits)
         else:
             text_room = C(1)
-        res_room = _credit_counter(m, "res", self._profile.result_depth, spent=result_promised,
+        res_room = credit_counter(m, "res", self._profile.result_depth, spent=result_promised,
                                    freed=res_fifo.r_en & res_fifo.r_rdy,
                                    registered=registered_credits)
 
