@@ -90,7 +90,8 @@ def run_gcm(messages, *, profile="compact", in_gap=0.0, out_stall=0.0, seed=0,
 
 
 def measure(profile, *, key_sizes=(16, 32), text_lens=(64, 512, 1400), aad_len=8,
-            messages_per_size=6, seed=0, simulator=None, **overrides) -> list[dict]:
+            messages_per_size=6, seed=0, decrypt=False, simulator=None,
+            **overrides) -> list[dict]:
     """Steady-state cycles per message for back-to-back messages of each size.
 
     One simulation per call: for every key size and text length a group of
@@ -99,8 +100,10 @@ def measure(profile, *, key_sizes=(16, 32), text_lens=(64, 512, 1400), aad_len=8
     A group's interval is the cycles between its first and last result divided
     by the messages between them, so latency and the group before it cancel out.
     Two extra sizes (64 and 128 blocks) give the sustained cycles per block and
-    the fixed cycles every message pays. Every output is checked against
-    :func:`reference` before any figure is reported.
+    the fixed cycles every message pays. With ``decrypt`` every message is a
+    decryption of a genuine ciphertext and tag (so the fixed cycles include the
+    received tag's). Every output is checked against :func:`reference` before
+    any figure is reported.
     """
     import random
 
@@ -111,12 +114,17 @@ def measure(profile, *, key_sizes=(16, 32), text_lens=(64, 512, 1400), aad_len=8
         for text_len in sizes:
             start = len(messages)
             for _ in range(messages_per_size):
-                messages.append(GcmMessage(key=rng.randbytes(key_size), nonce=rng.randbytes(12),
-                                           aad=rng.randbytes(aad_len), text=rng.randbytes(text_len)))
+                message = GcmMessage(key=rng.randbytes(key_size), nonce=rng.randbytes(12),
+                                     aad=rng.randbytes(aad_len), text=rng.randbytes(text_len))
+                if decrypt:
+                    sealed = reference(message)
+                    message = GcmMessage(key=message.key, nonce=message.nonce, aad=message.aad,
+                                         text=sealed.text, decrypt=True, tag=sealed.tag)
+                messages.append(message)
             groups.append((key_size, text_len, start, len(messages)))
     run = run_gcm(messages, profile=profile, seed=seed, simulator=simulator, **overrides)
     for index, (message, outcome) in enumerate(zip(messages, run.outcomes, strict=True)):
-        if outcome != reference(message):
+        if outcome != reference(message) or not outcome.tag_ok:
             raise AssertionError(f"{profile}: message {index} differs from the reference")
 
     intervals = {}
@@ -129,7 +137,8 @@ def measure(profile, *, key_sizes=(16, 32), text_lens=(64, 512, 1400), aad_len=8
         fixed = intervals[key_size, 1024] - 64 * per_block
         for text_len in text_lens:
             interval = intervals[key_size, text_len]
-            rows.append({"profile": profile, "key_bits": key_size * 8, "text_bytes": text_len,
+            rows.append({"profile": profile, "decrypt": decrypt,
+                         "key_bits": key_size * 8, "text_bytes": text_len,
                          "aad_bytes": aad_len, "cycles_per_message": round(interval, 2),
                          "bits_per_cycle": round(text_len * 8 / interval, 2),
                          "cycles_per_block": round(per_block, 3),

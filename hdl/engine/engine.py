@@ -236,10 +236,13 @@ class EspEngine(wiring.Component):
                                              replay=inbound.signature.members)
         wiring.connect(m, wiring.flipped(self.host), mover.host)
         wiring.connect(m, mover.host_reply, wiring.flipped(self.host_reply))
-        # The mover's table operations go through a skid buffer: whether it may issue
-        # one (its export's ring count, the window loads, its reply FIFO) ran through
-        # the table's arbitration into its memories in one path.
-        cut(m, "table_ops", SkidBuffer, mover.table, table.host)
+        # The mover's table operations go through a register: whether it may issue one
+        # (its export's ring count, the window loads, its reply FIFO) ran through the
+        # table's arbitration into its memories in one path. One register, not a skid
+        # buffer: an operation is 1,252 bits, and the table takes one every few cycles
+        # at most (each is a read and a write of the slot), so a second copy would buy
+        # no throughput, only flip-flops and another wide enable for the router.
+        cut(m, "table_ops", StreamRegister, mover.table, table.host)
         wiring.connect(m, table.host_reply, mover.table_reply)
         # Window rows reach the replay unit through a skid buffer: whether the mover
         # offers one (an import's next beat) and the unit's arbitration into the inbound

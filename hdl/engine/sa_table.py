@@ -66,7 +66,10 @@ with up to :data:`INBOUND_OVERLAP` earlier packets still to be accounted. Each r
 before it addresses the memories), an account request 5 (the counters' sums are
 registered before the lifetime compares), an outbound one 5 (the decision is
 registered before it is offered); host requests have priority, then accounting,
-then outbound requests.
+then outbound requests. A host operation stays on ``host`` until its slot has
+been read (taken in the cycle its write is made or, with a reply, the cycle
+before the reply is offered): the table reads it there, in the register in
+front of it, rather than keeping a copy.
 """
 
 from amaranth import *
@@ -221,7 +224,11 @@ class SaTable(wiring.Component):
         rec_write, cnt_write = records.write_port(), counters.write_port()
 
         slot = Signal(range(self._slots))
-        host_op = Signal.like(self.host.payload)
+        # A host operation is read where it waits (the stream holds it until taken) and
+        # taken only once its slot has been read: a copy would be another 1,252-bit register with
+        # an enable reaching every bit, which is what the router found hardest.
+        host_op = self.host.payload
+        exporting = Signal()
         length = Signal(16)      # of the packet being accounted
         request = Signal.like(self.request.payload)   # the outbound request being decided
         tally = Signal.like(self.account.payload)
@@ -280,8 +287,7 @@ class SaTable(wiring.Component):
         with m.FSM(name="table"):
             with m.State("IDLE"):
                 with m.If(self.host.valid):
-                    m.d.comb += self.host.ready.eq(1)
-                    m.d.sync += [slot.eq(self.host.payload.slot), host_op.eq(self.host.payload)]
+                    m.d.sync += slot.eq(host_op.slot)
                     m.next = "READ_HOST"
                 with m.Elif(self.account.valid):
                     m.d.comb += self.account.ready.eq(1)
@@ -302,6 +308,10 @@ class SaTable(wiring.Component):
 
             with m.State("HOST"):
                 # The read port has the slot's record and counters now.
+                # The operation is taken now; a reply needs only the read ports and
+                # whether it is an export's.
+                m.d.comb += self.host.ready.eq(1)
+                m.d.sync += exporting.eq(host_op.op == HostOp.EXPORT)
                 with m.Switch(host_op.op):
                     with m.Case(HostOp.WRITE):
                         m.d.comb += [rec_write.data.eq(host_op.record), new_cnt.eq(0),
@@ -321,7 +331,7 @@ class SaTable(wiring.Component):
                         m.next = "IDLE"
             with m.State("HOST_REPLY"):
                 out = self.host_reply.payload
-                export = host_op.op == HostOp.EXPORT
+                export = exporting
                 m.d.comb += [
                     out.record.eq(rec),
                     out.counters.eq(cnt),
