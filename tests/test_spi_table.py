@@ -132,7 +132,7 @@ def test_spi_table_replace_under_lookups():
 
 def test_spi_table_rate_and_latency():
     """Lookups back to back with the result always taken: one taken every cycle (the
-    result queue's credits never run out), each result offered 4 cycles after its
+    result queue's credits never run out), each result offered 5 cycles after its
     lookup, in order; then, with the result held, the table takes exactly as many
     lookups as its queue has places and loses none of them."""
     dut = SpiTable(entries=16, ways=4, value=VALUE)
@@ -169,9 +169,9 @@ def test_spi_table_rate_and_latency():
 
     run_sim(dut, bench)
     assert taken == list(range(20))
-    assert offered == [cycle + 4 for cycle in taken]
-    # The queue's places: the pipeline's 2 cycles, the FIFO's 2, the credit's 2.
-    assert sum(held_taken) == len(held_results) == 2 + 2 + 2
+    assert offered == [cycle + 5 for cycle in taken]
+    # The queue's places: the pipeline's 3 cycles, the FIFO's 2, the credit's 2.
+    assert sum(held_taken) == len(held_results) == 3 + 2 + 2
     assert held_results == [0x155] * len(held_results)
 
 

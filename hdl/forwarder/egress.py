@@ -94,11 +94,11 @@ class RouteTable(wiring.Component):
     ports : the ports a route can name (a route to port ``ports`` or above is refused).
 
     Latency :attr:`latency` = ``stages + 4`` cycles from a lookup taken to its result
-    offered (a :class:`PolicyTable`'s, its result queue included), one lookup per cycle; a miss is ``hit = 0``.
-    A host write is taken in one cycle and answered in the next; ``ok = 0``
-    (nothing written) for a prefix longer than the address or a port that does
-    not exist. A lookup sees each route
-    old or new, never a mix.
+    offered (a :class:`PolicyTable`'s, its result queue included), one lookup per
+    cycle; a miss is ``hit = 0``. A host write is taken a cycle after it is offered
+    and answered in the next; ``ok = 0`` (nothing written) for a prefix longer than
+    the address or a port that does not exist. A lookup sees each route old or new,
+    never a mix.
     """
 
     def __init__(self, *, routes: int = 8, stages: int = 2, ports: int):

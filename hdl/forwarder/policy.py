@@ -92,8 +92,11 @@ class PolicyTable(wiring.Component):
     value : the layout a PROTECT rule carries (the forwarder's: engine and SA slot).
 
     Latency :attr:`latency` = ``stages + 4`` cycles from a lookup taken to its result
-    offered (``stages + 2`` of pipeline, 2 of the result queue's), one lookup per cycle. A host write is taken in one cycle and answered in
-    the next (``ok = 0``: a prefix longer than the address, nothing written).
+    offered (``stages + 2`` of pipeline, 2 of the result queue's), one lookup per
+    cycle. A host write is taken the cycle after it is first offered (its rule's
+    enable is registered in between), written in the cycle it is taken, and
+    answered in the next (``ok = 0``: a prefix longer than the address, nothing
+    written).
     """
 
     def __init__(self, *, rules: int = 16, stages: int = 4, value: data.Layout):
@@ -147,16 +150,26 @@ class PolicyTable(wiring.Component):
         for name, _field in layouts["RULE"]:
             if name not in ("src_mask", "dst_mask"):
                 m.d.comb += stored[name].eq(given[name])
-        m.d.comb += self.host.ready.eq(~self.host_reply.valid | self.host_reply.ready)
+        # A write is looked at for a cycle before it is taken: which rule it writes, if
+        # any, goes into a register, so each rule's enable (a few hundred flip-flops'
+        # worth) comes from a flip-flop rather than from the length checks and the
+        # index decode. The write stays on `host` meanwhile, so nothing is copied.
+        writes = Signal(self._rules)        # the rule the offered write will write
+        ok = Signal()
+        armed = Signal()
         with m.If(self.host_reply.ready):
             m.d.sync += self.host_reply.valid.eq(0)
-        with m.If(self.host.valid & self.host.ready):
-            m.d.sync += [self.host_reply.valid.eq(1), self.host_reply.payload.ok.eq(fits)]
-            with m.If(fits):
-                with m.Switch(write.index):
-                    for k, rule in enumerate(rules):
-                        with m.Case(k):
-                            m.d.sync += rule.eq(stored)
+        with m.If(~armed):
+            with m.If(self.host.valid & ~self.host_reply.valid):
+                m.d.sync += [armed.eq(1), ok.eq(fits),
+                             writes.eq(Mux(fits, 1 << write.index, 0))]
+        with m.Else():
+            m.d.comb += self.host.ready.eq(1)
+            m.d.sync += [armed.eq(0), self.host_reply.valid.eq(1),
+                         self.host_reply.payload.ok.eq(ok)]
+            for k, rule in enumerate(rules):
+                with m.If(writes[k]):
+                    m.d.sync += rule.eq(stored)
 
         # ---- the pipeline ------------------------------------------------------------------
         def matches(rule, key):

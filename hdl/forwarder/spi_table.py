@@ -85,9 +85,9 @@ class SpiTable(wiring.Component):
     ways : entries per bucket (1 to 8, a power of two): more ways, fewer ``FULL``.
     value : the layout an entry maps its key to (the forwarder's: engine and SA slot).
 
-    Latency and throughput: a lookup's result is offered 4 cycles after the
-    lookup is taken (2 of read and compare, 2 of the result queue's), one lookup
-    per cycle. A host operation takes the read port
+    Latency and throughput: a lookup's result is offered 5 cycles after the
+    lookup is taken (3 of key register, read and compare, 2 of the result
+    queue's), one lookup per cycle. A host operation takes the read port
     for 3 cycles once the lookup in flight has left (reply 5 cycles after the
     operation is taken, with no lookup waiting): its bucket is read, compared
     with its key, and the way and status chosen a cycle after the compare.
@@ -132,23 +132,29 @@ class SpiTable(wiring.Component):
         def matches(key):
             return [way.valid & (way.key.as_value() == key.as_value()) for way in row]
 
-        # ---- lookups: read, compare, result -------------------------------------------
-        # The two steps never stop (no enable on their registers: see `packet/credit.py`);
-        # a lookup is taken only with a place for its result in the queue.
-        m.submodules.results = results = ResultQueue(self._layouts["RESULT"], latency=2)
+        # ---- lookups: key, read, compare, result ---------------------------------------
+        # The key is registered before its hash: the hash's parity trees then start from
+        # flip-flops, not from the parser's LUT-RAM record FIFO, whose outputs fanned
+        # out into them and into the read address's choice between a lookup's bucket
+        # and a host operation's (the router's most congested nets after the policy
+        # table's). The steps never stop (no enable on their registers: see
+        # `packet/credit.py`); a lookup is taken only with a place for its result.
+        m.submodules.results = results = ResultQueue(self._layouts["RESULT"], latency=3)
         wiring.connect(m, results.o, wiring.flipped(self.result))
         host_owns = Signal()           # the host operation has the read port
         taken = self.lookup.valid & self.lookup.ready
-        key_b = Signal(SPI_KEY)
-        valid_b = Signal()
+        key_a, key_b = Signal(SPI_KEY), Signal(SPI_KEY)
+        valid_a, valid_b = Signal(), Signal()
         m.d.comb += [
             self.lookup.ready.eq(results.room & ~host_owns),
             results.taken.eq(taken),
-            rd.addr.eq(bucket(self.lookup.payload)),
+            rd.addr.eq(bucket(key_a)),
         ]
         hit_way = matches(key_b)
-        m.d.sync += [key_b.eq(self.lookup.payload),
-                     valid_b.eq(taken),
+        m.d.sync += [key_a.eq(self.lookup.payload),
+                     valid_a.eq(taken),
+                     key_b.eq(key_a),
+                     valid_b.eq(valid_a),
                      results.i_valid.eq(valid_b),
                      results.i.hit.eq(Cat(hit_way).any()),
                      results.i.value.eq(0)]
@@ -158,6 +164,7 @@ class SpiTable(wiring.Component):
 
         # ---- host operations ----------------------------------------------------------
         op = Signal.like(self.host.payload)
+        op_bucket = Signal(range(buckets))      # its hash, taken with it
         status = Signal(SpiStatus)
         # The bucket's ways compared with the operation's key, registered: the choice of
         # way and status a cycle later does not follow the wide compare in one cycle.
@@ -169,13 +176,15 @@ class SpiTable(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.host.ready.eq(1)
                 with m.If(self.host.valid):
-                    m.d.sync += op.eq(self.host.payload)
+                    m.d.sync += [op.eq(self.host.payload),
+                                 op_bucket.eq(bucket(self.host.payload.key))]
                     m.next = "DRAIN"
             with m.State("DRAIN"):
-                # No new lookup; the one in the read stage leaves first.
+                # No new lookup; the one in the key stage has its read first (the read
+                # stage's has its row already).
                 m.d.comb += host_owns.eq(1)
-                with m.If(~valid_b):
-                    m.d.comb += [rd.addr.eq(bucket(op.key)), rd.en.eq(1)]
+                with m.If(~valid_a):
+                    m.d.comb += [rd.addr.eq(op_bucket), rd.en.eq(1)]
                     m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.comb += [host_owns.eq(1), rd.en.eq(0)]
@@ -206,7 +215,7 @@ class SpiTable(wiring.Component):
             with m.State("WRITE"):
                 # One entry, one write: a lookup sees it whole or not at all.
                 with m.If(status == SpiStatus.OK):
-                    m.d.comb += [wr.addr.eq(bucket(op.key)), wr.data.eq(Cat(*[new] * ways)),
+                    m.d.comb += [wr.addr.eq(op_bucket), wr.data.eq(Cat(*[new] * ways)),
                                  wr.en.eq(1 << target)]
                     with m.Switch(op.op):
                         with m.Case(SpiOp.INSERT):
