@@ -31,7 +31,7 @@ from .packet.fifo import PacketFifo
 from .packet.gather import BytesToBeats
 from .packet.layouts import packet_beat
 from .packet.merge import PacketMerger
-from .packet.register import SkidBuffer, StreamRegister, cut
+from .packet.register import HandshakeRegister, SkidBuffer, StreamRegister, cut
 from .top import EspNic
 
 __all__ = ["EspNicDevice", "LINKS", "PACKET_PATHS", "INJECT_DEPTH"]
@@ -73,13 +73,16 @@ class EspNicDevice(wiring.Component):
     For timing, every stream between the bridge and the ``EspNic`` crosses a
     register, so that no ``ready`` or ``valid`` chain runs from the link's
     transmitter through the bridge into the tables and back (:func:`~.packet.register.cut`): each
-    channel's stream, each way, a :class:`~.packet.register.StreamRegister` (a
-    cycle more, an item every 2 cycles, far above a host's rate), and the packet
+    channel's stream to the tables a :class:`~.packet.register.HandshakeRegister`
+    (the handshake registered, the payload read from the bridge's register, which
+    holds it until the table has taken it: a cycle more, an item every 3 cycles),
+    each channel's stream back a :class:`~.packet.register.StreamRegister` (a
+    cycle more, an item every 2 cycles; both far above a host's rate), and the packet
     streams (injected packets, and with ``packets="link"`` the egress ports and
     the exception queue, its port riding along) and the bridge's frame bytes to
     the encoder a :class:`~.packet.register.SkidBuffer` (a cycle more, one beat a
-    cycle). So a ``SEND``'s ``ACK`` means its payload is in the register, taken by
-    its table a cycle or more later, before any frame after it can reach that table.
+    cycle). So a ``SEND``'s ``ACK`` means its payload has been taken on the way to
+    its table, ahead of anything a later frame can send there.
     """
 
     def __init__(self, *, link: str = "bytes", divisor: int | None = None,
@@ -144,7 +147,9 @@ class EspNicDevice(wiring.Component):
                 ours = getattr(bridge, channel.name)[k]
                 name = f"{channel.name}{k}_register"
                 if channel.direction == "in":
-                    cut(m, name, StreamRegister, ours, theirs)
+                    # The bridge holds what it sends in a register until it is taken:
+                    # no copy of it (an SA operation is 1,252 bits).
+                    cut(m, name, HandshakeRegister, ours, theirs)
                 else:
                     cut(m, name, StreamRegister, theirs, ours)
         return m

@@ -6,9 +6,9 @@ from .fifo import PacketFifo
 from .ipv4 import Ipv4HeaderCheck
 from .layouts import BEAT_WIDTHS, packet_beat, beats_from_bytes, bytes_from_beats
 from .merge import PacketMerger
-from .register import SkidBuffer, StreamRegister
+from .register import HandshakeRegister, SkidBuffer, StreamRegister
 from .repack import Repacker
 
 __all__ = ["BEAT_WIDTHS", "packet_beat", "beats_from_bytes", "bytes_from_beats",
-           "Ipv4HeaderCheck", "PacketFifo", "PacketMerger", "Repacker", "SkidBuffer",
-           "StreamRegister"]
+           "HandshakeRegister", "Ipv4HeaderCheck", "PacketFifo", "PacketMerger", "Repacker",
+           "SkidBuffer", "StreamRegister"]

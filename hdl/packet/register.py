@@ -1,13 +1,15 @@
 # SPDX-License-Identifier: BSD-2-Clause
 """Stream registers that cut a stream's combinational paths, for timing: one item held
-(`StreamRegister`, for requests) or a two-entry skid buffer at full rate (`SkidBuffer`,
-for beats), and :func:`cut`, which puts one between a source and a sink."""
+(`StreamRegister`, for requests), a two-entry skid buffer at full rate (`SkidBuffer`,
+for beats), or the handshake alone with the payload left where it is
+(`HandshakeRegister`, for wide items at a host's rate), and :func:`cut`, which puts
+one between a source and a sink."""
 
 from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["StreamRegister", "SkidBuffer", "cut"]
+__all__ = ["StreamRegister", "SkidBuffer", "HandshakeRegister", "cut"]
 
 
 def _signature(shape):
@@ -70,9 +72,39 @@ class SkidBuffer(wiring.Component):
         return m
 
 
+class HandshakeRegister(wiring.Component):
+    """A stream cut in its handshake only: ``valid`` and ``ready`` cross flip-flops, the
+    payload goes straight through.
+
+    A producer keeps its payload as it is until the item is taken (the stream's
+    rule), and here the producer's item is taken only in the cycle after the
+    consumer has taken it, so the consumer sees the producer's payload unchanged
+    without a copy. ``o.valid`` and ``i.ready`` are flip-flops: no combinational
+    path from ``i.valid`` to ``o.valid`` or from ``o.ready`` to ``i.ready``; the
+    payload's path is the producer's register to the consumer. Latency 1 cycle; an
+    item every 3 cycles at best. For wide items at a host's rate (a 1,252-bit SA
+    operation): a :class:`StreamRegister` would copy the item into as many
+    flip-flops, all on one enable, the kind of net the router finds hardest.
+    """
+
+    def __init__(self, shape):
+        super().__init__(_signature(shape))
+
+    def elaborate(self, platform):
+        m = Module()
+        taken = Signal()            # the consumer took the item last cycle
+        m.d.comb += [self.o.payload.eq(self.i.payload), self.i.ready.eq(taken)]
+        m.d.sync += taken.eq(self.o.valid & self.o.ready)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.Elif(self.i.valid & ~taken):
+            m.d.sync += self.o.valid.eq(1)
+        return m
+
+
 def cut(m, name, register, source, sink):
-    """Connect `source` to `sink` through a `register` (:class:`StreamRegister` or
-    :class:`SkidBuffer`), a submodule of `m` named `name`: no combinational path
+    """Connect `source` to `sink` through a `register` (:class:`StreamRegister`,
+    :class:`SkidBuffer` or :class:`HandshakeRegister`), a submodule of `m` named `name`: no combinational path
     between them. Returns the register."""
     m.submodules[name] = between = register(source.payload.shape())
     wiring.connect(m, source, between.i)
