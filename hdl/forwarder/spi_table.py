@@ -119,11 +119,8 @@ class SpiTable(wiring.Component):
         m = Module()
         ways, buckets = self._ways, self.buckets
         entry = self._layouts["ENTRY"]
-        # In block RAM even when it is shallow: yosys would put a 16-row table in ECP5
-        # LUT RAM, 4 bits a cell, and then the read address reaches some 170 cells, the
-        # nets the router could not clear at the end (docs/performance.md, fifth pass).
         m.submodules.rows = rows = Memory(shape=unsigned(entry.size * ways), depth=buckets,
-                                          init=[], attrs={"ram_style": "block"})
+                                          init=[])
         rd = rows.read_port()
         wr = rows.write_port(granularity=entry.size)
         row = [entry(rd.data[entry.size * k:entry.size * (k + 1)]) for k in range(ways)]
