@@ -8,7 +8,7 @@ handshake cycles. :func:`reference` computes what the outputs must be with the
 `cryptography` package, which shares no code with the gateware.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -118,8 +118,7 @@ def measure(profile, *, key_sizes=(16, 32), text_lens=(64, 512, 1400), aad_len=8
                                      aad=rng.randbytes(aad_len), text=rng.randbytes(text_len))
                 if decrypt:
                     sealed = reference(message)
-                    message = GcmMessage(key=message.key, nonce=message.nonce, aad=message.aad,
-                                         text=sealed.text, decrypt=True, tag=sealed.tag)
+                    message = replace(message, text=sealed.text, decrypt=True, tag=sealed.tag)
                 messages.append(message)
             groups.append((key_size, text_len, start, len(messages)))
     run = run_gcm(messages, profile=profile, seed=seed, simulator=simulator, **overrides)

@@ -225,8 +225,8 @@ class SaTable(wiring.Component):
 
         slot = Signal(range(self._slots))
         # A host operation is read where it waits (the stream holds it until taken) and
-        # taken only once its slot has been read: a copy would be another 1,252-bit register with
-        # an enable reaching every bit, which is what the router found hardest.
+        # taken only once its slot has been read: a copy would be another 1,252-bit
+        # register with an enable reaching every bit, what the router found hardest.
         host_op = self.host.payload
         exporting = Signal()
         length = Signal(16)      # of the packet being accounted
@@ -331,19 +331,18 @@ class SaTable(wiring.Component):
                         m.next = "IDLE"
             with m.State("HOST_REPLY"):
                 out = self.host_reply.payload
-                export = exporting
                 m.d.comb += [
                     out.record.eq(rec),
                     out.counters.eq(cnt),
                     self.host_reply.valid.eq(1),
                 ]
-                with m.If(~export):
+                with m.If(~exporting):
                     # Write-only over the host link.
                     m.d.comb += [out.record.key.eq(0), out.record.salt.eq(0)]
                 with m.If(self.host_reply.ready):
                     # Zeroized as the reply is taken, not before: the read port
                     # keeps showing the slot while the reply waits.
-                    with m.If(export):
+                    with m.If(exporting):
                         m.d.comb += [rec_write.data.eq(0), new_cnt.eq(0),
                                      rec_write.en.eq(1), cnt_write.en.eq(1)]
                     m.next = "IDLE"

@@ -87,9 +87,10 @@ class Classifier(wiring.Component):
     Latency: the parser's (5 cycles after the beat that completes the record),
     then ``stages + 4`` cycles of lookup (the policy table's, its result queue
     included; the SPI table's 5 are fewer); a packet's first beat leaves the cycle
-    after its decision. The beats wait in a FIFO of ``stages + 6`` so the lookups of the packets behind overlap with this one's: a packet costs as many
-    cycles as it has beats, 2 at least (its decision and its first beat take
-    one cycle each), so one beat per cycle for packets of two beats or more.
+    after its decision. The beats wait in a FIFO of ``stages + 6`` so the lookups of
+    the packets behind overlap with this one's: a packet costs as many cycles as it
+    has beats, 2 at least (its decision and its first beat take one cycle each), so
+    one beat per cycle for packets of two beats or more.
     """
 
     def __init__(self, *, engines: int, slots: int, spi_entries: int = 64, spi_ways: int = 4,

@@ -204,7 +204,7 @@ class Egress(wiring.Component):
         ports, lookup = self._ports, self._routes.latency
         m.submodules.parser = parser = self._parser
         m.submodules.routes = routes = self._routes
-        # The `malformed` flags of the packets in the route table or in `found`.
+        # The `malformed` flags of the packets in the route table or its result queue.
         m.submodules.verdicts = verdicts = SyncFIFO(width=1, depth=lookup + 2)
         # The results wait in the route table's result queue, read from registers.
         # The parser hands on a packet's first beat only after its record, and the next

@@ -104,8 +104,8 @@ class HandshakeRegister(wiring.Component):
 
 def cut(m, name, register, source, sink):
     """Connect `source` to `sink` through a `register` (:class:`StreamRegister`,
-    :class:`SkidBuffer` or :class:`HandshakeRegister`), a submodule of `m` named `name`: no combinational path
-    between them. Returns the register."""
+    :class:`SkidBuffer` or :class:`HandshakeRegister`), a submodule of `m` named
+    `name`: no combinational path between them. Returns the register."""
     m.submodules[name] = between = register(source.payload.shape())
     wiring.connect(m, source, between.i)
     wiring.connect(m, between.o, sink)
